@@ -1,0 +1,12 @@
+//! Fluister: an anonymous, end-to-end encrypted chat relay between young
+//! people and the counsellors of a helpline.
+//!
+//! Layers, from the wire inwards: [`relay`] (the tokio/quinn shell) and
+//! [`client`] (both chat roles over QUIC) move bytes; [`core`] decides, with
+//! no I/O; [`crypto`] makes sure only the two ends can read a chat.
+//! [`config`] and [`org`] read and write the operator's files; [`cli`] is
+//! the `fluister` command.
+#![forbid(unsafe_code)]
+
+pub mod core;
+pub mod crypto;
