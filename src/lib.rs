@@ -8,5 +8,10 @@
 //! the `fluister` command.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod org;
+pub mod relay;

@@ -1,0 +1,402 @@
+//! The `fluister` command: argument parsing (clap) and the glue from each
+//! subcommand to the library.
+//!
+//! Every failure ends as one line on stderr (`error: ...`) and exit code 1;
+//! clap's own usage errors exit with 2. With `--json`, the chat commands
+//! write one JSON event per line on stdout and report a fatal error as an
+//! `error` event too.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rand_core::OsRng;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::client::chat::{self, ChatEvent};
+use crate::client::{self, ClientError, ConnectOptions};
+use crate::config::RelayConfig;
+use crate::crypto::cert::OrgPublicKey;
+use crate::org;
+use crate::relay::{self, tls};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "fluister",
+    version,
+    about = "Anonymous, end-to-end encrypted helpline chat over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Organisation keys and counsellor identities (run on an admin machine).
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Run the relay. Without --config: embedded defaults on 127.0.0.1:7443.
+    Relay {
+        /// Relay config file (see deploy/fluister.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Run a relay with a throw-away organisation and one counsellor, and
+    /// print the commands to join as client and as counsellor.
+    Demo {
+        /// UDP address to listen on.
+        #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
+    /// Sign in as a counsellor and take chats (one line = one message; "/end" ends a chat).
+    Counsellor {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Counsellor identity file from `fluister org add-counsellor`.
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+    },
+    /// Chat anonymously with a counsellor (one line = one message; end of input ends the chat).
+    Chat {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The organisation's public key (64 hex digits, or a file holding it).
+        #[arg(long, value_name = "ORG_PUBLIC_KEY")]
+        org_key: String,
+    },
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    /// Relay address.
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: String,
+    /// PEM certificate to trust for the relay (default: the public web PKI).
+    #[arg(long, value_name = "CERT")]
+    ca: Option<PathBuf>,
+    /// Print one JSON event per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the relay to answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an organisation folder: signing key, public key, relay TLS
+    /// certificate and key, counsellor CA, and a relay config.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Extra DNS name or IP for the relay certificate (repeatable); loopback names are always included.
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+    },
+    /// Issue a counsellor identity file: end-to-end key, certificate, relay credential.
+    AddCounsellor {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The counsellor's pseudonym, shown to young people.
+        #[arg(long, value_name = "PSEUDONYM")]
+        name: String,
+        /// Lifetime of the certificate and credential.
+        #[arg(long, value_name = "N", default_value_t = org::DEFAULT_COUNSELLOR_DAYS)]
+        days: u32,
+        /// Where to write the identity file (default DIR/counsellors/NAME.identity).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(
+        cli.command,
+        Command::Relay { .. } | Command::Demo { .. }
+    ));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Dependencies may put peer addresses in their debug and trace output;
+    // they never get below warn, whatever RUST_LOG says.
+    for dep in [
+        "quinn=warn",
+        "quinn_proto=warn",
+        "quinn_udp=warn",
+        "rustls=warn",
+    ] {
+        if let Ok(d) = dep.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(command: Command) -> CliResult {
+    match command {
+        Command::Org(OrgCommand::Init { dir, hostnames }) => {
+            let mut hosts = org::loopback_hosts();
+            hosts.extend(hostnames);
+            let report = org::init(&dir, &hosts, &mut OsRng)?;
+            println!("Organisation created in {}", report.dir.display());
+            println!("Organisation public key (give this to frontends):");
+            println!("{}", report.org_public_key.to_hex());
+            println!(
+                "Keep {} and {} offline; the relay needs only {}, {}, {} and {}.",
+                org::ORG_KEY_FILE,
+                org::CA_KEY_FILE,
+                org::RELAY_CERT_FILE,
+                org::RELAY_KEY_FILE,
+                org::CA_CERT_FILE,
+                org::RELAY_CONFIG_FILE
+            );
+            Ok(())
+        }
+        Command::Org(OrgCommand::AddCounsellor {
+            dir,
+            name,
+            days,
+            out,
+        }) => {
+            let path = org::add_counsellor(&dir, &name, days, out.as_deref(), &mut OsRng)?;
+            println!(
+                "Counsellor identity for {name} written to {} (valid {days} days).",
+                path.display()
+            );
+            println!("Hand it to the counsellor over a secure channel; it is secret.");
+            Ok(())
+        }
+        Command::Relay { config } => {
+            let config = match &config {
+                Some(path) => RelayConfig::load(path)?,
+                None => RelayConfig::default(),
+            };
+            let running = relay::start(&config, Default::default()).await?;
+            println!(
+                "Fluister relay listening on {} (UDP, ALPN fluister/1).",
+                running.local_addr()
+            );
+            if config.tls_cert.is_none() {
+                let pem_path = write_public_cert(running.certificate_pem())?;
+                println!(
+                    "Generated relay certificate: {} (pass it to clients with --ca)",
+                    pem_path.display()
+                );
+            }
+            if config.counsellor_ca.is_none() {
+                println!("No counsellor_ca configured: nobody can sign in as a counsellor.");
+            }
+            wait_for_signal().await;
+            println!("Shutting down.");
+            running.shutdown().await;
+            Ok(())
+        }
+        Command::Demo { listen } => demo(listen).await,
+        Command::Counsellor { conn, identity } => {
+            let identity = org::Identity::load(&identity)?;
+            let credential = (
+                tls::certs_from_pem("relay credential", &identity.relay_credential_cert)?,
+                tls::key_from_pem("relay credential", &identity.relay_credential_key)?,
+            );
+            let json = conn.json;
+            let stream = client::connect(connect_options(&conn, Some(credential))?).await?;
+            if !json {
+                println!(
+                    "Signed in as {}. Type to reply; \"/end\" ends a chat; end of input signs out.",
+                    identity.pseudonym
+                );
+            }
+            run_chat(json, |input, events| {
+                chat::run_counsellor(stream, identity.keys, input, events)
+            })
+            .await
+        }
+        Command::Chat { conn, org_key } => {
+            let org = parse_org_key(&org_key)?;
+            let json = conn.json;
+            let stream = client::connect(connect_options(&conn, None)?).await?;
+            run_chat(json, |input, events| {
+                chat::run_client(stream, org, input, events)
+            })
+            .await
+        }
+    }
+}
+
+fn parse_org_key(arg: &str) -> Result<OrgPublicKey, Box<dyn std::error::Error>> {
+    if let Ok(key) = OrgPublicKey::from_hex(arg) {
+        return Ok(key);
+    }
+    let path = Path::new(arg);
+    if path.is_file() {
+        return Ok(org::read_org_public(path)?);
+    }
+    Err("--org-key: not an organisation public key (64 hex digits) or a file holding one".into())
+}
+
+fn connect_options(
+    conn: &ConnArgs,
+    credential: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<ConnectOptions, Box<dyn std::error::Error>> {
+    let ca = match &conn.ca {
+        Some(path) => Some(tls::certs_from_pem(
+            &path.display().to_string(),
+            &tls::read_pem(path)?,
+        )?),
+        None => None,
+    };
+    Ok(ConnectOptions {
+        relay: conn.relay.clone(),
+        ca,
+        credential,
+        connect_timeout: Duration::from_secs(conn.connect_timeout.max(1)),
+    })
+}
+
+/// Wires stdin lines into a chat role and its events to stdout.
+async fn run_chat<F, Fut>(json: bool, role: F) -> CliResult
+where
+    F: FnOnce(mpsc::Receiver<String>, mpsc::Sender<ChatEvent>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let (line_tx, line_rx) = mpsc::channel::<String>(64);
+    let (event_tx, mut event_rx) = mpsc::channel::<ChatEvent>(64);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line_tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    let printer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(event) = event_rx.recv().await {
+            let line = if json {
+                event.to_json()
+            } else {
+                event.to_text()
+            };
+            let _ = stdout.write_all(format!("{line}\n").as_bytes()).await;
+            let _ = stdout.flush().await;
+        }
+    });
+    let result = role(line_rx, event_tx).await;
+    let _ = printer.await;
+    if let Err(e) = &result
+        && json
+    {
+        println!(
+            "{}",
+            ChatEvent::Error {
+                message: e.to_string()
+            }
+            .to_json()
+        );
+    }
+    result.map_err(Into::into)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// Writes the generated relay certificate (public) to a fresh temp file.
+fn write_public_cert(pem: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let file = tempfile::Builder::new()
+        .prefix("fluister-relay-")
+        .suffix(".pem")
+        .tempfile()?;
+    std::fs::write(file.path(), pem)?;
+    let (_, path) = file.keep()?;
+    Ok(path)
+}
+
+async fn demo(listen: std::net::SocketAddr) -> CliResult {
+    let dir = tempfile::Builder::new()
+        .prefix("fluister-demo-")
+        .tempdir()?;
+    let report = org::init(dir.path(), &org::loopback_hosts(), &mut OsRng)?;
+    let identity = org::add_counsellor(dir.path(), "Demo counsellor", 1, None, &mut OsRng)?;
+    let mut config = RelayConfig::load(&dir.path().join(org::RELAY_CONFIG_FILE))?;
+    config.listen = listen;
+    let running = relay::start(&config, Default::default()).await?;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "fluister".into());
+    let addr = running.local_addr();
+    let ca = dir.path().join(org::RELAY_CERT_FILE);
+    println!(
+        "Fluister demo relay listening on {addr}, with a throw-away organisation in {}.",
+        dir.path().display()
+    );
+    println!();
+    println!("Join as the counsellor (in a second terminal):");
+    println!(
+        "  {exe} counsellor --relay {addr} --identity {} --ca {}",
+        identity.display(),
+        ca.display()
+    );
+    println!();
+    println!("Join as a young person (in a third terminal):");
+    println!(
+        "  {exe} chat --relay {addr} --org-key {} --ca {}",
+        report.org_public_key.to_hex(),
+        ca.display()
+    );
+    println!();
+    println!(
+        "Type a line and press Enter to send it. Ctrl-D ends the chat. Ctrl-C here stops the demo and deletes its keys."
+    );
+    wait_for_signal().await;
+    println!("Shutting down.");
+    running.shutdown().await;
+    drop(dir);
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The operator's key material on disk: the organisation folder and the
+//! counsellor identity files.
+//!
+//! `fluister org init` ([`init`]) writes a folder with the organisation's
+//! Ed25519 signing key, its public key as one line, the relay's TLS
+//! certificate and key, the counsellor CA and a relay config that points at
+//! them. `fluister org add-counsellor` ([`add_counsellor`]) reads that folder
+//! and writes one identity file per counsellor: an X25519 end-to-end key, the
+//! organisation's certificate for it, and a separate TLS client credential for
+//! signing in to the relay. Counsellor clients read it with
+//! [`Identity::load`]. Secret files are created with mode 0600 and never
+//! overwritten. Nothing here is per-session.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use rand_core::{CryptoRng, RngCore};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::crypto::cert::{self, CertError, CertificateBody, OrgPublicKey};
+use crate::crypto::e2e::{self, CounsellorKeys};
+
+pub const ORG_KEY_FILE: &str = "org.key";
+pub const ORG_PUB_FILE: &str = "org.pub";
+pub const RELAY_CERT_FILE: &str = "relay-cert.pem";
+pub const RELAY_KEY_FILE: &str = "relay-key.pem";
+pub const CA_CERT_FILE: &str = "counsellor-ca.pem";
+pub const CA_KEY_FILE: &str = "counsellor-ca.key";
+pub const RELAY_CONFIG_FILE: &str = "relay.toml";
+pub const COUNSELLORS_DIR: &str = "counsellors";
+/// Default lifetime of a counsellor certificate and credential, in days.
+pub const DEFAULT_COUNSELLOR_DAYS: u32 = 30;
+/// Lifetime of the relay TLS certificate `org init` writes, in days.
+pub const RELAY_CERT_DAYS: u32 = 90;
+const ORG_KEY_KIND: &str = "fluister organisation key v1";
+const IDENTITY_KIND: &str = "fluister counsellor identity v1";
+
+/// Why key material could not be made or read. Each names the file.
+#[derive(Debug, Error)]
+pub enum OrgError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `org init` or `add-counsellor` would overwrite an existing file.
+    #[error("{0} already exists; refusing to overwrite key material")]
+    Exists(PathBuf),
+    /// A file is not in the expected format.
+    #[error("{path}: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    /// A certificate in an identity file does not verify.
+    #[error("{path}: counsellor certificate refused: {source}")]
+    Certificate { path: PathBuf, source: CertError },
+    /// Generating X.509 material failed.
+    #[error("generating TLS material: {0}")]
+    Tls(String),
+    /// A bad argument (pseudonym, lifetime).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OrgError + '_ {
+    move |source| OrgError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn tls_err(e: rcgen::Error) -> OrgError {
+    OrgError::Tls(e.to_string())
+}
+
+/// Writes a new file; refuses to overwrite. Secret files get mode 0600.
+pub fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), OrgError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    options.mode(if secret { 0o600 } else { 0o644 });
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            OrgError::Exists(path.to_owned())
+        } else {
+            OrgError::Io {
+                path: path.to_owned(),
+                source: e,
+            }
+        }
+    })?;
+    file.write_all(contents).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+fn read_text(path: &Path) -> Result<Zeroizing<String>, OrgError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(io_err(path))
+}
+
+fn malformed(path: &Path, reason: impl Into<String>) -> OrgError {
+    OrgError::Malformed {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn hex32(path: &Path, field: &str, s: &str) -> Result<Zeroizing<[u8; 32]>, OrgError> {
+    let bytes = Zeroizing::new(
+        hex::decode(s.trim()).map_err(|_| malformed(path, format!("`{field}` is not hex")))?,
+    );
+    let arr: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed(path, format!("`{field}` must be 32 bytes")))?;
+    Ok(Zeroizing::new(arr))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// A self-signed ECDSA P-256 TLS certificate for the relay, valid for
+/// `days`, for the given host names and IP addresses. Returns (cert, key) PEM.
+pub fn self_signed_relay_cert(
+    hosts: &[String],
+    days: u32,
+) -> Result<(String, Zeroizing<String>), OrgError> {
+    let key = KeyPair::generate().map_err(tls_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    for host in hosts {
+        params
+            .subject_alt_names
+            .push(match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.clone().try_into().map_err(tls_err)?),
+            });
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "fluister relay");
+    params.distinguished_name = dn;
+    validity(&mut params, days);
+    let cert = params.self_signed(&key).map_err(tls_err)?;
+    Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
+}
+
+/// The default host names of a relay certificate: loopback only.
+pub fn loopback_hosts() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgKeyFile {
+    kind: String,
+    secret_key: String,
+    public_key: String,
+}
+
+/// What `org init` wrote.
+#[derive(Debug)]
+pub struct InitReport {
+    pub dir: PathBuf,
+    pub org_public_key: OrgPublicKey,
+}
+
+/// Creates an organisation folder. `hosts` are the relay certificate's names.
+pub fn init(
+    dir: &Path,
+    hosts: &[String],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<InitReport, OrgError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    for name in [
+        ORG_KEY_FILE,
+        ORG_PUB_FILE,
+        RELAY_CERT_FILE,
+        RELAY_KEY_FILE,
+        CA_CERT_FILE,
+        CA_KEY_FILE,
+    ] {
+        if dir.join(name).exists() {
+            return Err(OrgError::Exists(dir.join(name)));
+        }
+    }
+    let org_key = e2e::generate_org_key(rng);
+    let org_public = OrgPublicKey::from_signing_key(&org_key);
+    let key_file = OrgKeyFile {
+        kind: ORG_KEY_KIND.into(),
+        secret_key: hex::encode(org_key.to_bytes()),
+        public_key: org_public.to_hex(),
+    };
+    let key_text = Zeroizing::new(
+        "# Fluister organisation signing key. Keep it offline, never on the relay.\n".to_string()
+            + &toml::to_string(&key_file).map_err(|e| OrgError::Invalid(e.to_string()))?,
+    );
+    drop(Zeroizing::new(key_file.secret_key));
+    write_new(&dir.join(ORG_KEY_FILE), key_text.as_bytes(), true)?;
+    write_new(
+        &dir.join(ORG_PUB_FILE),
+        format!("{}\n", org_public.to_hex()).as_bytes(),
+        false,
+    )?;
+
+    let (relay_cert, relay_key) = self_signed_relay_cert(hosts, RELAY_CERT_DAYS)?;
+    write_new(&dir.join(RELAY_CERT_FILE), relay_cert.as_bytes(), false)?;
+    write_new(&dir.join(RELAY_KEY_FILE), relay_key.as_bytes(), true)?;
+
+    let ca_key = KeyPair::generate().map_err(tls_err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "fluister counsellor CA");
+    ca.distinguished_name = dn;
+    validity(&mut ca, 3650);
+    let ca_cert = ca.self_signed(&ca_key).map_err(tls_err)?;
+    write_new(&dir.join(CA_CERT_FILE), ca_cert.pem().as_bytes(), false)?;
+    write_new(
+        &dir.join(CA_KEY_FILE),
+        Zeroizing::new(ca_key.serialize_pem()).as_bytes(),
+        true,
+    )?;
+
+    let config = format!(
+        "# Relay config written by `fluister org init`; see deploy/fluister.toml for every key.\n\
+         listen = \"127.0.0.1:7443\"\n\
+         tls_cert = \"{RELAY_CERT_FILE}\"\n\
+         tls_key = \"{RELAY_KEY_FILE}\"\n\
+         counsellor_ca = \"{CA_CERT_FILE}\"\n"
+    );
+    let config_path = dir.join(RELAY_CONFIG_FILE);
+    if !config_path.exists() {
+        write_new(&config_path, config.as_bytes(), false)?;
+    }
+    Ok(InitReport {
+        dir: dir.to_owned(),
+        org_public_key: org_public,
+    })
+}
+
+/// Reads the organisation signing key from an organisation folder.
+pub fn load_org_key(dir: &Path) -> Result<SigningKey, OrgError> {
+    let path = dir.join(ORG_KEY_FILE);
+    let text = read_text(&path)?;
+    let file: OrgKeyFile =
+        toml::from_str(&text).map_err(|e| malformed(&path, e.message().to_string()))?;
+    let secret_hex = Zeroizing::new(file.secret_key);
+    let secret = hex32(&path, "secret_key", &secret_hex)?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// Reads a one-line organisation public key file (or the key itself).
+pub fn read_org_public(path: &Path) -> Result<OrgPublicKey, OrgError> {
+    let text = read_text(path)?;
+    OrgPublicKey::from_hex(&text)
+        .map_err(|_| malformed(path, "not an organisation public key (64 hex digits)"))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    kind: String,
+    pseudonym: String,
+    org_public_key: String,
+    static_secret_key: String,
+    certificate: String,
+    relay_credential_cert: String,
+    relay_credential_key: String,
+}
+
+fn file_stem(pseudonym: &str) -> String {
+    pseudonym
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Issues a counsellor: end-to-end key, org certificate and relay
+/// credential, written to `out` or `DIR/counsellors/<pseudonym>.identity`.
+pub fn add_counsellor(
+    dir: &Path,
+    pseudonym: &str,
+    days: u32,
+    out: Option<&Path>,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<PathBuf, OrgError> {
+    if !(1..=3650).contains(&days) {
+        return Err(OrgError::Invalid(
+            "--days must be between 1 and 3650".into(),
+        ));
+    }
+    let org_key = load_org_key(dir)?;
+    let org_public = OrgPublicKey::from_signing_key(&org_key);
+    let static_secret = e2e::generate_static_secret(rng);
+    let now = now_unix();
+    let body = CertificateBody {
+        org_key: *org_public.as_bytes(),
+        static_key: PublicKey::from(&static_secret).to_bytes(),
+        not_before: now.saturating_sub(3600),
+        not_after: now + u64::from(days) * 86_400,
+        pseudonym: pseudonym.to_owned(),
+    };
+    let certificate = body.sign(&org_key).map_err(|_| {
+        OrgError::Invalid(format!(
+            "pseudonym must be 1 to {} bytes, printable, without leading or trailing spaces",
+            cert::MAX_PSEUDONYM_LEN
+        ))
+    })?;
+
+    // The relay credential: a TLS client certificate from the counsellor CA,
+    // a key pair of its own, unrelated to the end-to-end key.
+    let ca_cert_path = dir.join(CA_CERT_FILE);
+    let ca_key_path = dir.join(CA_KEY_FILE);
+    let ca_key = KeyPair::from_pem(&read_text(&ca_key_path)?)
+        .map_err(|e| malformed(&ca_key_path, e.to_string()))?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&read_text(&ca_cert_path)?)
+        .map_err(|e| malformed(&ca_cert_path, e.to_string()))?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+    let client_key = KeyPair::generate().map_err(tls_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, pseudonym);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, days);
+    let client_cert = params
+        .signed_by(&client_key, &ca_cert, &ca_key)
+        .map_err(tls_err)?;
+
+    let file = IdentityFile {
+        kind: IDENTITY_KIND.into(),
+        pseudonym: pseudonym.to_owned(),
+        org_public_key: org_public.to_hex(),
+        static_secret_key: hex::encode(static_secret.to_bytes()),
+        certificate: hex::encode(&certificate),
+        relay_credential_cert: client_cert.pem(),
+        relay_credential_key: client_key.serialize_pem(),
+    };
+    let text = Zeroizing::new(
+        "# Fluister counsellor identity. Secret: it signs in to the relay and decrypts chats.\n"
+            .to_string()
+            + &toml::to_string(&file).map_err(|e| OrgError::Invalid(e.to_string()))?,
+    );
+    drop(Zeroizing::new(file.static_secret_key));
+    drop(Zeroizing::new(file.relay_credential_key));
+    let path = match out {
+        Some(p) => p.to_owned(),
+        None => {
+            let d = dir.join(COUNSELLORS_DIR);
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+            d.join(format!("{}.identity", file_stem(pseudonym)))
+        }
+    };
+    write_new(&path, text.as_bytes(), true)?;
+    Ok(path)
+}
+
+/// A counsellor identity, loaded and checked.
+pub struct Identity {
+    pub pseudonym: String,
+    pub keys: CounsellorKeys,
+    /// PEM client certificate for signing in to the relay.
+    pub relay_credential_cert: String,
+    /// PEM private key of the relay credential.
+    pub relay_credential_key: Zeroizing<String>,
+    /// Unix time the certificate expires.
+    pub not_after: u64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("pseudonym", &self.pseudonym)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads an identity file and checks that its certificate verifies
+    /// under its organisation key, is valid now, and certifies its key.
+    pub fn load(path: &Path) -> Result<Identity, OrgError> {
+        let text = read_text(path)?;
+        let file: IdentityFile =
+            toml::from_str(&text).map_err(|e| malformed(path, e.message().to_string()))?;
+        let relay_credential_key = Zeroizing::new(file.relay_credential_key);
+        let static_hex = Zeroizing::new(file.static_secret_key);
+        if file.kind != IDENTITY_KIND {
+            return Err(malformed(
+                path,
+                format!("not a counsellor identity (kind = {:?})", file.kind),
+            ));
+        }
+        let org = OrgPublicKey::from_hex(&file.org_public_key)
+            .map_err(|_| malformed(path, "bad `org_public_key`"))?;
+        let static_secret = StaticSecret::from(*hex32(path, "static_secret_key", &static_hex)?);
+        let certificate = hex::decode(file.certificate.trim())
+            .map_err(|_| malformed(path, "`certificate` is not hex"))?;
+        let public = PublicKey::from(&static_secret).to_bytes();
+        let verified = cert::verify(&certificate, &org, now_unix(), &public).map_err(|source| {
+            OrgError::Certificate {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(Identity {
+            pseudonym: verified.pseudonym().to_owned(),
+            not_after: verified.not_after(),
+            keys: CounsellorKeys {
+                static_secret,
+                certificate,
+                org,
+            },
+            relay_credential_cert: file.relay_credential_cert,
+            relay_credential_key,
+        })
+    }
+}

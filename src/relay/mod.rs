@@ -1,0 +1,420 @@
+//! The relay shell: a quinn endpoint around the sans-IO [`core::relay::Relay`].
+//!
+//! Tasks and data flow:
+//! - the **accept loop** takes incoming QUIC connections and spawns one
+//!   **connection task** each;
+//! - a connection task completes the handshake, reads the counsellor
+//!   credential (if any) from TLS, accepts the one control stream, registers
+//!   with the driver, then forwards every chunk it reads as an [`Event`] and
+//!   runs a writer that drains the connection's bounded outbound queue;
+//! - the **driver** owns the core. It feeds events in, drains the core's
+//!   outputs to the outbound queues, and wakes for the core's timers. A
+//!   connection whose queue is full is closed as a slow consumer; nobody
+//!   else waits for it.
+//!
+//! Nothing clever lives here, and nothing here logs an address, a port, a
+//! connection or pairing id, a key or a byte of content.
+//!
+//! [`core::relay::Relay`]: crate::core::relay::Relay
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::OsRng;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, RelayConfig};
+use crate::core::CloseCode;
+use crate::core::frame::MAX_FRAME_LEN;
+use crate::core::relay::{ConnId, Credential, Output, Relay};
+
+/// Capacity of the channel from connection tasks to the driver.
+const DRIVER_QUEUE: usize = 1024;
+/// How long a closing connection may take to flush its last frames.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+
+/// Why the relay could not start.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The config is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates or keys are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Generating the embedded default certificate failed.
+    #[error(transparent)]
+    Org(#[from] crate::org::OrgError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Which way bytes went, for a [`FrameObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Read from a connection.
+    In,
+    /// Written to a connection.
+    Out,
+}
+
+/// Sees every buffer the relay reads or writes on a control stream. For
+/// audit tests that prove what the relay holds; not set in production.
+pub type FrameObserver = Arc<dyn Fn(Direction, &[u8]) + Send + Sync>;
+
+/// Options beyond the config file.
+#[derive(Default, Clone)]
+pub struct RelayOptions {
+    pub observer: Option<FrameObserver>,
+}
+
+/// What a connection task tells the driver.
+enum Event {
+    Connected {
+        credential: Credential,
+        outbound: mpsc::Sender<Outbound>,
+        connection: quinn::Connection,
+        reply: oneshot::Sender<Option<ConnId>>,
+    },
+    Data {
+        conn: ConnId,
+        bytes: bytes::Bytes,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+}
+
+/// What the driver tells a connection's writer.
+enum Outbound {
+    Bytes(Vec<u8>),
+    Close(CloseCode),
+}
+
+/// A relay that is running. Dropping it does not stop it; call
+/// [`RunningRelay::shutdown`].
+pub struct RunningRelay {
+    local_addr: SocketAddr,
+    certificate_pem: String,
+    shutdown: watch::Sender<bool>,
+    driver: JoinHandle<()>,
+    endpoint: quinn::Endpoint,
+}
+
+impl RunningRelay {
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The relay's TLS certificate (PEM), for clients to pin with `--ca`.
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    /// Ends every chat with "relay shutting down", closes every connection
+    /// after its last frames are flushed, and stops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.driver.await;
+        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, self.endpoint.wait_idle()).await;
+        self.endpoint.close(
+            CloseCode::ShuttingDown.code().into(),
+            CloseCode::ShuttingDown.reason().as_bytes(),
+        );
+    }
+}
+
+/// Starts a relay from a checked config.
+pub async fn start(
+    config: &RelayConfig,
+    options: RelayOptions,
+) -> Result<RunningRelay, RelayError> {
+    config.validate()?;
+    let (chain_pem, key_pem) = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => (
+            tls::read_pem(cert)?,
+            zeroize::Zeroizing::new(tls::read_pem(key)?),
+        ),
+        _ => crate::org::self_signed_relay_cert(&crate::org::loopback_hosts(), 14)?,
+    };
+    let chain = tls::certs_from_pem("relay certificate", &chain_pem)?;
+    let key = tls::key_from_pem("relay key", &key_pem)?;
+    let ca = match &config.counsellor_ca {
+        Some(path) => Some(tls::certs_from_pem("counsellor CA", &tls::read_pem(path)?)?),
+        None => None,
+    };
+    let transport = tls::transport_config(
+        Duration::from_secs(config.limits.idle_timeout_secs),
+        Duration::from_secs(config.limits.keep_alive_secs),
+    );
+    let mut server = tls::server_config(chain, key, ca, transport)?;
+    server.max_incoming(config.limits.max_connections);
+    let endpoint =
+        quinn::Endpoint::server(server, config.listen).map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let core = Relay::new(config.core_limits(), Box::new(OsRng));
+    let driver = Driver {
+        core,
+        conns: HashMap::new(),
+        observer: options.observer,
+    };
+    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone()));
+    let max_buffered = config.limits.max_buffered_frames;
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        events_tx,
+        shutdown_rx,
+        max_buffered,
+    ));
+    tracing::info!(
+        counsellor_sign_in = config.counsellor_ca.is_some(),
+        "relay started; no addresses, session ids or message contents are logged"
+    );
+    Ok(RunningRelay {
+        local_addr,
+        certificate_pem: chain_pem,
+        shutdown: shutdown_tx,
+        driver,
+        endpoint,
+    })
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+    max_buffered: usize,
+) {
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { return };
+                tokio::spawn(connection_task(incoming, events.clone(), shutdown.clone(), max_buffered));
+            }
+            _ = shutdown.changed() => {
+                endpoint.set_server_config(None);
+                return;
+            }
+        }
+    }
+}
+
+fn close(connection: &quinn::Connection, code: CloseCode) {
+    connection.close(code.code().into(), code.reason().as_bytes());
+}
+
+async fn connection_task(
+    incoming: quinn::Incoming,
+    events: mpsc::Sender<Event>,
+    shutdown: watch::Receiver<bool>,
+    max_buffered: usize,
+) {
+    if *shutdown.borrow() {
+        incoming.refuse();
+        return;
+    }
+    // A failed handshake says nothing useful and its error may carry an
+    // address: drop it silently.
+    let Ok(connection) = incoming.await else {
+        return;
+    };
+    let credential = match tls::counsellor_pseudonym(&connection) {
+        Some(pseudonym) => Credential::Counsellor { pseudonym },
+        None => Credential::Anonymous,
+    };
+    // The control stream must open promptly; HELLO's own deadline is the core's.
+    let stream = tokio::time::timeout(Duration::from_secs(10), connection.accept_bi()).await;
+    let Ok(Ok((mut send, mut recv))) = stream else {
+        close(&connection, CloseCode::HelloTimeout);
+        return;
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(max_buffered);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let registered = events
+        .send(Event::Connected {
+            credential,
+            outbound: out_tx,
+            connection: connection.clone(),
+            reply: reply_tx,
+        })
+        .await;
+    let conn = match (registered, reply_rx.await) {
+        (Ok(()), Ok(Some(conn))) => conn,
+        _ => {
+            close(&connection, CloseCode::Busy);
+            return;
+        }
+    };
+
+    let writer_conn = connection.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                Outbound::Bytes(bytes) => {
+                    if send.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Outbound::Close(code) => {
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, send.stopped()).await;
+                    close(&writer_conn, code);
+                    return;
+                }
+            }
+        }
+    });
+
+    // Any further stream is a protocol violation.
+    let extra_streams = {
+        let connection = connection.clone();
+        async move {
+            tokio::select! {
+                _ = connection.accept_bi() => {}
+                _ = connection.accept_uni() => {}
+            }
+        }
+    };
+    tokio::pin!(extra_streams);
+    loop {
+        tokio::select! {
+            chunk = recv.read_chunk(MAX_FRAME_LEN, true) => {
+                match chunk {
+                    Ok(Some(chunk)) => {
+                        if events.send(Event::Data { conn, bytes: chunk.bytes }).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            _ = &mut extra_streams => {
+                if connection.close_reason().is_none() {
+                    close(&connection, CloseCode::UnexpectedStream);
+                }
+                break;
+            }
+        }
+    }
+    let _ = events.send(Event::Disconnected { conn }).await;
+    // Let the writer flush a close it was told to make; then it is done.
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE * 2, writer).await;
+}
+
+struct ConnEntry {
+    outbound: mpsc::Sender<Outbound>,
+    connection: quinn::Connection,
+}
+
+struct Driver {
+    core: Relay,
+    conns: HashMap<ConnId, ConnEntry>,
+    observer: Option<FrameObserver>,
+}
+
+impl Driver {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let timer = self.core.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { return };
+                    self.handle(event);
+                }
+                _ = async { tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)).await }, if timer.is_some() => {
+                    self.core.handle_timeout(Instant::now().into_std());
+                }
+                _ = shutdown.changed() => {
+                    self.core.handle_shutdown(Instant::now().into_std());
+                    self.dispatch();
+                    return;
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = Instant::now().into_std();
+        match event {
+            Event::Connected {
+                credential,
+                outbound,
+                connection,
+                reply,
+            } => {
+                let id = self.core.handle_connect(now, credential).ok();
+                if let Some(id) = id {
+                    self.conns.insert(
+                        id,
+                        ConnEntry {
+                            outbound,
+                            connection,
+                        },
+                    );
+                }
+                let _ = reply.send(id);
+            }
+            Event::Data { conn, bytes } => {
+                if let Some(observe) = &self.observer {
+                    observe(Direction::In, &bytes);
+                }
+                self.core.handle_data(now, conn, &bytes);
+            }
+            Event::Disconnected { conn } => {
+                self.conns.remove(&conn);
+                self.core.handle_disconnect(now, conn);
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { conn, bytes } => {
+                    let Some(entry) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    if let Some(observe) = &self.observer {
+                        observe(Direction::Out, &bytes);
+                    }
+                    // The queue holds `max_buffered_frames` writes; a peer that
+                    // lets it fill is not reading.
+                    if entry.outbound.try_send(Outbound::Bytes(bytes)).is_err() {
+                        close(&entry.connection, CloseCode::SlowConsumer);
+                        self.conns.remove(&conn);
+                        self.core.handle_disconnect(Instant::now().into_std(), conn);
+                    }
+                }
+                Output::Close { conn, code } => {
+                    if let Some(entry) = self.conns.remove(&conn)
+                        && entry.outbound.try_send(Outbound::Close(code)).is_err()
+                    {
+                        close(&entry.connection, code);
+                    }
+                }
+            }
+        }
+    }
+}
