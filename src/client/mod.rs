@@ -189,9 +189,13 @@ impl RelayStream {
                     other => ClientError::Lost(other.to_string()),
                 })?;
             let Some(chunk) = chunk else {
-                return match self.connection.closed_reason_now() {
-                    Some(e) => Err(e),
-                    None => Ok(None),
+                // The relay finishes the stream just before it closes the
+                // connection; report the close reason if it comes promptly.
+                return match tokio::time::timeout(Duration::from_secs(3), self.connection.closed())
+                    .await
+                {
+                    Ok(reason) => Err(describe_close(&reason)),
+                    Err(_) => Ok(None),
                 };
             };
             let mut frames = Vec::new();
@@ -213,15 +217,5 @@ impl RelayStream {
     /// The QUIC connection, for tests that inspect close codes.
     pub fn connection(&self) -> &quinn::Connection {
         &self.connection
-    }
-}
-
-trait ClosedReason {
-    fn closed_reason_now(&self) -> Option<ClientError>;
-}
-
-impl ClosedReason for quinn::Connection {
-    fn closed_reason_now(&self) -> Option<ClientError> {
-        self.close_reason().map(|r| describe_close(&r))
     }
 }

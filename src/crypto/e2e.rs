@@ -50,6 +50,11 @@ pub enum E2eError {
     /// Decrypted content broke the content rules.
     #[error("{0}")]
     Content(#[from] ContentError),
+    /// Handshake message 2 did not authenticate: the counsellor's side used
+    /// another organisation key or pairing (prologue), or the bytes were
+    /// tampered with.
+    #[error("the counsellor's handshake did not verify (wrong organisation key, or tampering)")]
+    HandshakeFailed,
     /// A message arrived after a gap: one before it was withheld.
     #[error("a message is missing (sequence gap)")]
     SequenceGap,
@@ -97,7 +102,10 @@ impl ClientHandshake {
         blob: &Blob,
         now_unix: u64,
     ) -> Result<(Session, VerifiedCertificate), E2eError> {
-        let done = self.waiting.finish(blob.as_bytes())?;
+        let done = self.waiting.finish(blob.as_bytes()).map_err(|e| match e {
+            NoiseError::Decrypt => E2eError::HandshakeFailed,
+            other => E2eError::Noise(other),
+        })?;
         let cert_bytes = padding::unpad(&done.payload)?;
         let verified = cert::verify(cert_bytes, &self.org, now_unix, &done.remote_static)?;
         Ok((Session::new(done.transport), verified))

@@ -1,0 +1,191 @@
+//! Shared set-up for the loopback tests: a throw-away organisation, a real
+//! relay on 127.0.0.1 with an ephemeral port, and chat roles driven through
+//! channels.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluister::client::chat::{self, ChatEvent};
+use fluister::client::{self, ClientError, ConnectOptions, RelayStream};
+use fluister::config::RelayConfig;
+use fluister::crypto::cert::OrgPublicKey;
+use fluister::org::{self, Identity};
+use fluister::relay::{self, Direction, RelayOptions, RunningRelay, tls};
+use rand_core::OsRng;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Generous bound for anything a test waits on; only hit when broken.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct Org {
+    pub dir: tempfile::TempDir,
+    pub public: OrgPublicKey,
+}
+
+impl Org {
+    pub fn new() -> Org {
+        let dir = tempfile::tempdir().unwrap();
+        let report = org::init(dir.path(), &org::loopback_hosts(), &mut OsRng).unwrap();
+        Org {
+            dir,
+            public: report.org_public_key,
+        }
+    }
+
+    pub fn counsellor(&self, name: &str) -> PathBuf {
+        org::add_counsellor(self.dir.path(), name, 1, None, &mut OsRng).unwrap()
+    }
+
+    pub fn relay_cert(&self) -> PathBuf {
+        self.dir.path().join(org::RELAY_CERT_FILE)
+    }
+
+    pub fn config(&self) -> RelayConfig {
+        let mut c = RelayConfig::load(&self.dir.path().join(org::RELAY_CONFIG_FILE)).unwrap();
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c
+    }
+}
+
+/// Every buffer the relay read or wrote, for audits.
+#[derive(Clone, Default)]
+pub struct Tap(pub Arc<Mutex<Vec<(Direction, Vec<u8>)>>>);
+
+impl Tap {
+    pub fn options(&self) -> RelayOptions {
+        let tap = self.0.clone();
+        RelayOptions {
+            observer: Some(Arc::new(move |d, b: &[u8]| {
+                tap.lock().unwrap().push((d, b.to_vec()))
+            })),
+        }
+    }
+    pub fn all_bytes(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+pub async fn start_relay(org: &Org, tap: &Tap) -> RunningRelay {
+    relay::start(&org.config(), tap.options()).await.unwrap()
+}
+
+pub fn ca(org: &Org) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    tls::certs_from_pem("ca", &std::fs::read_to_string(org.relay_cert()).unwrap()).unwrap()
+}
+
+pub async fn connect_anonymous(org: &Org, relay: &RunningRelay) -> RelayStream {
+    client::connect(ConnectOptions {
+        relay: relay.local_addr().to_string(),
+        ca: Some(ca(org)),
+        credential: None,
+        connect_timeout: WAIT,
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn connect_counsellor(
+    org: &Org,
+    relay: &RunningRelay,
+    identity: &Identity,
+) -> RelayStream {
+    let credential = (
+        tls::certs_from_pem("cred", &identity.relay_credential_cert).unwrap(),
+        tls::key_from_pem("cred", &identity.relay_credential_key).unwrap(),
+    );
+    client::connect(ConnectOptions {
+        relay: relay.local_addr().to_string(),
+        ca: Some(ca(org)),
+        credential: Some(credential),
+        connect_timeout: WAIT,
+    })
+    .await
+    .unwrap()
+}
+
+/// A running chat role: type into `input`, read `events`.
+pub struct Party {
+    pub input: Option<mpsc::Sender<String>>,
+    pub events: mpsc::Receiver<ChatEvent>,
+    pub task: JoinHandle<Result<(), ClientError>>,
+}
+
+impl Party {
+    pub async fn say(&self, line: &str) {
+        self.input
+            .as_ref()
+            .unwrap()
+            .send(line.to_owned())
+            .await
+            .unwrap();
+    }
+
+    /// Closes input (end of stdin).
+    pub fn hang_up(&mut self) {
+        self.input = None;
+    }
+
+    pub async fn next(&mut self) -> ChatEvent {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("event channel closed")
+    }
+
+    /// Skips events until one matches.
+    pub async fn expect(&mut self, want: impl Fn(&ChatEvent) -> bool) -> ChatEvent {
+        loop {
+            let e = self.next().await;
+            if want(&e) {
+                return e;
+            }
+        }
+    }
+
+    pub async fn finish(self) -> Result<(), ClientError> {
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("role did not finish")
+            .unwrap()
+    }
+}
+
+pub fn client_party(stream: RelayStream, org: OrgPublicKey) -> Party {
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    Party {
+        input: Some(in_tx),
+        events: ev_rx,
+        task: tokio::spawn(chat::run_client(stream, org, in_rx, ev_tx)),
+    }
+}
+
+pub fn counsellor_party(stream: RelayStream, identity: Identity) -> Party {
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    Party {
+        input: Some(in_tx),
+        events: ev_rx,
+        task: tokio::spawn(chat::run_counsellor(stream, identity.keys, in_rx, ev_tx)),
+    }
+}
+
+pub fn message(text: &str) -> ChatEvent {
+    ChatEvent::Message { text: text.into() }
+}
+
+pub fn is_paired(e: &ChatEvent) -> bool {
+    matches!(e, ChatEvent::Paired { .. })
+}
+
+pub fn is_ended(e: &ChatEvent) -> bool {
+    matches!(e, ChatEvent::Ended { .. })
+}
