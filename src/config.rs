@@ -123,6 +123,19 @@ fn range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
+/// One line: where (line, and the offending line's text) and what.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} (`{source}`): {message}")
+        }
+        None => message,
+    }
+}
+
 impl RelayConfig {
     /// Reads, parses, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -157,7 +170,7 @@ impl RelayConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: RelayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: describe_toml_error(text, &e),
         })?;
         config.validate()?;
         Ok(config)

@@ -50,9 +50,12 @@ impl Org {
     }
 }
 
+/// One buffer the relay read or wrote.
+pub type Tapped = (Direction, Vec<u8>);
+
 /// Every buffer the relay read or wrote, for audits.
 #[derive(Clone, Default)]
-pub struct Tap(pub Arc<Mutex<Vec<(Direction, Vec<u8>)>>>);
+pub struct Tap(pub Arc<Mutex<Vec<Tapped>>>);
 
 impl Tap {
     pub fn options(&self) -> RelayOptions {

@@ -1,0 +1,482 @@
+//! The `fluister` binary as a user runs it: org set-up, a relay process, a
+//! scripted chat through `--json`, the demo's printed commands, and the
+//! one-line errors for bad input.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fluister");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A child process killed when the test ends, whatever happens.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Proc {
+        stdin: child.stdin.take(),
+        child,
+        lines: rx,
+    }
+}
+
+impl Proc {
+    fn line(&self) -> String {
+        self.lines.recv_timeout(WAIT).expect("no output in time")
+    }
+    fn event(&self) -> Value {
+        let line = self.line();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+    fn say(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+    }
+    fn eof(&mut self) {
+        self.stdin = None;
+    }
+    fn wait_success(&mut self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Asserts a failed run printed exactly one error line naming `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line expected: {stderr:?}"
+    );
+    assert!(stderr.starts_with("error: "), "{stderr:?}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(
+        !stderr.contains("panicked")
+            && !stderr.contains("backtrace")
+            && !stderr.contains("RUST_BACKTRACE")
+    );
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    org_key: String,
+}
+
+fn org_setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let org = dir.path().join("org");
+    let out = run(&["org", "init", "--dir", org.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "org",
+        "add-counsellor",
+        "--dir",
+        org.to_str().unwrap(),
+        "--name",
+        "Sam",
+        "--days",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let org_key = std::fs::read_to_string(org.join("org.pub"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Same config as `org init` wrote, but on an ephemeral port.
+    let config = std::fs::read_to_string(org.join("relay.toml"))
+        .unwrap()
+        .replace("127.0.0.1:7443", "127.0.0.1:0");
+    std::fs::write(org.join("test-relay.toml"), config).unwrap();
+    Setup { dir, org_key }
+}
+
+impl Setup {
+    fn path(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_owned()
+    }
+}
+
+fn start_relay(setup: &Setup) -> (Proc, String) {
+    let relay = spawn(&["relay", "--config", &setup.path("org/test-relay.toml")]);
+    let first = relay.line();
+    let addr = first
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (relay, addr)
+}
+
+#[test]
+fn a_scripted_json_chat_runs_end_to_end() {
+    let setup = org_setup();
+    let (_relay, addr) = start_relay(&setup);
+    let ca = setup.path("org/relay-cert.pem");
+    let mut counsellor = spawn(&[
+        "counsellor",
+        "--relay",
+        &addr,
+        "--identity",
+        &setup.path("org/counsellors/Sam.identity"),
+        "--ca",
+        &ca,
+        "--json",
+    ]);
+    assert_eq!(counsellor.event(), json!({"event": "connected"}));
+
+    let mut client = spawn(&[
+        "chat",
+        "--relay",
+        &addr,
+        "--org-key",
+        &setup.org_key,
+        "--ca",
+        &ca,
+        "--json",
+    ]);
+    assert_eq!(client.event(), json!({"event": "connected"}));
+    assert_eq!(
+        client.event(),
+        json!({"event": "paired", "counsellor": "Sam"})
+    );
+    assert_eq!(counsellor.event(), json!({"event": "paired"}));
+
+    client.say("hoi, ik moet iets vertellen");
+    assert_eq!(
+        counsellor.event(),
+        json!({"event": "message", "text": "hoi, ik moet iets vertellen"})
+    );
+    counsellor.say("Ik luister. Neem je tijd.");
+    assert_eq!(
+        client.event(),
+        json!({"event": "message", "text": "Ik luister. Neem je tijd."})
+    );
+
+    client.eof();
+    assert_eq!(
+        client.event(),
+        json!({"event": "ended", "reason": "you_ended"})
+    );
+    client.wait_success();
+    assert_eq!(
+        counsellor.event(),
+        json!({"event": "ended", "reason": "peer_ended"})
+    );
+
+    // The counsellor stays signed in and takes the next young person.
+    let mut second = spawn(&[
+        "chat",
+        "--relay",
+        &addr,
+        "--org-key",
+        &setup.org_key,
+        "--ca",
+        &ca,
+        "--json",
+    ]);
+    assert_eq!(second.event(), json!({"event": "connected"}));
+    assert_eq!(
+        second.event(),
+        json!({"event": "paired", "counsellor": "Sam"})
+    );
+    counsellor.event();
+    counsellor.say("/end");
+    assert_eq!(
+        counsellor.event(),
+        json!({"event": "ended", "reason": "you_ended"})
+    );
+    assert_eq!(
+        second.event(),
+        json!({"event": "ended", "reason": "peer_ended"})
+    );
+    second.wait_success();
+    counsellor.eof();
+    counsellor.wait_success();
+}
+
+#[test]
+fn the_demo_prints_commands_that_work() {
+    let mut demo = spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let mut counsellor_cmd = None;
+    let mut chat_cmd = None;
+    while counsellor_cmd.is_none() || chat_cmd.is_none() {
+        let line = demo.line();
+        let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        match words.get(1).map(String::as_str) {
+            Some("counsellor") if words[0].ends_with("fluister") => counsellor_cmd = Some(words),
+            Some("chat") if words[0].ends_with("fluister") => chat_cmd = Some(words),
+            _ => {}
+        }
+    }
+    let with_json = |mut w: Vec<String>| {
+        w.remove(0);
+        w.push("--json".into());
+        w
+    };
+    let c = with_json(counsellor_cmd.unwrap());
+    let y = with_json(chat_cmd.unwrap());
+    let mut counsellor = spawn(&c.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(counsellor.event(), json!({"event": "connected"}));
+    let mut client = spawn(&y.iter().map(String::as_str).collect::<Vec<_>>());
+    client.event();
+    assert_eq!(
+        client.event(),
+        json!({"event": "paired", "counsellor": "Demo counsellor"})
+    );
+    client.say("werkt de demo?");
+    counsellor.event();
+    assert_eq!(
+        counsellor.event(),
+        json!({"event": "message", "text": "werkt de demo?"})
+    );
+    client.eof();
+    client.wait_success();
+    counsellor.eof();
+    counsellor.wait_success();
+    // SIGTERM stops the demo cleanly and deletes its throw-away keys.
+    let dir = y
+        .iter()
+        .find(|w| w.ends_with("relay-cert.pem"))
+        .unwrap()
+        .clone();
+    let _ = Command::new("kill")
+        .arg(demo.child.id().to_string())
+        .status();
+    demo.wait_success();
+    assert!(!Path::new(&dir).exists(), "demo keys left behind");
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let setup = org_setup();
+    let (_relay, addr) = start_relay(&setup);
+    let ca = setup.path("org/relay-cert.pem");
+    let identity = setup.path("org/counsellors/Sam.identity");
+
+    // Bad arguments.
+    let out = run(&["chat", "--relay", &addr]);
+    assert_one_line_error(&out, "--org-key");
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(
+        &run(&["chat", "--relay", "no-port", "--org-key", &setup.org_key]),
+        "HOST:PORT",
+    );
+    assert_one_line_error(
+        &run(&["chat", "--relay", &addr, "--org-key", "12345"]),
+        "--org-key",
+    );
+    assert_one_line_error(
+        &run(&[
+            "org",
+            "add-counsellor",
+            "--dir",
+            &setup.path("org"),
+            "--name",
+            " x",
+        ]),
+        "pseudonym",
+    );
+    assert_one_line_error(
+        &run(&["org", "init", "--dir", &setup.path("org")]),
+        "already exists",
+    );
+
+    // Unreadable and malformed key files.
+    assert_one_line_error(
+        &run(&[
+            "counsellor",
+            "--relay",
+            &addr,
+            "--identity",
+            "/nonexistent/id",
+            "--ca",
+            &ca,
+        ]),
+        "/nonexistent/id",
+    );
+    let junk = setup.path("junk.identity");
+    std::fs::write(&junk, "kind = 3\n").unwrap();
+    assert_one_line_error(
+        &run(&[
+            "counsellor",
+            "--relay",
+            &addr,
+            "--identity",
+            &junk,
+            "--ca",
+            &ca,
+        ]),
+        "junk.identity",
+    );
+    let tampered = setup.path("tampered.identity");
+    let text = std::fs::read_to_string(&identity).unwrap();
+    let cert_line = text
+        .lines()
+        .find(|l| l.starts_with("certificate = "))
+        .unwrap();
+    let mut flipped = cert_line.to_owned();
+    let last_hex = flipped.len() - 2; // inside the signature, before the closing quote
+    let c = if &flipped[last_hex..last_hex + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    flipped.replace_range(last_hex..last_hex + 1, c);
+    std::fs::write(&tampered, text.replace(cert_line, &flipped)).unwrap();
+    assert_one_line_error(
+        &run(&[
+            "counsellor",
+            "--relay",
+            &addr,
+            "--identity",
+            &tampered,
+            "--ca",
+            &ca,
+        ]),
+        "signature",
+    );
+    assert_one_line_error(&run(&["relay", "--config", &identity]), "unknown field");
+    assert_one_line_error(
+        &run(&[
+            "chat",
+            "--relay",
+            &addr,
+            "--org-key",
+            &setup.org_key,
+            "--ca",
+            &identity,
+        ]),
+        "certificate",
+    );
+
+    // An unreachable relay, and one whose TLS certificate is not trusted.
+    assert_one_line_error(
+        &run(&[
+            "chat",
+            "--relay",
+            "127.0.0.1:9",
+            "--org-key",
+            &setup.org_key,
+            "--ca",
+            &ca,
+            "--connect-timeout",
+            "1",
+        ]),
+        "cannot reach relay",
+    );
+    let other = org_setup();
+    assert_one_line_error(
+        &run(&[
+            "chat",
+            "--relay",
+            &addr,
+            "--org-key",
+            &setup.org_key,
+            "--ca",
+            &other.path("org/relay-cert.pem"),
+        ]),
+        "certificate",
+    );
+}
+
+#[test]
+fn a_counsellor_of_another_organisation_fails_the_clients_check() {
+    let setup = org_setup();
+    let (_relay, addr) = start_relay(&setup);
+    let ca = setup.path("org/relay-cert.pem");
+    let mut counsellor = spawn(&[
+        "counsellor",
+        "--relay",
+        &addr,
+        "--identity",
+        &setup.path("org/counsellors/Sam.identity"),
+        "--ca",
+        &ca,
+        "--json",
+    ]);
+    counsellor.event();
+    let other = org_setup();
+    let mut client = Command::new(BIN)
+        .args([
+            "chat",
+            "--relay",
+            &addr,
+            "--org-key",
+            &other.org_key,
+            "--ca",
+            &ca,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(client.stdin.take().unwrap(), "dit is geheim").unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert_one_line_error(&out, "security check failed");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("paired"));
+    assert_eq!(counsellor.event(), json!({"event": "paired"}));
+    assert_eq!(
+        counsellor.event(),
+        json!({"event": "ended", "reason": "security_failure"})
+    );
+    counsellor.eof();
+    counsellor.wait_success();
+}
