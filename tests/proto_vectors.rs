@@ -1,0 +1,402 @@
+//! The annotated hex vectors in proto/vectors: every frame type, a
+//! counsellor certificate, and a full handshake and transport transcript from
+//! fixed keys. The implementation must reproduce each byte; a frontend in
+//! another language checks itself against the same files.
+//!
+//! To rewrite the files after an intended protocol change:
+//! `FLUISTER_WRITE_VECTORS=1 cargo test --test proto_vectors`.
+
+use ed25519_dalek::SigningKey;
+use fluister::core::content::Content;
+use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, EndReason, Frame, PairingId, Role};
+use fluister::crypto::cert::{self, CertificateBody, OrgPublicKey};
+use fluister::crypto::e2e::{self, ClientHandshake, CounsellorKeys, Received};
+use serde_json::{Value, json};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+fn dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/vectors")
+}
+
+/// Compares with the stored file, or rewrites it when asked to.
+fn check_file(name: &str, value: &Value) {
+    let path = dir().join(name);
+    let text = serde_json::to_string_pretty(value).unwrap() + "\n";
+    if std::env::var_os("FLUISTER_WRITE_VECTORS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let stored =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        &stored, value,
+        "{name} differs from what the implementation produces"
+    );
+}
+
+/// A field of an annotated vector: name, bytes, meaning.
+fn field(name: &str, bytes: &[u8], meaning: &str) -> Value {
+    json!({ "field": name, "hex": hex::encode(bytes), "meaning": meaning })
+}
+
+/// Checks the annotations concatenate to the whole, then builds the entry.
+fn annotated(name: &str, description: &str, bytes: &[u8], fields: Vec<Value>) -> Value {
+    let joined: String = fields
+        .iter()
+        .map(|f| f["hex"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        joined,
+        hex::encode(bytes),
+        "annotation of {name} does not add up"
+    );
+    json!({ "name": name, "description": description, "length": bytes.len(), "hex": hex::encode(bytes), "fields": fields })
+}
+
+fn chat1() -> ChatNumber {
+    ChatNumber::new(1).unwrap()
+}
+
+fn frame_vector(name: &str, description: &str, frame: &Frame, body_fields: Vec<Value>) -> Value {
+    let bytes = frame.encode();
+    // Every vector decodes back to its frame.
+    assert_eq!(&Frame::decode(&bytes).unwrap(), frame);
+    let mut fields = vec![
+        field("type", &bytes[..1], "frame type"),
+        field("length", &bytes[1..3], "body length, u16 big-endian"),
+    ];
+    fields.extend(body_fields);
+    annotated(name, description, &bytes, fields)
+}
+
+#[test]
+fn frame_vectors() {
+    let pairing_id =
+        PairingId(*b"\x00\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\xcc\xdd\xee\xff");
+    let mut blob = [0u8; BLOB_LEN];
+    for (i, b) in blob.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let blob = Blob::new(blob);
+    let vectors = vec![
+        frame_vector(
+            "HELLO (client)",
+            "first frame of an anonymous client",
+            &Frame::Hello {
+                version: 1,
+                role: Role::Client,
+            },
+            vec![
+                field("version", &[1], "protocol version 1"),
+                field("role", &[1], "0x01 client"),
+            ],
+        ),
+        frame_vector(
+            "HELLO (counsellor)",
+            "first frame of a counsellor; needs a TLS client credential",
+            &Frame::Hello {
+                version: 1,
+                role: Role::Counsellor,
+            },
+            vec![
+                field("version", &[1], "protocol version 1"),
+                field("role", &[2], "0x02 counsellor"),
+            ],
+        ),
+        frame_vector(
+            "WELCOME",
+            "relay accepted the HELLO",
+            &Frame::Welcome {
+                version: 1,
+                role: Role::Client,
+            },
+            vec![
+                field("version", &[1], "protocol version 1"),
+                field("role", &[1], "role as accepted"),
+            ],
+        ),
+        frame_vector(
+            "QUEUED",
+            "client is number 3 in line",
+            &Frame::Queued { position: 3 },
+            vec![field(
+                "position",
+                &3u32.to_be_bytes(),
+                "u32 big-endian, 1 = next",
+            )],
+        ),
+        frame_vector(
+            "PAIRED",
+            "a chat begins; both sides get the same pairing id",
+            &Frame::Paired {
+                chat: chat1(),
+                pairing_id,
+            },
+            vec![
+                field(
+                    "chat",
+                    &1u32.to_be_bytes(),
+                    "connection-local chat number, u32 big-endian, never 0",
+                ),
+                field(
+                    "pairing_id",
+                    &pairing_id.0,
+                    "16 random bytes, bound into the Noise prologue",
+                ),
+            ],
+        ),
+        frame_vector(
+            "FORWARD",
+            "an end-to-end blob; here bytes 00 01 02 ... as a placeholder",
+            &Frame::Forward {
+                chat: chat1(),
+                blob: blob.clone(),
+            },
+            vec![
+                field("chat", &1u32.to_be_bytes(), "chat number"),
+                field(
+                    "blob",
+                    blob.as_bytes(),
+                    "1032 opaque bytes (see handshake.json)",
+                ),
+            ],
+        ),
+        frame_vector(
+            "END (user)",
+            "the sender ends the chat",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::UserEnded,
+            },
+            vec![
+                field("chat", &1u32.to_be_bytes(), "chat number"),
+                field("reason", &[1], "0x01 user ended"),
+            ],
+        ),
+        frame_vector(
+            "END (security failure)",
+            "the sender aborts: an end-to-end check failed",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::SecurityFailure,
+            },
+            vec![
+                field("chat", &1u32.to_be_bytes(), "chat number"),
+                field("reason", &[2], "0x02 security failure"),
+            ],
+        ),
+        frame_vector(
+            "END (peer disconnected)",
+            "relay to endpoint: the other side's connection went away",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::PeerDisconnected,
+            },
+            vec![
+                field("chat", &1u32.to_be_bytes(), "chat number"),
+                field("reason", &[0x10], "0x10 peer disconnected"),
+            ],
+        ),
+        frame_vector(
+            "END (relay shutdown)",
+            "relay to endpoint: the relay is stopping",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::RelayShutdown,
+            },
+            vec![
+                field("chat", &1u32.to_be_bytes(), "chat number"),
+                field("reason", &[0x11], "0x11 relay shutdown"),
+            ],
+        ),
+    ];
+    check_file(
+        "frames.json",
+        &json!({
+            "description": "Every relay frame of fluister/1 (PROTOCOL.md section 4). Each `hex` is one whole frame; `fields` annotate it in order.",
+            "vectors": vectors,
+        }),
+    );
+}
+
+struct Fixed {
+    org: SigningKey,
+    counsellor_static: StaticSecret,
+    client_ephemeral: StaticSecret,
+    counsellor_ephemeral: StaticSecret,
+    pairing_id: PairingId,
+    body: CertificateBody,
+}
+
+fn fixed() -> Fixed {
+    let org = SigningKey::from_bytes(&[0x01; 32]);
+    let counsellor_static = StaticSecret::from([0x02; 32]);
+    let body = CertificateBody {
+        org_key: org.verifying_key().to_bytes(),
+        static_key: PublicKey::from(&counsellor_static).to_bytes(),
+        not_before: 1_798_761_600, // 2027-01-01T00:00:00Z
+        not_after: 1_801_353_600,  // 2027-01-31T00:00:00Z
+        pseudonym: "Sam".into(),
+    };
+    Fixed {
+        org,
+        counsellor_static,
+        client_ephemeral: StaticSecret::from([0x03; 32]),
+        counsellor_ephemeral: StaticSecret::from([0x04; 32]),
+        pairing_id: PairingId([0x05; 16]),
+        body,
+    }
+}
+
+#[test]
+fn certificate_vector() {
+    let f = fixed();
+    let certificate = f.body.sign(&f.org).unwrap();
+    let org = OrgPublicKey::from_signing_key(&f.org);
+    let verified = cert::verify(&certificate, &org, 1_800_000_000, &f.body.static_key).unwrap();
+    assert_eq!(verified.pseudonym(), "Sam");
+    let n = certificate.len();
+    let mut signed = cert::SIGNING_CONTEXT.to_vec();
+    signed.extend_from_slice(&certificate[..n - 64]);
+    check_file(
+        "certificate.json",
+        &json!({
+            "description": "A counsellor certificate (PROTOCOL.md section 6.2). The organisation key is the Ed25519 key with seed 01 01 .. 01; the counsellor's X25519 static secret is 02 02 .. 02. Valid at unix time 1800000000.",
+            "org_signing_seed": hex::encode([0x01; 32]),
+            "org_public_key": org.to_hex(),
+            "counsellor_static_secret": hex::encode([0x02; 32]),
+            "signed_message": hex::encode(&signed),
+            "signed_message_note": "what Ed25519 signs: the ASCII context 'fluister counsellor certificate v1' followed by every certificate byte before the signature",
+            "certificate": annotated("certificate", "encoded certificate", &certificate, vec![
+                field("version", &certificate[0..1], "certificate format 1"),
+                field("org_key", &certificate[1..33], "Ed25519 public key of the issuing organisation"),
+                field("static_key", &certificate[33..65], "the counsellor's X25519 static public key"),
+                field("not_before", &certificate[65..73], "unix seconds, u64 big-endian (2027-01-01)"),
+                field("not_after", &certificate[73..81], "unix seconds, u64 big-endian (2027-01-31)"),
+                field("pseudonym_len", &certificate[81..82], "3"),
+                field("pseudonym", &certificate[82..85], "UTF-8 'Sam'"),
+                field("signature", &certificate[85..], "Ed25519 signature (R || S) over signed_message"),
+            ]),
+        }),
+    );
+}
+
+#[test]
+fn handshake_and_transport_transcript() {
+    let f = fixed();
+    let org = OrgPublicKey::from_signing_key(&f.org);
+    let certificate = f.body.sign(&f.org).unwrap();
+    let now = 1_800_000_000;
+
+    let (client_hs, hs1) =
+        ClientHandshake::start_with_ephemeral(&org, &f.pairing_id, f.client_ephemeral.clone());
+    let keys = CounsellorKeys {
+        static_secret: f.counsellor_static.clone(),
+        certificate: certificate.clone(),
+        org,
+    };
+    let (mut counsellor, hs2) = e2e::counsellor_respond_with_ephemeral(
+        &keys,
+        &f.pairing_id,
+        &hs1,
+        f.counsellor_ephemeral.clone(),
+    )
+    .unwrap();
+    let (mut client, verified) = client_hs.finish(&hs2, now).unwrap();
+    assert_eq!(verified.pseudonym(), "Sam");
+    assert_eq!(client.handshake_hash(), counsellor.handshake_hash());
+
+    let text = |t: &str| Content::Text {
+        last: true,
+        text: t.into(),
+    };
+    let t1 = client.seal(&text("Hoi")).unwrap();
+    let t2 = counsellor.seal(&text("Hallo, ik ben Sam.")).unwrap();
+    let t3 = client.seal(&text("")).unwrap();
+    assert_eq!(
+        counsellor.open(&t1).unwrap(),
+        Received::Content(text("Hoi"))
+    );
+    assert_eq!(
+        client.open(&t2).unwrap(),
+        Received::Content(text("Hallo, ik ben Sam."))
+    );
+    assert_eq!(counsellor.open(&t3).unwrap(), Received::Content(text("")));
+    assert_eq!(
+        counsellor.open(&t1).unwrap(),
+        Received::Duplicate,
+        "a replay is dropped"
+    );
+
+    let hs1b = hs1.as_bytes();
+    let hs2b = hs2.as_bytes();
+    let transport = |name: &str, from: &str, content: &str, blob: &Blob| {
+        let b = blob.as_bytes();
+        annotated(
+            name,
+            &format!("{from}: TEXT {content:?}, final chunk"),
+            b,
+            vec![
+                field(
+                    "seq",
+                    &b[..8],
+                    "sequence number = Noise nonce, u64 big-endian",
+                ),
+                field(
+                    "ciphertext",
+                    &b[8..8 + 1008],
+                    "ChaCha20-Poly1305 of the 1008-byte padded plaintext (empty AD)",
+                ),
+                field("tag", &b[8 + 1008..], "Poly1305 tag"),
+            ],
+        )
+    };
+    let mut prologue = e2e::PROLOGUE_LABEL.to_vec();
+    prologue.extend_from_slice(org.as_bytes());
+    prologue.extend_from_slice(&f.pairing_id.0);
+    check_file(
+        "handshake.json",
+        &json!({
+            "description": "A full Noise_NX_25519_ChaChaPoly_SHA256 handshake and three transport messages from fixed keys (PROTOCOL.md section 6). Every blob is exactly 1032 bytes and travels in a FORWARD frame.",
+            "inputs": {
+                "org_signing_seed": hex::encode([0x01; 32]),
+                "org_public_key": org.to_hex(),
+                "counsellor_static_secret": hex::encode([0x02; 32]),
+                "client_ephemeral_secret": hex::encode([0x03; 32]),
+                "counsellor_ephemeral_secret": hex::encode([0x04; 32]),
+                "pairing_id": hex::encode(f.pairing_id.0),
+                "now_unix": now,
+                "certificate": hex::encode(&certificate),
+            },
+            "prologue": annotated("prologue", "Noise prologue", &prologue, vec![
+                field("label", e2e::PROLOGUE_LABEL, "ASCII 'fluister prologue v1'"),
+                field("org_public_key", org.as_bytes(), "organisation Ed25519 public key"),
+                field("pairing_id", &f.pairing_id.0, "from PAIRED"),
+            ]),
+            "message_1": annotated("handshake message 1", "client to counsellor: -> e, payload in clear", hs1b, vec![
+                field("e", &hs1b[..32], "client ephemeral X25519 public key"),
+                field("payload", &hs1b[32..], "1000 bytes: padded empty content (length 0000, then zeros)"),
+            ]),
+            "message_2": annotated("handshake message 2", "counsellor to client: <- e, ee, s, es, encrypted payload", hs2b, vec![
+                field("e", &hs2b[..32], "counsellor ephemeral X25519 public key"),
+                field("encrypted_s", &hs2b[32..80], "counsellor static key, encrypted (32 + 16 tag)"),
+                field("encrypted_payload", &hs2b[80..], "936-byte padded certificate, encrypted (936 + 16 tag)"),
+            ]),
+            "handshake_hash": hex::encode(client.handshake_hash()),
+            "transport": [
+                transport("transport 1", "client to counsellor, seq 0", "Hoi", &t1),
+                transport("transport 2", "counsellor to client, seq 0", "Hallo, ik ben Sam.", &t2),
+                transport("transport 3", "client to counsellor, seq 1", "", &t3),
+            ],
+            "transport_plaintext_1": hex::encode(&{
+                let mut p = vec![0u8; 1008];
+                let c = text("Hoi").encode();
+                p[..2].copy_from_slice(&(c.len() as u16).to_be_bytes());
+                p[2..2 + c.len()].copy_from_slice(&c);
+                p
+            }[..16]),
+            "transport_plaintext_1_note": "first 16 of the 1008 padded plaintext bytes of transport 1: length 0005, kind 01 (TEXT), flags 01 (final), 'Hoi', then zeros",
+        }),
+    );
+}
