@@ -164,33 +164,45 @@ fn start_relay(setup: &Setup) -> (Proc, String) {
     (relay, addr)
 }
 
-#[test]
-fn a_scripted_json_chat_runs_end_to_end() {
-    let setup = org_setup();
-    let (_relay, addr) = start_relay(&setup);
+/// `fluister counsellor --json` as Sam.
+fn spawn_counsellor(setup: &Setup, addr: &str) -> Proc {
+    let identity = setup.path("org/counsellors/Sam.identity");
     let ca = setup.path("org/relay-cert.pem");
-    let mut counsellor = spawn(&[
+    spawn(&[
         "counsellor",
         "--relay",
-        &addr,
+        addr,
         "--identity",
-        &setup.path("org/counsellors/Sam.identity"),
+        &identity,
         "--ca",
         &ca,
         "--json",
-    ]);
-    assert_eq!(counsellor.event(), json!({"event": "connected"}));
+    ])
+}
 
-    let mut client = spawn(&[
+/// `fluister chat --json` pinned to this organisation.
+fn spawn_chat(setup: &Setup, addr: &str) -> Proc {
+    let ca = setup.path("org/relay-cert.pem");
+    spawn(&[
         "chat",
         "--relay",
-        &addr,
+        addr,
         "--org-key",
         &setup.org_key,
         "--ca",
         &ca,
         "--json",
-    ]);
+    ])
+}
+
+#[test]
+fn a_scripted_json_chat_runs_end_to_end() {
+    let setup = org_setup();
+    let (_relay, addr) = start_relay(&setup);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
+    assert_eq!(counsellor.event(), json!({"event": "connected"}));
+
+    let mut client = spawn_chat(&setup, &addr);
     assert_eq!(client.event(), json!({"event": "connected"}));
     assert_eq!(
         client.event(),
@@ -221,16 +233,7 @@ fn a_scripted_json_chat_runs_end_to_end() {
     );
 
     // The counsellor stays signed in and takes the next young person.
-    let mut second = spawn(&[
-        "chat",
-        "--relay",
-        &addr,
-        "--org-key",
-        &setup.org_key,
-        "--ca",
-        &ca,
-        "--json",
-    ]);
+    let mut second = spawn_chat(&setup, &addr);
     assert_eq!(second.event(), json!({"event": "connected"}));
     assert_eq!(
         second.event(),
@@ -441,16 +444,7 @@ fn a_counsellor_of_another_organisation_fails_the_clients_check() {
     let setup = org_setup();
     let (_relay, addr) = start_relay(&setup);
     let ca = setup.path("org/relay-cert.pem");
-    let mut counsellor = spawn(&[
-        "counsellor",
-        "--relay",
-        &addr,
-        "--identity",
-        &setup.path("org/counsellors/Sam.identity"),
-        "--ca",
-        &ca,
-        "--json",
-    ]);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
     counsellor.event();
     let other = org_setup();
     let mut client = Command::new(BIN)

@@ -16,9 +16,7 @@ use fluister::org::Identity;
 async fn a_full_chat_both_ways() {
     let org = Org::new();
     let relay = start_relay(&org, &Tap::default()).await;
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut counsellor =
-        counsellor_party(connect_counsellor(&org, &relay, &identity).await, identity);
+    let mut counsellor = sam(&org, &relay).await;
     assert_eq!(counsellor.next().await, ChatEvent::Connected);
 
     let mut client = client_party(connect_anonymous(&org, &relay).await, org.public);
@@ -76,9 +74,7 @@ async fn a_queue_of_three_is_served_in_order() {
         assert_eq!(c.next().await, ChatEvent::Queued { position: i });
         clients.push(c);
     }
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut counsellor =
-        counsellor_party(connect_counsellor(&org, &relay, &identity).await, identity);
+    let mut counsellor = sam(&org, &relay).await;
 
     for (served, client) in clients.iter_mut().enumerate() {
         client.expect(is_paired).await;
@@ -137,12 +133,8 @@ async fn waiting_clients_move_up_the_queue() {
 async fn the_counsellor_disconnecting_ends_the_chat_for_the_client() {
     let org = Org::new();
     let relay = start_relay(&org, &Tap::default()).await;
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut counsellor =
-        counsellor_party(connect_counsellor(&org, &relay, &identity).await, identity);
-    let mut client = client_party(connect_anonymous(&org, &relay).await, org.public);
-    client.expect(is_paired).await;
-    counsellor.expect(is_paired).await;
+    let mut counsellor = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut counsellor).await;
     counsellor.task.abort(); // the laptop lid closes: no END, the connection just goes
     let _ = counsellor.task.await;
     assert_eq!(
@@ -228,12 +220,8 @@ async fn close_code_after(
 async fn bad_frames_close_only_their_own_connection() {
     let org = Org::new();
     let relay = start_relay(&org, &Tap::default()).await;
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut counsellor =
-        counsellor_party(connect_counsellor(&org, &relay, &identity).await, identity);
-    let mut client = client_party(connect_anonymous(&org, &relay).await, org.public);
-    client.expect(is_paired).await;
-    counsellor.expect(is_paired).await;
+    let mut counsellor = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut counsellor).await;
 
     let chat = ChatNumber::new(1).unwrap();
     let forward = Frame::Forward {
@@ -326,12 +314,8 @@ async fn the_relay_never_holds_plaintext_and_every_forward_is_one_size() {
     let org = Org::new();
     let tap = Tap::default();
     let relay = start_relay(&org, &tap).await;
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut counsellor =
-        counsellor_party(connect_counsellor(&org, &relay, &identity).await, identity);
-    let mut client = client_party(connect_anonymous(&org, &relay).await, org.public);
-    client.expect(is_paired).await;
-    counsellor.expect(is_paired).await;
+    let mut counsellor = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut counsellor).await;
 
     let secrets = ["mijn stiefvader slaat me", "hij heeft mijn fotos", "x"];
     for s in secrets {
@@ -386,9 +370,7 @@ async fn a_client_with_the_wrong_org_key_aborts_before_sending_content() {
     let org = Org::new();
     let tap = Tap::default();
     let relay = start_relay(&org, &tap).await;
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut counsellor =
-        counsellor_party(connect_counsellor(&org, &relay, &identity).await, identity);
+    let mut counsellor = sam(&org, &relay).await;
     let other = Org::new();
     let mut client = client_party(connect_anonymous(&org, &relay).await, other.public);
     client.say("dit mag niet aankomen").await;

@@ -192,3 +192,17 @@ pub fn is_paired(e: &ChatEvent) -> bool {
 pub fn is_ended(e: &ChatEvent) -> bool {
     matches!(e, ChatEvent::Ended { .. })
 }
+
+/// Counsellor "Sam" of `org`, signed in to `relay`.
+pub async fn sam(org: &Org, relay: &RunningRelay) -> Party {
+    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
+    counsellor_party(connect_counsellor(org, relay, &identity).await, identity)
+}
+
+/// A new anonymous client, paired with `counsellor`.
+pub async fn paired_client(org: &Org, relay: &RunningRelay, counsellor: &mut Party) -> Party {
+    let mut client = client_party(connect_anonymous(org, relay).await, org.public);
+    client.expect(is_paired).await;
+    counsellor.expect(is_paired).await;
+    client
+}
