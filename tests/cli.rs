@@ -14,10 +14,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_fluister");
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A child process killed when the test ends, whatever happens.
+/// Its stderr is collected for audits.
 struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Proc {
@@ -28,8 +30,13 @@ impl Drop for Proc {
 }
 
 fn spawn(args: &[&str]) -> Proc {
+    spawn_with_env(args, &[])
+}
+
+fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,10 +51,19 @@ fn spawn(args: &[&str]) -> Proc {
             }
         }
     });
+    let stderr = child.stderr.take().unwrap();
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = collected.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
     Proc {
         stdin: child.stdin.take(),
         child,
         lines: rx,
+        stderr: collected,
     }
 }
 
@@ -154,7 +170,14 @@ impl Setup {
 }
 
 fn start_relay(setup: &Setup) -> (Proc, String) {
-    let relay = spawn(&["relay", "--config", &setup.path("org/test-relay.toml")]);
+    start_relay_with_env(setup, &[])
+}
+
+fn start_relay_with_env(setup: &Setup, env: &[(&str, &str)]) -> (Proc, String) {
+    let relay = spawn_with_env(
+        &["relay", "--config", &setup.path("org/test-relay.toml")],
+        env,
+    );
     let first = relay.line();
     let addr = first
         .split_whitespace()
@@ -473,4 +496,34 @@ fn a_counsellor_of_another_organisation_fails_the_clients_check() {
     );
     counsellor.eof();
     counsellor.wait_success();
+}
+
+#[test]
+fn the_relay_logs_no_address_and_no_content_even_at_trace_level() {
+    let setup = org_setup();
+    let (mut relay, addr) = start_relay_with_env(&setup, &[("RUST_LOG", "trace")]);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
+    counsellor.event();
+    let mut client = spawn_chat(&setup, &addr);
+    client.event();
+    client.event();
+    client.say("ik woon in de Kerkstraat");
+    counsellor.event();
+    assert_eq!(counsellor.event()["text"], "ik woon in de Kerkstraat");
+    client.eof();
+    client.wait_success();
+    counsellor.eof();
+    counsellor.wait_success();
+    let _ = Command::new("kill")
+        .arg(relay.child.id().to_string())
+        .status();
+    relay.wait_success();
+    let logs = relay.stderr.lock().unwrap().clone();
+    assert!(logs.contains("relay started"), "the relay did log: {logs}");
+    for forbidden in ["127.0.0.1", "Kerkstraat", "Sam", &setup.org_key[..16]] {
+        assert!(
+            !logs.contains(forbidden),
+            "{forbidden:?} in relay logs:\n{logs}"
+        );
+    }
 }

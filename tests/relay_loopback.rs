@@ -408,3 +408,18 @@ async fn a_client_with_the_wrong_org_key_aborts_before_sending_content() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_relay_shutdown_tells_both_sides() {
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let mut counsellor = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut counsellor).await;
+    relay.shutdown().await;
+    let shutdown = ChatEvent::Ended {
+        reason: "relay_shutdown".into(),
+    };
+    assert_eq!(client.next().await, shutdown);
+    assert_eq!(counsellor.expect(is_ended).await, shutdown);
+    client.finish().await.unwrap();
+}

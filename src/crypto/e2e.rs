@@ -223,3 +223,52 @@ pub fn generate_org_key(rng: &mut (impl RngCore + CryptoRng)) -> SigningKey {
 pub fn generate_static_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSecret {
     random_secret(rng)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::cert::CertificateBody;
+    use x25519_dalek::PublicKey;
+
+    #[test]
+    fn debug_output_never_shows_keys_or_content() {
+        let org_key = SigningKey::from_bytes(&[1; 32]);
+        let org = OrgPublicKey::from_signing_key(&org_key);
+        let static_secret = StaticSecret::from([0x5a; 32]);
+        let certificate = CertificateBody {
+            org_key: *org.as_bytes(),
+            static_key: PublicKey::from(&static_secret).to_bytes(),
+            not_before: 0,
+            not_after: u64::MAX / 2,
+            pseudonym: "Sam".into(),
+        }
+        .sign(&org_key)
+        .unwrap();
+        let keys = CounsellorKeys {
+            static_secret,
+            certificate,
+            org,
+        };
+        let pairing = PairingId([9; 16]);
+        let (hs, blob1) =
+            ClientHandshake::start_with_ephemeral(&org, &pairing, StaticSecret::from([0x6b; 32]));
+        let (counsellor, blob2) = counsellor_respond_with_ephemeral(
+            &keys,
+            &pairing,
+            &blob1,
+            StaticSecret::from([0x7c; 32]),
+        )
+        .unwrap();
+        let (mut client, _) = hs.finish(&blob2, 1_000).unwrap();
+        let text = Content::Text {
+            last: true,
+            text: "geheim bericht".into(),
+        };
+        let blob = client.seal(&text).unwrap();
+        let shown = format!("{keys:?} {client:?} {counsellor:?} {text:?} {blob:?} {pairing:?}");
+        for secret in ["5a5a", "6b6b", "7c7c", "geheim", "0909"] {
+            assert!(!shown.contains(secret), "{secret} leaked into {shown}");
+        }
+        assert!(!shown.contains(&hex::encode(&blob.as_bytes()[8..16])));
+    }
+}
