@@ -468,3 +468,128 @@ fn shutdown_ends_every_chat_and_closes_everyone() {
             .is_err()
     );
 }
+
+mod random_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect {
+            counsellor: bool,
+        },
+        Hello {
+            conn: usize,
+            counsellor: bool,
+            version: u8,
+        },
+        Forward {
+            conn: usize,
+            chat: u32,
+        },
+        End {
+            conn: usize,
+            chat: u32,
+            reason: u8,
+        },
+        Garbage {
+            conn: usize,
+            bytes: Vec<u8>,
+        },
+        Disconnect {
+            conn: usize,
+        },
+        Wait {
+            secs: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<bool>().prop_map(|counsellor| Op::Connect { counsellor }),
+            (
+                0..8usize,
+                any::<bool>(),
+                prop_oneof![Just(1u8), any::<u8>()]
+            )
+                .prop_map(|(conn, counsellor, version)| Op::Hello {
+                    conn,
+                    counsellor,
+                    version
+                }),
+            (0..8usize, 0..4u32).prop_map(|(conn, chat)| Op::Forward { conn, chat }),
+            (
+                0..8usize,
+                0..4u32,
+                prop_oneof![Just(1u8), Just(2u8), any::<u8>()]
+            )
+                .prop_map(|(conn, chat, reason)| Op::End { conn, chat, reason }),
+            (0..8usize, proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(conn, bytes)| Op::Garbage { conn, bytes }),
+            (0..8usize).prop_map(|conn| Op::Disconnect { conn }),
+            (0..15u64).prop_map(|secs| Op::Wait { secs }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Whatever endpoints send, in any order, the core never panics,
+        /// never sends to a connection it closed, and every output decodes.
+        #[test]
+        fn the_core_survives_any_interleaving(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut h = Harness::new(Limits { max_queue: 3, ..Limits::default() });
+            let mut conns: Vec<ConnId> = Vec::new();
+            let mut closed = std::collections::HashSet::new();
+            for op in ops {
+                let pick = |i: usize| conns.get(i % conns.len().max(1)).copied();
+                match op {
+                    Op::Connect { counsellor: c } => {
+                        let cred = if c { counsellor() } else { Credential::Anonymous };
+                        conns.push(h.connect(cred));
+                    }
+                    Op::Hello { conn, counsellor, version } => if let Some(id) = pick(conn) {
+                        let role = if counsellor { Role::Counsellor } else { Role::Client };
+                        h.relay.handle_data(h.now, id, &Frame::Hello { version, role }.encode());
+                    },
+                    Op::Forward { conn, chat } => if let Some(id) = pick(conn) {
+                        let mut bytes = vec![kind::FORWARD, 0x04, 0x0c];
+                        bytes.extend_from_slice(&chat.to_be_bytes());
+                        bytes.extend_from_slice(&[7u8; BLOB_LEN]);
+                        h.relay.handle_data(h.now, id, &bytes);
+                    },
+                    Op::End { conn, chat, reason } => if let Some(id) = pick(conn) {
+                        let mut bytes = vec![kind::END, 0, 5];
+                        bytes.extend_from_slice(&chat.to_be_bytes());
+                        bytes.push(reason);
+                        h.relay.handle_data(h.now, id, &bytes);
+                    },
+                    Op::Garbage { conn, bytes } => if let Some(id) = pick(conn) {
+                        h.relay.handle_data(h.now, id, &bytes);
+                    },
+                    Op::Disconnect { conn } => if let Some(id) = pick(conn) {
+                        h.relay.handle_disconnect(h.now, id);
+                        closed.insert(id);
+                    },
+                    Op::Wait { secs } => {
+                        h.now += Duration::from_secs(secs);
+                        h.relay.handle_timeout(h.now);
+                    }
+                }
+                while let Some(out) = h.relay.poll_output() {
+                    match out {
+                        Output::Send { conn, bytes } => {
+                            prop_assert!(!closed.contains(&conn), "sent to a closed connection");
+                            let mut frames = Vec::new();
+                            prop_assert!(FrameDecoder::default().push(&bytes, &mut frames).is_ok());
+                        }
+                        Output::Close { conn, .. } => {
+                            prop_assert!(closed.insert(conn), "closed twice");
+                        }
+                    }
+                }
+                let (open, waiting) = h.relay.counts();
+                prop_assert!(waiting <= 3 && waiting <= open);
+            }
+        }
+    }
+}
