@@ -8,6 +8,20 @@
 //! the header whether a frame is acceptable. Decoding rejects unknown types,
 //! wrong lengths and bad field values; it never panics and never allocates
 //! more than one maximum frame.
+//!
+//! ```
+//! use fluister::core::frame::{Frame, FrameDecoder, Role};
+//!
+//! let hello = Frame::Hello { version: 1, role: Role::Client };
+//! assert_eq!(hello.encode(), [0x01, 0x00, 0x02, 0x01, 0x01]);
+//!
+//! // Bytes may arrive in any pieces; frames come out whole.
+//! let mut decoder = FrameDecoder::default();
+//! let mut frames = Vec::new();
+//! decoder.push(&[0x01, 0x00], &mut frames).unwrap();
+//! decoder.push(&[0x02, 0x01, 0x01], &mut frames).unwrap();
+//! assert_eq!(frames, [hello]);
+//! ```
 
 use thiserror::Error;
 
