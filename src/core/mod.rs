@@ -11,6 +11,7 @@
 
 pub mod content;
 pub mod frame;
+pub mod hours;
 pub mod limits;
 pub mod pairing;
 pub mod relay;
