@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::core::limits::Limits;
+use crate::core::frame::{Language, MAX_LANGUAGES, MAX_TOPICS, TopicId, valid_label};
+use crate::core::hours::{OpeningHours, Range};
+use crate::core::limits::{Limits, Service, Topic};
 
 /// Where the relay listens when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -53,8 +55,68 @@ pub struct RelayConfig {
     /// in with client certificates it issued. Absent: nobody can sign in as
     /// a counsellor.
     pub counsellor_ca: Option<PathBuf>,
+    /// Languages offered, as two-letter codes. Default `["nl", "en"]`.
+    pub languages: Option<Vec<String>>,
+    /// Topics a young person can choose. Default: the built-in list.
+    pub topics: Option<Vec<TopicConfig>>,
+    /// Opening hours. Absent: always open.
+    pub hours: Option<HoursConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+/// `[[topics]]`: one topic with a stable id and its labels.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Stable id, 1..=65535; never reuse one for another meaning.
+    pub id: u16,
+    /// Dutch label, at most 64 bytes.
+    pub nl: String,
+    /// English label, at most 64 bytes.
+    pub en: String,
+}
+
+/// `[hours]`: when young people can be queued.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HoursConfig {
+    /// IANA time zone name. Default "Europe/Amsterdam".
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Ranges "HH:MM-HH:MM" per weekday; a day left out or empty is closed.
+    #[serde(default)]
+    pub monday: Vec<String>,
+    #[serde(default)]
+    pub tuesday: Vec<String>,
+    #[serde(default)]
+    pub wednesday: Vec<String>,
+    #[serde(default)]
+    pub thursday: Vec<String>,
+    #[serde(default)]
+    pub friday: Vec<String>,
+    #[serde(default)]
+    pub saturday: Vec<String>,
+    #[serde(default)]
+    pub sunday: Vec<String>,
+    /// Dated exceptions that replace that weekday's ranges.
+    #[serde(default)]
+    pub exceptions: Vec<ExceptionConfig>,
+}
+
+/// `[[hours.exceptions]]`: one special day.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// "YYYY-MM-DD" in the hours' time zone.
+    pub date: String,
+    /// Ranges that day; empty = closed all day.
+    #[serde(default)]
+    pub open: Vec<String>,
+}
+
+fn default_time_zone() -> String {
+    "Europe/Amsterdam".into()
 }
 
 /// `[limits]`: every bound the relay enforces.
@@ -74,6 +136,13 @@ pub struct LimitsConfig {
     /// Frames the relay buffers for one connection before it closes it as a
     /// slow consumer (8..=4096).
     pub max_buffered_frames: usize,
+    /// Seconds a client may wait in the queue before it is told so (60..=86400).
+    pub max_wait_secs: u64,
+    /// Seconds after which a client whose topic nobody serves goes to any
+    /// counsellor of its language (0..=86400).
+    pub topic_fallback_secs: u64,
+    /// Most chats one counsellor may take at once (1..=32).
+    pub max_capacity: u8,
 }
 
 impl Default for LimitsConfig {
@@ -85,6 +154,9 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 60,
             keep_alive_secs: 15,
             max_buffered_frames: 64,
+            max_wait_secs: Limits::DEFAULT_MAX_WAIT.as_secs(),
+            topic_fallback_secs: Limits::DEFAULT_TOPIC_FALLBACK.as_secs(),
+            max_capacity: Limits::DEFAULT_MAX_CAPACITY,
         }
     }
 }
@@ -103,6 +175,9 @@ impl Default for RelayConfig {
             tls_cert: None,
             tls_key: None,
             counsellor_ca: None,
+            languages: None,
+            topics: None,
+            hours: None,
             limits: LimitsConfig::default(),
         }
     }
@@ -203,7 +278,109 @@ impl RelayConfig {
             l.idle_timeout_secs - 1,
         )?;
         range("limits.max_buffered_frames", l.max_buffered_frames, 8, 4096)?;
+        range("limits.max_wait_secs", l.max_wait_secs, 60, 86_400)?;
+        range(
+            "limits.topic_fallback_secs",
+            l.topic_fallback_secs,
+            0,
+            86_400,
+        )?;
+        range("limits.max_capacity", l.max_capacity, 1, 32)?;
+        self.service()?;
         Ok(())
+    }
+
+    /// The helpline as configured: topics, languages, opening hours.
+    pub fn service(&self) -> Result<Service, ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid { key, reason };
+        let languages = match &self.languages {
+            None => Service::default_languages(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for code in list {
+                    let l = Language::parse(code).ok_or_else(|| {
+                        invalid(
+                            "languages",
+                            format!("{code:?} is not a two-letter lowercase code"),
+                        )
+                    })?;
+                    if out.contains(&l) {
+                        return Err(invalid("languages", format!("{code:?} is listed twice")));
+                    }
+                    out.push(l);
+                }
+                out
+            }
+        };
+        if languages.is_empty() || languages.len() > MAX_LANGUAGES {
+            return Err(invalid(
+                "languages",
+                format!("give 1 to {MAX_LANGUAGES} languages"),
+            ));
+        }
+        let topics = match &self.topics {
+            None => Service::default_topics(),
+            Some(list) => {
+                let mut out: Vec<Topic> = Vec::new();
+                for t in list {
+                    let id = TopicId::new(t.id)
+                        .ok_or_else(|| invalid("topics.id", "0 is not a topic id".into()))?;
+                    if out.iter().any(|o| o.id == id) {
+                        return Err(invalid("topics.id", format!("{} is used twice", t.id)));
+                    }
+                    for (key, label) in [("topics.nl", &t.nl), ("topics.en", &t.en)] {
+                        if !valid_label(label) {
+                            return Err(invalid(
+                                key,
+                                format!("{label:?} must be 1 to 64 bytes, printable, trimmed"),
+                            ));
+                        }
+                    }
+                    out.push(Topic {
+                        id,
+                        label_nl: t.nl.clone(),
+                        label_en: t.en.clone(),
+                    });
+                }
+                out
+            }
+        };
+        if topics.len() > MAX_TOPICS {
+            return Err(invalid("topics", format!("at most {MAX_TOPICS} topics")));
+        }
+        let hours = match &self.hours {
+            None => OpeningHours::always(),
+            Some(h) => {
+                let ranges =
+                    |key: &'static str, list: &[String]| -> Result<Vec<Range>, ConfigError> {
+                        list.iter()
+                            .map(|r| Range::parse(r).map_err(|e| invalid(key, e.to_string())))
+                            .collect()
+                    };
+                let week = [
+                    ranges("hours.monday", &h.monday)?,
+                    ranges("hours.tuesday", &h.tuesday)?,
+                    ranges("hours.wednesday", &h.wednesday)?,
+                    ranges("hours.thursday", &h.thursday)?,
+                    ranges("hours.friday", &h.friday)?,
+                    ranges("hours.saturday", &h.saturday)?,
+                    ranges("hours.sunday", &h.sunday)?,
+                ];
+                let mut exceptions = std::collections::BTreeMap::new();
+                for e in &h.exceptions {
+                    let date = OpeningHours::parse_date(&e.date)
+                        .map_err(|err| invalid("hours.exceptions.date", err.to_string()))?;
+                    exceptions.insert(date, ranges("hours.exceptions.open", &e.open)?);
+                }
+                OpeningHours::new(&h.time_zone, week, exceptions)
+                    .map_err(|e| invalid("hours.time_zone", e.to_string()))?
+            }
+        };
+        Ok(Service {
+            topics,
+            languages,
+            hours,
+        })
     }
 
     /// The limits the core enforces.
@@ -212,6 +389,9 @@ impl RelayConfig {
             max_queue: self.limits.max_queue,
             max_connections: self.limits.max_connections,
             hello_timeout: Duration::from_secs(self.limits.hello_timeout_secs),
+            max_wait: Duration::from_secs(self.limits.max_wait_secs),
+            topic_fallback: Duration::from_secs(self.limits.topic_fallback_secs),
+            max_capacity: self.limits.max_capacity,
         }
     }
 }

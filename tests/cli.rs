@@ -71,9 +71,23 @@ impl Proc {
     fn line(&self) -> String {
         self.lines.recv_timeout(WAIT).expect("no output in time")
     }
-    fn event(&self) -> Value {
+    fn event_any(&self) -> Value {
         let line = self.line();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+    /// The next event, skipping a counsellor's status and queue statistics.
+    fn event(&self) -> Value {
+        loop {
+            let e = self.event_any();
+            if e["event"] != "status" && e["event"] != "queue_stats" {
+                return e;
+            }
+        }
+    }
+    /// The next event, which must be `connected`.
+    fn connected(&self) {
+        let e = self.event();
+        assert_eq!(e["event"], "connected", "{e}");
     }
     fn say(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().unwrap();
@@ -223,20 +237,20 @@ fn a_scripted_json_chat_runs_end_to_end() {
     let setup = org_setup();
     let (_relay, addr) = start_relay(&setup);
     let mut counsellor = spawn_counsellor(&setup, &addr);
-    assert_eq!(counsellor.event(), json!({"event": "connected"}));
+    counsellor.connected();
 
     let mut client = spawn_chat(&setup, &addr);
-    assert_eq!(client.event(), json!({"event": "connected"}));
+    client.connected();
     assert_eq!(
         client.event(),
         json!({"event": "paired", "counsellor": "Sam"})
     );
-    assert_eq!(counsellor.event(), json!({"event": "paired"}));
+    assert_eq!(counsellor.event(), json!({"event": "paired", "chat": 1}));
 
     client.say("hoi, ik moet iets vertellen");
     assert_eq!(
         counsellor.event(),
-        json!({"event": "message", "text": "hoi, ik moet iets vertellen"})
+        json!({"event": "message", "text": "hoi, ik moet iets vertellen", "chat": 1})
     );
     counsellor.say("Ik luister. Neem je tijd.");
     assert_eq!(
@@ -252,12 +266,12 @@ fn a_scripted_json_chat_runs_end_to_end() {
     client.wait_success();
     assert_eq!(
         counsellor.event(),
-        json!({"event": "ended", "reason": "peer_ended"})
+        json!({"event": "ended", "reason": "peer_ended", "chat": 1})
     );
 
     // The counsellor stays signed in and takes the next young person.
     let mut second = spawn_chat(&setup, &addr);
-    assert_eq!(second.event(), json!({"event": "connected"}));
+    second.connected();
     assert_eq!(
         second.event(),
         json!({"event": "paired", "counsellor": "Sam"})
@@ -266,7 +280,7 @@ fn a_scripted_json_chat_runs_end_to_end() {
     counsellor.say("/end");
     assert_eq!(
         counsellor.event(),
-        json!({"event": "ended", "reason": "you_ended"})
+        json!({"event": "ended", "reason": "you_ended", "chat": 2})
     );
     assert_eq!(
         second.event(),
@@ -299,7 +313,7 @@ fn the_demo_prints_commands_that_work() {
     let c = with_json(counsellor_cmd.unwrap());
     let y = with_json(chat_cmd.unwrap());
     let mut counsellor = spawn(&c.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(counsellor.event(), json!({"event": "connected"}));
+    counsellor.connected();
     let mut client = spawn(&y.iter().map(String::as_str).collect::<Vec<_>>());
     client.event();
     assert_eq!(
@@ -310,7 +324,7 @@ fn the_demo_prints_commands_that_work() {
     counsellor.event();
     assert_eq!(
         counsellor.event(),
-        json!({"event": "message", "text": "werkt de demo?"})
+        json!({"event": "message", "text": "werkt de demo?", "chat": 1})
     );
     client.eof();
     client.wait_success();
@@ -489,10 +503,10 @@ fn a_counsellor_of_another_organisation_fails_the_clients_check() {
     let out = client.wait_with_output().unwrap();
     assert_one_line_error(&out, "security check failed");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("paired"));
-    assert_eq!(counsellor.event(), json!({"event": "paired"}));
+    assert_eq!(counsellor.event(), json!({"event": "paired", "chat": 1}));
     assert_eq!(
         counsellor.event(),
-        json!({"event": "ended", "reason": "security_failure"})
+        json!({"event": "ended", "reason": "security_failure", "chat": 1})
     );
     counsellor.eof();
     counsellor.wait_success();

@@ -48,13 +48,18 @@ async fn evil_relay(
             for frame in frames {
                 match &frame {
                     Frame::Hello { .. } => {
-                        let mut out = Frame::Welcome {
+                        let welcome = Frame::Welcome {
                             version: PROTOCOL_VERSION,
                             role: Role::Client,
-                        }
-                        .encode();
-                        out.extend(Frame::Paired { chat, pairing_id }.encode());
-                        send.write_all(&out).await.unwrap();
+                            topics: 0,
+                            languages: vec![],
+                        };
+                        send.write_all(&welcome.encode()).await.unwrap();
+                    }
+                    Frame::Join { .. } => {
+                        send.write_all(&Frame::Paired { chat, pairing_id }.encode())
+                            .await
+                            .unwrap();
                     }
                     Frame::Forward { blob, .. } if !answered => {
                         answered = true;

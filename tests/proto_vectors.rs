@@ -8,7 +8,10 @@
 
 use ed25519_dalek::SigningKey;
 use fluister::core::content::Content;
-use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, EndReason, Frame, PairingId, Role};
+use fluister::core::frame::{
+    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Language, PairingId, Refusal, Role, TopicId,
+    TransferTarget, Unavailable,
+};
 use fluister::crypto::cert::{self, CertificateBody, OrgPublicKey};
 use fluister::crypto::e2e::{self, ClientHandshake, CounsellorKeys, Received};
 use serde_json::{Value, json};
@@ -70,6 +73,30 @@ fn frame_vector(name: &str, description: &str, frame: &Frame, body_fields: Vec<V
     annotated(name, description, &bytes, fields)
 }
 
+fn lang(s: &str) -> Language {
+    Language::parse(s).unwrap()
+}
+
+/// A frame annotated by cutting its body into named fields of given lengths.
+fn by_layout(
+    name: &str,
+    description: &str,
+    frame: &Frame,
+    layout: &[(&str, usize, &str)],
+) -> Value {
+    let bytes = frame.encode();
+    let mut at = 3;
+    let body = layout
+        .iter()
+        .map(|(field_name, len, meaning)| {
+            let f = field(field_name, &bytes[at..at + len], meaning);
+            at += len;
+            f
+        })
+        .collect();
+    frame_vector(name, description, frame, body)
+}
+
 #[test]
 fn frame_vectors() {
     let pairing_id =
@@ -110,21 +137,36 @@ fn frame_vectors() {
             &Frame::Welcome {
                 version: 1,
                 role: Role::Client,
+                topics: 6,
+                languages: vec![lang("nl"), lang("en")],
             },
             vec![
                 field("version", &[1], "protocol version 1"),
                 field("role", &[1], "role as accepted"),
+                field("topics", &[6], "number of TOPIC frames that follow"),
+                field("language_count", &[2], "languages offered"),
+                field(
+                    "languages",
+                    b"nlen\0\0\0\0\0\0\0\0\0\0\0\0",
+                    "8 slots of 2 ASCII letters; unused slots zero",
+                ),
             ],
         ),
         frame_vector(
             "QUEUED",
-            "client is number 3 in line",
-            &Frame::Queued { position: 3 },
-            vec![field(
-                "position",
-                &3u32.to_be_bytes(),
-                "u32 big-endian, 1 = next",
-            )],
+            "client is number 3 in line, about 4 minutes to wait",
+            &Frame::Queued {
+                position: 3,
+                estimated_wait_secs: Some(240),
+            },
+            vec![
+                field("position", &3u32.to_be_bytes(), "u32 big-endian, 1 = next"),
+                field(
+                    "estimated_wait_secs",
+                    &240u32.to_be_bytes(),
+                    "u32 big-endian; ffffffff = not known yet",
+                ),
+            ],
         ),
         frame_vector(
             "PAIRED",
@@ -208,6 +250,148 @@ fn frame_vectors() {
             vec![
                 field("chat", &1u32.to_be_bytes(), "chat number"),
                 field("reason", &[0x11], "0x11 relay shutdown"),
+            ],
+        ),
+        by_layout(
+            "TOPIC",
+            "one topic of the service, after WELCOME",
+            &Frame::Topic {
+                id: TopicId::new(3).unwrap(),
+                label_nl: "Sextortion".into(),
+                label_en: "Sextortion".into(),
+            },
+            &[
+                ("id", 2, "topic id, u16 big-endian, never 0"),
+                ("label_nl_len", 1, "10"),
+                ("label_nl", 64, "UTF-8 label, zero-padded to 64 bytes"),
+                ("label_en_len", 1, "10"),
+                ("label_en", 64, "UTF-8 label, zero-padded to 64 bytes"),
+            ],
+        ),
+        by_layout(
+            "JOIN",
+            "client joins the queue for topic 2 in Dutch",
+            &Frame::Join {
+                topic: TopicId::new(2),
+                language: Some(lang("nl")),
+            },
+            &[
+                ("topic", 2, "topic id; 0 = no topic chosen"),
+                ("language", 2, "ASCII code; 00 00 = no preference"),
+            ],
+        ),
+        by_layout(
+            "UNAVAILABLE (closed)",
+            "outside opening hours; opens again at 2027-01-04 08:00 UTC",
+            &Frame::Unavailable {
+                reason: Unavailable::Closed,
+                next_open: Some(1_799_049_600),
+            },
+            &[
+                ("reason", 1, "0x01 closed, 0x02 busy, 0x03 wait exceeded"),
+                (
+                    "next_open",
+                    8,
+                    "unix seconds, u64 big-endian; 0 = not applicable",
+                ),
+            ],
+        ),
+        by_layout(
+            "STATUS",
+            "counsellor: available, 2 chats at once, topics 1 and 2, Dutch and English",
+            &Frame::Status {
+                available: true,
+                capacity: 2,
+                topics: vec![TopicId::new(1).unwrap(), TopicId::new(2).unwrap()],
+                languages: vec![lang("nl"), lang("en")],
+            },
+            &[
+                ("available", 1, "1 = takes new chats, 0 = away"),
+                ("capacity", 1, "chats at once (the relay caps it)"),
+                ("topic_count", 1, "0 = every topic"),
+                ("topics", 32, "16 slots of u16 topic ids; unused slots zero"),
+                ("language_count", 1, "0 = every language"),
+                (
+                    "languages",
+                    16,
+                    "8 slots of 2 ASCII letters; unused slots zero",
+                ),
+            ],
+        ),
+        by_layout(
+            "QUEUE_STATS",
+            "relay to counsellor: 1 waiting without a topic, 2 for topic 2",
+            &Frame::QueueStats {
+                waiting: vec![(None, 1), (TopicId::new(2), 2)],
+            },
+            &[
+                ("count", 1, "entries used"),
+                (
+                    "entries",
+                    68,
+                    "17 slots of (topic u16, waiting u16); topic 0 = none chosen",
+                ),
+            ],
+        ),
+        by_layout(
+            "TRANSFER (colleague)",
+            "counsellor hands chat 1 to Noor",
+            &Frame::Transfer {
+                chat: chat1(),
+                target: TransferTarget::Colleague("Noor".into()),
+            },
+            &[
+                ("chat", 4, "chat number"),
+                ("target", 1, "0x01 colleague, 0x02 queue"),
+                ("name_len", 1, "4"),
+                ("name", 64, "pseudonym, zero-padded; all zero for the queue"),
+            ],
+        ),
+        by_layout(
+            "TRANSFER (queue)",
+            "counsellor hands chat 1 back to the queue",
+            &Frame::Transfer {
+                chat: chat1(),
+                target: TransferTarget::Queue,
+            },
+            &[
+                ("chat", 4, "chat number"),
+                ("target", 1, "0x02 queue"),
+                ("name_len", 1, "0"),
+                ("name", 64, "zeros"),
+            ],
+        ),
+        by_layout(
+            "TRANSFER_REFUSED",
+            "the colleague is away; the chat stays",
+            &Frame::TransferRefused {
+                chat: chat1(),
+                reason: Refusal::ColleagueAway,
+            },
+            &[
+                ("chat", 4, "chat number"),
+                ("reason", 1, "0x01 unknown colleague, 0x02 away, 0x03 full"),
+            ],
+        ),
+        by_layout(
+            "END (blocked)",
+            "counsellor ends and blocks the chat",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::Blocked,
+            },
+            &[("chat", 4, "chat number"), ("reason", 1, "0x03 blocked")],
+        ),
+        by_layout(
+            "END (transferred)",
+            "relay to both: the chat moves on",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::Transferred,
+            },
+            &[
+                ("chat", 4, "chat number"),
+                ("reason", 1, "0x12 transferred"),
             ],
         ),
     ];

@@ -53,13 +53,26 @@ enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
     },
-    /// Sign in as a counsellor and take chats (one line = one message; "/end" ends a chat).
+    /// Sign in as a counsellor and take chats. One line = one message;
+    /// "/help" lists the commands (several chats, @N, /end, /block, /transfer, /away ...).
     Counsellor {
         #[command(flatten)]
         conn: ConnArgs,
         /// Counsellor identity file from `fluister org add-counsellor`.
         #[arg(long, value_name = "FILE")]
         identity: PathBuf,
+        /// How many chats to take at once.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+        capacity: u8,
+        /// Topic ids to serve, comma-separated (default: all).
+        #[arg(long, value_name = "IDS", value_delimiter = ',')]
+        topics: Option<Vec<u16>>,
+        /// Languages to serve, comma-separated (default: all the relay offers).
+        #[arg(long, value_name = "CODES", value_delimiter = ',')]
+        languages: Option<Vec<String>>,
+        /// Sign in as away (take no chats until "/available").
+        #[arg(long)]
+        away: bool,
     },
     /// Chat anonymously with a counsellor (one line = one message; end of input ends the chat).
     Chat {
@@ -68,6 +81,12 @@ enum Command {
         /// The organisation's public key (64 hex digits, or a file holding it).
         #[arg(long, value_name = "ORG_PUBLIC_KEY")]
         org_key: String,
+        /// What the chat is about: a topic id or its label (see the relay's list).
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+        /// Preferred language, e.g. nl or en.
+        #[arg(long, value_name = "CODE")]
+        language: Option<String>,
     },
 }
 
@@ -247,7 +266,20 @@ async fn run(command: Command) -> CliResult {
             Ok(())
         }
         Command::Demo { listen } => demo(listen).await,
-        Command::Counsellor { conn, identity } => {
+        Command::Counsellor {
+            conn,
+            identity,
+            capacity,
+            topics,
+            languages,
+            away,
+        } => {
+            let settings = chat::CounsellorSettings {
+                available: !away,
+                capacity,
+                topics,
+                languages,
+            };
             let identity = org::Identity::load(&identity)?;
             let credential = (
                 tls::certs_from_pem("relay credential", &identity.relay_credential_cert)?,
@@ -257,21 +289,27 @@ async fn run(command: Command) -> CliResult {
             let stream = client::connect(connect_options(&conn, Some(credential))?).await?;
             if !json {
                 println!(
-                    "Signed in as {}. Type to reply; \"/end\" ends a chat; end of input signs out.",
+                    "Signed in as {}. Type to reply; \"/help\" lists the commands; end of input signs out.",
                     identity.pseudonym
                 );
             }
             run_chat(json, |input, events| {
-                chat::run_counsellor(stream, identity.keys, input, events)
+                chat::run_counsellor(stream, identity.keys, settings, input, events)
             })
             .await
         }
-        Command::Chat { conn, org_key } => {
+        Command::Chat {
+            conn,
+            org_key,
+            topic,
+            language,
+        } => {
+            let request = chat::ClientRequest { topic, language };
             let org = parse_org_key(&org_key)?;
             let json = conn.json;
             let stream = client::connect(connect_options(&conn, None)?).await?;
             run_chat(json, |input, events| {
-                chat::run_client(stream, org, input, events)
+                chat::run_client(stream, org, request, input, events)
             })
             .await
         }

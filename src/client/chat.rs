@@ -1,48 +1,107 @@
-//! The two chat roles over a [`RelayStream`] (PROTOCOL.md §7.1, §7.2).
+//! What both chat roles share: the events a user sees ([`ChatEvent`]), the
+//! welcome exchange, and sealing and opening end-to-end messages.
 //!
-//! Each role reads lines from an input channel (closed = end of input) and
-//! frames from the relay, and reports [`ChatEvent`]s on an output channel.
-//! The client queues, runs the Noise initiator when paired, and sends no
-//! content until the counsellor's certificate has verified; lines typed
-//! before then wait. The counsellor answers handshakes with its certified
-//! key and takes one chat after another until its input ends.
+//! The roles themselves are [`super::anonymous::run_client`] and
+//! [`super::counsellor::run_counsellor`]; each reads lines from an input
+//! channel (closed = end of input) and frames from the relay, and reports
+//! [`ChatEvent`]s on an output channel.
 
-use std::collections::VecDeque;
-
-use rand_core::OsRng;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{ClientError, RelayStream};
 use crate::core::content::{Content, Reassembler, split_text};
-use crate::core::frame::{ChatNumber, EndReason, Frame, PROTOCOL_VERSION, Role};
-use crate::crypto::cert::OrgPublicKey;
-use crate::crypto::e2e::{self, ClientHandshake, CounsellorKeys, Received, Session};
+use crate::core::frame::{
+    Blob, ChatNumber, EndReason, Frame, Language, PROTOCOL_VERSION, Role, TopicId,
+};
+use crate::crypto::e2e::{self, Received, Session};
 
-/// Lines a client may type before a counsellor is connected.
-pub const MAX_LINES_BEFORE_PAIRED: usize = 100;
-/// A counsellor's input line that ends the current chat.
-pub const END_COMMAND: &str = "/end";
+pub use super::anonymous::{ClientRequest, run_client};
+pub use super::counsellor::{CounsellorSettings, run_counsellor};
+
+/// One topic as the relay offers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicInfo {
+    pub id: u16,
+    pub nl: String,
+    pub en: String,
+}
+
+/// Clients waiting for one topic (`None`: no topic chosen).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    pub topic: Option<u16>,
+    pub count: u16,
+}
 
 /// Something the user should see. Serialised one per line with `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChatEvent {
-    /// The relay accepted us.
-    Connected,
-    /// Our place in the queue; 1 = next.
-    Queued { position: u32 },
-    /// A chat began. For the client, the counsellor's verified pseudonym.
+    /// The relay accepted us; what it offers.
+    Connected {
+        topics: Vec<TopicInfo>,
+        languages: Vec<String>,
+    },
+    /// Our place in the queue (1 = next) and the estimated wait, if known.
+    Queued {
+        position: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        estimated_wait_secs: Option<u32>,
+    },
+    /// The service is closed; when it opens next (unix seconds), if known.
+    Closed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_open: Option<u64>,
+    },
+    /// A chat began. The client sees the counsellor's verified pseudonym;
+    /// the counsellor sees the chat number.
     Paired {
         #[serde(skip_serializing_if = "Option::is_none")]
         counsellor: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
     },
+    /// Client: the chat moved to another counsellor, verified like the first.
+    Transferred { counsellor: String },
     /// A message from the other side.
-    Message { text: String },
-    /// The chat is over, and why.
-    Ended { reason: String },
+    Message {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
+    /// A chat is over, and why.
+    Ended {
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
+    /// Counsellor: a transfer did not happen; the chat stays.
+    TransferRefused { chat: u32, reason: String },
+    /// Counsellor: clients waiting, per topic.
+    QueueStats { waiting: Vec<Waiting> },
+    /// Counsellor: what it now takes.
+    Status { available: bool, capacity: u8 },
+    /// Counsellor: its open chats.
+    Chats { chats: Vec<u32> },
+    /// Counsellor: the line commands.
+    Help { commands: Vec<String> },
     /// Something went wrong; the text says what.
     Error { message: String },
+}
+
+fn minutes(secs: u32) -> String {
+    match secs {
+        0..=59 => "less than a minute".into(),
+        60..=119 => "about a minute".into(),
+        _ => format!("about {} minutes", (secs + 30) / 60),
+    }
+}
+
+fn utc(unix: u64) -> String {
+    chrono::DateTime::from_timestamp(unix as i64, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 impl ChatEvent {
@@ -50,40 +109,153 @@ impl ChatEvent {
         serde_json::to_string(self).unwrap_or_else(|_| "{\"event\":\"error\"}".into())
     }
 
-    /// A line for a person to read.
+    /// A line (or lines) for a person to read.
     pub fn to_text(&self) -> String {
+        let at = |chat: &Option<u32>| chat.map(|c| format!("[@{c}] ")).unwrap_or_default();
         match self {
-            ChatEvent::Connected => "Connected to the relay.".into(),
-            ChatEvent::Queued { position } => {
-                format!("Waiting for a counsellor; you are number {position} in line.")
-            }
+            ChatEvent::Connected { .. } => "Connected to the relay.".into(),
+            ChatEvent::Queued {
+                position,
+                estimated_wait_secs,
+            } => match estimated_wait_secs {
+                Some(s) => format!(
+                    "Waiting for a counsellor: you are number {position} in line; {}.",
+                    minutes(*s)
+                ),
+                None => format!("Waiting for a counsellor: you are number {position} in line."),
+            },
+            ChatEvent::Closed { next_open } => match next_open {
+                Some(t) => format!("The chat is closed now. It opens again at {}.", utc(*t)),
+                None => "The chat is closed now.".into(),
+            },
             ChatEvent::Paired {
                 counsellor: Some(name),
-            } => {
+                ..
+            } => format!(
+                "You are now chatting with {name} (identity verified, end-to-end encrypted)."
+            ),
+            ChatEvent::Paired { chat, .. } => format!("{}A new chat has started.", at(chat)),
+            ChatEvent::Transferred { counsellor } => {
                 format!(
-                    "You are now chatting with {name} (identity verified, end-to-end encrypted)."
+                    "You are now chatting with {counsellor} (identity verified, end-to-end encrypted)."
                 )
             }
-            ChatEvent::Paired { counsellor: None } => "A new chat has started.".into(),
-            ChatEvent::Message { text } => format!("> {text}"),
-            ChatEvent::Ended { reason } => format!("Chat ended ({}).", reason.replace('_', " ")),
+            ChatEvent::Message { text, chat } => format!("{}> {text}", at(chat)),
+            ChatEvent::Ended { reason, chat } => {
+                format!("{}Chat ended ({}).", at(chat), reason.replace('_', " "))
+            }
+            ChatEvent::TransferRefused { chat, reason } => {
+                format!("[@{chat}] Transfer refused: {reason}.")
+            }
+            ChatEvent::QueueStats { waiting } => {
+                let total: u32 = waiting.iter().map(|w| u32::from(w.count)).sum();
+                let parts: Vec<String> = waiting
+                    .iter()
+                    .map(|w| match w.topic {
+                        Some(t) => format!("topic {t}: {}", w.count),
+                        None => format!("no topic: {}", w.count),
+                    })
+                    .collect();
+                format!("Queue: {total} waiting ({}).", parts.join(", "))
+            }
+            ChatEvent::Status {
+                available,
+                capacity,
+            } => format!(
+                "You are {} with room for {capacity} chat(s).",
+                if *available { "available" } else { "away" }
+            ),
+            ChatEvent::Chats { chats } if chats.is_empty() => "No open chats.".into(),
+            ChatEvent::Chats { chats } => {
+                let list: Vec<String> = chats.iter().map(|c| format!("@{c}")).collect();
+                format!("Open chats: {}", list.join(" "))
+            }
+            ChatEvent::Help { commands } => commands.join("\n"),
             ChatEvent::Error { message } => format!("Error: {message}"),
         }
     }
 }
 
-fn now_unix() -> u64 {
+pub(crate) async fn emit(events: &mpsc::Sender<ChatEvent>, event: ChatEvent) {
+    let _ = events.send(event).await;
+}
+
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-async fn emit(events: &mpsc::Sender<ChatEvent>, event: ChatEvent) {
-    let _ = events.send(event).await;
+/// What the relay said in WELCOME and the TOPIC frames after it.
+pub(crate) struct Welcome {
+    pub topics: Vec<(TopicId, String, String)>,
+    pub languages: Vec<Language>,
 }
 
-async fn send_text(
+impl Welcome {
+    pub fn event(&self) -> ChatEvent {
+        ChatEvent::Connected {
+            topics: self
+                .topics
+                .iter()
+                .map(|(id, nl, en)| TopicInfo {
+                    id: id.get(),
+                    nl: nl.clone(),
+                    en: en.clone(),
+                })
+                .collect(),
+            languages: self
+                .languages
+                .iter()
+                .map(|l| l.as_str().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Sends HELLO and reads WELCOME and its TOPIC frames.
+pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
+    relay
+        .send(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            role,
+        })
+        .await?;
+    let (count, languages) = match relay.next().await? {
+        Some(Frame::Welcome {
+            version,
+            role: accepted,
+            topics,
+            languages,
+        }) => {
+            if version != PROTOCOL_VERSION {
+                return Err(ClientError::Version(version));
+            }
+            if accepted != role {
+                return Err(ClientError::UnexpectedFrame);
+            }
+            (topics, languages)
+        }
+        Some(_) => return Err(ClientError::UnexpectedFrame),
+        None => return Err(ClientError::Lost("the relay ended the stream".into())),
+    };
+    let mut topics = Vec::new();
+    for _ in 0..count {
+        match relay.next().await? {
+            Some(Frame::Topic {
+                id,
+                label_nl,
+                label_en,
+            }) => topics.push((id, label_nl, label_en)),
+            _ => return Err(ClientError::UnexpectedFrame),
+        }
+    }
+    Ok(Welcome { topics, languages })
+}
+
+/// Splits, seals and sends one message.
+pub(crate) async fn send_text(
     relay: &mut RelayStream,
     chat: ChatNumber,
     session: &mut Session,
@@ -96,281 +268,24 @@ async fn send_text(
     Ok(())
 }
 
-/// What happened to one incoming transport blob.
-enum Incoming {
-    Nothing,
-    Message(String),
-}
-
-fn open(
+/// Opens one transport blob; returns a whole message when one is complete.
+pub(crate) fn open(
     session: &mut Session,
     reassembler: &mut Reassembler,
-    blob: &crate::core::frame::Blob,
-) -> Result<Incoming, e2e::E2eError> {
+    blob: &Blob,
+) -> Result<Option<String>, e2e::E2eError> {
     match session.open(blob)? {
-        Received::Duplicate | Received::Content(Content::Unknown(_)) => Ok(Incoming::Nothing),
-        Received::Content(chunk) => Ok(match reassembler.push(chunk)? {
-            Some(text) => Incoming::Message(text),
-            None => Incoming::Nothing,
-        }),
+        Received::Duplicate | Received::Content(Content::Unknown(_)) => Ok(None),
+        Received::Content(chunk) => Ok(reassembler.push(chunk)?),
     }
 }
 
 /// Ends a chat whose end-to-end check failed; the peer learns only that.
-async fn abort(relay: &mut RelayStream, chat: ChatNumber) {
+pub(crate) async fn abort(relay: &mut RelayStream, chat: ChatNumber) {
     let _ = relay
         .send(&Frame::End {
             chat,
             reason: EndReason::SecurityFailure,
         })
         .await;
-}
-
-fn check_welcome(version: u8, role: Role, expected: Role) -> Result<(), ClientError> {
-    if version != PROTOCOL_VERSION {
-        return Err(ClientError::Version(version));
-    }
-    if role != expected {
-        return Err(ClientError::UnexpectedFrame);
-    }
-    Ok(())
-}
-
-enum ClientState {
-    Waiting,
-    Handshaking {
-        chat: ChatNumber,
-        handshake: ClientHandshake,
-    },
-    Chatting {
-        chat: ChatNumber,
-        session: Session,
-        reassembler: Reassembler,
-    },
-}
-
-/// Runs the anonymous client role until the chat ends.
-pub async fn run_client(
-    mut relay: RelayStream,
-    org: OrgPublicKey,
-    mut input: mpsc::Receiver<String>,
-    events: mpsc::Sender<ChatEvent>,
-) -> Result<(), ClientError> {
-    relay
-        .send(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Client,
-        })
-        .await?;
-    let mut state = ClientState::Waiting;
-    let mut typed: VecDeque<String> = VecDeque::new();
-    let mut input_done = false;
-    loop {
-        // Input has ended and everything typed has gone out: end the chat.
-        if input_done && typed.is_empty() {
-            let reason = match &state {
-                ClientState::Waiting => "left_queue",
-                ClientState::Handshaking { chat, .. } | ClientState::Chatting { chat, .. } => {
-                    relay
-                        .send(&Frame::End {
-                            chat: *chat,
-                            reason: EndReason::UserEnded,
-                        })
-                        .await?;
-                    "you_ended"
-                }
-            };
-            emit(
-                &events,
-                ChatEvent::Ended {
-                    reason: reason.into(),
-                },
-            )
-            .await;
-            relay.close().await;
-            return Ok(());
-        }
-        tokio::select! {
-            frame = relay.next() => {
-                let Some(frame) = frame? else {
-                    return Err(ClientError::Lost("the relay ended the stream".into()));
-                };
-                state = match (state, frame) {
-                    (s, Frame::Welcome { version, role }) => {
-                        check_welcome(version, role, Role::Client)?;
-                        emit(&events, ChatEvent::Connected).await;
-                        s
-                    }
-                    (s @ ClientState::Waiting, Frame::Queued { position }) => {
-                        emit(&events, ChatEvent::Queued { position }).await;
-                        s
-                    }
-                    (ClientState::Waiting, Frame::Paired { chat, pairing_id }) => {
-                        let (handshake, blob) = ClientHandshake::start(&org, &pairing_id, &mut OsRng);
-                        relay.send(&Frame::Forward { chat, blob }).await?;
-                        ClientState::Handshaking { chat, handshake }
-                    }
-                    (ClientState::Handshaking { chat, handshake }, Frame::Forward { chat: c, blob }) if c == chat => {
-                        match handshake.finish(&blob, now_unix()) {
-                            Ok((mut session, certificate)) => {
-                                emit(&events, ChatEvent::Paired { counsellor: Some(certificate.pseudonym().to_owned()) }).await;
-                                while let Some(line) = typed.pop_front() {
-                                    send_text(&mut relay, chat, &mut session, &line).await?;
-                                }
-                                ClientState::Chatting { chat, session, reassembler: Reassembler::default() }
-                            }
-                            Err(e) => {
-                                abort(&mut relay, chat).await;
-                                relay.close().await;
-                                return Err(ClientError::Security(e));
-                            }
-                        }
-                    }
-                    (ClientState::Chatting { chat, mut session, mut reassembler }, Frame::Forward { chat: c, blob }) if c == chat => {
-                        match open(&mut session, &mut reassembler, &blob) {
-                            Ok(Incoming::Message(text)) => emit(&events, ChatEvent::Message { text }).await,
-                            Ok(Incoming::Nothing) => {}
-                            Err(e) => {
-                                abort(&mut relay, chat).await;
-                                relay.close().await;
-                                return Err(ClientError::Security(e));
-                            }
-                        }
-                        ClientState::Chatting { chat, session, reassembler }
-                    }
-                    (ClientState::Handshaking { chat, .. } | ClientState::Chatting { chat, .. }, Frame::End { chat: c, reason }) if c == chat => {
-                        emit(&events, ChatEvent::Ended { reason: reason.as_str().into() }).await;
-                        relay.close().await;
-                        return Ok(());
-                    }
-                    _ => return Err(ClientError::UnexpectedFrame),
-                };
-            }
-            line = input.recv(), if !input_done => {
-                match line {
-                    None => input_done = true,
-                    Some(line) => match &mut state {
-                        ClientState::Chatting { chat, session, .. } => {
-                            let chat = *chat;
-                            if let Err(e) = send_text(&mut relay, chat, session, &line).await {
-                                emit(&events, ChatEvent::Error { message: e.to_string() }).await;
-                            }
-                        }
-                        _ if typed.len() >= MAX_LINES_BEFORE_PAIRED => {
-                            emit(&events, ChatEvent::Error { message: "too many lines before a counsellor joined; this one was not kept".into() }).await;
-                        }
-                        _ => typed.push_back(line),
-                    },
-                }
-            }
-        }
-    }
-}
-
-enum CounsellorState {
-    Idle,
-    AwaitingHandshake {
-        chat: ChatNumber,
-        pairing_id: crate::core::frame::PairingId,
-    },
-    Chatting {
-        chat: ChatNumber,
-        session: Session,
-        reassembler: Reassembler,
-    },
-}
-
-/// Runs the counsellor role: takes chats one after another until input ends.
-pub async fn run_counsellor(
-    mut relay: RelayStream,
-    keys: CounsellorKeys,
-    mut input: mpsc::Receiver<String>,
-    events: mpsc::Sender<ChatEvent>,
-) -> Result<(), ClientError> {
-    relay
-        .send(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Counsellor,
-        })
-        .await?;
-    let mut state = CounsellorState::Idle;
-    loop {
-        tokio::select! {
-            frame = relay.next() => {
-                let Some(frame) = frame? else {
-                    return Err(ClientError::Lost("the relay ended the stream".into()));
-                };
-                state = match (state, frame) {
-                    (s, Frame::Welcome { version, role }) => {
-                        check_welcome(version, role, Role::Counsellor)?;
-                        emit(&events, ChatEvent::Connected).await;
-                        s
-                    }
-                    (CounsellorState::Idle, Frame::Paired { chat, pairing_id }) => {
-                        CounsellorState::AwaitingHandshake { chat, pairing_id }
-                    }
-                    (CounsellorState::AwaitingHandshake { chat, pairing_id }, Frame::Forward { chat: c, blob }) if c == chat => {
-                        match e2e::counsellor_respond(&keys, &pairing_id, &blob, &mut OsRng) {
-                            Ok((session, reply)) => {
-                                relay.send(&Frame::Forward { chat, blob: reply }).await?;
-                                emit(&events, ChatEvent::Paired { counsellor: None }).await;
-                                CounsellorState::Chatting { chat, session, reassembler: Reassembler::default() }
-                            }
-                            Err(e) => {
-                                abort(&mut relay, chat).await;
-                                emit(&events, ChatEvent::Error { message: ClientError::Security(e).to_string() }).await;
-                                CounsellorState::Idle
-                            }
-                        }
-                    }
-                    (CounsellorState::Chatting { chat, mut session, mut reassembler }, Frame::Forward { chat: c, blob }) if c == chat => {
-                        match open(&mut session, &mut reassembler, &blob) {
-                            Ok(Incoming::Message(text)) => {
-                                emit(&events, ChatEvent::Message { text }).await;
-                                CounsellorState::Chatting { chat, session, reassembler }
-                            }
-                            Ok(Incoming::Nothing) => CounsellorState::Chatting { chat, session, reassembler },
-                            Err(e) => {
-                                abort(&mut relay, chat).await;
-                                emit(&events, ChatEvent::Error { message: ClientError::Security(e).to_string() }).await;
-                                CounsellorState::Idle
-                            }
-                        }
-                    }
-                    (CounsellorState::AwaitingHandshake { chat, .. } | CounsellorState::Chatting { chat, .. }, Frame::End { chat: c, reason }) if c == chat => {
-                        emit(&events, ChatEvent::Ended { reason: reason.as_str().into() }).await;
-                        CounsellorState::Idle
-                    }
-                    _ => return Err(ClientError::UnexpectedFrame),
-                };
-            }
-            line = input.recv() => {
-                let Some(line) = line else {
-                    if let CounsellorState::AwaitingHandshake { chat, .. } | CounsellorState::Chatting { chat, .. } = state {
-                        relay.send(&Frame::End { chat, reason: EndReason::UserEnded }).await?;
-                        emit(&events, ChatEvent::Ended { reason: "you_ended".into() }).await;
-                    }
-                    relay.close().await;
-                    return Ok(());
-                };
-                state = match state {
-                    CounsellorState::Chatting { chat, .. } if line.trim() == END_COMMAND => {
-                        relay.send(&Frame::End { chat, reason: EndReason::UserEnded }).await?;
-                        emit(&events, ChatEvent::Ended { reason: "you_ended".into() }).await;
-                        CounsellorState::Idle
-                    }
-                    CounsellorState::Chatting { chat, mut session, reassembler } => {
-                        if let Err(e) = send_text(&mut relay, chat, &mut session, &line).await {
-                            emit(&events, ChatEvent::Error { message: e.to_string() }).await;
-                        }
-                        CounsellorState::Chatting { chat, session, reassembler }
-                    }
-                    other => {
-                        emit(&events, ChatEvent::Error { message: "no chat is open; the line was not sent".into() }).await;
-                        other
-                    }
-                };
-            }
-        }
-    }
 }

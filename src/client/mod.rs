@@ -7,7 +7,9 @@
 //! into frames in both directions. [`chat`] runs the client and counsellor
 //! roles over it, reporting [`chat::ChatEvent`]s.
 
+pub mod anonymous;
 pub mod chat;
+pub mod counsellor;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,6 +48,9 @@ pub enum ClientError {
     /// The relay speaks another protocol version.
     #[error("the relay speaks protocol version {0}; please update Fluister")]
     Version(u8),
+    /// The relay does not offer what was asked for (topic, language).
+    #[error("{0}")]
+    Request(String),
     /// A message longer than the protocol allows; it was not sent.
     #[error(
         "message too long: at most {} bytes",

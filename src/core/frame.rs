@@ -47,7 +47,21 @@ pub mod kind {
     pub const PAIRED: u8 = 0x04;
     pub const FORWARD: u8 = 0x05;
     pub const END: u8 = 0x06;
+    pub const TOPIC: u8 = 0x07;
+    pub const JOIN: u8 = 0x08;
+    pub const UNAVAILABLE: u8 = 0x09;
+    pub const STATUS: u8 = 0x0a;
+    pub const QUEUE_STATS: u8 = 0x0b;
+    pub const TRANSFER: u8 = 0x0c;
+    pub const TRANSFER_REFUSED: u8 = 0x0d;
 }
+
+/// Most topics a relay offers and a counsellor serves.
+pub const MAX_TOPICS: usize = 16;
+/// Most languages a relay offers and a counsellor serves.
+pub const MAX_LANGUAGES: usize = 8;
+/// Longest topic label or pseudonym in a frame, in UTF-8 bytes.
+pub const MAX_LABEL_LEN: usize = 64;
 
 /// Which side of a chat an endpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,10 +96,16 @@ pub enum EndReason {
     /// The sending endpoint aborted because an end-to-end check failed
     /// (certificate, handshake or decryption).
     SecurityFailure,
+    /// A counsellor ended the chat and blocked it: the client's connection
+    /// is closed and can never send again.
+    Blocked,
     /// Relay to endpoint: the peer's connection went away.
     PeerDisconnected,
     /// Relay to endpoint: the relay is shutting down.
     RelayShutdown,
+    /// Relay to endpoint: the chat moves to another counsellor or back to
+    /// the queue; the client will get QUEUED or PAIRED next.
+    Transferred,
 }
 
 impl EndReason {
@@ -93,16 +113,20 @@ impl EndReason {
         match self {
             EndReason::UserEnded => 0x01,
             EndReason::SecurityFailure => 0x02,
+            EndReason::Blocked => 0x03,
             EndReason::PeerDisconnected => 0x10,
             EndReason::RelayShutdown => 0x11,
+            EndReason::Transferred => 0x12,
         }
     }
     pub fn from_byte(b: u8) -> Result<Self, FrameError> {
         match b {
             0x01 => Ok(EndReason::UserEnded),
             0x02 => Ok(EndReason::SecurityFailure),
+            0x03 => Ok(EndReason::Blocked),
             0x10 => Ok(EndReason::PeerDisconnected),
             0x11 => Ok(EndReason::RelayShutdown),
+            0x12 => Ok(EndReason::Transferred),
             _ => Err(FrameError::BadField("reason")),
         }
     }
@@ -111,8 +135,82 @@ impl EndReason {
         match self {
             EndReason::UserEnded => "peer_ended",
             EndReason::SecurityFailure => "security_failure",
+            EndReason::Blocked => "blocked",
             EndReason::PeerDisconnected => "peer_disconnected",
             EndReason::RelayShutdown => "relay_shutdown",
+            EndReason::Transferred => "transferred",
+        }
+    }
+}
+
+/// Why the relay will not queue a client (UNAVAILABLE, PROTOCOL.md §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unavailable {
+    /// Outside opening hours.
+    Closed,
+    /// The queue is full.
+    Busy,
+    /// The client waited the maximum time.
+    WaitExceeded,
+}
+
+impl Unavailable {
+    fn to_byte(self) -> u8 {
+        match self {
+            Unavailable::Closed => 0x01,
+            Unavailable::Busy => 0x02,
+            Unavailable::WaitExceeded => 0x03,
+        }
+    }
+    fn from_byte(b: u8) -> Result<Self, FrameError> {
+        match b {
+            0x01 => Ok(Unavailable::Closed),
+            0x02 => Ok(Unavailable::Busy),
+            0x03 => Ok(Unavailable::WaitExceeded),
+            _ => Err(FrameError::BadField("reason")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::Closed => "closed",
+            Unavailable::Busy => "busy",
+            Unavailable::WaitExceeded => "wait_exceeded",
+        }
+    }
+}
+
+/// Why a transfer was refused (TRANSFER_REFUSED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// No counsellor with that pseudonym is signed in.
+    UnknownColleague,
+    /// The colleague is away.
+    ColleagueAway,
+    /// The colleague has no room (at capacity).
+    ColleagueFull,
+}
+
+impl Refusal {
+    fn to_byte(self) -> u8 {
+        match self {
+            Refusal::UnknownColleague => 0x01,
+            Refusal::ColleagueAway => 0x02,
+            Refusal::ColleagueFull => 0x03,
+        }
+    }
+    fn from_byte(b: u8) -> Result<Self, FrameError> {
+        match b {
+            0x01 => Ok(Refusal::UnknownColleague),
+            0x02 => Ok(Refusal::ColleagueAway),
+            0x03 => Ok(Refusal::ColleagueFull),
+            _ => Err(FrameError::BadField("reason")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownColleague => "no counsellor with that name is signed in",
+            Refusal::ColleagueAway => "that counsellor is away",
+            Refusal::ColleagueFull => "that counsellor has no room for another chat",
         }
     }
 }
@@ -129,6 +227,50 @@ impl ChatNumber {
     pub fn get(self) -> u32 {
         self.0
     }
+}
+
+/// A topic's stable id, chosen by the operator; never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicId(u16);
+
+impl TopicId {
+    pub fn new(n: u16) -> Option<Self> {
+        (n != 0).then_some(TopicId(n))
+    }
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+/// A two-letter lowercase language code (ISO 639-1), e.g. `nl`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Language([u8; 2]);
+
+impl Language {
+    pub fn new(bytes: [u8; 2]) -> Option<Self> {
+        bytes
+            .iter()
+            .all(u8::is_ascii_lowercase)
+            .then_some(Language(bytes))
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::new(s.as_bytes().try_into().ok()?)
+    }
+    pub fn as_str(&self) -> &str {
+        // Only ASCII lowercase letters are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl std::fmt::Debug for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Language({})", self.as_str())
+    }
+}
+
+/// Whether `s` may be a topic label or pseudonym in a frame.
+pub fn valid_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_LABEL_LEN && s.trim() == s && !s.chars().any(char::is_control)
 }
 
 /// The relay-assigned pairing id bound into the Noise prologue (PROTOCOL.md §6.1).
@@ -165,15 +307,32 @@ impl std::fmt::Debug for Blob {
     }
 }
 
+/// Where a counsellor hands a chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTarget {
+    /// A named colleague, by pseudonym.
+    Colleague(String),
+    /// Back to the queue, ahead of newcomers.
+    Queue,
+}
+
 /// One relay frame (PROTOCOL.md §4.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// Endpoint → relay, first frame on the stream.
     Hello { version: u8, role: Role },
-    /// Relay → endpoint: the HELLO was accepted.
-    Welcome { version: u8, role: Role },
-    /// Relay → client: place in the queue, 1 = next.
-    Queued { position: u32 },
+    /// Relay → endpoint: HELLO accepted. `topics` TOPIC frames follow.
+    Welcome {
+        version: u8,
+        role: Role,
+        topics: u8,
+        languages: Vec<Language>,
+    },
+    /// Relay → client: place in the queue (1 = next) and the estimated wait.
+    Queued {
+        position: u32,
+        estimated_wait_secs: Option<u32>,
+    },
     /// Relay → both: a chat begins.
     Paired {
         chat: ChatNumber,
@@ -183,6 +342,40 @@ pub enum Frame {
     Forward { chat: ChatNumber, blob: Blob },
     /// Both directions: the chat is over.
     End { chat: ChatNumber, reason: EndReason },
+    /// Relay → endpoint, after WELCOME: one topic of the service.
+    Topic {
+        id: TopicId,
+        label_nl: String,
+        label_en: String,
+    },
+    /// Client → relay, after WELCOME: join the queue.
+    Join {
+        topic: Option<TopicId>,
+        language: Option<Language>,
+    },
+    /// Relay → client: not queued; the relay closes the connection next.
+    Unavailable {
+        reason: Unavailable,
+        next_open: Option<u64>,
+    },
+    /// Counsellor → relay: what the counsellor takes.
+    Status {
+        available: bool,
+        capacity: u8,
+        topics: Vec<TopicId>,
+        languages: Vec<Language>,
+    },
+    /// Relay → counsellor: clients waiting per topic (`None` = no topic chosen).
+    QueueStats {
+        waiting: Vec<(Option<TopicId>, u16)>,
+    },
+    /// Counsellor → relay: hand `chat` to a colleague or back to the queue.
+    Transfer {
+        chat: ChatNumber,
+        target: TransferTarget,
+    },
+    /// Relay → counsellor: the transfer did not happen; the chat stays.
+    TransferRefused { chat: ChatNumber, reason: Refusal },
 }
 
 /// Why bytes could not be decoded as a frame. Each maps to a close code.
@@ -216,15 +409,135 @@ impl FrameError {
     }
 }
 
+/// Bytes of a label slot: length u8 and [`MAX_LABEL_LEN`] bytes.
+const LABEL_SLOT: usize = 1 + MAX_LABEL_LEN;
+
 fn body_len(kind: u8) -> Option<usize> {
     Some(match kind {
-        kind::HELLO | kind::WELCOME => 2,
-        kind::QUEUED => 4,
+        kind::HELLO => 2,
+        kind::WELCOME => 4 + 2 * MAX_LANGUAGES,
+        kind::QUEUED => 8,
         kind::PAIRED => 4 + 16,
         kind::FORWARD => 4 + BLOB_LEN,
         kind::END => 4 + 1,
+        kind::TOPIC => 2 + 2 * LABEL_SLOT,
+        kind::JOIN => 4,
+        kind::UNAVAILABLE => 1 + 8,
+        kind::STATUS => 3 + 2 * MAX_TOPICS + 1 + 2 * MAX_LANGUAGES,
+        kind::QUEUE_STATS => 1 + 4 * (MAX_TOPICS + 1),
+        kind::TRANSFER => 4 + 1 + LABEL_SLOT,
+        kind::TRANSFER_REFUSED => 4 + 1,
         _ => return None,
     })
+}
+
+/// Appends fixed-size fields; lists and labels are zero-padded slots.
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn zeros(&mut self, n: usize) {
+        self.0.resize(self.0.len() + n, 0);
+    }
+    /// Length u8 and the label, zero-padded to [`MAX_LABEL_LEN`]. Labels are
+    /// checked at construction; an over-long one is cut, never overflows.
+    fn label(&mut self, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(MAX_LABEL_LEN)];
+        self.u8(b.len() as u8);
+        self.bytes(b);
+        self.zeros(MAX_LABEL_LEN - b.len());
+    }
+    fn languages(&mut self, langs: &[Language]) {
+        let n = langs.len().min(MAX_LANGUAGES);
+        for l in &langs[..n] {
+            self.bytes(&l.0);
+        }
+        self.zeros(2 * (MAX_LANGUAGES - n));
+    }
+}
+
+/// Reads fixed-size fields from a body whose length was already checked.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::BadField("length"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn chat(&mut self) -> Result<ChatNumber, FrameError> {
+        ChatNumber::new(self.u32()?).ok_or(FrameError::BadField("chat"))
+    }
+    fn zeros(&mut self, n: usize, field: &'static str) -> Result<(), FrameError> {
+        match self.take(n)?.iter().all(|b| *b == 0) {
+            true => Ok(()),
+            false => Err(FrameError::BadField(field)),
+        }
+    }
+    fn label(&mut self, field: &'static str) -> Result<String, FrameError> {
+        let len = self.u8()? as usize;
+        if len > MAX_LABEL_LEN {
+            return Err(FrameError::BadField(field));
+        }
+        let text = std::str::from_utf8(self.take(len)?).map_err(|_| FrameError::BadField(field))?;
+        if !valid_label(text) {
+            return Err(FrameError::BadField(field));
+        }
+        let text = text.to_owned();
+        self.zeros(MAX_LABEL_LEN - len, field)?;
+        Ok(text)
+    }
+    fn language(&mut self) -> Result<Language, FrameError> {
+        let b = self.take(2)?;
+        Language::new([b[0], b[1]]).ok_or(FrameError::BadField("language"))
+    }
+    /// `count` languages, then zeroed slots up to [`MAX_LANGUAGES`].
+    fn languages(&mut self, count: usize) -> Result<Vec<Language>, FrameError> {
+        if count > MAX_LANGUAGES {
+            return Err(FrameError::BadField("language count"));
+        }
+        let langs = (0..count)
+            .map(|_| self.language())
+            .collect::<Result<_, _>>()?;
+        self.zeros(2 * (MAX_LANGUAGES - count), "languages")?;
+        Ok(langs)
+    }
+    fn topic(&mut self) -> Result<Option<TopicId>, FrameError> {
+        Ok(TopicId::new(self.u16()?))
+    }
 }
 
 impl Frame {
@@ -236,6 +549,13 @@ impl Frame {
             Frame::Paired { .. } => kind::PAIRED,
             Frame::Forward { .. } => kind::FORWARD,
             Frame::End { .. } => kind::END,
+            Frame::Topic { .. } => kind::TOPIC,
+            Frame::Join { .. } => kind::JOIN,
+            Frame::Unavailable { .. } => kind::UNAVAILABLE,
+            Frame::Status { .. } => kind::STATUS,
+            Frame::QueueStats { .. } => kind::QUEUE_STATS,
+            Frame::Transfer { .. } => kind::TRANSFER,
+            Frame::TransferRefused { .. } => kind::TRANSFER_REFUSED,
         }
     }
 
@@ -245,30 +565,112 @@ impl Frame {
         HEADER_LEN + body_len(self.kind()).unwrap_or(0)
     }
 
-    /// Appends the encoded frame to `out`.
+    /// Appends the encoded frame to `out`. Lists longer than their slots
+    /// are cut; constructors of such frames check their input first.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let kind = self.kind();
-        out.push(kind);
-        out.extend_from_slice(&(body_len(kind).unwrap_or(0) as u16).to_be_bytes());
+        let start = out.len();
+        let mut w = Writer(out);
+        w.u8(kind);
+        w.u16(body_len(kind).unwrap_or(0) as u16);
         match self {
-            Frame::Hello { version, role } | Frame::Welcome { version, role } => {
-                out.push(*version);
-                out.push(role.to_byte());
+            Frame::Hello { version, role } => {
+                w.u8(*version);
+                w.u8(role.to_byte());
             }
-            Frame::Queued { position } => out.extend_from_slice(&position.to_be_bytes()),
+            Frame::Welcome {
+                version,
+                role,
+                topics,
+                languages,
+            } => {
+                w.u8(*version);
+                w.u8(role.to_byte());
+                w.u8(*topics);
+                w.u8(languages.len().min(MAX_LANGUAGES) as u8);
+                w.languages(languages);
+            }
+            Frame::Queued {
+                position,
+                estimated_wait_secs,
+            } => {
+                w.u32(*position);
+                w.u32(estimated_wait_secs.unwrap_or(u32::MAX));
+            }
             Frame::Paired { chat, pairing_id } => {
-                out.extend_from_slice(&chat.0.to_be_bytes());
-                out.extend_from_slice(&pairing_id.0);
+                w.u32(chat.0);
+                w.bytes(&pairing_id.0);
             }
             Frame::Forward { chat, blob } => {
-                out.extend_from_slice(&chat.0.to_be_bytes());
-                out.extend_from_slice(blob.as_bytes());
+                w.u32(chat.0);
+                w.bytes(blob.as_bytes());
             }
             Frame::End { chat, reason } => {
-                out.extend_from_slice(&chat.0.to_be_bytes());
-                out.push(reason.to_byte());
+                w.u32(chat.0);
+                w.u8(reason.to_byte());
+            }
+            Frame::Topic {
+                id,
+                label_nl,
+                label_en,
+            } => {
+                w.u16(id.0);
+                w.label(label_nl);
+                w.label(label_en);
+            }
+            Frame::Join { topic, language } => {
+                w.u16(topic.map_or(0, |t| t.0));
+                w.bytes(&language.map_or([0, 0], |l| l.0));
+            }
+            Frame::Unavailable { reason, next_open } => {
+                w.u8(reason.to_byte());
+                w.u64(next_open.unwrap_or(0));
+            }
+            Frame::Status {
+                available,
+                capacity,
+                topics,
+                languages,
+            } => {
+                w.u8(u8::from(*available));
+                w.u8(*capacity);
+                let n = topics.len().min(MAX_TOPICS);
+                w.u8(n as u8);
+                for t in &topics[..n] {
+                    w.u16(t.0);
+                }
+                w.zeros(2 * (MAX_TOPICS - n));
+                w.u8(languages.len().min(MAX_LANGUAGES) as u8);
+                w.languages(languages);
+            }
+            Frame::QueueStats { waiting } => {
+                let n = waiting.len().min(MAX_TOPICS + 1);
+                w.u8(n as u8);
+                for (topic, count) in &waiting[..n] {
+                    w.u16(topic.map_or(0, |t| t.0));
+                    w.u16(*count);
+                }
+                w.zeros(4 * (MAX_TOPICS + 1 - n));
+            }
+            Frame::Transfer { chat, target } => {
+                w.u32(chat.0);
+                match target {
+                    TransferTarget::Colleague(name) => {
+                        w.u8(0x01);
+                        w.label(name);
+                    }
+                    TransferTarget::Queue => {
+                        w.u8(0x02);
+                        w.zeros(LABEL_SLOT);
+                    }
+                }
+            }
+            Frame::TransferRefused { chat, reason } => {
+                w.u32(chat.0);
+                w.u8(reason.to_byte());
             }
         }
+        debug_assert_eq!(out.len() - start, self.encoded_len());
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -281,56 +683,138 @@ impl Frame {
     pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
         let mut decoder = FrameDecoder::default();
         let mut frames = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let used = decoder.push(rest, &mut frames)?;
-            rest = &rest[used..];
-        }
-        match (frames.len(), decoder.is_idle()) {
-            (1, true) => Ok(frames.remove(0)),
+        let used = decoder.push(bytes, &mut frames)?;
+        match (frames.len(), decoder.is_idle(), used == bytes.len()) {
+            (1, true, true) => Ok(frames.remove(0)),
             _ => Err(FrameError::BadField("frame boundary")),
         }
     }
 
     fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, FrameError> {
-        let chat = |b: &[u8]| -> Result<ChatNumber, FrameError> {
-            let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-            ChatNumber::new(n).ok_or(FrameError::BadField("chat"))
-        };
-        Ok(match kind {
+        let mut r = Reader(body);
+        let frame = match kind {
             kind::HELLO => Frame::Hello {
-                version: body[0],
-                role: Role::from_byte(body[1])?,
+                version: r.u8()?,
+                role: Role::from_byte(r.u8()?)?,
             },
-            kind::WELCOME => Frame::Welcome {
-                version: body[0],
-                role: Role::from_byte(body[1])?,
-            },
+            kind::WELCOME => {
+                let version = r.u8()?;
+                let role = Role::from_byte(r.u8()?)?;
+                let topics = r.u8()?;
+                if topics as usize > MAX_TOPICS {
+                    return Err(FrameError::BadField("topic count"));
+                }
+                let count = r.u8()? as usize;
+                Frame::Welcome {
+                    version,
+                    role,
+                    topics,
+                    languages: r.languages(count)?,
+                }
+            }
             kind::QUEUED => {
-                let position = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let position = r.u32()?;
                 if position == 0 {
                     return Err(FrameError::BadField("position"));
                 }
-                Frame::Queued { position }
+                let wait = r.u32()?;
+                Frame::Queued {
+                    position,
+                    estimated_wait_secs: (wait != u32::MAX).then_some(wait),
+                }
             }
             kind::PAIRED => {
+                let chat = r.chat()?;
                 let mut id = [0u8; 16];
-                id.copy_from_slice(&body[4..20]);
+                id.copy_from_slice(r.take(16)?);
                 Frame::Paired {
-                    chat: chat(body)?,
+                    chat,
                     pairing_id: PairingId(id),
                 }
             }
             kind::FORWARD => Frame::Forward {
-                chat: chat(body)?,
-                blob: Blob::from_slice(&body[4..]).ok_or(FrameError::BadField("blob"))?,
+                chat: r.chat()?,
+                blob: Blob::from_slice(r.take(BLOB_LEN)?).ok_or(FrameError::BadField("blob"))?,
             },
             kind::END => Frame::End {
-                chat: chat(body)?,
-                reason: EndReason::from_byte(body[4])?,
+                chat: r.chat()?,
+                reason: EndReason::from_byte(r.u8()?)?,
+            },
+            kind::TOPIC => Frame::Topic {
+                id: r.topic()?.ok_or(FrameError::BadField("topic"))?,
+                label_nl: r.label("label_nl")?,
+                label_en: r.label("label_en")?,
+            },
+            kind::JOIN => {
+                let topic = r.topic()?;
+                let lang = r.take(2)?;
+                let language = match [lang[0], lang[1]] {
+                    [0, 0] => None,
+                    pair => Some(Language::new(pair).ok_or(FrameError::BadField("language"))?),
+                };
+                Frame::Join { topic, language }
+            }
+            kind::UNAVAILABLE => {
+                let reason = Unavailable::from_byte(r.u8()?)?;
+                let next = r.u64()?;
+                Frame::Unavailable {
+                    reason,
+                    next_open: (next != 0).then_some(next),
+                }
+            }
+            kind::STATUS => {
+                let available = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError::BadField("available")),
+                };
+                let capacity = r.u8()?;
+                let n = r.u8()? as usize;
+                if n > MAX_TOPICS {
+                    return Err(FrameError::BadField("topic count"));
+                }
+                let topics = (0..n)
+                    .map(|_| r.topic()?.ok_or(FrameError::BadField("topic")))
+                    .collect::<Result<_, _>>()?;
+                r.zeros(2 * (MAX_TOPICS - n), "topics")?;
+                let count = r.u8()? as usize;
+                Frame::Status {
+                    available,
+                    capacity,
+                    topics,
+                    languages: r.languages(count)?,
+                }
+            }
+            kind::QUEUE_STATS => {
+                let n = r.u8()? as usize;
+                if n > MAX_TOPICS + 1 {
+                    return Err(FrameError::BadField("entry count"));
+                }
+                let waiting = (0..n)
+                    .map(|_| Ok((r.topic()?, r.u16()?)))
+                    .collect::<Result<_, FrameError>>()?;
+                r.zeros(4 * (MAX_TOPICS + 1 - n), "entries")?;
+                Frame::QueueStats { waiting }
+            }
+            kind::TRANSFER => {
+                let chat = r.chat()?;
+                let target = match r.u8()? {
+                    0x01 => TransferTarget::Colleague(r.label("colleague")?),
+                    0x02 => {
+                        r.zeros(LABEL_SLOT, "colleague")?;
+                        TransferTarget::Queue
+                    }
+                    _ => return Err(FrameError::BadField("target")),
+                };
+                Frame::Transfer { chat, target }
+            }
+            kind::TRANSFER_REFUSED => Frame::TransferRefused {
+                chat: r.chat()?,
+                reason: Refusal::from_byte(r.u8()?)?,
             },
             other => return Err(FrameError::UnknownType(other)),
-        })
+        };
+        Ok(frame)
     }
 }
 
@@ -400,18 +884,51 @@ mod tests {
         prop_oneof![
             Just(EndReason::UserEnded),
             Just(EndReason::SecurityFailure),
+            Just(EndReason::Blocked),
             Just(EndReason::PeerDisconnected),
             Just(EndReason::RelayShutdown),
+            Just(EndReason::Transferred),
         ]
     }
     fn arb_chat() -> impl Strategy<Value = ChatNumber> {
         (1u32..).prop_map(|n| ChatNumber::new(n).unwrap())
     }
+    fn arb_topic() -> impl Strategy<Value = TopicId> {
+        (1u16..).prop_map(|n| TopicId::new(n).unwrap())
+    }
+    fn arb_language() -> impl Strategy<Value = Language> {
+        (b'a'..=b'z', b'a'..=b'z').prop_map(|(a, b)| Language::new([a, b]).unwrap())
+    }
+    fn arb_label() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9][A-Za-z0-9 ()éë.-]{0,40}[A-Za-z0-9)]".prop_filter("valid", |s| valid_label(s))
+    }
+    fn arb_languages() -> impl Strategy<Value = Vec<Language>> {
+        proptest::collection::vec(arb_language(), 0..=MAX_LANGUAGES)
+    }
+
     pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
             (any::<u8>(), arb_role()).prop_map(|(version, role)| Frame::Hello { version, role }),
-            (any::<u8>(), arb_role()).prop_map(|(version, role)| Frame::Welcome { version, role }),
-            (1u32..).prop_map(|position| Frame::Queued { position }),
+            (
+                any::<u8>(),
+                arb_role(),
+                0..=MAX_TOPICS as u8,
+                arb_languages()
+            )
+                .prop_map(|(version, role, topics, languages)| Frame::Welcome {
+                    version,
+                    role,
+                    topics,
+                    languages
+                }),
+            (1u32.., proptest::option::of(0..u32::MAX)).prop_map(
+                |(position, estimated_wait_secs)| {
+                    Frame::Queued {
+                        position,
+                        estimated_wait_secs,
+                    }
+                }
+            ),
             (arb_chat(), any::<[u8; 16]>()).prop_map(|(chat, id)| Frame::Paired {
                 chat,
                 pairing_id: PairingId(id)
@@ -423,6 +940,61 @@ mod tests {
                 }
             }),
             (arb_chat(), arb_reason()).prop_map(|(chat, reason)| Frame::End { chat, reason }),
+            (arb_topic(), arb_label(), arb_label()).prop_map(|(id, label_nl, label_en)| {
+                Frame::Topic {
+                    id,
+                    label_nl,
+                    label_en,
+                }
+            }),
+            (
+                proptest::option::of(arb_topic()),
+                proptest::option::of(arb_language())
+            )
+                .prop_map(|(topic, language)| Frame::Join { topic, language }),
+            (
+                prop_oneof![
+                    Just(Unavailable::Closed),
+                    Just(Unavailable::Busy),
+                    Just(Unavailable::WaitExceeded)
+                ],
+                proptest::option::of(1u64..)
+            )
+                .prop_map(|(reason, next_open)| Frame::Unavailable { reason, next_open }),
+            (
+                any::<bool>(),
+                any::<u8>(),
+                proptest::collection::vec(arb_topic(), 0..=MAX_TOPICS),
+                arb_languages()
+            )
+                .prop_map(|(available, capacity, topics, languages)| Frame::Status {
+                    available,
+                    capacity,
+                    topics,
+                    languages
+                }),
+            proptest::collection::vec(
+                (proptest::option::of(arb_topic()), any::<u16>()),
+                0..=MAX_TOPICS + 1
+            )
+            .prop_map(|waiting| Frame::QueueStats { waiting }),
+            (
+                arb_chat(),
+                prop_oneof![
+                    Just(TransferTarget::Queue),
+                    arb_label().prop_map(TransferTarget::Colleague)
+                ]
+            )
+                .prop_map(|(chat, target)| Frame::Transfer { chat, target }),
+            (
+                arb_chat(),
+                prop_oneof![
+                    Just(Refusal::UnknownColleague),
+                    Just(Refusal::ColleagueAway),
+                    Just(Refusal::ColleagueFull)
+                ]
+            )
+                .prop_map(|(chat, reason)| Frame::TransferRefused { chat, reason }),
         ]
     }
 
@@ -465,6 +1037,7 @@ mod tests {
     #[test]
     fn encoded_lengths_match_the_spec() {
         let chat = ChatNumber::new(1).unwrap();
+        let topic = TopicId::new(1).unwrap();
         let cases = [
             (
                 Frame::Hello {
@@ -477,10 +1050,18 @@ mod tests {
                 Frame::Welcome {
                     version: 1,
                     role: Role::Counsellor,
+                    topics: 6,
+                    languages: vec![],
                 },
-                5,
+                23,
             ),
-            (Frame::Queued { position: 3 }, 7),
+            (
+                Frame::Queued {
+                    position: 3,
+                    estimated_wait_secs: None,
+                },
+                11,
+            ),
             (
                 Frame::Paired {
                     chat,
@@ -499,6 +1080,52 @@ mod tests {
                 Frame::End {
                     chat,
                     reason: EndReason::UserEnded,
+                },
+                8,
+            ),
+            (
+                Frame::Topic {
+                    id: topic,
+                    label_nl: "a".into(),
+                    label_en: "b".into(),
+                },
+                135,
+            ),
+            (
+                Frame::Join {
+                    topic: None,
+                    language: None,
+                },
+                7,
+            ),
+            (
+                Frame::Unavailable {
+                    reason: Unavailable::Busy,
+                    next_open: None,
+                },
+                12,
+            ),
+            (
+                Frame::Status {
+                    available: true,
+                    capacity: 1,
+                    topics: vec![],
+                    languages: vec![],
+                },
+                55,
+            ),
+            (Frame::QueueStats { waiting: vec![] }, 72),
+            (
+                Frame::Transfer {
+                    chat,
+                    target: TransferTarget::Queue,
+                },
+                73,
+            ),
+            (
+                Frame::TransferRefused {
+                    chat,
+                    reason: Refusal::ColleagueFull,
                 },
                 8,
             ),
@@ -528,9 +1155,40 @@ mod tests {
             Err(FrameError::WrongLength { .. })
         ));
         assert_eq!(
-            Frame::decode(&[kind::QUEUED, 0, 4, 0, 0, 0, 0]),
+            Frame::decode(&[kind::QUEUED, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(FrameError::BadField("position"))
         );
+        // Unused slots must be zero, labels printable, flags in range.
+        let mut join = Frame::Join {
+            topic: None,
+            language: None,
+        }
+        .encode();
+        join[5] = b'n';
+        assert_eq!(Frame::decode(&join), Err(FrameError::BadField("language")));
+        let status = || {
+            Frame::Status {
+                available: true,
+                capacity: 1,
+                topics: vec![],
+                languages: vec![],
+            }
+            .encode()
+        };
+        let mut bad = status();
+        bad[3] = 2;
+        assert_eq!(Frame::decode(&bad), Err(FrameError::BadField("available")));
+        let mut bad = status();
+        bad[10] = 1;
+        assert_eq!(Frame::decode(&bad), Err(FrameError::BadField("topics")));
+        let mut topic = Frame::Topic {
+            id: TopicId::new(1).unwrap(),
+            label_nl: "a".into(),
+            label_en: "b".into(),
+        }
+        .encode();
+        topic[6] = b'\n';
+        assert_eq!(Frame::decode(&topic), Err(FrameError::BadField("label_nl")));
         assert_eq!(
             Frame::decode(&[kind::END, 0, 5, 0, 0, 0, 0, 1]),
             Err(FrameError::BadField("chat"))

@@ -22,7 +22,9 @@ pub enum HoursError {
     #[error("unknown time zone {0:?} (expected a name like \"Europe/Amsterdam\")")]
     TimeZone(String),
     /// A range is not "HH:MM-HH:MM" with start before end.
-    #[error("bad time range {0:?} (expected \"HH:MM-HH:MM\", start before end; \"24:00\" may end a day)")]
+    #[error(
+        "bad time range {0:?} (expected \"HH:MM-HH:MM\", start before end; \"24:00\" may end a day)"
+    )]
     Range(String),
     /// An exception date is not YYYY-MM-DD.
     #[error("bad date {0:?} (expected YYYY-MM-DD)")]
@@ -85,7 +87,11 @@ impl OpeningHours {
             .parse()
             .map_err(|_| HoursError::TimeZone(time_zone.to_owned()))?;
         Ok(OpeningHours {
-            schedule: Some(Schedule { tz, week, exceptions }),
+            schedule: Some(Schedule {
+                tz,
+                week,
+                exceptions,
+            }),
         })
     }
 
@@ -94,7 +100,7 @@ impl OpeningHours {
         NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| HoursError::Date(s.to_owned()))
     }
 
-    fn ranges<'a>(s: &'a Schedule, date: NaiveDate) -> &'a [Range] {
+    fn ranges(s: &Schedule, date: NaiveDate) -> &[Range] {
         s.exceptions
             .get(&date)
             .unwrap_or(&s.week[date.weekday().num_days_from_monday() as usize])
@@ -115,7 +121,9 @@ impl OpeningHours {
     /// The next moment (unix seconds) at or after `unix` when the service
     /// opens, within [`LOOKAHEAD_DAYS`]; `None` if it never does.
     pub fn next_open(&self, unix: i64) -> Option<i64> {
-        let Some(s) = &self.schedule else { return Some(unix) };
+        let Some(s) = &self.schedule else {
+            return Some(unix);
+        };
         if self.is_open(unix) {
             return Some(unix);
         }
@@ -146,25 +154,43 @@ mod tests {
 
     fn weekdays(r: &str) -> [Vec<Range>; 7] {
         let day = vec![Range::parse(r).unwrap()];
-        [day.clone(), day.clone(), day.clone(), day.clone(), day, vec![], vec![]]
+        [
+            day.clone(),
+            day.clone(),
+            day.clone(),
+            day.clone(),
+            day,
+            vec![],
+            vec![],
+        ]
     }
 
     fn unix(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
-        tz.with_ymd_and_hms(y, mo, d, h, mi, 0).single().unwrap().timestamp()
+        tz.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .unwrap()
+            .timestamp()
     }
 
     #[test]
     fn weekday_hours_in_amsterdam_time() {
-        let hours = OpeningHours::new("Europe/Amsterdam", weekdays("09:00-21:00"), BTreeMap::new()).unwrap();
+        let hours = OpeningHours::new("Europe/Amsterdam", weekdays("09:00-21:00"), BTreeMap::new())
+            .unwrap();
         let ams = chrono_tz::Europe::Amsterdam;
         // Tuesday 2026-12-01.
         assert!(!hours.is_open(unix(ams, 2026, 12, 1, 8, 59)));
         assert!(hours.is_open(unix(ams, 2026, 12, 1, 9, 0)));
         assert!(hours.is_open(unix(ams, 2026, 12, 1, 20, 59)));
         assert!(!hours.is_open(unix(ams, 2026, 12, 1, 21, 0)));
-        assert_eq!(hours.next_open(unix(ams, 2026, 12, 1, 22, 0)), Some(unix(ams, 2026, 12, 2, 9, 0)));
+        assert_eq!(
+            hours.next_open(unix(ams, 2026, 12, 1, 22, 0)),
+            Some(unix(ams, 2026, 12, 2, 9, 0))
+        );
         // Friday night → Monday morning.
-        assert_eq!(hours.next_open(unix(ams, 2026, 12, 4, 21, 30)), Some(unix(ams, 2026, 12, 7, 9, 0)));
+        assert_eq!(
+            hours.next_open(unix(ams, 2026, 12, 4, 21, 30)),
+            Some(unix(ams, 2026, 12, 7, 9, 0))
+        );
     }
 
     #[test]
@@ -175,11 +201,21 @@ mod tests {
             OpeningHours::parse_date("2026-12-27").unwrap(),
             vec![Range::parse("12:00-16:00").unwrap()],
         );
-        let hours = OpeningHours::new("Europe/Amsterdam", weekdays("09:00-21:00"), exceptions).unwrap();
+        let hours =
+            OpeningHours::new("Europe/Amsterdam", weekdays("09:00-21:00"), exceptions).unwrap();
         let ams = chrono_tz::Europe::Amsterdam;
-        assert!(!hours.is_open(unix(ams, 2026, 12, 25, 12, 0)), "Christmas (a Friday) is closed");
-        assert_eq!(hours.next_open(unix(ams, 2026, 12, 25, 12, 0)), Some(unix(ams, 2026, 12, 27, 12, 0)));
-        assert!(hours.is_open(unix(ams, 2026, 12, 27, 13, 0)), "special Sunday");
+        assert!(
+            !hours.is_open(unix(ams, 2026, 12, 25, 12, 0)),
+            "Christmas (a Friday) is closed"
+        );
+        assert_eq!(
+            hours.next_open(unix(ams, 2026, 12, 25, 12, 0)),
+            Some(unix(ams, 2026, 12, 27, 12, 0))
+        );
+        assert!(
+            hours.is_open(unix(ams, 2026, 12, 27, 13, 0)),
+            "special Sunday"
+        );
     }
 
     #[test]

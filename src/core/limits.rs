@@ -1,25 +1,41 @@
-//! Named limits of the relay core (PROTOCOL.md §8). Each has a documented
-//! default; the operator may change the configurable ones in the config file.
+//! What the core is told about the service: named limits (PROTOCOL.md §8)
+//! and the helpline's topics, languages and opening hours. Each limit has a
+//! documented default; the operator sets them in the config file.
 
 use std::time::Duration;
+
+use super::frame::{Language, TopicId};
+use super::hours::OpeningHours;
 
 /// Limits the core enforces. Built from the config by the shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Most clients waiting in the queue; a client beyond it is closed with
-    /// `Busy` at once instead of waiting.
+    /// Most clients waiting in the queue (transfers back to the queue do not
+    /// count); a client beyond it is told "busy" at once.
     pub max_queue: usize,
     /// Most connections (both roles) the core tracks at once.
     pub max_connections: usize,
     /// Time from connection to HELLO before the connection is closed with
     /// `HelloTimeout`.
     pub hello_timeout: Duration,
+    /// Longest a client waits in the queue before it is told so and let go.
+    pub max_wait: Duration,
+    /// After this wait a client whose topic no counsellor serves may go to
+    /// any counsellor of its language.
+    pub topic_fallback: Duration,
+    /// Most chats one counsellor may take at once.
+    pub max_capacity: u8,
 }
 
 impl Limits {
     pub const DEFAULT_MAX_QUEUE: usize = 500;
     pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
     pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(45 * 60);
+    pub const DEFAULT_TOPIC_FALLBACK: Duration = Duration::from_secs(120);
+    pub const DEFAULT_MAX_CAPACITY: u8 = 8;
+    /// A waiting client hears from the relay at least this often.
+    pub const QUEUE_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
 }
 
 impl Default for Limits {
@@ -28,6 +44,81 @@ impl Default for Limits {
             max_queue: Self::DEFAULT_MAX_QUEUE,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             hello_timeout: Self::DEFAULT_HELLO_TIMEOUT,
+            max_wait: Self::DEFAULT_MAX_WAIT,
+            topic_fallback: Self::DEFAULT_TOPIC_FALLBACK,
+            max_capacity: Self::DEFAULT_MAX_CAPACITY,
+        }
+    }
+}
+
+/// One topic a young person can choose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    pub id: TopicId,
+    pub label_nl: String,
+    pub label_en: String,
+}
+
+/// The helpline as the relay presents it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub topics: Vec<Topic>,
+    pub languages: Vec<Language>,
+    pub hours: OpeningHours,
+}
+
+impl Service {
+    /// The default topic list: stable ids with Dutch and English labels.
+    pub fn default_topics() -> Vec<Topic> {
+        [
+            (1, "Seksuele uitbuiting", "Sexual exploitation"),
+            (
+                2,
+                "Criminele uitbuiting (bijv. gedwongen drugs dealen)",
+                "Criminal exploitation (e.g. forced drug dealing)",
+            ),
+            (
+                3,
+                "Sextortion (bedreiging met beelden)",
+                "Sextortion (threats over images)",
+            ),
+            (4, "Seksueel geweld", "Sexual violence"),
+            (5, "Thuis en familie", "Home and family"),
+            (6, "Iets anders", "Something else"),
+        ]
+        .into_iter()
+        .filter_map(|(id, nl, en)| {
+            Some(Topic {
+                id: TopicId::new(id)?,
+                label_nl: nl.into(),
+                label_en: en.into(),
+            })
+        })
+        .collect()
+    }
+
+    pub fn default_languages() -> Vec<Language> {
+        ["nl", "en"]
+            .into_iter()
+            .filter_map(Language::parse)
+            .collect()
+    }
+
+    pub fn knows_topic(&self, id: TopicId) -> bool {
+        self.topics.iter().any(|t| t.id == id)
+    }
+
+    pub fn knows_language(&self, l: Language) -> bool {
+        self.languages.contains(&l)
+    }
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service {
+            topics: Self::default_topics(),
+            languages: Self::default_languages(),
+            hours: OpeningHours::always(),
         }
     }
 }

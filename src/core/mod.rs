@@ -16,6 +16,24 @@ pub mod limits;
 pub mod pairing;
 pub mod relay;
 
+use std::time::{Duration, Instant};
+
+/// The time as the shell hands it to the core: a monotonic instant for
+/// deadlines and wall-clock seconds for opening hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix: i64,
+}
+
+impl Now {
+    /// Moves both clocks forward (virtual clocks in tests).
+    pub fn advance(&mut self, by: Duration) {
+        self.mono += by;
+        self.unix += by.as_secs() as i64;
+    }
+}
+
 /// QUIC application close codes (PROTOCOL.md §3.3). A peer gets one of these,
 /// never our internal error text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

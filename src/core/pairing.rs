@@ -1,13 +1,22 @@
-//! The pairing seam: who is waiting, who is free, and who goes with whom.
+//! The pairing seam: who is waiting for what, who can take which chat, and
+//! who goes with whom (PROTOCOL.md §7.3, "Pairing").
 //!
-//! [`Relay`](super::relay::Relay) asks a [`PairingBackend`] to queue clients,
-//! to note counsellors that are free, and for the next pair; it never looks at
-//! the queue's representation. [`LocalQueue`] is the single-relay backend: a
-//! FIFO of waiting clients and a FIFO of free counsellors (the one free
-//! longest is asked first). A backend that shares state between relays
-//! implements the same trait.
+//! [`Relay`](super::relay::Relay) tells a [`PairingBackend`] about waiting
+//! clients ([`Request`]) and about counsellors' current [`Offer`]s, and asks
+//! it for the next pair; it never looks at the queue's representation.
+//! [`LocalQueue`] is the single-relay backend. Its rules:
+//! - queue order: transferred clients first (in order), then newcomers first
+//!   come first served;
+//! - a client goes to a counsellor who is available, has room, speaks its
+//!   language and serves its topic; after `topic_fallback` of waiting, a
+//!   counsellor of its language who does not serve the topic will do;
+//! - among those, the least-loaded, then the one paired least recently.
+//!
+//! A backend that shares this state between relays implements the same trait.
 
-use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::frame::{Language, TopicId};
 
 /// The relay core's handle for one connection. It is a local counter, never
 /// sent on the wire and never logged.
@@ -24,76 +33,151 @@ impl std::fmt::Debug for ConnId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// Pairing and routing decisions, behind one seam.
-pub trait PairingBackend {
-    /// Puts a client at the back of the queue.
-    fn enqueue_client(&mut self, client: ConnId) -> Result<(), QueueFull>;
-    /// Takes a client out of the queue; false if it was not waiting.
-    fn remove_client(&mut self, client: ConnId) -> bool;
-    /// Notes that a counsellor can take one more chat.
-    fn counsellor_free(&mut self, counsellor: ConnId);
-    /// Forgets a counsellor entirely (disconnected, or now at capacity).
-    fn remove_counsellor(&mut self, counsellor: ConnId);
-    /// The next (client, counsellor) pair, removed from both lists.
-    fn next_pair(&mut self) -> Option<(ConnId, ConnId)>;
-    /// Waiting clients in queue order, first = position 1.
-    fn waiting(&self) -> Vec<ConnId>;
+/// What a waiting client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub topic: Option<TopicId>,
+    pub language: Option<Language>,
+    /// When the client (re)entered the queue.
+    pub since: Instant,
+    /// Transferred back to the queue: goes ahead of newcomers and is not
+    /// counted against the queue limit.
+    pub priority: bool,
 }
 
-/// One relay's in-memory FIFO queue.
+/// What a counsellor can take right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub available: bool,
+    pub load: usize,
+    pub capacity: usize,
+    /// Empty = every topic.
+    pub topics: Vec<TopicId>,
+    /// Empty = every language.
+    pub languages: Vec<Language>,
+}
+
+impl Offer {
+    fn has_room(&self) -> bool {
+        self.available && self.load < self.capacity
+    }
+    fn speaks(&self, language: Option<Language>) -> bool {
+        match language {
+            None => true,
+            Some(l) => self.languages.is_empty() || self.languages.contains(&l),
+        }
+    }
+    fn serves(&self, topic: Option<TopicId>) -> bool {
+        match topic {
+            None => true,
+            Some(t) => self.topics.is_empty() || self.topics.contains(&t),
+        }
+    }
+}
+
+/// Pairing and routing decisions, behind one seam.
+pub trait PairingBackend {
+    /// Puts a client in the queue.
+    fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull>;
+    /// Takes a client out of the queue; false if it was not waiting.
+    fn remove_client(&mut self, client: ConnId) -> bool;
+    /// Sets or replaces what a counsellor can take.
+    fn offer(&mut self, counsellor: ConnId, offer: Offer);
+    /// Forgets a counsellor.
+    fn remove_counsellor(&mut self, counsellor: ConnId);
+    /// The next (client, counsellor) pair; the client leaves the queue and
+    /// the counsellor's load goes up by one.
+    fn next_pair(&mut self, now: Instant, topic_fallback: Duration) -> Option<(ConnId, ConnId)>;
+    /// Waiting clients in queue order, first = position 1.
+    fn waiting(&self) -> Vec<(ConnId, Request)>;
+}
+
+/// One relay's in-memory queue.
 #[derive(Debug)]
 pub struct LocalQueue {
     max_queue: usize,
-    clients: VecDeque<ConnId>,
-    free_counsellors: VecDeque<ConnId>,
+    clients: Vec<(ConnId, Request)>,
+    /// In sign-in order, with when each was last given a chat.
+    counsellors: Vec<(ConnId, Offer, Option<Instant>)>,
 }
 
 impl LocalQueue {
     pub fn new(max_queue: usize) -> Self {
         LocalQueue {
             max_queue,
-            clients: VecDeque::new(),
-            free_counsellors: VecDeque::new(),
+            clients: Vec::new(),
+            counsellors: Vec::new(),
         }
+    }
+
+    /// The best counsellor for `request`, as an index into `counsellors`.
+    fn best_for(&self, request: &Request, now: Instant, topic_fallback: Duration) -> Option<usize> {
+        let fits = |strict_topic: bool| {
+            self.counsellors
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, o, _))| o.has_room() && o.speaks(request.language))
+                .filter(move |(_, (_, o, _))| !strict_topic || o.serves(request.topic))
+                .min_by_key(|(_, (_, o, last))| (o.load, *last))
+                .map(|(i, _)| i)
+        };
+        fits(true).or_else(|| {
+            let waited = now.saturating_duration_since(request.since);
+            (waited >= topic_fallback).then(|| fits(false)).flatten()
+        })
     }
 }
 
 impl PairingBackend for LocalQueue {
-    fn enqueue_client(&mut self, client: ConnId) -> Result<(), QueueFull> {
-        if self.clients.len() >= self.max_queue {
+    fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull> {
+        if request.priority {
+            let at = self.clients.iter().take_while(|(_, r)| r.priority).count();
+            self.clients.insert(at, (client, request));
+            return Ok(());
+        }
+        if self.clients.iter().filter(|(_, r)| !r.priority).count() >= self.max_queue {
             return Err(QueueFull);
         }
-        self.clients.push_back(client);
+        self.clients.push((client, request));
         Ok(())
     }
 
     fn remove_client(&mut self, client: ConnId) -> bool {
         let before = self.clients.len();
-        self.clients.retain(|c| *c != client);
+        self.clients.retain(|(c, _)| *c != client);
         self.clients.len() != before
     }
 
-    fn counsellor_free(&mut self, counsellor: ConnId) {
-        if !self.free_counsellors.contains(&counsellor) {
-            self.free_counsellors.push_back(counsellor);
+    fn offer(&mut self, counsellor: ConnId, offer: Offer) {
+        match self
+            .counsellors
+            .iter_mut()
+            .find(|(c, _, _)| *c == counsellor)
+        {
+            Some(entry) => entry.1 = offer,
+            None => self.counsellors.push((counsellor, offer, None)),
         }
     }
 
     fn remove_counsellor(&mut self, counsellor: ConnId) {
-        self.free_counsellors.retain(|c| *c != counsellor);
+        self.counsellors.retain(|(c, _, _)| *c != counsellor);
     }
 
-    fn next_pair(&mut self) -> Option<(ConnId, ConnId)> {
-        if self.clients.is_empty() || self.free_counsellors.is_empty() {
-            return None;
-        }
-        let client = self.clients.pop_front()?;
-        let counsellor = self.free_counsellors.pop_front()?;
-        Some((client, counsellor))
+    fn next_pair(&mut self, now: Instant, topic_fallback: Duration) -> Option<(ConnId, ConnId)> {
+        let (qi, ci) = self
+            .clients
+            .iter()
+            .enumerate()
+            .find_map(|(qi, (_, r))| Some((qi, self.best_for(r, now, topic_fallback)?)))?;
+        let (client, _) = self.clients.remove(qi);
+        let entry = &mut self.counsellors[ci];
+        entry.1.load += 1;
+        entry.2 = Some(now);
+        Some((client, entry.0))
     }
 
-    fn waiting(&self) -> Vec<ConnId> {
-        self.clients.iter().copied().collect()
+    fn waiting(&self) -> Vec<(ConnId, Request)> {
+        self.clients.clone()
     }
 }
 
@@ -101,20 +185,70 @@ impl PairingBackend for LocalQueue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn clients_are_paired_first_come_first_served() {
-        let mut q = LocalQueue::new(3);
-        for i in 1..=3 {
-            q.enqueue_client(ConnId(i)).unwrap();
+    fn offer(load: usize, capacity: usize, topics: &[u16], languages: &[&str]) -> Offer {
+        Offer {
+            available: true,
+            load,
+            capacity,
+            topics: topics.iter().filter_map(|t| TopicId::new(*t)).collect(),
+            languages: languages
+                .iter()
+                .filter_map(|l| Language::parse(l))
+                .collect(),
         }
-        assert_eq!(q.enqueue_client(ConnId(4)), Err(QueueFull));
-        q.counsellor_free(ConnId(10));
-        q.counsellor_free(ConnId(11));
-        assert_eq!(q.next_pair(), Some((ConnId(1), ConnId(10))));
-        assert_eq!(q.next_pair(), Some((ConnId(2), ConnId(11))));
-        assert_eq!(q.next_pair(), None);
-        assert!(q.remove_client(ConnId(3)));
-        assert!(!q.remove_client(ConnId(3)));
-        assert_eq!(q.waiting(), vec![]);
+    }
+
+    fn request(topic: u16, language: &str, since: Instant) -> Request {
+        Request {
+            topic: TopicId::new(topic),
+            language: Language::parse(language),
+            since,
+            priority: false,
+        }
+    }
+
+    #[test]
+    fn first_come_first_served_with_a_limit() {
+        let now = Instant::now();
+        let mut q = LocalQueue::new(2);
+        q.enqueue(ConnId(1), request(0, "nl", now)).unwrap();
+        q.enqueue(ConnId(2), request(0, "nl", now)).unwrap();
+        assert_eq!(q.enqueue(ConnId(3), request(0, "nl", now)), Err(QueueFull));
+        let mut transferred = request(0, "nl", now);
+        transferred.priority = true;
+        q.enqueue(ConnId(4), transferred).unwrap();
+        q.offer(ConnId(10), offer(0, 3, &[], &[]));
+        let order: Vec<_> = std::iter::from_fn(|| q.next_pair(now, Duration::ZERO))
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(order, vec![ConnId(4), ConnId(1), ConnId(2)]);
+    }
+
+    #[test]
+    fn topic_and_language_routing_with_fallback_and_least_load() {
+        let t0 = Instant::now();
+        let fallback = Duration::from_secs(120);
+        let mut q = LocalQueue::new(10);
+        q.offer(ConnId(10), offer(0, 2, &[1], &["nl"])); // exploitation, Dutch
+        q.offer(ConnId(11), offer(1, 2, &[5], &["nl", "en"])); // home, bilingual, busy
+        q.offer(ConnId(12), offer(0, 2, &[5], &["nl"])); // home, Dutch, idle
+        q.enqueue(ConnId(1), request(5, "nl", t0)).unwrap();
+        // Home + Dutch: 11 and 12 serve it; 12 is less loaded.
+        assert_eq!(q.next_pair(t0, fallback), Some((ConnId(1), ConnId(12))));
+        // English + exploitation: nobody serves the topic in English yet.
+        q.enqueue(ConnId(2), request(1, "en", t0)).unwrap();
+        assert_eq!(q.next_pair(t0 + Duration::from_secs(119), fallback), None);
+        // After the fallback wait any English speaker will do.
+        assert_eq!(
+            q.next_pair(t0 + fallback, fallback),
+            Some((ConnId(2), ConnId(11)))
+        );
+        // Full counsellors take nobody.
+        q.enqueue(ConnId(3), request(0, "en", t0)).unwrap();
+        assert_eq!(
+            q.next_pair(t0 + fallback, fallback),
+            None,
+            "11 is at capacity"
+        );
     }
 }

@@ -6,23 +6,31 @@
 //! [`Relay::handle_disconnect`] when it is gone, [`Relay::handle_timeout`]
 //! when [`Relay::poll_timeout`]'s instant has passed, and
 //! [`Relay::handle_shutdown`]. Outputs: [`Relay::poll_output`] yields bytes to
-//! write to a connection and connections to close with a code.
+//! write to a connection and connections to close.
 //!
-//! The core forwards FORWARD blobs between the two sides of a chat without
-//! interpreting them. A bad frame closes only the connection that sent it;
-//! its chat partner is told with END (peer disconnected) and carries on.
-//! When a chat ends every trace of it is dropped.
+//! A client says HELLO, learns the topics and languages (WELCOME, TOPIC),
+//! and JOINs the queue unless the service is closed or full. While it waits
+//! it hears its position and estimated wait (QUEUED) whenever they change
+//! and at least every 30 s. Counsellors say what they take (STATUS). The
+//! [`PairingBackend`] chooses pairs; the core announces them (PAIRED),
+//! forwards FORWARD blobs without interpreting them, and carries out END,
+//! block and TRANSFER. A bad frame closes only the connection that sent it;
+//! its chat partners are told with END and carry on. When a chat ends every
+//! trace of it is dropped; the wait estimate is one running average.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
-use super::CloseCode;
-use super::frame::{ChatNumber, EndReason, Frame, FrameDecoder, PROTOCOL_VERSION, PairingId, Role};
-use super::limits::Limits;
+use super::frame::{
+    ChatNumber, EndReason, Frame, FrameDecoder, Language, MAX_LANGUAGES, MAX_TOPICS,
+    PROTOCOL_VERSION, PairingId, Refusal, Role, TopicId, TransferTarget, Unavailable,
+};
+use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
-use super::pairing::{LocalQueue, PairingBackend};
+use super::pairing::{LocalQueue, Offer, PairingBackend, Request};
+use super::{CloseCode, Now};
 
 /// An RNG fit for pairing ids: cryptographically strong, owned by the core.
 pub trait RelayRng: RngCore + CryptoRng + Send {}
@@ -51,14 +59,20 @@ impl std::fmt::Debug for Credential {
 pub enum Output {
     /// Write these encoded frames to the connection's stream, in order.
     Send { conn: ConnId, bytes: Vec<u8> },
-    /// Close the connection with this code. The core has already forgotten it.
-    Close { conn: ConnId, code: CloseCode },
+    /// Close the connection with this code. With `flush`, after what was
+    /// queued for it has been written; without, at once, dropping it. The
+    /// core has already forgotten the connection.
+    Close {
+        conn: ConnId,
+        code: CloseCode,
+        flush: bool,
+    },
 }
 
 /// The relay refused a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
-    /// `max_connections` are already open.
+    /// `max_connections` are already open, or the relay is shutting down.
     #[error("too many connections")]
     TooManyConnections,
 }
@@ -71,10 +85,42 @@ struct Link {
 }
 
 #[derive(Debug)]
+struct Waiting {
+    /// Wait over at this instant: the client is let go.
+    deadline: Instant,
+    /// When the topic fallback starts; `None` once it has passed.
+    fallback_at: Option<Instant>,
+    /// When the client must next hear from the relay.
+    next_update: Instant,
+    last_sent: Option<(u32, Option<u32>)>,
+}
+
+#[derive(Debug)]
+enum ClientStage {
+    /// WELCOME sent; JOIN expected.
+    Welcomed,
+    /// In the queue.
+    Waiting(Waiting),
+    /// In a chat (or between the two halves of a transfer).
+    InChat,
+    /// The chat is over; only late frames for it may still arrive.
+    Done,
+}
+
+#[derive(Debug)]
+struct CounsellorState {
+    available: bool,
+    capacity: usize,
+    topics: Vec<TopicId>,
+    languages: Vec<Language>,
+    last_stats: Option<Vec<(Option<TopicId>, u16)>>,
+}
+
+#[derive(Debug)]
 enum State {
     AwaitingHello { deadline: Instant },
-    Client { last_position: Option<u32> },
-    Counsellor,
+    Client(ClientStage),
+    Counsellor(CounsellorState),
 }
 
 struct Conn {
@@ -93,36 +139,71 @@ impl Conn {
     }
 }
 
-/// Chats a counsellor takes at once in protocol version 1.
-pub const COUNSELLOR_CAPACITY: usize = 1;
+/// Estimates waits from the recent pace of pairings: a running average of
+/// the time between two pairings, and nothing else.
+#[derive(Debug, Default)]
+struct WaitEstimate {
+    average_gap_secs: Option<f64>,
+    last_pairing: Option<Instant>,
+}
+
+impl WaitEstimate {
+    /// Weight of the newest gap in the running average.
+    const WEIGHT: f64 = 0.3;
+
+    fn record_pairing(&mut self, now: Instant) {
+        if let Some(last) = self.last_pairing {
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            self.average_gap_secs = Some(match self.average_gap_secs {
+                Some(avg) => Self::WEIGHT * gap + (1.0 - Self::WEIGHT) * avg,
+                None => gap,
+            });
+        }
+        self.last_pairing = Some(now);
+    }
+
+    fn for_position(&self, position: u32) -> Option<u32> {
+        let secs = self.average_gap_secs? * f64::from(position);
+        Some(secs.round().min(f64::from(u32::MAX - 1)) as u32)
+    }
+}
 
 /// The relay core. See the module docs for the flow.
 pub struct Relay<P: PairingBackend = LocalQueue> {
     limits: Limits,
+    service: Service,
     rng: Box<dyn RelayRng>,
     pairing: P,
     conns: HashMap<ConnId, Conn>,
     next_conn: u64,
     out: VecDeque<Output>,
+    estimate: WaitEstimate,
     shutting_down: bool,
 }
 
 impl Relay<LocalQueue> {
-    pub fn new(limits: Limits, rng: Box<dyn RelayRng>) -> Self {
+    pub fn new(limits: Limits, service: Service, rng: Box<dyn RelayRng>) -> Self {
         let pairing = LocalQueue::new(limits.max_queue);
-        Relay::with_backend(limits, rng, pairing)
+        Relay::with_backend(limits, service, rng, pairing)
     }
 }
 
 impl<P: PairingBackend> Relay<P> {
-    pub fn with_backend(limits: Limits, rng: Box<dyn RelayRng>, pairing: P) -> Self {
+    pub fn with_backend(
+        limits: Limits,
+        service: Service,
+        rng: Box<dyn RelayRng>,
+        pairing: P,
+    ) -> Self {
         Relay {
             limits,
+            service,
             rng,
             pairing,
             conns: HashMap::new(),
             next_conn: 1,
             out: VecDeque::new(),
+            estimate: WaitEstimate::default(),
             shutting_down: false,
         }
     }
@@ -131,7 +212,7 @@ impl<P: PairingBackend> Relay<P> {
     /// `limits.hello_timeout` to send HELLO.
     pub fn handle_connect(
         &mut self,
-        now: Instant,
+        now: Now,
         credential: Credential,
     ) -> Result<ConnId, ConnectError> {
         if self.shutting_down || self.conns.len() >= self.limits.max_connections {
@@ -145,7 +226,7 @@ impl<P: PairingBackend> Relay<P> {
                 credential,
                 decoder: FrameDecoder::default(),
                 state: State::AwaitingHello {
-                    deadline: now + self.limits.hello_timeout,
+                    deadline: now.mono + self.limits.hello_timeout,
                 },
                 links: BTreeMap::new(),
                 next_chat: 1,
@@ -155,7 +236,7 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// Bytes arrived on the connection's control stream.
-    pub fn handle_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+    pub fn handle_data(&mut self, now: Now, conn: ConnId, bytes: &[u8]) {
         let mut frames = Vec::new();
         let result = match self.conns.get_mut(&conn) {
             Some(c) => c.decoder.push(bytes, &mut frames),
@@ -163,42 +244,79 @@ impl<P: PairingBackend> Relay<P> {
         };
         // Frames decoded before a bad one are still acted on, in order.
         for frame in frames {
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
             if let Err(code) = self.handle_frame(now, conn, frame) {
-                self.close(conn, code);
+                self.close(conn, code, true);
                 return;
             }
         }
         if let Err(e) = result {
-            self.close(conn, e.close_code());
+            self.close(conn, e.close_code(), true);
         }
     }
 
     /// The connection is gone (closed by the peer, timed out, reset).
-    pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnId) {
-        self.forget(conn);
+    pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
+        self.forget(now, conn);
     }
 
     /// Acts on every deadline at or before `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(
-                |(_, c)| matches!(c.state, State::AwaitingHello { deadline } if deadline <= now),
-            )
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.close(id, CloseCode::HelloTimeout);
+    pub fn handle_timeout(&mut self, now: Now) {
+        let mut hello_late = Vec::new();
+        let mut wait_over = Vec::new();
+        for (id, c) in &mut self.conns {
+            match &mut c.state {
+                State::AwaitingHello { deadline } if *deadline <= now.mono => hello_late.push(*id),
+                State::Client(ClientStage::Waiting(w)) => {
+                    if w.deadline <= now.mono {
+                        wait_over.push(*id);
+                    }
+                    // The pairing pass below pairs anyone the fallback now allows.
+                    if w.fallback_at.is_some_and(|at| at <= now.mono) {
+                        w.fallback_at = None;
+                    }
+                    if w.next_update <= now.mono {
+                        // Forces a QUEUED on the next update, changed or not.
+                        w.last_sent = None;
+                    }
+                }
+                _ => {}
+            }
         }
+        hello_late.sort();
+        wait_over.sort();
+        for id in hello_late {
+            self.close(id, CloseCode::HelloTimeout, true);
+        }
+        for id in wait_over {
+            self.pairing.remove_client(id);
+            self.send(
+                id,
+                &Frame::Unavailable {
+                    reason: Unavailable::WaitExceeded,
+                    next_open: None,
+                },
+            );
+            self.close(id, CloseCode::NoError, true);
+        }
+        self.pair_waiting(now);
     }
 
     /// The earliest instant at which [`Relay::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conns
             .values()
-            .filter_map(|c| match c.state {
-                State::AwaitingHello { deadline } => Some(deadline),
+            .filter_map(|c| match &c.state {
+                State::AwaitingHello { deadline } => Some(*deadline),
+                State::Client(ClientStage::Waiting(w)) => {
+                    let mut t = w.deadline.min(w.next_update);
+                    if let Some(f) = w.fallback_at {
+                        t = t.min(f);
+                    }
+                    Some(t)
+                }
                 _ => None,
             })
             .min()
@@ -206,7 +324,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Ends every chat with `RelayShutdown` and closes every connection.
     /// New connections are refused from now on.
-    pub fn handle_shutdown(&mut self, _now: Instant) {
+    pub fn handle_shutdown(&mut self, _now: Now) {
         self.shutting_down = true;
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort();
@@ -226,7 +344,14 @@ impl<P: PairingBackend> Relay<P> {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.links.clear();
             }
-            self.close(id, CloseCode::ShuttingDown);
+            self.pairing.remove_client(id);
+            self.pairing.remove_counsellor(id);
+            self.conns.remove(&id);
+            self.out.push_back(Output::Close {
+                conn: id,
+                code: CloseCode::ShuttingDown,
+                flush: true,
+            });
         }
     }
 
@@ -240,13 +365,23 @@ impl<P: PairingBackend> Relay<P> {
         (self.conns.len(), self.pairing.waiting().len())
     }
 
-    fn handle_frame(&mut self, _now: Instant, conn: ConnId, frame: Frame) -> Result<(), CloseCode> {
+    fn handle_frame(&mut self, now: Now, conn: ConnId, frame: Frame) -> Result<(), CloseCode> {
         let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
-        match (&c.state, frame) {
-            (State::AwaitingHello { .. }, Frame::Hello { version, role }) => {
-                self.handle_hello(conn, version, role)
+        let role = match &c.state {
+            State::AwaitingHello { .. } => {
+                return match frame {
+                    Frame::Hello { version, role } => self.handle_hello(conn, version, role),
+                    _ => Err(CloseCode::UnexpectedFrame),
+                };
             }
-            (State::Client { .. } | State::Counsellor, Frame::Forward { chat, blob }) => {
+            State::Client(_) => Role::Client,
+            State::Counsellor(_) => Role::Counsellor,
+        };
+        match (role, frame) {
+            (Role::Client, Frame::Join { topic, language }) => {
+                self.handle_join(now, conn, topic, language)
+            }
+            (_, Frame::Forward { chat, blob }) => {
                 let Some(link) = c.links.get(&chat).copied() else {
                     // A frame racing the end of its chat is not an error.
                     return if c.is_ended_chat(chat) {
@@ -264,22 +399,108 @@ impl<P: PairingBackend> Relay<P> {
                 );
                 Ok(())
             }
-            (State::Client { .. } | State::Counsellor, Frame::End { chat, reason }) => {
-                if !matches!(reason, EndReason::UserEnded | EndReason::SecurityFailure) {
+            (_, Frame::End { chat, reason }) => {
+                let allowed = match role {
+                    Role::Client => {
+                        matches!(reason, EndReason::UserEnded | EndReason::SecurityFailure)
+                    }
+                    Role::Counsellor => {
+                        matches!(
+                            reason,
+                            EndReason::UserEnded | EndReason::SecurityFailure | EndReason::Blocked
+                        )
+                    }
+                };
+                if !allowed {
                     return Err(CloseCode::UnexpectedFrame);
                 }
-                if c.links.contains_key(&chat) {
-                    self.end_chat(conn, chat, reason);
-                    self.pair_waiting();
-                    Ok(())
-                } else if c.is_ended_chat(chat) {
-                    Ok(())
-                } else {
-                    Err(CloseCode::UnexpectedFrame)
+                if !c.links.contains_key(&chat) {
+                    return if c.is_ended_chat(chat) {
+                        Ok(())
+                    } else {
+                        Err(CloseCode::UnexpectedFrame)
+                    };
                 }
+                self.handle_end(now, conn, role, chat, reason);
+                Ok(())
             }
-            // HELLO twice, relay-only frames from an endpoint, chat frames before HELLO.
+            (
+                Role::Counsellor,
+                Frame::Status {
+                    available,
+                    capacity,
+                    topics,
+                    languages,
+                },
+            ) => {
+                if topics.iter().any(|t| !self.service.knows_topic(*t))
+                    || languages.iter().any(|l| !self.service.knows_language(*l))
+                {
+                    return Err(CloseCode::MalformedFrame);
+                }
+                if let Some(Conn {
+                    state: State::Counsellor(s),
+                    ..
+                }) = self.conns.get_mut(&conn)
+                {
+                    s.available = available;
+                    s.capacity = usize::from(capacity.min(self.limits.max_capacity));
+                    s.topics = topics;
+                    s.languages = languages;
+                }
+                self.refresh_offer(conn);
+                self.pair_waiting(now);
+                Ok(())
+            }
+            (Role::Counsellor, Frame::Transfer { chat, target }) => {
+                if !c.links.contains_key(&chat) {
+                    return if c.is_ended_chat(chat) {
+                        Ok(())
+                    } else {
+                        Err(CloseCode::UnexpectedFrame)
+                    };
+                }
+                self.handle_transfer(now, conn, chat, target);
+                Ok(())
+            }
+            // HELLO twice, relay-only frames, frames of the other role.
             _ => Err(CloseCode::UnexpectedFrame),
+        }
+    }
+
+    fn welcome(&mut self, conn: ConnId, role: Role) {
+        let languages: Vec<Language> = self
+            .service
+            .languages
+            .iter()
+            .copied()
+            .take(MAX_LANGUAGES)
+            .collect();
+        let topics: Vec<_> = self
+            .service
+            .topics
+            .iter()
+            .take(MAX_TOPICS)
+            .cloned()
+            .collect();
+        self.send(
+            conn,
+            &Frame::Welcome {
+                version: PROTOCOL_VERSION,
+                role,
+                topics: topics.len() as u8,
+                languages,
+            },
+        );
+        for t in topics {
+            self.send(
+                conn,
+                &Frame::Topic {
+                    id: t.id,
+                    label_nl: t.label_nl,
+                    label_en: t.label_en,
+                },
+            );
         }
     }
 
@@ -289,83 +510,329 @@ impl<P: PairingBackend> Relay<P> {
         }
         let c = self.conns.get_mut(&conn).ok_or(CloseCode::InternalError)?;
         match role {
-            Role::Client => {
-                self.pairing
-                    .enqueue_client(conn)
-                    .map_err(|_| CloseCode::Busy)?;
-                c.state = State::Client {
-                    last_position: None,
-                };
-            }
+            Role::Client => c.state = State::Client(ClientStage::Welcomed),
             Role::Counsellor => {
                 if !matches!(c.credential, Credential::Counsellor { .. }) {
                     return Err(CloseCode::NotAuthorized);
                 }
-                c.state = State::Counsellor;
-                self.pairing.counsellor_free(conn);
+                // Away until the counsellor says what it takes.
+                c.state = State::Counsellor(CounsellorState {
+                    available: false,
+                    capacity: 1,
+                    topics: Vec::new(),
+                    languages: Vec::new(),
+                    last_stats: None,
+                });
             }
         }
-        self.send(
-            conn,
-            &Frame::Welcome {
-                version: PROTOCOL_VERSION,
-                role,
-            },
-        );
-        self.pair_waiting();
+        self.welcome(conn, role);
+        if role == Role::Counsellor {
+            self.refresh_offer(conn);
+            self.send_queue_stats(Some(conn));
+        }
         Ok(())
     }
 
-    /// Pairs while both a client and a counsellor wait, then tells every
-    /// waiting client whose position changed.
-    fn pair_waiting(&mut self) {
-        while let Some((client, counsellor)) = self.pairing.next_pair() {
-            let mut id = [0u8; 16];
-            self.rng.fill_bytes(&mut id);
-            let pairing_id = PairingId(id);
-            let (Some(client_chat), Some(counsellor_chat)) =
-                (self.issue_chat(client), self.issue_chat(counsellor))
+    fn handle_join(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        topic: Option<TopicId>,
+        language: Option<Language>,
+    ) -> Result<(), CloseCode> {
+        let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
+        if !matches!(c.state, State::Client(ClientStage::Welcomed)) {
+            return Err(CloseCode::UnexpectedFrame);
+        }
+        if topic.is_some_and(|t| !self.service.knows_topic(t))
+            || language.is_some_and(|l| !self.service.knows_language(l))
+        {
+            return Err(CloseCode::MalformedFrame);
+        }
+        if !self.service.hours.is_open(now.unix) {
+            let next_open = self
+                .service
+                .hours
+                .next_open(now.unix)
+                .and_then(|t| u64::try_from(t).ok());
+            self.send(
+                conn,
+                &Frame::Unavailable {
+                    reason: Unavailable::Closed,
+                    next_open,
+                },
+            );
+            self.close(conn, CloseCode::NoError, true);
+            return Ok(());
+        }
+        let request = Request {
+            topic,
+            language,
+            since: now.mono,
+            priority: false,
+        };
+        if self.pairing.enqueue(conn, request).is_err() {
+            self.send(
+                conn,
+                &Frame::Unavailable {
+                    reason: Unavailable::Busy,
+                    next_open: None,
+                },
+            );
+            self.close(conn, CloseCode::NoError, true);
+            return Ok(());
+        }
+        self.set_waiting(now, conn, topic.is_some());
+        self.pair_waiting(now);
+        Ok(())
+    }
+
+    fn set_waiting(&mut self, now: Now, conn: ConnId, has_topic: bool) {
+        let fallback_at = has_topic.then(|| now.mono + self.limits.topic_fallback);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = State::Client(ClientStage::Waiting(Waiting {
+                deadline: now.mono + self.limits.max_wait,
+                fallback_at,
+                next_update: now.mono,
+                last_sent: None,
+            }));
+        }
+    }
+
+    fn handle_end(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        role: Role,
+        chat: ChatNumber,
+        reason: EndReason,
+    ) {
+        let peer = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.links.get(&chat))
+            .map(|l| l.peer);
+        self.end_chat(conn, chat, reason);
+        match (role, reason, peer) {
+            // The client's end is immediate: nothing more goes to it.
+            (Role::Client, _, _) => self.close(conn, CloseCode::NoError, false),
+            // A blocked client can never send again: its connection goes.
+            (Role::Counsellor, EndReason::Blocked, Some(client)) => {
+                self.close(client, CloseCode::NoError, true)
+            }
+            _ => {}
+        }
+        self.pair_waiting(now);
+    }
+
+    fn handle_transfer(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        chat: ChatNumber,
+        target: TransferTarget,
+    ) {
+        let Some(link) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.links.get(&chat))
+            .copied()
+        else {
+            return;
+        };
+        let client = link.peer;
+        let colleague = match &target {
+            TransferTarget::Queue => None,
+            TransferTarget::Colleague(name) => match self.find_colleague(conn, name) {
+                Ok(id) => Some(id),
+                Err(reason) => {
+                    self.send(conn, &Frame::TransferRefused { chat, reason });
+                    return;
+                }
+            },
+        };
+        self.end_chat(conn, chat, EndReason::Transferred);
+        // The counsellor hears END(TRANSFERRED) as confirmation, too.
+        self.send(
+            conn,
+            &Frame::End {
+                chat,
+                reason: EndReason::Transferred,
+            },
+        );
+        match colleague {
+            Some(colleague) => {
+                if let Some(c) = self.conns.get_mut(&client) {
+                    c.state = State::Client(ClientStage::InChat);
+                }
+                self.start_chat(now, client, colleague);
+            }
+            None => {
+                let request = Request {
+                    topic: None,
+                    language: None,
+                    since: now.mono,
+                    priority: true,
+                };
+                if self.pairing.enqueue(client, request).is_ok() {
+                    self.set_waiting(now, client, false);
+                }
+            }
+        }
+        self.pair_waiting(now);
+    }
+
+    /// A signed-in colleague named `name` with room, or why not.
+    fn find_colleague(&self, from: ConnId, name: &str) -> Result<ConnId, Refusal> {
+        let mut ids: Vec<_> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|id| *id != from)
+            .collect();
+        ids.sort();
+        let mut refusal = Refusal::UnknownColleague;
+        for id in ids {
+            let c = &self.conns[&id];
+            let (Credential::Counsellor { pseudonym }, State::Counsellor(s)) =
+                (&c.credential, &c.state)
             else {
                 continue;
             };
-            self.link(client, client_chat, counsellor, counsellor_chat);
-            self.link(counsellor, counsellor_chat, client, client_chat);
-            if self
-                .conns
-                .get(&counsellor)
-                .is_some_and(|c| c.links.len() < COUNSELLOR_CAPACITY)
-            {
-                self.pairing.counsellor_free(counsellor);
+            if pseudonym != name {
+                continue;
             }
-            self.send(
-                client,
-                &Frame::Paired {
-                    chat: client_chat,
-                    pairing_id,
-                },
-            );
-            self.send(
-                counsellor,
-                &Frame::Paired {
-                    chat: counsellor_chat,
-                    pairing_id,
-                },
-            );
+            if !s.available {
+                if refusal == Refusal::UnknownColleague {
+                    refusal = Refusal::ColleagueAway;
+                }
+            } else if c.links.len() >= s.capacity {
+                refusal = Refusal::ColleagueFull;
+            } else {
+                return Ok(id);
+            }
         }
-        for (index, client) in self.pairing.waiting().into_iter().enumerate() {
+        Err(refusal)
+    }
+
+    /// Pairs while the backend finds pairs, then tells every waiting client
+    /// whose position or estimate changed (or is due an update) and every
+    /// counsellor whose view of the queue changed.
+    fn pair_waiting(&mut self, now: Now) {
+        while let Some((client, counsellor)) =
+            self.pairing.next_pair(now.mono, self.limits.topic_fallback)
+        {
+            self.estimate.record_pairing(now.mono);
+            self.start_chat(now, client, counsellor);
+        }
+        for (index, (client, _)) in self.pairing.waiting().into_iter().enumerate() {
             let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
-            let changed = match self.conns.get_mut(&client) {
+            let estimate = self.estimate.for_position(position);
+            let due = match self.conns.get_mut(&client) {
                 Some(Conn {
-                    state: State::Client { last_position },
+                    state: State::Client(ClientStage::Waiting(w)),
                     ..
-                }) if *last_position != Some(position) => {
-                    *last_position = Some(position);
+                }) if w.last_sent != Some((position, estimate)) => {
+                    w.last_sent = Some((position, estimate));
+                    w.next_update = now.mono + Limits::QUEUE_UPDATE_INTERVAL;
+                    true
+                }
+                _ => false,
+            };
+            if due {
+                self.send(
+                    client,
+                    &Frame::Queued {
+                        position,
+                        estimated_wait_secs: estimate,
+                    },
+                );
+            }
+        }
+        self.send_queue_stats(None);
+    }
+
+    /// Links a client and a counsellor in a new chat and tells both.
+    fn start_chat(&mut self, _now: Now, client: ConnId, counsellor: ConnId) {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let pairing_id = PairingId(id);
+        let (Some(client_chat), Some(counsellor_chat)) =
+            (self.issue_chat(client), self.issue_chat(counsellor))
+        else {
+            return;
+        };
+        self.link(client, client_chat, counsellor, counsellor_chat);
+        self.link(counsellor, counsellor_chat, client, client_chat);
+        if let Some(c) = self.conns.get_mut(&client) {
+            c.state = State::Client(ClientStage::InChat);
+        }
+        self.refresh_offer(counsellor);
+        self.send(
+            client,
+            &Frame::Paired {
+                chat: client_chat,
+                pairing_id,
+            },
+        );
+        self.send(
+            counsellor,
+            &Frame::Paired {
+                chat: counsellor_chat,
+                pairing_id,
+            },
+        );
+    }
+
+    /// Tells the backend what a counsellor can take now.
+    fn refresh_offer(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let State::Counsellor(s) = &c.state else {
+            return;
+        };
+        let offer = Offer {
+            available: s.available,
+            load: c.links.len(),
+            capacity: s.capacity,
+            topics: s.topics.clone(),
+            languages: s.languages.clone(),
+        };
+        self.pairing.offer(conn, offer);
+    }
+
+    /// Sends QUEUE_STATS to counsellors whose view changed (or to `only`).
+    fn send_queue_stats(&mut self, only: Option<ConnId>) {
+        let mut counts: BTreeMap<Option<TopicId>, u16> = BTreeMap::new();
+        for (_, r) in self.pairing.waiting() {
+            let n = counts.entry(r.topic).or_default();
+            *n = n.saturating_add(1);
+        }
+        let stats: Vec<(Option<TopicId>, u16)> = counts.into_iter().take(MAX_TOPICS + 1).collect();
+        let mut ids: Vec<ConnId> = match only {
+            Some(id) => vec![id],
+            None => self.conns.keys().copied().collect(),
+        };
+        ids.sort();
+        for id in ids {
+            let changed = match self.conns.get_mut(&id) {
+                Some(Conn {
+                    state: State::Counsellor(s),
+                    ..
+                }) if only.is_some() || s.last_stats.as_ref() != Some(&stats) => {
+                    s.last_stats = Some(stats.clone());
                     true
                 }
                 _ => false,
             };
             if changed {
-                self.send(client, &Frame::Queued { position });
+                self.send(
+                    id,
+                    &Frame::QueueStats {
+                        waiting: stats.clone(),
+                    },
+                );
             }
         }
     }
@@ -384,6 +851,7 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// Ends one chat from `conn`'s side: both links go, the peer is told.
+    /// A client left without a chat is done, unless it is being transferred.
     fn end_chat(&mut self, conn: ConnId, chat: ChatNumber, reason: EndReason) {
         let Some(link) = self
             .conns
@@ -392,9 +860,13 @@ impl<P: PairingBackend> Relay<P> {
         else {
             return;
         };
-        self.after_chat_left(conn);
-        if let Some(peer) = self.conns.get_mut(&link.peer) {
-            peer.links.remove(&link.peer_chat);
+        self.after_chat_left(conn, reason);
+        if self
+            .conns
+            .get_mut(&link.peer)
+            .and_then(|p| p.links.remove(&link.peer_chat))
+            .is_some()
+        {
             self.send(
                 link.peer,
                 &Frame::End {
@@ -402,29 +874,39 @@ impl<P: PairingBackend> Relay<P> {
                     reason,
                 },
             );
-            self.after_chat_left(link.peer);
+            self.after_chat_left(link.peer, reason);
         }
     }
 
-    /// A counsellor with room again is offered to the queue.
-    fn after_chat_left(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get(&conn)
-            && matches!(c.state, State::Counsellor)
-            && c.links.len() < COUNSELLOR_CAPACITY
-        {
-            self.pairing.counsellor_free(conn);
+    fn after_chat_left(&mut self, conn: ConnId, reason: EndReason) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match &c.state {
+            State::Client(ClientStage::InChat) if reason != EndReason::Transferred => {
+                c.state = State::Client(ClientStage::Done);
+            }
+            State::Counsellor(_) => self.refresh_offer(conn),
+            _ => {}
         }
     }
 
-    fn close(&mut self, conn: ConnId, code: CloseCode) {
+    fn close(&mut self, conn: ConnId, code: CloseCode, flush: bool) {
         if self.conns.contains_key(&conn) {
-            self.forget(conn);
-            self.out.push_back(Output::Close { conn, code });
+            self.forget_without_pairing(conn);
+            self.out.push_back(Output::Close { conn, code, flush });
         }
     }
 
     /// Drops every trace of a connection; its chat partners are told.
-    fn forget(&mut self, conn: ConnId) {
+    fn forget(&mut self, now: Now, conn: ConnId) {
+        if self.conns.contains_key(&conn) {
+            self.forget_without_pairing(conn);
+            self.pair_waiting(now);
+        }
+    }
+
+    fn forget_without_pairing(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -435,7 +917,6 @@ impl<P: PairingBackend> Relay<P> {
         self.pairing.remove_client(conn);
         self.pairing.remove_counsellor(conn);
         self.conns.remove(&conn);
-        self.pair_waiting();
     }
 
     fn send(&mut self, conn: ConnId, frame: &Frame) {

@@ -31,9 +31,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::core::CloseCode;
 use crate::core::frame::MAX_FRAME_LEN;
 use crate::core::relay::{ConnId, Credential, Output, Relay};
+use crate::core::{CloseCode, Now};
 
 /// Capacity of the channel from connection tasks to the driver.
 const DRIVER_QUEUE: usize = 1024;
@@ -173,7 +173,7 @@ pub async fn start(
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let core = Relay::new(config.core_limits(), Box::new(OsRng));
+    let core = Relay::new(config.core_limits(), config.service()?, Box::new(OsRng));
     let driver = Driver {
         core,
         conns: HashMap::new(),
@@ -322,6 +322,18 @@ async fn connection_task(
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE * 2, writer).await;
 }
 
+/// The time for the core: monotonic and wall clock, read together.
+fn now() -> Now {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Now {
+        mono: Instant::now().into_std(),
+        unix,
+    }
+}
+
 struct ConnEntry {
     outbound: mpsc::Sender<Outbound>,
     connection: quinn::Connection,
@@ -343,10 +355,10 @@ impl Driver {
                     self.handle(event);
                 }
                 _ = async { tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)).await }, if timer.is_some() => {
-                    self.core.handle_timeout(Instant::now().into_std());
+                    self.core.handle_timeout(now());
                 }
                 _ = shutdown.changed() => {
-                    self.core.handle_shutdown(Instant::now().into_std());
+                    self.core.handle_shutdown(now());
                     self.dispatch();
                     return;
                 }
@@ -356,7 +368,7 @@ impl Driver {
     }
 
     fn handle(&mut self, event: Event) {
-        let now = Instant::now().into_std();
+        let now = now();
         match event {
             Event::Connected {
                 credential,
@@ -404,12 +416,12 @@ impl Driver {
                     if entry.outbound.try_send(Outbound::Bytes(bytes)).is_err() {
                         close(&entry.connection, CloseCode::SlowConsumer);
                         self.conns.remove(&conn);
-                        self.core.handle_disconnect(Instant::now().into_std(), conn);
+                        self.core.handle_disconnect(now(), conn);
                     }
                 }
-                Output::Close { conn, code } => {
+                Output::Close { conn, code, flush } => {
                     if let Some(entry) = self.conns.remove(&conn)
-                        && entry.outbound.try_send(Outbound::Close(code)).is_err()
+                        && (!flush || entry.outbound.try_send(Outbound::Close(code)).is_err())
                     {
                         close(&entry.connection, code);
                     }

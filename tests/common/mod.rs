@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fluister::client::chat::{self, ChatEvent};
+use fluister::client::chat::{self, ChatEvent, ClientRequest, CounsellorSettings};
 use fluister::client::{self, ClientError, ConnectOptions, RelayStream};
 use fluister::config::RelayConfig;
 use fluister::crypto::cert::OrgPublicKey;
@@ -136,17 +136,27 @@ impl Party {
         self.input = None;
     }
 
-    pub async fn next(&mut self) -> ChatEvent {
+    pub async fn next_any(&mut self) -> ChatEvent {
         tokio::time::timeout(WAIT, self.events.recv())
             .await
             .expect("timed out waiting for an event")
             .expect("event channel closed")
     }
 
+    /// The next event a person would act on (skips status bookkeeping).
+    pub async fn next(&mut self) -> ChatEvent {
+        loop {
+            let e = self.next_any().await;
+            if !is_bookkeeping(&e) {
+                return e;
+            }
+        }
+    }
+
     /// Skips events until one matches.
     pub async fn expect(&mut self, want: impl Fn(&ChatEvent) -> bool) -> ChatEvent {
         loop {
-            let e = self.next().await;
+            let e = self.next_any().await;
             if want(&e) {
                 return e;
             }
@@ -162,27 +172,82 @@ impl Party {
 }
 
 pub fn client_party(stream: RelayStream, org: OrgPublicKey) -> Party {
+    client_party_for(stream, org, ClientRequest::default())
+}
+
+pub fn client_party_for(stream: RelayStream, org: OrgPublicKey, request: ClientRequest) -> Party {
     let (in_tx, in_rx) = mpsc::channel(16);
     let (ev_tx, ev_rx) = mpsc::channel(64);
     Party {
         input: Some(in_tx),
         events: ev_rx,
-        task: tokio::spawn(chat::run_client(stream, org, in_rx, ev_tx)),
+        task: tokio::spawn(chat::run_client(stream, org, request, in_rx, ev_tx)),
     }
 }
 
 pub fn counsellor_party(stream: RelayStream, identity: Identity) -> Party {
+    counsellor_party_with(stream, identity, CounsellorSettings::default())
+}
+
+pub fn counsellor_party_with(
+    stream: RelayStream,
+    identity: Identity,
+    settings: CounsellorSettings,
+) -> Party {
     let (in_tx, in_rx) = mpsc::channel(16);
-    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(256);
     Party {
         input: Some(in_tx),
         events: ev_rx,
-        task: tokio::spawn(chat::run_counsellor(stream, identity.keys, in_rx, ev_tx)),
+        task: tokio::spawn(chat::run_counsellor(
+            stream,
+            identity.keys,
+            settings,
+            in_rx,
+            ev_tx,
+        )),
     }
 }
 
+/// A message as the client sees it.
 pub fn message(text: &str) -> ChatEvent {
-    ChatEvent::Message { text: text.into() }
+    ChatEvent::Message {
+        text: text.into(),
+        chat: None,
+    }
+}
+
+/// A message as a counsellor sees it, in chat `chat`.
+pub fn message_in(chat: u32, text: &str) -> ChatEvent {
+    ChatEvent::Message {
+        text: text.into(),
+        chat: Some(chat),
+    }
+}
+
+/// The client's "chat ended" event.
+pub fn ended(reason: &str) -> ChatEvent {
+    ChatEvent::Ended {
+        reason: reason.into(),
+        chat: None,
+    }
+}
+
+/// A counsellor's "chat ended" event for chat `chat`.
+pub fn ended_in(chat: u32, reason: &str) -> ChatEvent {
+    ChatEvent::Ended {
+        reason: reason.into(),
+        chat: Some(chat),
+    }
+}
+
+pub fn is_connected(e: &ChatEvent) -> bool {
+    matches!(e, ChatEvent::Connected { .. })
+}
+
+/// Counsellor-side noise a test may skip: status and queue statistics.
+pub fn is_bookkeeping(e: &ChatEvent) -> bool {
+    matches!(e, ChatEvent::Status { .. } | ChatEvent::QueueStats { .. })
 }
 
 pub fn is_paired(e: &ChatEvent) -> bool {
@@ -205,4 +270,17 @@ pub async fn paired_client(org: &Org, relay: &RunningRelay, counsellor: &mut Par
     client.expect(is_paired).await;
     counsellor.expect(is_paired).await;
     client
+}
+
+/// The same event without its chat number (for one-chat counsellor tests).
+pub fn strip_chat(e: ChatEvent) -> ChatEvent {
+    match e {
+        ChatEvent::Message { text, .. } => ChatEvent::Message { text, chat: None },
+        ChatEvent::Ended { reason, .. } => ChatEvent::Ended { reason, chat: None },
+        ChatEvent::Paired { counsellor, .. } => ChatEvent::Paired {
+            counsellor,
+            chat: None,
+        },
+        other => other,
+    }
 }

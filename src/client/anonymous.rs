@@ -1,0 +1,228 @@
+//! The young person's side (PROTOCOL.md §7.1).
+//!
+//! HELLO, then the topic list from the relay; JOIN with the chosen topic and
+//! language, unless the relay says the service is closed or full. While
+//! waiting, position and estimated wait are reported. When paired, the
+//! Noise initiator runs; no content is sent until the counsellor's
+//! certificate has verified, and lines typed before then wait. A transfer is
+//! an END(TRANSFERRED) followed by a new pairing, verified the same way.
+
+use std::collections::VecDeque;
+
+use rand_core::OsRng;
+use tokio::sync::mpsc;
+
+use super::chat::{self, ChatEvent, emit, now_unix};
+use super::{ClientError, RelayStream};
+use crate::core::content::Reassembler;
+use crate::core::frame::{ChatNumber, EndReason, Frame, Language, Role, TopicId, Unavailable};
+use crate::crypto::cert::OrgPublicKey;
+use crate::crypto::e2e::{ClientHandshake, Session};
+
+/// Lines a client may type before a counsellor is connected.
+pub const MAX_LINES_BEFORE_PAIRED: usize = 100;
+
+/// What the young person asks for; both optional.
+#[derive(Debug, Clone, Default)]
+pub struct ClientRequest {
+    /// A topic id or label (Dutch or English, any case).
+    pub topic: Option<String>,
+    /// A two-letter language code.
+    pub language: Option<String>,
+}
+
+enum State {
+    /// In the queue; `transferring` after the first counsellor handed over.
+    Waiting { transferring: bool },
+    Handshaking {
+        chat: ChatNumber,
+        handshake: Box<ClientHandshake>,
+        transferring: bool,
+    },
+    Chatting {
+        chat: ChatNumber,
+        session: Session,
+        reassembler: Reassembler,
+    },
+}
+
+fn resolve_topic(welcome: &chat::Welcome, wanted: &str) -> Result<TopicId, ClientError> {
+    let wanted = wanted.trim();
+    welcome
+        .topics
+        .iter()
+        .find(|(id, nl, en)| {
+            id.get().to_string() == wanted
+                || nl.eq_ignore_ascii_case(wanted)
+                || en.eq_ignore_ascii_case(wanted)
+        })
+        .map(|(id, _, _)| *id)
+        .ok_or_else(|| {
+            let offered: Vec<String> = welcome
+                .topics
+                .iter()
+                .map(|(id, _, en)| format!("{} ({en})", id.get()))
+                .collect();
+            ClientError::Request(format!(
+                "unknown topic {wanted:?}; the relay offers: {}",
+                offered.join(", ")
+            ))
+        })
+}
+
+fn resolve_language(welcome: &chat::Welcome, wanted: &str) -> Result<Language, ClientError> {
+    Language::parse(wanted.trim())
+        .filter(|l| welcome.languages.contains(l))
+        .ok_or_else(|| {
+            let offered: Vec<&str> = welcome.languages.iter().map(Language::as_str).collect();
+            ClientError::Request(format!(
+                "language {wanted:?} is not offered; choose one of: {}",
+                offered.join(", ")
+            ))
+        })
+}
+
+/// Runs the anonymous client role until the chat ends.
+pub async fn run_client(
+    mut relay: RelayStream,
+    org: OrgPublicKey,
+    request: ClientRequest,
+    mut input: mpsc::Receiver<String>,
+    events: mpsc::Sender<ChatEvent>,
+) -> Result<(), ClientError> {
+    let welcome = chat::hello(&mut relay, Role::Client).await?;
+    let topic = request
+        .topic
+        .as_deref()
+        .map(|t| resolve_topic(&welcome, t))
+        .transpose()?;
+    let language = request
+        .language
+        .as_deref()
+        .map(|l| resolve_language(&welcome, l))
+        .transpose()?;
+    emit(&events, welcome.event()).await;
+    relay.send(&Frame::Join { topic, language }).await?;
+
+    let mut state = State::Waiting {
+        transferring: false,
+    };
+    let mut typed: VecDeque<String> = VecDeque::new();
+    let mut input_done = false;
+    loop {
+        // Input has ended and everything typed has gone out: end the chat.
+        if input_done && typed.is_empty() {
+            let reason = match &state {
+                State::Waiting { .. } => "left_queue",
+                State::Handshaking { chat, .. } | State::Chatting { chat, .. } => {
+                    relay
+                        .send(&Frame::End {
+                            chat: *chat,
+                            reason: EndReason::UserEnded,
+                        })
+                        .await?;
+                    "you_ended"
+                }
+            };
+            emit(
+                &events,
+                ChatEvent::Ended {
+                    reason: reason.into(),
+                    chat: None,
+                },
+            )
+            .await;
+            relay.close().await;
+            return Ok(());
+        }
+        tokio::select! {
+            frame = relay.next() => {
+                let Some(frame) = frame? else {
+                    return Err(ClientError::Lost("the relay ended the stream".into()));
+                };
+                state = match (state, frame) {
+                    (s @ State::Waiting { .. }, Frame::Queued { position, estimated_wait_secs }) => {
+                        emit(&events, ChatEvent::Queued { position, estimated_wait_secs }).await;
+                        s
+                    }
+                    (State::Waiting { .. }, Frame::Unavailable { reason, next_open }) => {
+                        let event = match reason {
+                            Unavailable::Closed => ChatEvent::Closed { next_open },
+                            other => ChatEvent::Ended { reason: other.as_str().into(), chat: None },
+                        };
+                        emit(&events, event).await;
+                        relay.close().await;
+                        return Ok(());
+                    }
+                    (State::Waiting { transferring }, Frame::Paired { chat, pairing_id }) => {
+                        let (handshake, blob) = ClientHandshake::start(&org, &pairing_id, &mut OsRng);
+                        relay.send(&Frame::Forward { chat, blob }).await?;
+                        State::Handshaking { chat, handshake: Box::new(handshake), transferring }
+                    }
+                    (State::Handshaking { chat, handshake, transferring }, Frame::Forward { chat: c, blob }) if c == chat => {
+                        match handshake.finish(&blob, now_unix()) {
+                            Ok((mut session, certificate)) => {
+                                let counsellor = certificate.pseudonym().to_owned();
+                                let event = if transferring {
+                                    ChatEvent::Transferred { counsellor }
+                                } else {
+                                    ChatEvent::Paired { counsellor: Some(counsellor), chat: None }
+                                };
+                                emit(&events, event).await;
+                                while let Some(line) = typed.pop_front() {
+                                    chat::send_text(&mut relay, chat, &mut session, &line).await?;
+                                }
+                                State::Chatting { chat, session, reassembler: Reassembler::default() }
+                            }
+                            Err(e) => {
+                                chat::abort(&mut relay, chat).await;
+                                relay.close().await;
+                                return Err(ClientError::Security(e));
+                            }
+                        }
+                    }
+                    (State::Chatting { chat, mut session, mut reassembler }, Frame::Forward { chat: c, blob }) if c == chat => {
+                        match chat::open(&mut session, &mut reassembler, &blob) {
+                            Ok(Some(text)) => emit(&events, ChatEvent::Message { text, chat: None }).await,
+                            Ok(None) => {}
+                            Err(e) => {
+                                chat::abort(&mut relay, chat).await;
+                                relay.close().await;
+                                return Err(ClientError::Security(e));
+                            }
+                        }
+                        State::Chatting { chat, session, reassembler }
+                    }
+                    // The counsellor handed the chat on: the old keys are
+                    // dropped here, a new pairing (or the queue) follows.
+                    (State::Handshaking { chat, .. } | State::Chatting { chat, .. }, Frame::End { chat: c, reason: EndReason::Transferred }) if c == chat => {
+                        State::Waiting { transferring: true }
+                    }
+                    (State::Handshaking { chat, .. } | State::Chatting { chat, .. }, Frame::End { chat: c, reason }) if c == chat => {
+                        emit(&events, ChatEvent::Ended { reason: reason.as_str().into(), chat: None }).await;
+                        relay.close().await;
+                        return Ok(());
+                    }
+                    _ => return Err(ClientError::UnexpectedFrame),
+                };
+            }
+            line = input.recv(), if !input_done => {
+                match line {
+                    None => input_done = true,
+                    Some(line) => match &mut state {
+                        State::Chatting { chat, session, .. } => {
+                            let chat = *chat;
+                            if let Err(e) = chat::send_text(&mut relay, chat, session, &line).await {
+                                emit(&events, ChatEvent::Error { message: e.to_string() }).await;
+                            }
+                        }
+                        _ if typed.len() >= MAX_LINES_BEFORE_PAIRED => {
+                            emit(&events, ChatEvent::Error { message: "too many lines before a counsellor joined; this one was not kept".into() }).await;
+                        }
+                        _ => typed.push_back(line),
+                    },
+                }
+            }
+        }
+    }
+}

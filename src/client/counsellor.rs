@@ -1,0 +1,516 @@
+//! The counsellor's side (PROTOCOL.md §7.2): several chats at once, driven
+//! by typed lines.
+//!
+//! After HELLO the counsellor says what it takes (STATUS: available or away,
+//! capacity, topics, languages). Each PAIRED opens a chat slot that answers
+//! the client's handshake with the certified key. Lines are messages or
+//! commands: `@N text` addresses chat N, a plain line goes to the only open
+//! chat, and `/`-commands change status, list chats, end, block or transfer.
+
+use std::collections::BTreeMap;
+
+use rand_core::OsRng;
+use tokio::sync::mpsc;
+
+use super::chat::{self, ChatEvent, Waiting, emit};
+use super::{ClientError, RelayStream};
+use crate::core::content::Reassembler;
+use crate::core::frame::{
+    ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId, Role, TopicId,
+    TransferTarget,
+};
+use crate::crypto::e2e::{self, CounsellorKeys, Session};
+
+/// What a counsellor takes, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct CounsellorSettings {
+    pub available: bool,
+    pub capacity: u8,
+    /// Topic ids; `None` = all the relay offers.
+    pub topics: Option<Vec<u16>>,
+    /// Language codes; `None` = all the relay offers.
+    pub languages: Option<Vec<String>>,
+}
+
+impl Default for CounsellorSettings {
+    fn default() -> Self {
+        CounsellorSettings {
+            available: true,
+            capacity: 1,
+            topics: None,
+            languages: None,
+        }
+    }
+}
+
+/// The line commands, as `/help` shows them.
+pub const HELP: &[&str] = &[
+    "Commands (N is a chat number; @N may be left out when one chat is open):",
+    "  text            send to the only open chat",
+    "  @N text         send to chat N",
+    "  /chats          list open chats",
+    "  /end [@N]       end a chat",
+    "  /block [@N]     end a chat and block it (the young person's connection is closed)",
+    "  /transfer [@N] NAME    hand a chat to a colleague",
+    "  /transfer [@N] queue   hand a chat back to the queue, ahead of newcomers",
+    "  /available      take new chats",
+    "  /away           take no new chats (open chats continue)",
+    "  /capacity N     take at most N chats at once",
+    "  /help           this list",
+    "End of input signs out (open chats are ended).",
+];
+
+enum Slot {
+    AwaitingHandshake(PairingId),
+    Chatting {
+        session: Session,
+        reassembler: Reassembler,
+    },
+}
+
+/// A parsed input line.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Say(Option<u32>, String),
+    Chats,
+    End(Option<u32>),
+    Block(Option<u32>),
+    Transfer(Option<u32>, TransferTarget),
+    Available(bool),
+    Capacity(u8),
+    Help,
+}
+
+/// Splits an optional leading `@N` off `rest`.
+fn chat_prefix(rest: &str) -> Result<(Option<u32>, &str), String> {
+    let rest = rest.trim_start();
+    match rest.strip_prefix('@') {
+        None => Ok((None, rest)),
+        Some(tail) => {
+            let (num, tail) = tail.split_once(char::is_whitespace).unwrap_or((tail, ""));
+            let n = num
+                .parse()
+                .map_err(|_| format!("@{num} is not a chat number"))?;
+            Ok((Some(n), tail.trim_start()))
+        }
+    }
+}
+
+fn parse(line: &str) -> Result<Command, String> {
+    let Some(command) = line.strip_prefix('/') else {
+        let (chat, text) = chat_prefix(line)?;
+        return Ok(Command::Say(
+            chat,
+            if chat.is_some() {
+                text.to_owned()
+            } else {
+                line.to_owned()
+            },
+        ));
+    };
+    let (word, rest) = command
+        .split_once(char::is_whitespace)
+        .unwrap_or((command, ""));
+    let no_args = |c: Command| {
+        if rest.trim().is_empty() {
+            Ok(c)
+        } else {
+            Err(format!("/{word} takes no arguments"))
+        }
+    };
+    match word {
+        "help" => Ok(Command::Help),
+        "chats" => no_args(Command::Chats),
+        "available" => no_args(Command::Available(true)),
+        "away" => no_args(Command::Available(false)),
+        "capacity" => rest
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Command::Capacity)
+            .ok_or_else(|| "/capacity needs a number from 1".to_owned()),
+        "end" | "block" => {
+            let (chat, tail) = chat_prefix(rest)?;
+            if !tail.is_empty() {
+                return Err(format!("/{word} takes only @N"));
+            }
+            Ok(if word == "end" {
+                Command::End(chat)
+            } else {
+                Command::Block(chat)
+            })
+        }
+        "transfer" => {
+            let (chat, name) = chat_prefix(rest)?;
+            match name.trim() {
+                "" => Err("/transfer needs a colleague's name or \"queue\"".into()),
+                "queue" => Ok(Command::Transfer(chat, TransferTarget::Queue)),
+                name => Ok(Command::Transfer(
+                    chat,
+                    TransferTarget::Colleague(name.to_owned()),
+                )),
+            }
+        }
+        _ => Err(format!("unknown command /{word}; /help lists them")),
+    }
+}
+
+struct Counsellor {
+    relay: RelayStream,
+    keys: CounsellorKeys,
+    events: mpsc::Sender<ChatEvent>,
+    slots: BTreeMap<ChatNumber, Slot>,
+    available: bool,
+    capacity: u8,
+    topics: Vec<TopicId>,
+    languages: Vec<Language>,
+}
+
+impl Counsellor {
+    async fn error(&self, message: impl Into<String>) {
+        emit(
+            &self.events,
+            ChatEvent::Error {
+                message: message.into(),
+            },
+        )
+        .await;
+    }
+
+    async fn send_status(&mut self) -> Result<(), ClientError> {
+        self.relay
+            .send(&Frame::Status {
+                available: self.available,
+                capacity: self.capacity,
+                topics: self.topics.clone(),
+                languages: self.languages.clone(),
+            })
+            .await?;
+        emit(
+            &self.events,
+            ChatEvent::Status {
+                available: self.available,
+                capacity: self.capacity,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The chat a command means: the one named, or the only one open.
+    fn pick(&self, chat: Option<u32>) -> Result<ChatNumber, String> {
+        match chat {
+            Some(n) => ChatNumber::new(n)
+                .filter(|c| self.slots.contains_key(c))
+                .ok_or_else(|| format!("no open chat @{n}")),
+            None => match self.slots.len() {
+                0 => Err("no chat is open".into()),
+                1 => self
+                    .slots
+                    .keys()
+                    .next()
+                    .copied()
+                    .ok_or_else(|| "no chat is open".into()),
+                _ => Err("several chats are open; address one with @N".into()),
+            },
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
+        match frame {
+            Frame::Paired { chat, pairing_id } => {
+                self.slots.insert(chat, Slot::AwaitingHandshake(pairing_id));
+            }
+            Frame::Forward { chat, blob } => {
+                let result = match self.slots.get_mut(&chat) {
+                    Some(Slot::AwaitingHandshake(pairing_id)) => {
+                        match e2e::counsellor_respond(&self.keys, pairing_id, &blob, &mut OsRng) {
+                            Ok((session, reply)) => {
+                                self.slots.insert(
+                                    chat,
+                                    Slot::Chatting {
+                                        session,
+                                        reassembler: Reassembler::default(),
+                                    },
+                                );
+                                self.relay
+                                    .send(&Frame::Forward { chat, blob: reply })
+                                    .await?;
+                                emit(
+                                    &self.events,
+                                    ChatEvent::Paired {
+                                        counsellor: None,
+                                        chat: Some(chat.get()),
+                                    },
+                                )
+                                .await;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Some(Slot::Chatting {
+                        session,
+                        reassembler,
+                    }) => match chat::open(session, reassembler, &blob) {
+                        Ok(Some(text)) => {
+                            emit(
+                                &self.events,
+                                ChatEvent::Message {
+                                    text,
+                                    chat: Some(chat.get()),
+                                },
+                            )
+                            .await;
+                            Ok(())
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    None => return Err(ClientError::UnexpectedFrame),
+                };
+                if let Err(e) = result {
+                    self.slots.remove(&chat);
+                    chat::abort(&mut self.relay, chat).await;
+                    self.error(format!("@{}: {}", chat.get(), ClientError::Security(e)))
+                        .await;
+                }
+            }
+            Frame::End { chat, reason } => {
+                if self.slots.remove(&chat).is_some() {
+                    emit(
+                        &self.events,
+                        ChatEvent::Ended {
+                            reason: reason.as_str().into(),
+                            chat: Some(chat.get()),
+                        },
+                    )
+                    .await;
+                }
+            }
+            Frame::TransferRefused { chat, reason } => {
+                emit(
+                    &self.events,
+                    ChatEvent::TransferRefused {
+                        chat: chat.get(),
+                        reason: reason.as_str().into(),
+                    },
+                )
+                .await;
+            }
+            Frame::QueueStats { waiting } => {
+                let waiting = waiting
+                    .into_iter()
+                    .map(|(topic, count)| Waiting {
+                        topic: topic.map(TopicId::get),
+                        count,
+                    })
+                    .collect();
+                emit(&self.events, ChatEvent::QueueStats { waiting }).await;
+            }
+            _ => return Err(ClientError::UnexpectedFrame),
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self, chat: ChatNumber, reason: EndReason) -> Result<(), ClientError> {
+        self.slots.remove(&chat);
+        self.relay.send(&Frame::End { chat, reason }).await?;
+        let shown = if reason == EndReason::Blocked {
+            "you_blocked"
+        } else {
+            "you_ended"
+        };
+        emit(
+            &self.events,
+            ChatEvent::Ended {
+                reason: shown.into(),
+                chat: Some(chat.get()),
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn handle_line(&mut self, line: &str) -> Result<(), ClientError> {
+        let command = match parse(line) {
+            Ok(c) => c,
+            Err(message) => {
+                self.error(message).await;
+                return Ok(());
+            }
+        };
+        match command {
+            Command::Help => {
+                emit(
+                    &self.events,
+                    ChatEvent::Help {
+                        commands: HELP.iter().map(|s| s.to_string()).collect(),
+                    },
+                )
+                .await
+            }
+            Command::Chats => {
+                let chats = self.slots.keys().map(|c| c.get()).collect();
+                emit(&self.events, ChatEvent::Chats { chats }).await
+            }
+            Command::Available(available) => {
+                self.available = available;
+                self.send_status().await?;
+            }
+            Command::Capacity(n) => {
+                self.capacity = n;
+                self.send_status().await?;
+            }
+            Command::Say(chat, text) => match self.pick(chat) {
+                Ok(c) => match self.slots.get_mut(&c) {
+                    Some(Slot::Chatting { session, .. }) => {
+                        if let Err(e) = chat::send_text(&mut self.relay, c, session, &text).await {
+                            self.error(e.to_string()).await;
+                        }
+                    }
+                    _ => {
+                        self.error(format!(
+                            "@{}: the chat is still being set up; not sent",
+                            c.get()
+                        ))
+                        .await
+                    }
+                },
+                Err(message) => {
+                    self.error(format!("{message}; the line was not sent"))
+                        .await
+                }
+            },
+            Command::End(chat) | Command::Block(chat) => {
+                let reason = if matches!(command, Command::Block(_)) {
+                    EndReason::Blocked
+                } else {
+                    EndReason::UserEnded
+                };
+                match self.pick(chat) {
+                    Ok(c) => self.end(c, reason).await?,
+                    Err(message) => self.error(message).await,
+                }
+            }
+            Command::Transfer(chat, target) => match self.pick(chat) {
+                // The slot stays until the relay confirms with END(TRANSFERRED)
+                // or refuses; a refused chat carries on as it was.
+                Ok(c) => {
+                    self.relay
+                        .send(&Frame::Transfer { chat: c, target })
+                        .await?
+                }
+                Err(message) => self.error(message).await,
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Runs the counsellor role: takes chats until input ends.
+pub async fn run_counsellor(
+    mut relay: RelayStream,
+    keys: CounsellorKeys,
+    settings: CounsellorSettings,
+    mut input: mpsc::Receiver<String>,
+    events: mpsc::Sender<ChatEvent>,
+) -> Result<(), ClientError> {
+    let welcome = chat::hello(&mut relay, Role::Counsellor).await?;
+    let topics = match &settings.topics {
+        None => Vec::new(),
+        Some(ids) => ids
+            .iter()
+            .map(|id| {
+                welcome
+                    .topics
+                    .iter()
+                    .find(|(t, _, _)| t.get() == *id)
+                    .map(|(t, _, _)| *t)
+                    .ok_or_else(|| ClientError::Request(format!("the relay offers no topic {id}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let languages = match &settings.languages {
+        None => Vec::new(),
+        Some(codes) => codes
+            .iter()
+            .map(|code| {
+                Language::parse(code)
+                    .filter(|l| welcome.languages.contains(l))
+                    .ok_or_else(|| {
+                        ClientError::Request(format!("the relay offers no language {code:?}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if topics.len() > MAX_TOPICS || languages.len() > MAX_LANGUAGES {
+        return Err(ClientError::Request("too many topics or languages".into()));
+    }
+    emit(&events, welcome.event()).await;
+    let mut me = Counsellor {
+        relay,
+        keys,
+        events,
+        slots: BTreeMap::new(),
+        available: settings.available,
+        capacity: settings.capacity.max(1),
+        topics,
+        languages,
+    };
+    me.send_status().await?;
+    loop {
+        tokio::select! {
+            frame = me.relay.next() => {
+                let Some(frame) = frame? else {
+                    return Err(ClientError::Lost("the relay ended the stream".into()));
+                };
+                me.handle_frame(frame).await?;
+            }
+            line = input.recv() => {
+                let Some(line) = line else {
+                    let open: Vec<ChatNumber> = me.slots.keys().copied().collect();
+                    for chat in open {
+                        me.end(chat, EndReason::UserEnded).await?;
+                    }
+                    me.relay.close().await;
+                    return Ok(());
+                };
+                me.handle_line(&line).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_into_commands() {
+        assert_eq!(parse("hallo"), Ok(Command::Say(None, "hallo".into())));
+        assert_eq!(
+            parse("@2 hoe gaat het?"),
+            Ok(Command::Say(Some(2), "hoe gaat het?".into()))
+        );
+        assert_eq!(parse("/end"), Ok(Command::End(None)));
+        assert_eq!(parse("/block @3"), Ok(Command::Block(Some(3))));
+        assert_eq!(
+            parse("/transfer @1 Noor"),
+            Ok(Command::Transfer(
+                Some(1),
+                TransferTarget::Colleague("Noor".into())
+            ))
+        );
+        assert_eq!(
+            parse("/transfer queue"),
+            Ok(Command::Transfer(None, TransferTarget::Queue))
+        );
+        assert_eq!(parse("/capacity 3"), Ok(Command::Capacity(3)));
+        assert!(parse("/capacity 0").is_err());
+        assert!(parse("/transfer").is_err());
+        assert!(parse("/frobnicate").is_err());
+        assert!(parse("@x hi").is_err());
+    }
+}
