@@ -279,6 +279,7 @@ async fn a_transfer_mid_chat_moves_the_chat_and_locks_the_first_counsellor_out()
                 new_chat_blobs += 1;
                 let seq = u64::from_be_bytes(blob.as_bytes()[..8].try_into().unwrap());
                 if seq == 0 {
+                    tried += 1;
                     assert_eq!(
                         sam_shadow.open(&blob),
                         Err(E2eError::Noise(NoiseError::Decrypt))
@@ -290,6 +291,10 @@ async fn a_transfer_mid_chat_moves_the_chat_and_locks_the_first_counsellor_out()
     assert!(
         new_chat_blobs >= 4,
         "handshake and messages of the new chat were seen"
+    );
+    assert!(
+        tried >= 2,
+        "the first message each way of the new chat was tried with Sam's keys"
     );
 }
 
