@@ -150,21 +150,23 @@ fn org_setup() -> Setup {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = run(&[
-        "org",
-        "add-counsellor",
-        "--dir",
-        org.to_str().unwrap(),
-        "--name",
-        "Sam",
-        "--days",
-        "2",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for name in ["Sam", "Noor"] {
+        let out = run(&[
+            "org",
+            "add-counsellor",
+            "--dir",
+            org.to_str().unwrap(),
+            "--name",
+            name,
+            "--days",
+            "2",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let org_key = std::fs::read_to_string(org.join("org.pub"))
         .unwrap()
         .trim()
@@ -540,4 +542,172 @@ fn the_relay_logs_no_address_and_no_content_even_at_trace_level() {
             "{forbidden:?} in relay logs:\n{logs}"
         );
     }
+}
+
+/// `fluister counsellor --json` as `name`, with extra flags.
+fn spawn_named_counsellor(setup: &Setup, addr: &str, name: &str, extra: &[&str]) -> Proc {
+    let identity = setup.path(&format!("org/counsellors/{name}.identity"));
+    let ca = setup.path("org/relay-cert.pem");
+    let mut args = vec![
+        "counsellor",
+        "--relay",
+        addr,
+        "--identity",
+        &identity,
+        "--ca",
+        &ca,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+#[test]
+fn two_counsellors_a_queue_and_a_transfer_through_the_cli() {
+    let setup = org_setup();
+    let (_relay, addr) = start_relay(&setup);
+    let mut sam = spawn_named_counsellor(&setup, &addr, "Sam", &["--capacity", "1"]);
+    sam.connected();
+    let mut noor = spawn_named_counsellor(&setup, &addr, "Noor", &["--capacity", "2", "--away"]);
+    noor.connected();
+    assert_eq!(noor.event_any()["event"], "status");
+
+    let ca = setup.path("org/relay-cert.pem");
+    let chat = |topic: &str| {
+        spawn(&[
+            "chat",
+            "--relay",
+            &addr,
+            "--org-key",
+            &setup.org_key,
+            "--ca",
+            &ca,
+            "--json",
+            "--topic",
+            topic,
+            "--language",
+            "nl",
+        ])
+    };
+    let mut first = chat("Sextortion (threats over images)");
+    first.connected();
+    assert_eq!(
+        first.event(),
+        json!({"event": "paired", "counsellor": "Sam"})
+    );
+    assert_eq!(sam.event(), json!({"event": "paired", "chat": 1}));
+    let mut second = chat("5");
+    second.connected();
+    assert_eq!(second.event(), json!({"event": "queued", "position": 1}));
+
+    // Noor is away: the transfer is refused and the chat stays with Sam.
+    sam.say("/transfer Noor");
+    assert_eq!(
+        sam.event(),
+        json!({"event": "transfer_refused", "chat": 1, "reason": "that counsellor is away"})
+    );
+    // Noor comes back and takes the waiting client; then Sam hands over.
+    noor.say("/available");
+    assert_eq!(
+        second.event(),
+        json!({"event": "paired", "counsellor": "Noor"})
+    );
+    assert_eq!(noor.event(), json!({"event": "paired", "chat": 1}));
+    sam.say("/transfer Noor");
+    assert_eq!(
+        sam.event(),
+        json!({"event": "ended", "reason": "transferred", "chat": 1})
+    );
+    assert_eq!(
+        first.event(),
+        json!({"event": "transferred", "counsellor": "Noor"})
+    );
+    assert_eq!(noor.event(), json!({"event": "paired", "chat": 2}));
+
+    // Noor now has two chats: lines are addressed with @N.
+    first.say("ben jij nu mijn hulpverlener?");
+    assert_eq!(
+        noor.event(),
+        json!({"event": "message", "text": "ben jij nu mijn hulpverlener?", "chat": 2})
+    );
+    noor.say("hallo");
+    assert_eq!(
+        noor.event()["event"],
+        "error",
+        "a plain line is ambiguous with two chats"
+    );
+    noor.say("@2 Ja, ik ben Noor.");
+    assert_eq!(
+        first.event(),
+        json!({"event": "message", "text": "Ja, ik ben Noor."})
+    );
+    noor.say("/chats");
+    assert_eq!(noor.event(), json!({"event": "chats", "chats": [1, 2]}));
+    noor.say("/block @1");
+    assert_eq!(
+        noor.event(),
+        json!({"event": "ended", "reason": "you_blocked", "chat": 1})
+    );
+    assert_eq!(
+        second.event(),
+        json!({"event": "ended", "reason": "blocked"})
+    );
+    second.wait_success();
+    first.eof();
+    assert_eq!(
+        first.event(),
+        json!({"event": "ended", "reason": "you_ended"})
+    );
+    first.wait_success();
+    assert_eq!(
+        noor.event(),
+        json!({"event": "ended", "reason": "peer_ended", "chat": 2})
+    );
+    for mut c in [sam, noor] {
+        c.eof();
+        c.wait_success();
+    }
+}
+
+#[test]
+fn outside_opening_hours_the_client_hears_when_the_chat_opens() {
+    let setup = org_setup();
+    // Closed today and tomorrow (UTC), open all day after that: robust
+    // even if the test runs across midnight.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let today = chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
+        .unwrap()
+        .date_naive();
+    let day = |n: u64| {
+        (today + chrono::Days::new(n))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let hours = format!(
+        "\n[hours]\ntime_zone = \"UTC\"\n\n[[hours.exceptions]]\ndate = \"{}\"\nopen = []\n\n[[hours.exceptions]]\ndate = \"{}\"\nopen = []\n\n[[hours.exceptions]]\ndate = \"{}\"\nopen = [\"00:00-24:00\"]\n",
+        day(0),
+        day(1),
+        day(2)
+    );
+    let path = setup.path("org/test-relay.toml");
+    let config = std::fs::read_to_string(&path).unwrap() + &hours;
+    std::fs::write(&path, config).unwrap();
+    let (_relay, addr) = start_relay(&setup);
+    let mut client = spawn_chat(&setup, &addr);
+    client.connected();
+    let closed = client.event();
+    assert_eq!(closed["event"], "closed");
+    let next_open = closed["next_open"].as_i64().unwrap();
+    let expected = (today + chrono::Days::new(2))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp();
+    assert!(
+        next_open == expected || next_open == expected + 86_400,
+        "{closed}"
+    );
+    client.wait_success();
 }
