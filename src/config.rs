@@ -14,9 +14,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::core::frame::{Language, MAX_LANGUAGES, MAX_TOPICS, TopicId, valid_label};
+use crate::core::frame::{
+    Language, MAX_FRAME_LEN, MAX_LANGUAGES, MAX_POW_DIFFICULTY, MAX_TOPICS, TopicId, valid_label,
+};
 use crate::core::hours::{OpeningHours, Range};
 use crate::core::limits::{Limits, Service, Topic};
+
+/// Default QUIC receive window per stream: 64 maximum-size frames.
+pub const DEFAULT_STREAM_WINDOW: u32 = 64 * MAX_FRAME_LEN as u32;
 
 /// Where the relay listens when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -143,6 +148,38 @@ pub struct LimitsConfig {
     pub topic_fallback_secs: u64,
     /// Most chats one counsellor may take at once (1..=32).
     pub max_capacity: u8,
+    /// Most anonymous connections at once (1..=max_connections).
+    pub max_anonymous_connections: usize,
+    /// Queue admissions per second over the whole relay (1..=10000), and
+    /// the burst allowed above it (1..=100000).
+    pub admissions_per_sec: u32,
+    pub admissions_burst: u32,
+    /// Frames per second one connection may send (1..=10000), and the burst.
+    pub frames_per_sec: u32,
+    pub frames_burst: u32,
+    /// Bytes per second one connection may send (1100..=10485760), and the
+    /// burst (at least one frame, 1039 bytes, more is wise).
+    pub bytes_per_sec: u32,
+    pub bytes_burst: u32,
+    /// Proof-of-work difficulty in leading zero bits: the floor (0..=32)
+    /// and the ceiling (floor..=32) it moves between.
+    pub pow_min_difficulty: u8,
+    pub pow_max_difficulty: u8,
+    /// Anonymous arrivals per second above which the difficulty rises one
+    /// bit per second; below half of it, it falls again (1..=100000).
+    pub pow_target_arrivals_per_sec: u32,
+    /// Connection attempts one source address may make per epoch; 0 = off.
+    /// Counted under a random in-memory key, never by raw address.
+    pub per_address_attempts: u32,
+    /// Seconds per rate-limit epoch; key and counts are discarded after each
+    /// (10..=86400).
+    pub address_epoch_secs: u64,
+    /// Handshakes in progress above which new ones get a QUIC stateless
+    /// retry first (0 = always retry).
+    pub retry_above_handshakes: usize,
+    /// QUIC receive window per stream and per connection, in bytes.
+    pub stream_receive_window: u32,
+    pub receive_window: u32,
 }
 
 impl Default for LimitsConfig {
@@ -157,6 +194,21 @@ impl Default for LimitsConfig {
             max_wait_secs: Limits::DEFAULT_MAX_WAIT.as_secs(),
             topic_fallback_secs: Limits::DEFAULT_TOPIC_FALLBACK.as_secs(),
             max_capacity: Limits::DEFAULT_MAX_CAPACITY,
+            max_anonymous_connections: Limits::DEFAULT_MAX_ANONYMOUS_CONNECTIONS,
+            admissions_per_sec: Limits::DEFAULT_ADMISSIONS_PER_SEC,
+            admissions_burst: Limits::DEFAULT_ADMISSIONS_BURST,
+            frames_per_sec: Limits::DEFAULT_FRAMES_PER_SEC,
+            frames_burst: Limits::DEFAULT_FRAMES_BURST,
+            bytes_per_sec: Limits::DEFAULT_BYTES_PER_SEC,
+            bytes_burst: Limits::DEFAULT_BYTES_BURST,
+            pow_min_difficulty: Limits::DEFAULT_POW_MIN_DIFFICULTY,
+            pow_max_difficulty: Limits::DEFAULT_POW_MAX_DIFFICULTY,
+            pow_target_arrivals_per_sec: Limits::DEFAULT_POW_TARGET_ARRIVALS_PER_SEC,
+            per_address_attempts: 0,
+            address_epoch_secs: 600,
+            retry_above_handshakes: 64,
+            stream_receive_window: DEFAULT_STREAM_WINDOW,
+            receive_window: 2 * DEFAULT_STREAM_WINDOW,
         }
     }
 }
@@ -286,6 +338,59 @@ impl RelayConfig {
             86_400,
         )?;
         range("limits.max_capacity", l.max_capacity, 1, 32)?;
+        range(
+            "limits.max_anonymous_connections",
+            l.max_anonymous_connections,
+            1,
+            l.max_connections,
+        )?;
+        range("limits.admissions_per_sec", l.admissions_per_sec, 1, 10_000)?;
+        range("limits.admissions_burst", l.admissions_burst, 1, 100_000)?;
+        range("limits.frames_per_sec", l.frames_per_sec, 1, 10_000)?;
+        range("limits.frames_burst", l.frames_burst, 1, 100_000)?;
+        range("limits.bytes_per_sec", l.bytes_per_sec, 1100, 10 << 20)?;
+        range(
+            "limits.bytes_burst",
+            l.bytes_burst,
+            MAX_FRAME_LEN as u32,
+            64 << 20,
+        )?;
+        range(
+            "limits.pow_min_difficulty",
+            l.pow_min_difficulty,
+            0,
+            MAX_POW_DIFFICULTY,
+        )?;
+        range(
+            "limits.pow_max_difficulty",
+            l.pow_max_difficulty,
+            l.pow_min_difficulty,
+            MAX_POW_DIFFICULTY,
+        )?;
+        range(
+            "limits.pow_target_arrivals_per_sec",
+            l.pow_target_arrivals_per_sec,
+            1,
+            100_000,
+        )?;
+        range(
+            "limits.address_epoch_secs",
+            l.address_epoch_secs,
+            10,
+            86_400,
+        )?;
+        range(
+            "limits.stream_receive_window",
+            l.stream_receive_window,
+            4 * MAX_FRAME_LEN as u32,
+            16 << 20,
+        )?;
+        range(
+            "limits.receive_window",
+            l.receive_window,
+            l.stream_receive_window,
+            64 << 20,
+        )?;
         self.service()?;
         Ok(())
     }
@@ -392,6 +497,16 @@ impl RelayConfig {
             max_wait: Duration::from_secs(self.limits.max_wait_secs),
             topic_fallback: Duration::from_secs(self.limits.topic_fallback_secs),
             max_capacity: self.limits.max_capacity,
+            max_anonymous_connections: self.limits.max_anonymous_connections,
+            admissions_per_sec: self.limits.admissions_per_sec,
+            admissions_burst: self.limits.admissions_burst,
+            frames_per_sec: self.limits.frames_per_sec,
+            frames_burst: self.limits.frames_burst,
+            bytes_per_sec: self.limits.bytes_per_sec,
+            bytes_burst: self.limits.bytes_burst,
+            pow_min_difficulty: self.limits.pow_min_difficulty,
+            pow_max_difficulty: self.limits.pow_max_difficulty,
+            pow_target_arrivals_per_sec: self.limits.pow_target_arrivals_per_sec,
         }
     }
 }

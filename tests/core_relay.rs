@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use fluister::core::frame::{
     BLOB_LEN, Blob, ChatNumber, EndReason, Frame, FrameDecoder, Language, PROTOCOL_VERSION,
-    Refusal, Role, TopicId, TransferTarget, Unavailable, kind,
+    PowChallenge, Refusal, Role, TopicId, TransferTarget, Unavailable, kind,
 };
 use fluister::core::hours::{OpeningHours, Range};
 use fluister::core::limits::{Limits, Service};
+use fluister::core::ratelimit::pow_solve;
 use fluister::core::relay::{ConnId, Credential, Output, Relay};
 use fluister::core::{CloseCode, Now};
 use rand_chacha::ChaCha20Rng;
@@ -46,6 +47,16 @@ fn blob(byte: u8) -> Blob {
     Blob::new([byte; BLOB_LEN])
 }
 
+/// The proof-of-work challenge in a WELCOME among `outs`.
+fn challenge_in(outs: &[Out]) -> PowChallenge {
+    outs.iter()
+        .find_map(|o| match o {
+            Out::Frame(_, Frame::Welcome { pow, .. }) => Some(*pow),
+            _ => None,
+        })
+        .expect("a WELCOME")
+}
+
 fn frames_to(outs: &[Out], conn: ConnId) -> Vec<Frame> {
     outs.iter()
         .filter_map(|o| match o {
@@ -79,10 +90,16 @@ impl Harness {
     }
 
     fn with_service(limits: Limits, service: Service) -> Self {
+        let start = Instant::now();
         Harness {
-            relay: Relay::new(limits, service, Box::new(ChaCha20Rng::seed_from_u64(7))),
+            relay: Relay::new(
+                limits,
+                service,
+                Box::new(ChaCha20Rng::seed_from_u64(7)),
+                start,
+            ),
             now: Now {
-                mono: Instant::now(),
+                mono: start,
                 unix: MONDAY_10AM,
             },
         }
@@ -131,12 +148,13 @@ impl Harness {
     /// A client that joined with this topic and language; returns it and the outputs of its JOIN.
     fn client_for(&mut self, t: Option<u16>, l: Option<&str>) -> (ConnId, Vec<Out>) {
         let c = self.connect(Credential::Anonymous);
-        self.hello(c, Role::Client);
+        let challenge = challenge_in(&self.hello(c, Role::Client));
         let outs = self.send(
             c,
             Frame::Join {
                 topic: t.map(topic),
                 language: l.map(lang),
+                pow_solution: pow_solve(&challenge.nonce, challenge.difficulty),
             },
         );
         (c, outs)
@@ -200,15 +218,11 @@ fn hello_is_answered_with_the_topics_and_languages() {
     let y = h.connect(Credential::Anonymous);
     let outs = h.hello(y, Role::Client);
     let frames = frames_to(&outs, y);
-    assert_eq!(
-        frames[0],
-        Frame::Welcome {
-            version: 1,
-            role: Role::Client,
-            topics: 6,
-            languages: vec![lang("nl"), lang("en")],
-        }
-    );
+    assert!(matches!(
+        &frames[0],
+        Frame::Welcome { version: 1, role: Role::Client, topics: 6, languages, pow }
+            if *languages == vec![lang("nl"), lang("en")] && pow.difficulty == Limits::DEFAULT_POW_MIN_DIFFICULTY
+    ));
     assert_eq!(frames.len(), 7);
     assert!(
         matches!(&frames[3], Frame::Topic { id, label_en, .. } if id.get() == 3 && label_en.starts_with("Sextortion"))
@@ -599,6 +613,7 @@ fn a_status_with_an_unknown_topic_is_refused() {
         Frame::Join {
             topic: None,
             language: Some(lang("de")),
+            pow_solution: [0; 8],
         },
     );
     assert_eq!(outs, vec![Out::Close(y, CloseCode::MalformedFrame, true)]);
@@ -975,6 +990,7 @@ fn bad_frames_close_only_their_own_connection() {
         Frame::Join {
             topic: None,
             language: None,
+            pow_solution: [0; 8],
         },
     );
     assert_eq!(
@@ -1145,7 +1161,7 @@ mod random_input {
                         let role = if counsellor { Role::Counsellor } else { Role::Client };
                         (id, Frame::Hello { version, role }.encode())
                     }),
-                    Op::Join { conn, topic } => pick(conn).map(|id| (id, Frame::Join { topic: TopicId::new(topic), language: None }.encode())),
+                    Op::Join { conn, topic } => pick(conn).map(|id| (id, Frame::Join { topic: TopicId::new(topic), language: None, pow_solution: [0; 8] }.encode())),
                     Op::Status { conn, available, capacity } => pick(conn).map(|id| {
                         (id, Frame::Status { available, capacity, topics: vec![], languages: vec![] }.encode())
                     }),
@@ -1198,5 +1214,224 @@ mod random_input {
                 prop_assert!(waiting <= open);
             }
         }
+    }
+}
+
+mod abuse_control {
+    use super::*;
+
+    fn join_with(h: &mut Harness, c: ConnId, solution: [u8; 8]) -> Vec<Out> {
+        h.send(
+            c,
+            Frame::Join {
+                topic: None,
+                language: None,
+                pow_solution: solution,
+            },
+        )
+    }
+
+    #[test]
+    fn joins_without_valid_proof_of_work_are_refused_and_a_solver_gets_through() {
+        let mut h = Harness::new(Limits {
+            pow_min_difficulty: 12,
+            ..Limits::default()
+        });
+        let mut refused = 0;
+        for i in 0..20u64 {
+            let c = h.connect(Credential::Anonymous);
+            let challenge = challenge_in(&h.hello(c, Role::Client));
+            assert!(challenge.difficulty >= 12);
+            let guess = i.to_be_bytes();
+            if fluister::core::ratelimit::pow_valid(&challenge.nonce, challenge.difficulty, &guess)
+            {
+                continue; // a lucky guess is a valid solution
+            }
+            let outs = join_with(&mut h, c, guess);
+            assert_eq!(
+                outs,
+                vec![Out::Close(c, CloseCode::ProofOfWorkFailed, true)]
+            );
+            refused += 1;
+        }
+        assert!(refused >= 19);
+        let (y, outs) = h.client(); // solves its challenge
+        assert_eq!(positions(&outs), vec![(y, 1)]);
+    }
+
+    #[test]
+    fn a_solution_cannot_be_replayed_on_another_connection() {
+        let mut h = Harness::new(Limits::default());
+        let a = h.connect(Credential::Anonymous);
+        let challenge = challenge_in(&h.hello(a, Role::Client));
+        let solution = pow_solve(&challenge.nonce, challenge.difficulty);
+        let b = h.connect(Credential::Anonymous);
+        let other = challenge_in(&h.hello(b, Role::Client));
+        assert_ne!(
+            other.nonce, challenge.nonce,
+            "every connection gets a fresh challenge"
+        );
+        if !fluister::core::ratelimit::pow_valid(&other.nonce, other.difficulty, &solution) {
+            let outs = join_with(&mut h, b, solution);
+            assert_eq!(
+                outs,
+                vec![Out::Close(b, CloseCode::ProofOfWorkFailed, true)]
+            );
+        }
+        // The owner may use it once; a second JOIN on the same connection is out of state.
+        let outs = join_with(&mut h, a, solution);
+        assert_eq!(positions(&outs), vec![(a, 1)]);
+        let outs = join_with(&mut h, a, solution);
+        assert_eq!(outs, vec![Out::Close(a, CloseCode::UnexpectedFrame, true)]);
+    }
+
+    #[test]
+    fn the_difficulty_rises_under_a_flood_and_falls_after_it() {
+        let mut h = Harness::new(Limits {
+            pow_min_difficulty: 6,
+            pow_max_difficulty: 20,
+            pow_target_arrivals_per_sec: 5,
+            max_anonymous_connections: 10_000,
+            max_connections: 10_000,
+            ..Limits::default()
+        });
+        assert_eq!(h.relay.pow_difficulty(), 6);
+        // Ten seconds of 50 arrivals per second.
+        for _ in 0..10 {
+            for _ in 0..50 {
+                let c = h.connect(Credential::Anonymous);
+                h.hello(c, Role::Client);
+                h.relay.handle_disconnect(h.now, c);
+            }
+            h.wait(1);
+        }
+        let peak = h.relay.pow_difficulty();
+        assert!(peak >= 14, "difficulty rose to {peak}");
+        // New arrivals are asked the raised difficulty.
+        let c = h.connect(Credential::Anonymous);
+        assert_eq!(challenge_in(&h.hello(c, Role::Client)).difficulty, peak);
+        // Quiet again: it falls back to the floor, driven by the timer alone.
+        let mut steps = 0;
+        while let Some(at) = h.relay.poll_timeout() {
+            h.now.advance(at.saturating_duration_since(h.now.mono));
+            h.relay.handle_timeout(h.now);
+            h.drain();
+            steps += 1;
+            assert!(steps < 100, "the timer must stop once at the floor");
+        }
+        assert_eq!(h.relay.pow_difficulty(), 6);
+    }
+
+    #[test]
+    fn a_peer_over_its_frame_rate_is_closed_and_the_chat_beside_it_carries_on() {
+        let mut h = Harness::new(Limits {
+            frames_per_sec: 5,
+            frames_burst: 10,
+            ..Limits::default()
+        });
+        let (sam, _) = h.counsellor_with("Sam", 2, &[], &[]);
+        let (calm, _) = h.client();
+        let (flooder, _) = h.client();
+        let mut closed = None;
+        for i in 0..20 {
+            let outs = h.send(
+                flooder,
+                Frame::Forward {
+                    chat: chat(1),
+                    blob: blob(9),
+                },
+            );
+            if outs.contains(&Out::Close(flooder, CloseCode::RateLimited, true)) {
+                assert!(frames_to(&outs, sam).contains(&Frame::End {
+                    chat: chat(2),
+                    reason: EndReason::PeerDisconnected
+                }));
+                closed = Some(i);
+                break;
+            }
+        }
+        // HELLO and JOIN used two of the ten; the flood ends with the ninth.
+        assert_eq!(closed, Some(8));
+        // The calm chat carries on, at the allowed rate for as long as it likes.
+        for _ in 0..30 {
+            h.now.advance(Duration::from_millis(250));
+            let outs = h.send(
+                calm,
+                Frame::Forward {
+                    chat: chat(1),
+                    blob: blob(6),
+                },
+            );
+            assert_eq!(frames_to(&outs, sam).len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_peer_over_its_byte_rate_is_closed() {
+        let mut h = Harness::new(Limits {
+            bytes_per_sec: 2_000,
+            bytes_burst: 4_000,
+            frames_per_sec: 1_000,
+            frames_burst: 1_000,
+            ..Limits::default()
+        });
+        let (y, c) = h.pair();
+        let mut outs = Vec::new();
+        for _ in 0..5 {
+            outs.extend(h.send(
+                y,
+                Frame::Forward {
+                    chat: chat(1),
+                    blob: blob(1),
+                },
+            ));
+        }
+        assert!(outs.contains(&Out::Close(y, CloseCode::RateLimited, true)));
+        assert_eq!(frames_to(&outs, c).len(), 4, "three forwarded, then END");
+        assert!(frames_to(&outs, c).contains(&Frame::End {
+            chat: chat(1),
+            reason: EndReason::PeerDisconnected
+        }));
+    }
+
+    #[test]
+    fn anonymous_connections_and_queue_admissions_are_capped() {
+        let mut h = Harness::new(Limits {
+            max_anonymous_connections: 3,
+            admissions_per_sec: 1,
+            admissions_burst: 2,
+            ..Limits::default()
+        });
+        let mut clients: Vec<ConnId> = (0..3).map(|_| h.connect(Credential::Anonymous)).collect();
+        assert!(
+            h.relay
+                .handle_connect(h.now, Credential::Anonymous)
+                .is_err()
+        );
+        // Counsellors still get in.
+        h.counsellor("Sam");
+        for c in clients.drain(..) {
+            h.relay.handle_disconnect(h.now, c);
+        }
+        h.drain();
+        // Two admissions in the burst, the third in the same second is busy.
+        let (_, a) = h.client();
+        let (_, b) = h.client();
+        let (third, outs) = h.client();
+        assert!(!a.is_empty() && !b.is_empty());
+        assert_eq!(
+            frames_to(&outs, third).last(),
+            Some(&Frame::Unavailable {
+                reason: Unavailable::Busy,
+                next_open: None
+            })
+        );
+        h.now.advance(Duration::from_secs(1));
+        let (fourth, outs) = h.client();
+        assert_eq!(
+            positions(&outs),
+            vec![(fourth, 2)],
+            "Sam has the first; the second waits"
+        );
     }
 }

@@ -30,7 +30,7 @@ async fn evil_relay(
         &std::fs::read_to_string(org.dir.path().join(fluister::org::RELAY_KEY_FILE)).unwrap(),
     )
     .unwrap();
-    let transport = tls::transport_config(WAIT, std::time::Duration::from_secs(5));
+    let transport = tls::transport_config(tls::TransportSizes::default());
     let server = tls::server_config(chain, key, None, transport).unwrap();
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -53,6 +53,7 @@ async fn evil_relay(
                             role: Role::Client,
                             topics: 0,
                             languages: vec![],
+                            pow: fluister::core::frame::PowChallenge::NONE,
                         };
                         send.write_all(&welcome.encode()).await.unwrap();
                     }

@@ -9,9 +9,10 @@
 use ed25519_dalek::SigningKey;
 use fluister::core::content::Content;
 use fluister::core::frame::{
-    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Language, PairingId, Refusal, Role, TopicId,
-    TransferTarget, Unavailable,
+    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Language, PairingId, PowChallenge, Refusal, Role,
+    TopicId, TransferTarget, Unavailable,
 };
+use fluister::core::ratelimit::pow_solve;
 use fluister::crypto::cert::{self, CertificateBody, OrgPublicKey};
 use fluister::crypto::e2e::{self, ClientHandshake, CounsellorKeys, Received};
 use serde_json::{Value, json};
@@ -71,6 +72,18 @@ fn frame_vector(name: &str, description: &str, frame: &Frame, body_fields: Vec<V
     ];
     fields.extend(body_fields);
     annotated(name, description, &bytes, fields)
+}
+
+/// The challenge in the WELCOME vector: difficulty 8, nonce 00 01 .. 0f.
+fn pow_challenge() -> PowChallenge {
+    let mut nonce = [0u8; 16];
+    for (i, b) in nonce.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    PowChallenge {
+        difficulty: 8,
+        nonce,
+    }
 }
 
 fn lang(s: &str) -> Language {
@@ -133,12 +146,13 @@ fn frame_vectors() {
         ),
         frame_vector(
             "WELCOME",
-            "relay accepted the HELLO",
+            "relay accepted the HELLO; to JOIN, solve the proof of work at difficulty 8",
             &Frame::Welcome {
                 version: 1,
                 role: Role::Client,
                 topics: 6,
                 languages: vec![lang("nl"), lang("en")],
+                pow: pow_challenge(),
             },
             vec![
                 field("version", &[1], "protocol version 1"),
@@ -149,6 +163,16 @@ fn frame_vectors() {
                     "languages",
                     b"nlen\0\0\0\0\0\0\0\0\0\0\0\0",
                     "8 slots of 2 ASCII letters; unused slots zero",
+                ),
+                field(
+                    "pow_difficulty",
+                    &[8],
+                    "leading zero bits the proof of work needs",
+                ),
+                field(
+                    "pow_challenge",
+                    &pow_challenge().nonce,
+                    "16 random bytes, fresh per connection",
                 ),
             ],
         ),
@@ -270,14 +294,20 @@ fn frame_vectors() {
         ),
         by_layout(
             "JOIN",
-            "client joins the queue for topic 2 in Dutch",
+            "client joins the queue for topic 2 in Dutch, answering the WELCOME vector's challenge",
             &Frame::Join {
                 topic: TopicId::new(2),
                 language: Some(lang("nl")),
+                pow_solution: pow_solve(&pow_challenge().nonce, 8),
             },
             &[
                 ("topic", 2, "topic id; 0 = no topic chosen"),
                 ("language", 2, "ASCII code; 00 00 = no preference"),
+                (
+                    "pow_solution",
+                    8,
+                    "the first u64 (big-endian, counting from 0) whose SHA-256(\"fluister pow v1\" || challenge || solution) starts with 8 zero bits",
+                ),
             ],
         ),
         by_layout(

@@ -16,6 +16,7 @@ use super::chat::{self, ChatEvent, emit, now_unix};
 use super::{ClientError, RelayStream};
 use crate::core::content::Reassembler;
 use crate::core::frame::{ChatNumber, EndReason, Frame, Language, Role, TopicId, Unavailable};
+use crate::core::ratelimit::pow_solve;
 use crate::crypto::cert::OrgPublicKey;
 use crate::crypto::e2e::{ClientHandshake, Session};
 
@@ -102,7 +103,20 @@ pub async fn run_client(
         .map(|l| resolve_language(&welcome, l))
         .transpose()?;
     emit(&events, welcome.event()).await;
-    relay.send(&Frame::Join { topic, language }).await?;
+    // The relay asks for proof of work before it queues anyone; solving it
+    // is CPU work, kept off the async threads.
+    let challenge = welcome.pow;
+    let pow_solution =
+        tokio::task::spawn_blocking(move || pow_solve(&challenge.nonce, challenge.difficulty))
+            .await
+            .map_err(|e| ClientError::Lost(format!("proof of work: {e}")))?;
+    relay
+        .send(&Frame::Join {
+            topic,
+            language,
+            pow_solution,
+        })
+        .await?;
 
     let mut state = State::Waiting {
         transferring: false,

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{ClientError, RelayStream};
 use crate::core::content::{Content, Reassembler, split_text};
+use crate::core::frame::PowChallenge;
 use crate::core::frame::{
     Blob, ChatNumber, EndReason, Frame, Language, PROTOCOL_VERSION, Role, TopicId,
 };
@@ -191,6 +192,7 @@ pub(crate) fn now_unix() -> u64 {
 pub(crate) struct Welcome {
     pub topics: Vec<(TopicId, String, String)>,
     pub languages: Vec<Language>,
+    pub pow: PowChallenge,
 }
 
 impl Welcome {
@@ -222,12 +224,13 @@ pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome
             role,
         })
         .await?;
-    let (count, languages) = match relay.next().await? {
+    let (count, languages, pow) = match relay.next().await? {
         Some(Frame::Welcome {
             version,
             role: accepted,
             topics,
             languages,
+            pow,
         }) => {
             if version != PROTOCOL_VERSION {
                 return Err(ClientError::Version(version));
@@ -235,7 +238,7 @@ pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome
             if accepted != role {
                 return Err(ClientError::UnexpectedFrame);
             }
-            (topics, languages)
+            (topics, languages, pow)
         }
         Some(_) => return Err(ClientError::UnexpectedFrame),
         None => return Err(ClientError::Lost("the relay ended the stream".into())),
@@ -251,7 +254,11 @@ pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome
             _ => return Err(ClientError::UnexpectedFrame),
         }
     }
-    Ok(Welcome { topics, languages })
+    Ok(Welcome {
+        topics,
+        languages,
+        pow,
+    })
 }
 
 /// Splits, seals and sends one message.

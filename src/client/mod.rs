@@ -128,7 +128,7 @@ pub struct RelayStream {
 /// Connects and opens the control stream.
 pub async fn connect(options: ConnectOptions) -> Result<RelayStream, ClientError> {
     let (addr, server_name) = resolve(&options.relay).await?;
-    let transport = tls::transport_config(Duration::from_secs(60), Duration::from_secs(15));
+    let transport = tls::transport_config(tls::TransportSizes::default());
     let config = tls::client_config(options.ca, options.credential, transport)?;
     let bind: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()

@@ -60,6 +60,8 @@ pub mod kind {
 pub const MAX_TOPICS: usize = 16;
 /// Most languages a relay offers and a counsellor serves.
 pub const MAX_LANGUAGES: usize = 8;
+/// Highest proof-of-work difficulty a WELCOME may ask (bits).
+pub const MAX_POW_DIFFICULTY: u8 = 32;
 /// Longest topic label or pseudonym in a frame, in UTF-8 bytes.
 pub const MAX_LABEL_LEN: usize = 64;
 
@@ -307,6 +309,28 @@ impl std::fmt::Debug for Blob {
     }
 }
 
+/// A proof-of-work challenge (PROTOCOL.md §8.1): find 8 bytes `s` such that
+/// SHA-256("fluister pow v1" || nonce || s) starts with `difficulty` zero bits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PowChallenge {
+    pub difficulty: u8,
+    pub nonce: [u8; 16],
+}
+
+impl PowChallenge {
+    /// No work asked (counsellors, and relays with proof of work off).
+    pub const NONE: PowChallenge = PowChallenge {
+        difficulty: 0,
+        nonce: [0; 16],
+    };
+}
+
+impl std::fmt::Debug for PowChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PowChallenge {{ difficulty: {}, .. }}", self.difficulty)
+    }
+}
+
 /// Where a counsellor hands a chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferTarget {
@@ -321,12 +345,14 @@ pub enum TransferTarget {
 pub enum Frame {
     /// Endpoint → relay, first frame on the stream.
     Hello { version: u8, role: Role },
-    /// Relay → endpoint: HELLO accepted. `topics` TOPIC frames follow.
+    /// Relay → endpoint: HELLO accepted. `topics` TOPIC frames follow. A
+    /// client must solve the proof-of-work challenge to JOIN.
     Welcome {
         version: u8,
         role: Role,
         topics: u8,
         languages: Vec<Language>,
+        pow: PowChallenge,
     },
     /// Relay → client: place in the queue (1 = next) and the estimated wait.
     Queued {
@@ -348,10 +374,12 @@ pub enum Frame {
         label_nl: String,
         label_en: String,
     },
-    /// Client → relay, after WELCOME: join the queue.
+    /// Client → relay, after WELCOME: join the queue, with the solution to
+    /// the WELCOME's proof-of-work challenge.
     Join {
         topic: Option<TopicId>,
         language: Option<Language>,
+        pow_solution: [u8; 8],
     },
     /// Relay → client: not queued; the relay closes the connection next.
     Unavailable {
@@ -415,13 +443,13 @@ const LABEL_SLOT: usize = 1 + MAX_LABEL_LEN;
 fn body_len(kind: u8) -> Option<usize> {
     Some(match kind {
         kind::HELLO => 2,
-        kind::WELCOME => 4 + 2 * MAX_LANGUAGES,
+        kind::WELCOME => 4 + 2 * MAX_LANGUAGES + 1 + 16,
         kind::QUEUED => 8,
         kind::PAIRED => 4 + 16,
         kind::FORWARD => 4 + BLOB_LEN,
         kind::END => 4 + 1,
         kind::TOPIC => 2 + 2 * LABEL_SLOT,
-        kind::JOIN => 4,
+        kind::JOIN => 4 + 8,
         kind::UNAVAILABLE => 1 + 8,
         kind::STATUS => 3 + 2 * MAX_TOPICS + 1 + 2 * MAX_LANGUAGES,
         kind::QUEUE_STATS => 1 + 4 * (MAX_TOPICS + 1),
@@ -583,12 +611,15 @@ impl Frame {
                 role,
                 topics,
                 languages,
+                pow,
             } => {
                 w.u8(*version);
                 w.u8(role.to_byte());
                 w.u8(*topics);
                 w.u8(languages.len().min(MAX_LANGUAGES) as u8);
                 w.languages(languages);
+                w.u8(pow.difficulty);
+                w.bytes(&pow.nonce);
             }
             Frame::Queued {
                 position,
@@ -618,9 +649,14 @@ impl Frame {
                 w.label(label_nl);
                 w.label(label_en);
             }
-            Frame::Join { topic, language } => {
+            Frame::Join {
+                topic,
+                language,
+                pow_solution,
+            } => {
                 w.u16(topic.map_or(0, |t| t.0));
                 w.bytes(&language.map_or([0, 0], |l| l.0));
+                w.bytes(pow_solution);
             }
             Frame::Unavailable { reason, next_open } => {
                 w.u8(reason.to_byte());
@@ -705,11 +741,19 @@ impl Frame {
                     return Err(FrameError::BadField("topic count"));
                 }
                 let count = r.u8()? as usize;
+                let languages = r.languages(count)?;
+                let difficulty = r.u8()?;
+                if difficulty > MAX_POW_DIFFICULTY {
+                    return Err(FrameError::BadField("difficulty"));
+                }
+                let mut nonce = [0u8; 16];
+                nonce.copy_from_slice(r.take(16)?);
                 Frame::Welcome {
                     version,
                     role,
                     topics,
-                    languages: r.languages(count)?,
+                    languages,
+                    pow: PowChallenge { difficulty, nonce },
                 }
             }
             kind::QUEUED => {
@@ -752,7 +796,13 @@ impl Frame {
                     [0, 0] => None,
                     pair => Some(Language::new(pair).ok_or(FrameError::BadField("language"))?),
                 };
-                Frame::Join { topic, language }
+                let mut pow_solution = [0u8; 8];
+                pow_solution.copy_from_slice(r.take(8)?);
+                Frame::Join {
+                    topic,
+                    language,
+                    pow_solution,
+                }
             }
             kind::UNAVAILABLE => {
                 let reason = Unavailable::from_byte(r.u8()?)?;
@@ -913,13 +963,17 @@ mod tests {
                 any::<u8>(),
                 arb_role(),
                 0..=MAX_TOPICS as u8,
-                arb_languages()
+                arb_languages(),
+                (0..=MAX_POW_DIFFICULTY, any::<[u8; 16]>())
             )
-                .prop_map(|(version, role, topics, languages)| Frame::Welcome {
-                    version,
-                    role,
-                    topics,
-                    languages
+                .prop_map(|(version, role, topics, languages, (difficulty, nonce))| {
+                    Frame::Welcome {
+                        pow: PowChallenge { difficulty, nonce },
+                        version,
+                        role,
+                        topics,
+                        languages,
+                    }
                 }),
             (1u32.., proptest::option::of(0..u32::MAX)).prop_map(
                 |(position, estimated_wait_secs)| {
@@ -949,9 +1003,14 @@ mod tests {
             }),
             (
                 proptest::option::of(arb_topic()),
-                proptest::option::of(arb_language())
+                proptest::option::of(arb_language()),
+                any::<[u8; 8]>()
             )
-                .prop_map(|(topic, language)| Frame::Join { topic, language }),
+                .prop_map(|(topic, language, pow_solution)| Frame::Join {
+                    topic,
+                    language,
+                    pow_solution
+                }),
             (
                 prop_oneof![
                     Just(Unavailable::Closed),
@@ -1048,12 +1107,13 @@ mod tests {
             ),
             (
                 Frame::Welcome {
+                    pow: PowChallenge::NONE,
                     version: 1,
                     role: Role::Counsellor,
                     topics: 6,
                     languages: vec![],
                 },
-                23,
+                40,
             ),
             (
                 Frame::Queued {
@@ -1095,8 +1155,9 @@ mod tests {
                 Frame::Join {
                     topic: None,
                     language: None,
+                    pow_solution: [0; 8],
                 },
-                7,
+                15,
             ),
             (
                 Frame::Unavailable {
@@ -1162,6 +1223,7 @@ mod tests {
         let mut join = Frame::Join {
             topic: None,
             language: None,
+            pow_solution: [0; 8],
         }
         .encode();
         join[5] = b'n';

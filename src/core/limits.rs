@@ -25,6 +25,23 @@ pub struct Limits {
     pub topic_fallback: Duration,
     /// Most chats one counsellor may take at once.
     pub max_capacity: u8,
+    /// Most anonymous connections at once (below `max_connections`, so
+    /// counsellors always find room).
+    pub max_anonymous_connections: usize,
+    /// Queue admissions (JOINs) per second, and the burst allowed above it.
+    pub admissions_per_sec: u32,
+    pub admissions_burst: u32,
+    /// Frames per second one connection may send, and the burst above it.
+    pub frames_per_sec: u32,
+    pub frames_burst: u32,
+    /// Bytes per second one connection may send, and the burst above it.
+    pub bytes_per_sec: u32,
+    pub bytes_burst: u32,
+    /// Proof-of-work difficulty bounds (leading zero bits) and the arrival
+    /// rate of anonymous clients above which it rises.
+    pub pow_min_difficulty: u8,
+    pub pow_max_difficulty: u8,
+    pub pow_target_arrivals_per_sec: u32,
 }
 
 impl Limits {
@@ -34,6 +51,16 @@ impl Limits {
     pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(45 * 60);
     pub const DEFAULT_TOPIC_FALLBACK: Duration = Duration::from_secs(120);
     pub const DEFAULT_MAX_CAPACITY: u8 = 8;
+    pub const DEFAULT_MAX_ANONYMOUS_CONNECTIONS: usize = 1500;
+    pub const DEFAULT_ADMISSIONS_PER_SEC: u32 = 10;
+    pub const DEFAULT_ADMISSIONS_BURST: u32 = 30;
+    pub const DEFAULT_FRAMES_PER_SEC: u32 = 20;
+    pub const DEFAULT_FRAMES_BURST: u32 = 60;
+    pub const DEFAULT_BYTES_PER_SEC: u32 = 24 * 1024;
+    pub const DEFAULT_BYTES_BURST: u32 = 64 * 1024;
+    pub const DEFAULT_POW_MIN_DIFFICULTY: u8 = 8;
+    pub const DEFAULT_POW_MAX_DIFFICULTY: u8 = 22;
+    pub const DEFAULT_POW_TARGET_ARRIVALS_PER_SEC: u32 = 20;
     /// A waiting client hears from the relay at least this often.
     pub const QUEUE_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
 }
@@ -47,6 +74,16 @@ impl Default for Limits {
             max_wait: Self::DEFAULT_MAX_WAIT,
             topic_fallback: Self::DEFAULT_TOPIC_FALLBACK,
             max_capacity: Self::DEFAULT_MAX_CAPACITY,
+            max_anonymous_connections: Self::DEFAULT_MAX_ANONYMOUS_CONNECTIONS,
+            admissions_per_sec: Self::DEFAULT_ADMISSIONS_PER_SEC,
+            admissions_burst: Self::DEFAULT_ADMISSIONS_BURST,
+            frames_per_sec: Self::DEFAULT_FRAMES_PER_SEC,
+            frames_burst: Self::DEFAULT_FRAMES_BURST,
+            bytes_per_sec: Self::DEFAULT_BYTES_PER_SEC,
+            bytes_burst: Self::DEFAULT_BYTES_BURST,
+            pow_min_difficulty: Self::DEFAULT_POW_MIN_DIFFICULTY,
+            pow_max_difficulty: Self::DEFAULT_POW_MAX_DIFFICULTY,
+            pow_target_arrivals_per_sec: Self::DEFAULT_POW_TARGET_ARRIVALS_PER_SEC,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod hours;
 pub mod limits;
 pub mod pairing;
+pub mod ratelimit;
 pub mod relay;
 
 use std::time::{Duration, Instant};
@@ -63,6 +64,10 @@ pub enum CloseCode {
     SlowConsumer = 0x0a,
     /// Something failed inside the relay; not the peer's fault.
     InternalError = 0x0b,
+    /// The peer sent more frames or bytes per second than allowed.
+    RateLimited = 0x0c,
+    /// JOIN carried a wrong proof-of-work solution.
+    ProofOfWorkFailed = 0x0d,
 }
 
 impl CloseCode {
@@ -85,6 +90,8 @@ impl CloseCode {
             0x09 => UnexpectedStream,
             0x0a => SlowConsumer,
             0x0b => InternalError,
+            0x0c => RateLimited,
+            0x0d => ProofOfWorkFailed,
             _ => return None,
         })
     }
@@ -105,6 +112,8 @@ impl CloseCode {
             UnexpectedStream => "unexpected stream",
             SlowConsumer => "peer too slow",
             InternalError => "internal error",
+            RateLimited => "too many frames, slow down",
+            ProofOfWorkFailed => "proof of work failed",
         }
     }
 }

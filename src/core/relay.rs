@@ -25,11 +25,12 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::frame::{
     ChatNumber, EndReason, Frame, FrameDecoder, Language, MAX_LANGUAGES, MAX_TOPICS,
-    PROTOCOL_VERSION, PairingId, Refusal, Role, TopicId, TransferTarget, Unavailable,
+    PROTOCOL_VERSION, PairingId, PowChallenge, Refusal, Role, TopicId, TransferTarget, Unavailable,
 };
 use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
 use super::pairing::{LocalQueue, Offer, PairingBackend, Request};
+use super::ratelimit::{Pow, TokenBucket, pow_valid};
 use super::{CloseCode, Now};
 
 /// An RNG fit for pairing ids: cryptographically strong, owned by the core.
@@ -97,8 +98,8 @@ struct Waiting {
 
 #[derive(Debug)]
 enum ClientStage {
-    /// WELCOME sent; JOIN expected.
-    Welcomed,
+    /// WELCOME sent with this challenge; JOIN expected.
+    Welcomed(PowChallenge),
     /// In the queue.
     Waiting(Waiting),
     /// In a chat (or between the two halves of a transfer).
@@ -126,6 +127,8 @@ enum State {
 struct Conn {
     credential: Credential,
     decoder: FrameDecoder,
+    frames: TokenBucket,
+    bytes: TokenBucket,
     state: State,
     /// Live chats of this connection by its own chat number.
     links: BTreeMap<ChatNumber, Link>,
@@ -178,24 +181,35 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     next_conn: u64,
     out: VecDeque<Output>,
     estimate: WaitEstimate,
+    admissions: TokenBucket,
+    pow: Pow,
     shutting_down: bool,
 }
 
 impl Relay<LocalQueue> {
-    pub fn new(limits: Limits, service: Service, rng: Box<dyn RelayRng>) -> Self {
+    pub fn new(limits: Limits, service: Service, rng: Box<dyn RelayRng>, start: Instant) -> Self {
         let pairing = LocalQueue::new(limits.max_queue);
-        Relay::with_backend(limits, service, rng, pairing)
+        Relay::with_backend(limits, service, rng, pairing, start)
     }
 }
 
 impl<P: PairingBackend> Relay<P> {
+    /// `start` is the time the relay starts; rate limits count from it.
     pub fn with_backend(
         limits: Limits,
         service: Service,
         rng: Box<dyn RelayRng>,
         pairing: P,
+        start: Instant,
     ) -> Self {
         Relay {
+            admissions: TokenBucket::new(limits.admissions_per_sec, limits.admissions_burst, start),
+            pow: Pow::new(
+                limits.pow_min_difficulty,
+                limits.pow_max_difficulty,
+                limits.pow_target_arrivals_per_sec,
+                start,
+            ),
             limits,
             service,
             rng,
@@ -218,6 +232,16 @@ impl<P: PairingBackend> Relay<P> {
         if self.shutting_down || self.conns.len() >= self.limits.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
+        if credential == Credential::Anonymous
+            && self
+                .conns
+                .values()
+                .filter(|c| c.credential == Credential::Anonymous)
+                .count()
+                >= self.limits.max_anonymous_connections
+        {
+            return Err(ConnectError::TooManyConnections);
+        }
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         self.conns.insert(
@@ -225,6 +249,16 @@ impl<P: PairingBackend> Relay<P> {
             Conn {
                 credential,
                 decoder: FrameDecoder::default(),
+                frames: TokenBucket::new(
+                    self.limits.frames_per_sec,
+                    self.limits.frames_burst,
+                    now.mono,
+                ),
+                bytes: TokenBucket::new(
+                    self.limits.bytes_per_sec,
+                    self.limits.bytes_burst,
+                    now.mono,
+                ),
                 state: State::AwaitingHello {
                     deadline: now.mono + self.limits.hello_timeout,
                 },
@@ -238,13 +272,21 @@ impl<P: PairingBackend> Relay<P> {
     /// Bytes arrived on the connection's control stream.
     pub fn handle_data(&mut self, now: Now, conn: ConnId, bytes: &[u8]) {
         let mut frames = Vec::new();
-        let result = match self.conns.get_mut(&conn) {
-            Some(c) => c.decoder.push(bytes, &mut frames),
-            None => return,
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
         };
+        if !c.bytes.take(now.mono, bytes.len() as f64) {
+            self.close(conn, CloseCode::RateLimited, true);
+            return;
+        }
+        let result = c.decoder.push(bytes, &mut frames);
         // Frames decoded before a bad one are still acted on, in order.
         for frame in frames {
-            if !self.conns.contains_key(&conn) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if !c.frames.take(now.mono, 1.0) {
+                self.close(conn, CloseCode::RateLimited, true);
                 return;
             }
             if let Err(code) = self.handle_frame(now, conn, frame) {
@@ -264,6 +306,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Acts on every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.pow.tick(now.mono);
         let mut hello_late = Vec::new();
         let mut wait_over = Vec::new();
         for (id, c) in &mut self.conns {
@@ -306,7 +349,8 @@ impl<P: PairingBackend> Relay<P> {
 
     /// The earliest instant at which [`Relay::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
+        let conns = self
+            .conns
             .values()
             .filter_map(|c| match &c.state {
                 State::AwaitingHello { deadline } => Some(*deadline),
@@ -319,7 +363,16 @@ impl<P: PairingBackend> Relay<P> {
                 }
                 _ => None,
             })
-            .min()
+            .min();
+        match (conns, self.pow.next_tick()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The proof-of-work difficulty asked of new clients now.
+    pub fn pow_difficulty(&self) -> u8 {
+        self.pow.difficulty()
     }
 
     /// Ends every chat with `RelayShutdown` and closes every connection.
@@ -370,7 +423,7 @@ impl<P: PairingBackend> Relay<P> {
         let role = match &c.state {
             State::AwaitingHello { .. } => {
                 return match frame {
-                    Frame::Hello { version, role } => self.handle_hello(conn, version, role),
+                    Frame::Hello { version, role } => self.handle_hello(now, conn, version, role),
                     _ => Err(CloseCode::UnexpectedFrame),
                 };
             }
@@ -378,9 +431,14 @@ impl<P: PairingBackend> Relay<P> {
             State::Counsellor(_) => Role::Counsellor,
         };
         match (role, frame) {
-            (Role::Client, Frame::Join { topic, language }) => {
-                self.handle_join(now, conn, topic, language)
-            }
+            (
+                Role::Client,
+                Frame::Join {
+                    topic,
+                    language,
+                    pow_solution,
+                },
+            ) => self.handle_join(now, conn, topic, language, pow_solution),
             (_, Frame::Forward { chat, blob }) => {
                 let Some(link) = c.links.get(&chat).copied() else {
                     // A frame racing the end of its chat is not an error.
@@ -468,7 +526,7 @@ impl<P: PairingBackend> Relay<P> {
         }
     }
 
-    fn welcome(&mut self, conn: ConnId, role: Role) {
+    fn welcome(&mut self, conn: ConnId, role: Role, pow: PowChallenge) {
         let languages: Vec<Language> = self
             .service
             .languages
@@ -490,6 +548,7 @@ impl<P: PairingBackend> Relay<P> {
                 role,
                 topics: topics.len() as u8,
                 languages,
+                pow,
             },
         );
         for t in topics {
@@ -504,13 +563,25 @@ impl<P: PairingBackend> Relay<P> {
         }
     }
 
-    fn handle_hello(&mut self, conn: ConnId, version: u8, role: Role) -> Result<(), CloseCode> {
+    fn handle_hello(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        version: u8,
+        role: Role,
+    ) -> Result<(), CloseCode> {
         if version != PROTOCOL_VERSION {
             return Err(CloseCode::UnsupportedVersion);
         }
+        let mut pow = PowChallenge::NONE;
+        if role == Role::Client {
+            self.pow.record_arrival(now.mono);
+            pow.difficulty = self.pow.difficulty();
+            self.rng.fill_bytes(&mut pow.nonce);
+        }
         let c = self.conns.get_mut(&conn).ok_or(CloseCode::InternalError)?;
         match role {
-            Role::Client => c.state = State::Client(ClientStage::Welcomed),
+            Role::Client => c.state = State::Client(ClientStage::Welcomed(pow)),
             Role::Counsellor => {
                 if !matches!(c.credential, Credential::Counsellor { .. }) {
                     return Err(CloseCode::NotAuthorized);
@@ -525,7 +596,7 @@ impl<P: PairingBackend> Relay<P> {
                 });
             }
         }
-        self.welcome(conn, role);
+        self.welcome(conn, role, pow);
         if role == Role::Counsellor {
             self.refresh_offer(conn);
             self.send_queue_stats(Some(conn));
@@ -539,15 +610,21 @@ impl<P: PairingBackend> Relay<P> {
         conn: ConnId,
         topic: Option<TopicId>,
         language: Option<Language>,
+        pow_solution: [u8; 8],
     ) -> Result<(), CloseCode> {
         let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
-        if !matches!(c.state, State::Client(ClientStage::Welcomed)) {
+        let State::Client(ClientStage::Welcomed(challenge)) = &c.state else {
             return Err(CloseCode::UnexpectedFrame);
-        }
+        };
         if topic.is_some_and(|t| !self.service.knows_topic(t))
             || language.is_some_and(|l| !self.service.knows_language(l))
         {
             return Err(CloseCode::MalformedFrame);
+        }
+        // The challenge was fresh for this connection and is spent now:
+        // a solution is worth one JOIN on one connection.
+        if !pow_valid(&challenge.nonce, challenge.difficulty, &pow_solution) {
+            return Err(CloseCode::ProofOfWorkFailed);
         }
         if !self.service.hours.is_open(now.unix) {
             let next_open = self
@@ -571,7 +648,7 @@ impl<P: PairingBackend> Relay<P> {
             since: now.mono,
             priority: false,
         };
-        if self.pairing.enqueue(conn, request).is_err() {
+        if !self.admissions.take(now.mono, 1.0) || self.pairing.enqueue(conn, request).is_err() {
             self.send(
                 conn,
                 &Frame::Unavailable {

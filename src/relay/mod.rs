@@ -22,6 +22,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand_core::OsRng;
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::core::frame::MAX_FRAME_LEN;
+use crate::core::ratelimit::KeyedLimiter;
 use crate::core::relay::{ConnId, Credential, Output, Relay};
 use crate::core::{CloseCode, Now};
 
@@ -155,10 +157,12 @@ pub async fn start(
         Some(path) => Some(tls::certs_from_pem("counsellor CA", &tls::read_pem(path)?)?),
         None => None,
     };
-    let transport = tls::transport_config(
-        Duration::from_secs(config.limits.idle_timeout_secs),
-        Duration::from_secs(config.limits.keep_alive_secs),
-    );
+    let transport = tls::transport_config(tls::TransportSizes {
+        stream_receive_window: config.limits.stream_receive_window,
+        receive_window: config.limits.receive_window,
+        idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+        keep_alive: Duration::from_secs(config.limits.keep_alive_secs),
+    });
     let mut server = tls::server_config(chain, key, ca, transport)?;
     server.max_incoming(config.limits.max_connections);
     let endpoint =
@@ -173,19 +177,36 @@ pub async fn start(
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let core = Relay::new(config.core_limits(), config.service()?, Box::new(OsRng));
+    let core = Relay::new(
+        config.core_limits(),
+        config.service()?,
+        Box::new(OsRng),
+        std::time::Instant::now(),
+    );
     let driver = Driver {
         core,
         conns: HashMap::new(),
         observer: options.observer,
     };
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone()));
-    let max_buffered = config.limits.max_buffered_frames;
+    let admission = Admission {
+        max_buffered: config.limits.max_buffered_frames,
+        retry_above_handshakes: config.limits.retry_above_handshakes,
+        handshakes: Arc::new(AtomicUsize::new(0)),
+        per_address: (config.limits.per_address_attempts > 0).then(|| {
+            KeyedLimiter::new(
+                config.limits.per_address_attempts,
+                Duration::from_secs(config.limits.address_epoch_secs),
+                std::time::Instant::now(),
+                &mut OsRng,
+            )
+        }),
+    };
     tokio::spawn(accept_loop(
         endpoint.clone(),
         events_tx,
         shutdown_rx,
-        max_buffered,
+        admission,
     ));
     tracing::info!(
         counsellor_sign_in = config.counsellor_ca.is_some(),
@@ -200,17 +221,61 @@ pub async fn start(
     })
 }
 
+/// What the accept loop decides before a handshake starts.
+struct Admission {
+    max_buffered: usize,
+    retry_above_handshakes: usize,
+    /// Handshakes in progress.
+    handshakes: Arc<AtomicUsize>,
+    /// Attempts per source address, keyed and forgotten each epoch.
+    per_address: Option<KeyedLimiter>,
+}
+
+impl Admission {
+    /// Refuses, retries or lets through one incoming connection. The
+    /// address is used here, in memory, and goes nowhere else.
+    fn admit(&mut self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
+        if let Some(limiter) = &mut self.per_address {
+            let ip = match incoming.remote_address().ip() {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            if !limiter.allow(&ip, std::time::Instant::now(), &mut OsRng) {
+                incoming.refuse();
+                return None;
+            }
+        }
+        // Under a handshake flood, make unvalidated peers prove their
+        // address with a stateless retry before we spend a handshake on them.
+        if self.handshakes.load(Ordering::Relaxed) >= self.retry_above_handshakes
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            return None;
+        }
+        Some(incoming)
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     events: mpsc::Sender<Event>,
     mut shutdown: watch::Receiver<bool>,
-    max_buffered: usize,
+    mut admission: Admission,
 ) {
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { return };
-                tokio::spawn(connection_task(incoming, events.clone(), shutdown.clone(), max_buffered));
+                let Some(incoming) = admission.admit(incoming) else { continue };
+                tokio::spawn(connection_task(
+                    incoming,
+                    events.clone(),
+                    shutdown.clone(),
+                    admission.max_buffered,
+                    admission.handshakes.clone(),
+                ));
             }
             _ = shutdown.changed() => {
                 endpoint.set_server_config(None);
@@ -229,6 +294,7 @@ async fn connection_task(
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
     max_buffered: usize,
+    handshakes: Arc<AtomicUsize>,
 ) {
     if *shutdown.borrow() {
         incoming.refuse();
@@ -236,7 +302,10 @@ async fn connection_task(
     }
     // A failed handshake says nothing useful and its error may carry an
     // address: drop it silently.
-    let Ok(connection) = incoming.await else {
+    handshakes.fetch_add(1, Ordering::Relaxed);
+    let connecting = incoming.await;
+    handshakes.fetch_sub(1, Ordering::Relaxed);
+    let Ok(connection) = connecting else {
         return;
     };
     let credential = match tls::counsellor_pseudonym(&connection) {

@@ -70,22 +70,42 @@ fn rustls_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Rustls(e.to_string())
 }
 
+/// QUIC transport sizes: windows in bytes, timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportSizes {
+    pub stream_receive_window: u32,
+    pub receive_window: u32,
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+}
+
+impl Default for TransportSizes {
+    /// Room for a few dozen fixed-size frames in flight, not megabytes.
+    fn default() -> Self {
+        let window = (64 * MAX_FRAME_LEN) as u32;
+        TransportSizes {
+            stream_receive_window: window,
+            receive_window: 2 * window,
+            idle_timeout: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
 /// QUIC transport settings for chat-sized traffic.
-pub fn transport_config(idle_timeout: Duration, keep_alive: Duration) -> quinn::TransportConfig {
+pub fn transport_config(sizes: TransportSizes) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // One bidirectional control stream per connection; no unidirectional ones.
     t.max_concurrent_bidi_streams(1u8.into());
     t.max_concurrent_uni_streams(0u8.into());
-    // Room for a few dozen fixed-size frames in flight, not megabytes.
-    let window = (64 * MAX_FRAME_LEN) as u32;
-    t.stream_receive_window(window.into());
-    t.receive_window((2 * window).into());
-    t.send_window(u64::from(4 * window));
+    t.stream_receive_window(sizes.stream_receive_window.into());
+    t.receive_window(sizes.receive_window.into());
+    t.send_window(u64::from(2 * sizes.receive_window));
     t.datagram_receive_buffer_size(None);
-    if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(sizes.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
-    t.keep_alive_interval(Some(keep_alive));
+    t.keep_alive_interval(Some(sizes.keep_alive));
     t
 }
 
