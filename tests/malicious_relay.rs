@@ -86,6 +86,7 @@ async fn client_against(org: &Org, keys: CounsellorKeys) -> (Result<(), ClientEr
         ca: Some(ca(org)),
         credential: None,
         connect_timeout: WAIT,
+        bind: None,
     })
     .await
     .unwrap();
@@ -196,6 +197,7 @@ async fn the_real_counsellor_key_passes_the_same_fake_relay() {
         ca: Some(ca(&org)),
         credential: None,
         connect_timeout: WAIT,
+        bind: None,
     })
     .await
     .unwrap();

@@ -146,6 +146,7 @@ async fn a_stranger_without_credential_cannot_sign_in_as_counsellor() {
             fluister::relay::tls::key_from_pem("k", &foreign.relay_credential_key).unwrap(),
         )),
         connect_timeout: WAIT,
+        bind: None,
     })
     .await;
     match result {

@@ -346,6 +346,7 @@ fn connect_options(
         ca,
         credential,
         connect_timeout: Duration::from_secs(conn.connect_timeout.max(1)),
+        bind: None,
     })
 }
 

@@ -72,6 +72,8 @@ pub struct ConnectOptions {
     pub credential: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     /// How long to try before giving up.
     pub connect_timeout: Duration,
+    /// Local UDP address to use; `None` = any port (the normal case).
+    pub bind: Option<SocketAddr>,
 }
 
 fn describe_close(reason: &quinn::ConnectionError) -> ClientError {
@@ -130,10 +132,10 @@ pub async fn connect(options: ConnectOptions) -> Result<RelayStream, ClientError
     let (addr, server_name) = resolve(&options.relay).await?;
     let transport = tls::transport_config(tls::TransportSizes::default());
     let config = tls::client_config(options.ca, options.credential, transport)?;
-    let bind: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    let bind: SocketAddr = match options.bind {
+        Some(bind) => bind,
+        None if addr.is_ipv4() => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let unreachable = |reason: String| ClientError::Unreachable {
         target: options.relay.clone(),

@@ -90,6 +90,7 @@ pub async fn connect_anonymous(org: &Org, relay: &RunningRelay) -> RelayStream {
         ca: Some(ca(org)),
         credential: None,
         connect_timeout: WAIT,
+        bind: None,
     })
     .await
     .unwrap()
@@ -109,6 +110,7 @@ pub async fn connect_counsellor(
         ca: Some(ca(org)),
         credential: Some(credential),
         connect_timeout: WAIT,
+        bind: None,
     })
     .await
     .unwrap()
