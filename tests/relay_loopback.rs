@@ -11,6 +11,7 @@ use fluister::core::CloseCode;
 use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, PROTOCOL_VERSION, Role, kind};
 use fluister::crypto::e2e::E2eError;
 use fluister::org::Identity;
+use fluister::relay::Direction;
 
 #[tokio::test]
 async fn a_full_chat_both_ways() {
@@ -299,7 +300,14 @@ async fn the_relay_never_holds_plaintext_and_every_forward_is_one_size() {
     let mut counsellor = sam(&org, &relay).await;
     let mut client = paired_client(&org, &relay, &mut counsellor).await;
 
-    let secrets = ["mijn stiefvader slaat me", "hij heeft mijn fotos", "x"];
+    // From one byte to 5,000 (five chunks): every FORWARD is the same size.
+    let long = "ik schrijf alles op wat er gebeurd is. ".repeat(200)[..5000].to_owned();
+    let secrets = [
+        "mijn stiefvader slaat me",
+        "hij heeft mijn fotos",
+        "x",
+        long.as_str(),
+    ];
     for s in secrets {
         client.say(s).await;
         assert_eq!(strip_chat(counsellor.next().await), message(s));
@@ -328,11 +336,19 @@ async fn the_relay_never_holds_plaintext_and_every_forward_is_one_size() {
         "the certificate travels encrypted"
     );
 
-    // Every FORWARD frame the relay handled had the same size, whatever the
-    // message length ("x" vs a sentence) and whether handshake or text.
+    // Every FORWARD frame the relay sent on had the same size, whatever the
+    // message length (1 to 5,000 bytes) and whether handshake or text. (What
+    // it reads arrives in stream chunks that may split frames; what it writes
+    // is whole frames.)
     let mut sizes = std::collections::BTreeSet::new();
     let mut forwards = 0;
-    for (_, buf) in tap.0.lock().unwrap().iter() {
+    for (_, buf) in tap
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _)| *d == Direction::Out)
+    {
         let mut frames = Vec::new();
         let mut decoder = fluister::core::frame::FrameDecoder::default();
         decoder.push(buf, &mut frames).unwrap();
@@ -343,7 +359,8 @@ async fn the_relay_never_holds_plaintext_and_every_forward_is_one_size() {
             }
         }
     }
-    assert!(forwards >= 2 * (2 + 2 * secrets.len()));
+    // Two handshake messages, then each message both ways; 5,000 bytes are five chunks.
+    assert_eq!(forwards, 2 + 2 * (secrets.len() + 4));
     assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1039]);
 }
 
