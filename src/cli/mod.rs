@@ -188,13 +188,14 @@ fn init_logging(server: bool) {
     let default = if server { "info" } else { "warn" };
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Dependencies may put peer addresses in their debug and trace output;
-    // they never get below warn, whatever RUST_LOG says.
+    // The QUIC stack formats peer addresses into its messages (quinn-udp
+    // even at warn, for send errors), so its logs are off whatever RUST_LOG
+    // says; rustls may speak only of errors.
     for dep in [
-        "quinn=warn",
-        "quinn_proto=warn",
-        "quinn_udp=warn",
-        "rustls=warn",
+        "quinn=off",
+        "quinn_proto=off",
+        "quinn_udp=off",
+        "rustls=error",
     ] {
         if let Ok(d) = dep.parse() {
             filter = filter.add_directive(d);
