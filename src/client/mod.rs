@@ -225,4 +225,11 @@ impl RelayStream {
     pub fn connection(&self) -> &quinn::Connection {
         &self.connection
     }
+
+    /// The local QUIC endpoint; moving it to a new socket
+    /// (`Endpoint::rebind`) migrates the connection, as a phone does when it
+    /// changes network.
+    pub fn endpoint(&self) -> quinn::Endpoint {
+        self.endpoint.clone()
+    }
 }
