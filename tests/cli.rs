@@ -75,11 +75,13 @@ impl Proc {
         let line = self.line();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
     }
-    /// The next event, skipping a counsellor's status and queue statistics.
+    /// The next event, skipping status, queue statistics, sent and delivered.
     fn event(&self) -> Value {
         loop {
             let e = self.event_any();
-            if e["event"] != "status" && e["event"] != "queue_stats" {
+            if !["status", "queue_stats", "sent", "delivered"]
+                .contains(&e["event"].as_str().unwrap_or(""))
+            {
                 return e;
             }
         }

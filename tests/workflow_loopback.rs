@@ -235,6 +235,12 @@ async fn a_transfer_mid_chat_moves_the_chat_and_locks_the_first_counsellor_out()
         }
     );
 
+    // Sam (driven by hand here) never acknowledged the client's message, so
+    // the client is told it was not confirmed before the handover.
+    assert_eq!(
+        client.next().await,
+        ChatEvent::NotDelivered { id: 1, chat: None }
+    );
     // The client did a fresh handshake and verified Noor's certificate.
     assert_eq!(
         client.next().await,

@@ -12,13 +12,12 @@ use std::collections::VecDeque;
 use rand_core::OsRng;
 use tokio::sync::mpsc;
 
-use super::chat::{self, ChatEvent, emit, now_unix};
+use super::chat::{self, ChatEvent, Conversation, emit, now_unix};
 use super::{ClientError, RelayStream};
-use crate::core::content::Reassembler;
 use crate::core::frame::{ChatNumber, EndReason, Frame, Language, Role, TopicId, Unavailable};
 use crate::core::ratelimit::pow_solve;
 use crate::crypto::cert::OrgPublicKey;
-use crate::crypto::e2e::{ClientHandshake, Session};
+use crate::crypto::e2e::ClientHandshake;
 
 /// Lines a client may type before a counsellor is connected.
 pub const MAX_LINES_BEFORE_PAIRED: usize = 100;
@@ -34,17 +33,15 @@ pub struct ClientRequest {
 
 enum State {
     /// In the queue; `transferring` after the first counsellor handed over.
-    Waiting { transferring: bool },
+    Waiting {
+        transferring: bool,
+    },
     Handshaking {
         chat: ChatNumber,
         handshake: Box<ClientHandshake>,
         transferring: bool,
     },
-    Chatting {
-        chat: ChatNumber,
-        session: Session,
-        reassembler: Reassembler,
-    },
+    Chatting(Conversation),
 }
 
 fn resolve_topic(welcome: &chat::Welcome, wanted: &str) -> Result<TopicId, ClientError> {
@@ -123,31 +120,54 @@ pub async fn run_client(
     };
     let mut typed: VecDeque<String> = VecDeque::new();
     let mut input_done = false;
+    // When input has ended, wait this long for outstanding acknowledgements.
+    let mut leave_by: Option<tokio::time::Instant> = None;
+    let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Input has ended and everything typed has gone out: end the chat.
+        // Input has ended and everything typed has gone out: end the chat,
+        // once what was sent is confirmed (or the wait for that is over).
         if input_done && typed.is_empty() {
-            let reason = match &state {
-                State::Waiting { .. } => "left_queue",
-                State::Handshaking { chat, .. } | State::Chatting { chat, .. } => {
-                    relay
-                        .send(&Frame::End {
-                            chat: *chat,
-                            reason: EndReason::UserEnded,
-                        })
-                        .await?;
-                    "you_ended"
-                }
-            };
-            emit(
-                &events,
-                ChatEvent::Ended {
-                    reason: reason.into(),
-                    chat: None,
-                },
-            )
-            .await;
-            relay.close().await;
-            return Ok(());
+            let waiting_for_acks =
+                matches!(&state, State::Chatting(c) if !c.unacked_blobs().is_empty());
+            let deadline = *leave_by
+                .get_or_insert_with(|| tokio::time::Instant::now() + 3 * chat::ACK_INTERVAL);
+            if !waiting_for_acks || tokio::time::Instant::now() >= deadline {
+                let reason = match state {
+                    State::Waiting { .. } => "left_queue",
+                    State::Handshaking { chat, .. } => {
+                        relay
+                            .send(&Frame::End {
+                                chat,
+                                reason: EndReason::UserEnded,
+                            })
+                            .await?;
+                        "you_ended"
+                    }
+                    State::Chatting(mut conversation) => {
+                        // Confirm what arrived before saying goodbye.
+                        conversation.ack_if_owed(&mut relay).await?;
+                        relay
+                            .send(&Frame::End {
+                                chat: conversation.chat(),
+                                reason: EndReason::UserEnded,
+                            })
+                            .await?;
+                        conversation.give_up(&events).await;
+                        "you_ended"
+                    }
+                };
+                emit(
+                    &events,
+                    ChatEvent::Ended {
+                        reason: reason.into(),
+                        chat: None,
+                    },
+                )
+                .await;
+                relay.close().await;
+                return Ok(());
+            }
         }
         tokio::select! {
             frame = relay.next() => {
@@ -175,7 +195,7 @@ pub async fn run_client(
                     }
                     (State::Handshaking { chat, handshake, transferring }, Frame::Forward { chat: c, blob }) if c == chat => {
                         match handshake.finish(&blob, now_unix()) {
-                            Ok((mut session, certificate)) => {
+                            Ok((session, certificate)) => {
                                 let counsellor = certificate.pseudonym().to_owned();
                                 let event = if transferring {
                                     ChatEvent::Transferred { counsellor }
@@ -183,10 +203,11 @@ pub async fn run_client(
                                     ChatEvent::Paired { counsellor: Some(counsellor), chat: None }
                                 };
                                 emit(&events, event).await;
+                                let mut conversation = Conversation::new(chat, session, false);
                                 while let Some(line) = typed.pop_front() {
-                                    chat::send_text(&mut relay, chat, &mut session, &line).await?;
+                                    conversation.send(&mut relay, &events, &line).await?;
                                 }
-                                State::Chatting { chat, session, reassembler: Reassembler::default() }
+                                State::Chatting(conversation)
                             }
                             Err(e) => {
                                 chat::abort(&mut relay, chat).await;
@@ -195,24 +216,30 @@ pub async fn run_client(
                             }
                         }
                     }
-                    (State::Chatting { chat, mut session, mut reassembler }, Frame::Forward { chat: c, blob }) if c == chat => {
-                        match chat::open(&mut session, &mut reassembler, &blob) {
-                            Ok(Some(text)) => emit(&events, ChatEvent::Message { text, chat: None }).await,
-                            Ok(None) => {}
-                            Err(e) => {
-                                chat::abort(&mut relay, chat).await;
-                                relay.close().await;
-                                return Err(ClientError::Security(e));
-                            }
+                    (State::Chatting(mut conversation), Frame::Forward { chat: c, blob }) if c == conversation.chat() => {
+                        if let Err(e) = conversation.receive(&blob, &events).await {
+                            chat::abort(&mut relay, c).await;
+                            relay.close().await;
+                            return Err(ClientError::Security(e));
                         }
-                        State::Chatting { chat, session, reassembler }
+                        State::Chatting(conversation)
                     }
                     // The counsellor handed the chat on: the old keys are
                     // dropped here, a new pairing (or the queue) follows.
-                    (State::Handshaking { chat, .. } | State::Chatting { chat, .. }, Frame::End { chat: c, reason: EndReason::Transferred }) if c == chat => {
+                    (State::Handshaking { chat, .. }, Frame::End { chat: c, reason: EndReason::Transferred }) if c == chat => {
                         State::Waiting { transferring: true }
                     }
-                    (State::Handshaking { chat, .. } | State::Chatting { chat, .. }, Frame::End { chat: c, reason }) if c == chat => {
+                    (State::Chatting(conversation), Frame::End { chat: c, reason: EndReason::Transferred }) if c == conversation.chat() => {
+                        conversation.give_up(&events).await;
+                        State::Waiting { transferring: true }
+                    }
+                    (State::Handshaking { chat, .. }, Frame::End { chat: c, reason }) if c == chat => {
+                        emit(&events, ChatEvent::Ended { reason: reason.as_str().into(), chat: None }).await;
+                        relay.close().await;
+                        return Ok(());
+                    }
+                    (State::Chatting(conversation), Frame::End { chat: c, reason }) if c == conversation.chat() => {
+                        conversation.give_up(&events).await;
                         emit(&events, ChatEvent::Ended { reason: reason.as_str().into(), chat: None }).await;
                         relay.close().await;
                         return Ok(());
@@ -220,13 +247,17 @@ pub async fn run_client(
                     _ => return Err(ClientError::UnexpectedFrame),
                 };
             }
+            _ = ack_tick.tick() => {
+                if let State::Chatting(conversation) = &mut state {
+                    conversation.ack_if_owed(&mut relay).await?;
+                }
+            }
             line = input.recv(), if !input_done => {
                 match line {
                     None => input_done = true,
                     Some(line) => match &mut state {
-                        State::Chatting { chat, session, .. } => {
-                            let chat = *chat;
-                            if let Err(e) = chat::send_text(&mut relay, chat, session, &line).await {
+                        State::Chatting(conversation) => {
+                            if let Err(e) = conversation.send(&mut relay, &events, &line).await {
                                 emit(&events, ChatEvent::Error { message: e.to_string() }).await;
                             }
                         }

@@ -65,6 +65,24 @@ pub enum ChatEvent {
     },
     /// Client: the chat moved to another counsellor, verified like the first.
     Transferred { counsellor: String },
+    /// Our message `id` (numbered from 1 per chat) left for the relay.
+    Sent {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
+    /// The other side confirmed, end to end, that message `id` arrived.
+    Delivered {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
+    /// Message `id` was not confirmed before the chat ended.
+    NotDelivered {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
     /// A message from the other side.
     Message {
         text: String,
@@ -142,6 +160,9 @@ impl ChatEvent {
                 )
             }
             ChatEvent::Message { text, chat } => format!("{}> {text}", at(chat)),
+            ChatEvent::Sent { id, chat } => format!("{}  (#{id} sent)", at(chat)),
+            ChatEvent::Delivered { id, chat } => format!("{}  (#{id} delivered)", at(chat)),
+            ChatEvent::NotDelivered { id, chat } => format!("{}  (#{id} NOT delivered)", at(chat)),
             ChatEvent::Ended { reason, chat } => {
                 format!("{}Chat ended ({}).", at(chat), reason.replace('_', " "))
             }
@@ -261,29 +282,170 @@ pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome
     })
 }
 
-/// Splits, seals and sends one message.
-pub(crate) async fn send_text(
-    relay: &mut RelayStream,
-    chat: ChatNumber,
-    session: &mut Session,
-    text: &str,
-) -> Result<(), ClientError> {
-    for chunk in split_text(text).map_err(|_| ClientError::MessageTooLong)? {
-        let blob = session.seal(&chunk)?;
-        relay.send(&Frame::Forward { chat, blob }).await?;
-    }
-    Ok(())
+/// How often owed acknowledgements go out. Acks ride a fixed tick, not the
+/// moment a message arrives, so their timing does not mirror typing.
+pub const ACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most sent messages kept for resending until acknowledged.
+pub const MAX_UNACKED: usize = 256;
+
+/// A message sent and not yet acknowledged, kept for resending.
+struct Pending {
+    id: u64,
+    last_seq: u64,
+    blobs: Vec<Blob>,
 }
 
-/// Opens one transport blob; returns a whole message when one is complete.
-pub(crate) fn open(
-    session: &mut Session,
-    reassembler: &mut Reassembler,
-    blob: &Blob,
-) -> Result<Option<String>, e2e::E2eError> {
-    match session.open(blob)? {
-        Received::Duplicate | Received::Content(Content::Unknown(_)) => Ok(None),
-        Received::Content(chunk) => Ok(reassembler.push(chunk)?),
+/// One established chat: the end-to-end session, reassembly of incoming
+/// messages, and delivery bookkeeping for outgoing ones.
+pub(crate) struct Conversation {
+    chat: ChatNumber,
+    /// The chat number as shown to the user (counsellors see it; clients not).
+    shown: Option<u32>,
+    session: Session,
+    reassembler: Reassembler,
+    next_id: u64,
+    unacked: std::collections::VecDeque<Pending>,
+    owe_ack: bool,
+}
+
+impl Conversation {
+    pub fn new(chat: ChatNumber, session: Session, show_chat: bool) -> Self {
+        Conversation {
+            chat,
+            shown: show_chat.then_some(chat.get()),
+            session,
+            reassembler: Reassembler::default(),
+            next_id: 1,
+            unacked: Default::default(),
+            owe_ack: false,
+        }
+    }
+
+    pub fn chat(&self) -> ChatNumber {
+        self.chat
+    }
+
+    /// Splits, seals and sends one message; reports it as sent.
+    pub async fn send(
+        &mut self,
+        relay: &mut RelayStream,
+        events: &mpsc::Sender<ChatEvent>,
+        text: &str,
+    ) -> Result<(), ClientError> {
+        if self.unacked.len() >= MAX_UNACKED {
+            return Err(ClientError::Request(
+                "too many messages are waiting for delivery; try again shortly".into(),
+            ));
+        }
+        let mut blobs = Vec::new();
+        for chunk in split_text(text).map_err(|_| ClientError::MessageTooLong)? {
+            blobs.push(self.session.seal(&chunk)?);
+        }
+        for blob in &blobs {
+            relay
+                .send(&Frame::Forward {
+                    chat: self.chat,
+                    blob: blob.clone(),
+                })
+                .await?;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.unacked.push_back(Pending {
+            id,
+            last_seq: self.session.next_seq() - 1,
+            blobs,
+        });
+        emit(
+            events,
+            ChatEvent::Sent {
+                id,
+                chat: self.shown,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Opens one transport blob and reports what it completes: a message,
+    /// or deliveries it acknowledges.
+    pub async fn receive(
+        &mut self,
+        blob: &Blob,
+        events: &mpsc::Sender<ChatEvent>,
+    ) -> Result<(), e2e::E2eError> {
+        match self.session.open(blob)? {
+            Received::Duplicate => {}
+            Received::Content(Content::Ack { up_to }) => {
+                while self.unacked.front().is_some_and(|p| p.last_seq < up_to) {
+                    if let Some(p) = self.unacked.pop_front() {
+                        emit(
+                            events,
+                            ChatEvent::Delivered {
+                                id: p.id,
+                                chat: self.shown,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+            Received::Content(Content::Unknown(_)) => self.owe_ack = true,
+            Received::Content(chunk) => {
+                self.owe_ack = true;
+                if let Some(text) = self.reassembler.push(chunk)? {
+                    emit(
+                        events,
+                        ChatEvent::Message {
+                            text,
+                            chat: self.shown,
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an acknowledgement if anything arrived since the last one.
+    pub async fn ack_if_owed(&mut self, relay: &mut RelayStream) -> Result<(), ClientError> {
+        if !self.owe_ack {
+            return Ok(());
+        }
+        self.owe_ack = false;
+        let blob = self.session.seal(&Content::Ack {
+            up_to: self.session.received(),
+        })?;
+        relay
+            .send(&Frame::Forward {
+                chat: self.chat,
+                blob,
+            })
+            .await
+    }
+
+    /// The chat is over: every message not acknowledged is reported as not
+    /// delivered, so nothing is lost without the sender knowing.
+    pub async fn give_up(self, events: &mpsc::Sender<ChatEvent>) {
+        for p in self.unacked {
+            emit(
+                events,
+                ChatEvent::NotDelivered {
+                    id: p.id,
+                    chat: self.shown,
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Blobs of unacknowledged messages, in order (for resending).
+    pub fn unacked_blobs(&self) -> Vec<Blob> {
+        self.unacked
+            .iter()
+            .flat_map(|p| p.blobs.iter().cloned())
+            .collect()
     }
 }
 

@@ -12,14 +12,13 @@ use std::collections::BTreeMap;
 use rand_core::OsRng;
 use tokio::sync::mpsc;
 
-use super::chat::{self, ChatEvent, Waiting, emit};
+use super::chat::{self, ChatEvent, Conversation, Waiting, emit};
 use super::{ClientError, RelayStream};
-use crate::core::content::Reassembler;
 use crate::core::frame::{
     ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId, Role, TopicId,
     TransferTarget,
 };
-use crate::crypto::e2e::{self, CounsellorKeys, Session};
+use crate::crypto::e2e::{self, CounsellorKeys};
 
 /// What a counsellor takes, as given on the command line.
 #[derive(Debug, Clone)]
@@ -62,10 +61,7 @@ pub const HELP: &[&str] = &[
 
 enum Slot {
     AwaitingHandshake(PairingId),
-    Chatting {
-        session: Session,
-        reassembler: Reassembler,
-    },
+    Chatting(Box<Conversation>),
 }
 
 /// A parsed input line.
@@ -229,10 +225,9 @@ impl Counsellor {
                             Ok((session, reply)) => {
                                 self.slots.insert(
                                     chat,
-                                    Slot::Chatting {
-                                        session,
-                                        reassembler: Reassembler::default(),
-                                    },
+                                    Slot::Chatting(Box::new(Conversation::new(
+                                        chat, session, true,
+                                    ))),
                                 );
                                 self.relay
                                     .send(&Frame::Forward { chat, blob: reply })
@@ -250,37 +245,27 @@ impl Counsellor {
                             Err(e) => Err(e),
                         }
                     }
-                    Some(Slot::Chatting {
-                        session,
-                        reassembler,
-                    }) => match chat::open(session, reassembler, &blob) {
-                        Ok(Some(text)) => {
-                            emit(
-                                &self.events,
-                                ChatEvent::Message {
-                                    text,
-                                    chat: Some(chat.get()),
-                                },
-                            )
-                            .await;
-                            Ok(())
-                        }
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    },
+                    Some(Slot::Chatting(conversation)) => {
+                        conversation.receive(&blob, &self.events).await
+                    }
                     // A chat this side already ended or aborted: frames
                     // sent before our END crossed it are dropped.
                     None => return Ok(()),
                 };
                 if let Err(e) = result {
-                    self.slots.remove(&chat);
+                    if let Some(Slot::Chatting(conversation)) = self.slots.remove(&chat) {
+                        conversation.give_up(&self.events).await;
+                    }
                     chat::abort(&mut self.relay, chat).await;
                     self.error(format!("@{}: {}", chat.get(), ClientError::Security(e)))
                         .await;
                 }
             }
             Frame::End { chat, reason } => {
-                if self.slots.remove(&chat).is_some() {
+                if let Some(slot) = self.slots.remove(&chat) {
+                    if let Slot::Chatting(conversation) = slot {
+                        conversation.give_up(&self.events).await;
+                    }
                     emit(
                         &self.events,
                         ChatEvent::Ended {
@@ -317,7 +302,11 @@ impl Counsellor {
     }
 
     async fn end(&mut self, chat: ChatNumber, reason: EndReason) -> Result<(), ClientError> {
-        self.slots.remove(&chat);
+        if let Some(Slot::Chatting(mut conversation)) = self.slots.remove(&chat) {
+            // Confirm what arrived before saying goodbye.
+            conversation.ack_if_owed(&mut self.relay).await?;
+            conversation.give_up(&self.events).await;
+        }
         self.relay.send(&Frame::End { chat, reason }).await?;
         let shown = if reason == EndReason::Blocked {
             "you_blocked"
@@ -367,8 +356,11 @@ impl Counsellor {
             }
             Command::Say(chat, text) => match self.pick(chat) {
                 Ok(c) => match self.slots.get_mut(&c) {
-                    Some(Slot::Chatting { session, .. }) => {
-                        if let Err(e) = chat::send_text(&mut self.relay, c, session, &text).await {
+                    Some(Slot::Chatting(conversation)) => {
+                        if let Err(e) = conversation
+                            .send(&mut self.relay, &self.events, &text)
+                            .await
+                        {
                             self.error(e.to_string()).await;
                         }
                     }
@@ -462,8 +454,17 @@ pub async fn run_counsellor(
         languages,
     };
     me.send_status().await?;
+    let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = ack_tick.tick() => {
+                for slot in me.slots.values_mut() {
+                    if let Slot::Chatting(conversation) = slot {
+                        conversation.ack_if_owed(&mut me.relay).await?;
+                    }
+                }
+            }
             frame = me.relay.next() => {
                 let Some(frame) = frame? else {
                     return Err(ClientError::Lost("the relay ended the stream".into()));

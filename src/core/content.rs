@@ -13,6 +13,8 @@ use crate::crypto::padding::TRANSPORT_CONTENT_MAX;
 
 /// Content kind: a piece of chat text.
 pub const KIND_TEXT: u8 = 0x01;
+/// Content kind: an end-to-end delivery acknowledgement.
+pub const KIND_ACK: u8 = 0x02;
 /// TEXT flag: this chunk is the last of its message.
 pub const FLAG_FINAL: u8 = 0x01;
 /// Most text bytes one TEXT chunk carries (kind and flags take two bytes).
@@ -25,6 +27,9 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 pub enum Content {
     /// A chunk of a text message; `last` marks the final chunk.
     Text { last: bool, text: String },
+    /// Delivery acknowledgement: every message with a sequence number below
+    /// `up_to` has arrived (cumulative).
+    Ack { up_to: u64 },
     /// A kind this version does not know; receivers ignore it.
     Unknown(u8),
 }
@@ -33,6 +38,7 @@ impl std::fmt::Debug for Content {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Content::Text { last, .. } => write!(f, "Text {{ last: {last}, .. }}"),
+            Content::Ack { up_to } => write!(f, "Ack {{ up_to: {up_to} }}"),
             Content::Unknown(k) => write!(f, "Unknown({k})"),
         }
     }
@@ -65,6 +71,11 @@ impl Content {
                 out.extend_from_slice(text.as_bytes());
                 out
             }
+            Content::Ack { up_to } => {
+                let mut out = vec![KIND_ACK];
+                out.extend_from_slice(&up_to.to_be_bytes());
+                out
+            }
             Content::Unknown(kind) => vec![*kind],
         }
     }
@@ -83,6 +94,12 @@ impl Content {
                 })
             }
             [KIND_TEXT] => Err(ContentError::Truncated),
+            [KIND_ACK, rest @ ..] => {
+                let up_to: [u8; 8] = rest.try_into().map_err(|_| ContentError::Truncated)?;
+                Ok(Content::Ack {
+                    up_to: u64::from_be_bytes(up_to),
+                })
+            }
             [kind, ..] => Ok(Content::Unknown(*kind)),
         }
     }
@@ -173,6 +190,12 @@ mod tests {
     #[test]
     fn unknown_kinds_are_ignored_and_bad_text_refused() {
         assert_eq!(Content::decode(&[0x42, 1, 2]), Ok(Content::Unknown(0x42)));
+        let ack = Content::Ack { up_to: 7 };
+        assert_eq!(Content::decode(&ack.encode()), Ok(ack));
+        assert_eq!(
+            Content::decode(&[KIND_ACK, 0, 1]),
+            Err(ContentError::Truncated)
+        );
         assert_eq!(
             Content::decode(&[KIND_TEXT, 0x02]),
             Err(ContentError::BadFlags)

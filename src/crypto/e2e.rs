@@ -212,6 +212,17 @@ impl Session {
     pub fn handshake_hash(&self) -> &[u8; 32] {
         self.transport.handshake_hash()
     }
+
+    /// How many messages have arrived in order: every sequence number below
+    /// this one (what an acknowledgement reports).
+    pub fn received(&self) -> u64 {
+        self.next_recv
+    }
+
+    /// The sequence number the next sealed message will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_send
+    }
 }
 
 /// A fresh organisation signing key (used by `fluister org init`).

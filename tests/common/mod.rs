@@ -247,9 +247,15 @@ pub fn is_connected(e: &ChatEvent) -> bool {
     matches!(e, ChatEvent::Connected { .. })
 }
 
-/// Counsellor-side noise a test may skip: status and queue statistics.
+/// Noise a test may skip: status, queue statistics, sent and delivered.
 pub fn is_bookkeeping(e: &ChatEvent) -> bool {
-    matches!(e, ChatEvent::Status { .. } | ChatEvent::QueueStats { .. })
+    matches!(
+        e,
+        ChatEvent::Status { .. }
+            | ChatEvent::QueueStats { .. }
+            | ChatEvent::Sent { .. }
+            | ChatEvent::Delivered { .. }
+    )
 }
 
 pub fn is_paired(e: &ChatEvent) -> bool {
