@@ -180,6 +180,11 @@ pub struct LimitsConfig {
     /// QUIC receive window per stream and per connection, in bytes.
     pub stream_receive_window: u32,
     pub receive_window: u32,
+    /// Seconds a chat waits for a side whose connection dropped to resume
+    /// (1..=3600).
+    pub resume_window_secs: u64,
+    /// Frames held for a side that is away; past it the chat ends (8..=4096).
+    pub max_held_frames: usize,
 }
 
 impl Default for LimitsConfig {
@@ -209,6 +214,8 @@ impl Default for LimitsConfig {
             retry_above_handshakes: 64,
             stream_receive_window: DEFAULT_STREAM_WINDOW,
             receive_window: 2 * DEFAULT_STREAM_WINDOW,
+            resume_window_secs: Limits::DEFAULT_RESUME_WINDOW.as_secs(),
+            max_held_frames: Limits::DEFAULT_MAX_HELD_FRAMES,
         }
     }
 }
@@ -391,6 +398,8 @@ impl RelayConfig {
             l.stream_receive_window,
             64 << 20,
         )?;
+        range("limits.resume_window_secs", l.resume_window_secs, 1, 3600)?;
+        range("limits.max_held_frames", l.max_held_frames, 8, 4096)?;
         self.service()?;
         Ok(())
     }
@@ -507,6 +516,8 @@ impl RelayConfig {
             pow_min_difficulty: self.limits.pow_min_difficulty,
             pow_max_difficulty: self.limits.pow_max_difficulty,
             pow_target_arrivals_per_sec: self.limits.pow_target_arrivals_per_sec,
+            resume_window: Duration::from_secs(self.limits.resume_window_secs),
+            max_held_frames: self.limits.max_held_frames,
         }
     }
 }

@@ -260,7 +260,14 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
             .unwrap();
         let (chat, pairing_id) = loop {
             match stream.next().await.unwrap().unwrap() {
-                Frame::Paired { chat, pairing_id } => break (chat, pairing_id),
+                Frame::Paired {
+                    chat,
+                    pairing_id,
+                    resume,
+                } => {
+                    needles.key_bytes(&resume.0);
+                    break (chat, pairing_id);
+                }
                 Frame::Topic { .. } | Frame::Queued { .. } => {}
                 other => panic!("{other:?}"),
             }

@@ -392,35 +392,239 @@ fn a_counsellor_can_end_and_block_an_abusive_chat() {
 }
 
 #[test]
-fn a_disconnect_on_either_side_ends_the_chat_for_the_other() {
+fn a_disconnect_on_either_side_ends_the_chat_for_the_other_after_the_resume_window() {
+    for client_drops in [true, false] {
+        let mut h = Harness::new(Limits::default());
+        let (y, c) = h.pair();
+        let (gone, stays) = if client_drops { (y, c) } else { (c, y) };
+        h.relay.handle_disconnect(h.now, gone);
+        let outs = h.drain();
+        assert_eq!(
+            frames_to(&outs, stays),
+            vec![Frame::PeerAway { chat: chat(1) }]
+        );
+        // Frames for the absent side are held, not lost.
+        assert_eq!(
+            h.send(
+                stays,
+                Frame::Forward {
+                    chat: chat(1),
+                    blob: blob(4)
+                }
+            ),
+            vec![]
+        );
+        assert_eq!(h.wait(119), vec![]);
+        let outs = h.wait(1);
+        assert_eq!(
+            frames_to(&outs, stays),
+            vec![Frame::End {
+                chat: chat(1),
+                reason: EndReason::PeerDisconnected
+            }]
+        );
+        assert_eq!(
+            h.relay.counts(),
+            (1, 0),
+            "only the side that stayed remains"
+        );
+    }
+}
+
+/// PAIRED's resume capability for `conn` among `outs`.
+fn capability_in(outs: &[Out], conn: ConnId) -> fluister::core::frame::ResumeCapability {
+    outs.iter()
+        .find_map(|o| match o {
+            Out::Frame(id, Frame::Paired { resume, .. }) if *id == conn => Some(*resume),
+            _ => None,
+        })
+        .expect("a PAIRED")
+}
+
+#[test]
+fn a_client_resumes_its_chat_on_a_new_connection_and_gets_what_was_held() {
     let mut h = Harness::new(Limits::default());
+    let (c, _) = h.counsellor("Sam");
+    let (y, outs) = h.client();
+    let cap = capability_in(&outs, y);
+    h.relay.handle_disconnect(h.now, y);
+    h.drain();
+    h.send(
+        c,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(1),
+        },
+    );
+    h.send(
+        c,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(2),
+        },
+    );
+    h.wait(60);
+    let y2 = h.connect(Credential::Anonymous);
+    let outs = h.send(y2, Frame::Resume { capability: cap });
+    assert_eq!(
+        frames_to(&outs, y2),
+        vec![
+            Frame::Resumed { chat: chat(1) },
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob(1)
+            },
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob(2)
+            },
+        ]
+    );
+    assert_eq!(frames_to(&outs, c), vec![Frame::PeerBack { chat: chat(1) }]);
+    // The chat carries on both ways; the window no longer applies.
+    let outs = h.send(
+        y2,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(3),
+        },
+    );
+    assert_eq!(
+        outs,
+        vec![Out::Frame(
+            c,
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob(3)
+            }
+        )]
+    );
+    assert!(frames_to(&h.wait(600), c).is_empty());
+    // The capability was spent: it cannot be used twice.
+    let again = h.connect(Credential::Anonymous);
+    let outs = h.send(again, Frame::Resume { capability: cap });
+    assert_eq!(
+        outs,
+        vec![
+            Out::Frame(again, Frame::ResumeFailed),
+            Out::Close(again, CloseCode::NoError, true)
+        ]
+    );
+}
+
+#[test]
+fn a_counsellor_resumes_after_signing_in_again() {
+    let mut h = Harness::new(Limits::default());
+    let (c, outs) = h.counsellor("Sam");
+    let _ = outs;
+    let (y, outs) = h.client();
+    let cap = capability_in(&outs, c);
+    h.relay.handle_disconnect(h.now, c);
+    h.drain();
+    // Another counsellor's credential cannot take Sam's chat.
+    let (noor, _) = h.counsellor("Noor");
+    let outs = h.send(noor, Frame::Resume { capability: cap });
+    assert_eq!(frames_to(&outs, noor), vec![Frame::ResumeFailed]);
+    // Nor can an anonymous connection.
+    let anon = h.connect(Credential::Anonymous);
+    let outs = h.send(anon, Frame::Resume { capability: cap });
+    assert_eq!(frames_to(&outs, anon), vec![Frame::ResumeFailed]);
+    // Sam, signed in again, can.
+    let c2 = h.connect(Credential::Counsellor {
+        pseudonym: "Sam".into(),
+    });
+    h.hello(c2, Role::Counsellor);
+    let outs = h.send(c2, Frame::Resume { capability: cap });
+    assert_eq!(frames_to(&outs, c2)[0], Frame::Resumed { chat: chat(1) });
+    assert_eq!(frames_to(&outs, y), vec![Frame::PeerBack { chat: chat(1) }]);
+    let outs = h.send(
+        y,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(8),
+        },
+    );
+    assert_eq!(
+        outs,
+        vec![Out::Frame(
+            c2,
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob(8)
+            }
+        )]
+    );
+}
+
+#[test]
+fn wrong_expired_and_unknown_capabilities_get_the_same_answer() {
+    let mut h = Harness::new(Limits::default());
+    let (c, _) = h.counsellor("Sam");
+    let (y, outs) = h.client();
+    let cap = capability_in(&outs, y);
+    h.relay.handle_disconnect(h.now, y);
+    h.drain();
+    let mut wrong = cap;
+    wrong.0[0] ^= 1;
+    let answer = |h: &mut Harness, capability| {
+        let x = h.connect(Credential::Anonymous);
+        let outs = h.send(x, Frame::Resume { capability });
+        outs.into_iter()
+            .map(|o| match o {
+                Out::Frame(_, f) => format!("{f:?}"),
+                Out::Close(_, code, flush) => format!("close {code:?} {flush}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let for_wrong = answer(&mut h, wrong);
+    let for_unknown = answer(&mut h, fluister::core::frame::ResumeCapability([7; 32]));
+    h.wait(121);
+    let for_expired = answer(&mut h, cap);
+    assert_eq!(for_wrong, for_unknown);
+    assert_eq!(for_wrong, for_expired);
+    assert_eq!(
+        for_wrong,
+        vec!["ResumeFailed".to_owned(), "close NoError true".to_owned()]
+    );
+    let _ = c;
+}
+
+#[test]
+fn a_side_that_stays_away_too_long_with_too_much_held_ends_the_chat() {
+    let mut h = Harness::new(Limits {
+        max_held_frames: 2,
+        ..Limits::default()
+    });
     let (y, c) = h.pair();
     h.relay.handle_disconnect(h.now, y);
-    let outs = h.drain();
-    assert_eq!(
-        frames_to(&outs, c).first(),
-        Some(&Frame::End {
+    h.drain();
+    h.send(
+        c,
+        Frame::Forward {
             chat: chat(1),
-            reason: EndReason::PeerDisconnected
-        })
+            blob: blob(1),
+        },
     );
-    assert_eq!(h.relay.counts(), (1, 0), "only the counsellor remains");
-
-    let mut h = Harness::new(Limits::default());
-    let (y, c) = h.pair();
-    h.relay.handle_disconnect(h.now, c);
-    let outs = h.drain();
+    h.send(
+        c,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(2),
+        },
+    );
+    let outs = h.send(
+        c,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(3),
+        },
+    );
     assert_eq!(
-        frames_to(&outs, y),
+        frames_to(&outs, c),
         vec![Frame::End {
             chat: chat(1),
             reason: EndReason::PeerDisconnected
         }]
-    );
-    assert_eq!(
-        h.relay.counts(),
-        (1, 0),
-        "only the client remains, not queued"
     );
 }
 

@@ -58,9 +58,13 @@ async fn evil_relay(
                         send.write_all(&welcome.encode()).await.unwrap();
                     }
                     Frame::Join { .. } => {
-                        send.write_all(&Frame::Paired { chat, pairing_id }.encode())
-                            .await
-                            .unwrap();
+                        let resume = fluister::core::frame::ResumeCapability([9; 32]);
+                        let paired = Frame::Paired {
+                            chat,
+                            pairing_id,
+                            resume,
+                        };
+                        send.write_all(&paired.encode()).await.unwrap();
                     }
                     Frame::Forward { blob, .. } if !answered => {
                         answered = true;

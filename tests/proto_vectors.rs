@@ -9,8 +9,8 @@
 use ed25519_dalek::SigningKey;
 use fluister::core::content::Content;
 use fluister::core::frame::{
-    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Language, PairingId, PowChallenge, Refusal, Role,
-    TopicId, TransferTarget, Unavailable,
+    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Language, PairingId, PowChallenge, Refusal,
+    ResumeCapability, Role, TopicId, TransferTarget, Unavailable,
 };
 use fluister::core::ratelimit::pow_solve;
 use fluister::crypto::cert::{self, CertificateBody, OrgPublicKey};
@@ -194,10 +194,11 @@ fn frame_vectors() {
         ),
         frame_vector(
             "PAIRED",
-            "a chat begins; both sides get the same pairing id",
+            "a chat begins; both sides get the same pairing id, each its own resume capability",
             &Frame::Paired {
                 chat: chat1(),
                 pairing_id,
+                resume: ResumeCapability([0xcc; 32]),
             },
             vec![
                 field(
@@ -210,7 +211,44 @@ fn frame_vectors() {
                     &pairing_id.0,
                     "16 random bytes, bound into the Noise prologue",
                 ),
+                field(
+                    "resume",
+                    &[0xcc; 32],
+                    "32 random bytes: this side's capability to resume the chat; secret, keep in memory only",
+                ),
             ],
+        ),
+        by_layout(
+            "RESUME",
+            "endpoint to relay, on a new connection: take the chat up again",
+            &Frame::Resume {
+                capability: ResumeCapability([0xcc; 32]),
+            },
+            &[("capability", 32, "the capability from PAIRED")],
+        ),
+        by_layout(
+            "RESUMED",
+            "relay to endpoint: resumed; held frames follow",
+            &Frame::Resumed { chat: chat1() },
+            &[("chat", 4, "the chat's number on this connection")],
+        ),
+        by_layout(
+            "RESUME_FAILED",
+            "relay to endpoint: no chat to resume (unknown, wrong and expired are the same)",
+            &Frame::ResumeFailed,
+            &[("reason", 1, "always 0")],
+        ),
+        by_layout(
+            "PEER_AWAY",
+            "relay to endpoint: the other side's connection dropped",
+            &Frame::PeerAway { chat: chat1() },
+            &[("chat", 4, "chat number")],
+        ),
+        by_layout(
+            "PEER_BACK",
+            "relay to endpoint: the other side is back; resend what it has not acknowledged",
+            &Frame::PeerBack { chat: chat1() },
+            &[("chat", 4, "chat number")],
         ),
         frame_vector(
             "FORWARD",

@@ -110,13 +110,18 @@ async fn waiting_clients_move_up_the_queue() {
 }
 
 #[tokio::test]
-async fn the_counsellor_disconnecting_ends_the_chat_for_the_client() {
+async fn the_counsellor_disconnecting_ends_the_chat_for_the_client_after_the_resume_window() {
     let org = Org::new();
-    let relay = start_relay(&org, &Tap::default()).await;
+    let mut config = org.config();
+    config.limits.resume_window_secs = 1;
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
     let mut counsellor = sam(&org, &relay).await;
     let mut client = paired_client(&org, &relay, &mut counsellor).await;
     counsellor.task.abort(); // the laptop lid closes: no END, the connection just goes
     let _ = counsellor.task.await;
+    assert_eq!(client.next().await, ChatEvent::PeerAway { chat: None });
     assert_eq!(client.expect(is_ended).await, ended("peer_disconnected"));
     relay.shutdown().await;
 }

@@ -86,3 +86,168 @@ async fn messages_are_confirmed_end_to_end_in_both_directions() {
     assert_eq!(seen, vec!["sent", "delivered"]);
     relay.shutdown().await;
 }
+
+fn reconnect_options(
+    org: &Org,
+    relay: &fluister::relay::RunningRelay,
+    identity: Option<&fluister::org::Identity>,
+    give_up_after: std::time::Duration,
+) -> fluister::client::Reconnect {
+    let credential = identity.map(|i| {
+        (
+            fluister::relay::tls::certs_from_pem("c", &i.relay_credential_cert).unwrap(),
+            fluister::relay::tls::key_from_pem("k", &i.relay_credential_key).unwrap(),
+        )
+    });
+    fluister::client::Reconnect {
+        options: fluister::client::ConnectOptions {
+            relay: relay.local_addr().to_string(),
+            ca: Some(ca(org)),
+            credential,
+            connect_timeout: WAIT,
+            bind: None,
+        },
+        give_up_after,
+    }
+}
+
+/// Collects messages until `n` have arrived; checks none came twice.
+async fn messages(party: &mut Party, n: usize) -> Vec<String> {
+    use fluister::client::chat::ChatEvent;
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let ChatEvent::Message { text, .. } = party.next().await {
+            assert!(!got.contains(&text), "{text:?} delivered twice");
+            got.push(text);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_killed_client_connection_resumes_with_the_same_counsellor_and_loses_nothing() {
+    use fluister::client::chat::{ChatEvent, ClientRequest};
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let mut sam = sam(&org, &relay).await;
+    let stream = connect_anonymous(&org, &relay).await;
+    let connection = stream.connection().clone();
+    let request = ClientRequest {
+        reconnect: Some(reconnect_options(&org, &relay, None, WAIT)),
+        ..Default::default()
+    };
+    let mut client = client_party_for(stream, org.public, request);
+    assert_eq!(
+        client.expect(is_paired).await,
+        ChatEvent::Paired {
+            counsellor: Some("Sam".into()),
+            chat: None
+        }
+    );
+    sam.expect(is_paired).await;
+
+    client.say("een").await;
+    client.say("twee").await;
+    // The stairwell: the connection dies with messages possibly in flight.
+    connection.close(0u32.into(), b"");
+    client.say("drie").await;
+    assert_eq!(
+        client
+            .expect(|e| matches!(e, ChatEvent::Resumed { .. }))
+            .await,
+        ChatEvent::Resumed { chat: None }
+    );
+    client.say("vier").await;
+    // Every message arrives exactly once, in order, at the same counsellor.
+    assert_eq!(
+        messages(&mut sam, 4).await,
+        vec!["een", "twee", "drie", "vier"]
+    );
+    sam.say("alles ontvangen").await;
+    assert_eq!(client.next().await, message("alles ontvangen"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_the_resume_window_both_sides_are_told_the_chat_ended() {
+    use fluister::client::chat::{ChatEvent, ClientRequest};
+    let org = Org::new();
+    let mut config = org.config();
+    config.limits.resume_window_secs = 1;
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
+    let mut sam = sam(&org, &relay).await;
+    let stream = connect_anonymous(&org, &relay).await;
+    let connection = stream.connection().clone();
+    // This client gives up at once, as one whose phone stays off would.
+    let request = ClientRequest {
+        reconnect: Some(reconnect_options(
+            &org,
+            &relay,
+            None,
+            std::time::Duration::ZERO,
+        )),
+        ..Default::default()
+    };
+    let mut client = client_party_for(stream, org.public, request);
+    client.expect(is_paired).await;
+    sam.expect(is_paired).await;
+    connection.close(0u32.into(), b"");
+    assert_eq!(client.expect(is_ended).await, ended("ended_while_away"));
+    assert_eq!(sam.next().await, ChatEvent::PeerAway { chat: Some(1) });
+    assert_eq!(sam.expect(is_ended).await, ended_in(1, "peer_disconnected"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_counsellor_drop_and_resume_keeps_the_chat() {
+    use fluister::client::chat::{ChatEvent, CounsellorSettings};
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let identity = fluister::org::Identity::load(&org.counsellor("Sam")).unwrap();
+    let again =
+        fluister::org::Identity::load(&org.dir.path().join("counsellors/Sam.identity")).unwrap();
+    let stream = connect_counsellor(&org, &relay, &identity).await;
+    let connection = stream.connection().clone();
+    let settings = CounsellorSettings {
+        reconnect: Some(reconnect_options(&org, &relay, Some(&again), WAIT)),
+        ..Default::default()
+    };
+    let mut sam = counsellor_party_with(stream, identity, settings);
+    let mut client = paired_client(&org, &relay, &mut sam).await;
+    client.say("hallo").await;
+    assert_eq!(messages(&mut sam, 1).await, vec!["hallo"]);
+
+    connection.close(0u32.into(), b""); // the laptop sleeps
+    assert_eq!(client.next().await, ChatEvent::PeerAway { chat: None });
+    client.say("ik wacht wel").await; // held by the relay meanwhile
+    assert_eq!(
+        sam.expect(|e| matches!(e, ChatEvent::Resumed { .. })).await,
+        ChatEvent::Resumed { chat: Some(1) }
+    );
+    assert_eq!(client.next().await, ChatEvent::PeerBack { chat: None });
+    assert_eq!(messages(&mut sam, 1).await, vec!["ik wacht wel"]);
+    sam.say("@1 Ik ben er weer.").await;
+    assert_eq!(client.next().await, message("Ik ben er weer."));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_capability_is_refused_like_an_unknown_one() {
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    for capability in [[0u8; 32], [0xab; 32]] {
+        let mut s = connect_anonymous(&org, &relay).await;
+        s.send(&fluister::core::frame::Frame::Resume {
+            capability: fluister::core::frame::ResumeCapability(capability),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.next().await.unwrap(),
+            Some(fluister::core::frame::Frame::ResumeFailed)
+        );
+    }
+    relay.shutdown().await;
+}

@@ -18,6 +18,7 @@ use x25519_dalek::StaticSecret;
 
 fn request(topic: &str, language: &str) -> ClientRequest {
     ClientRequest {
+        reconnect: None,
         topic: Some(topic.into()),
         language: Some(language.into()),
     }
@@ -25,6 +26,7 @@ fn request(topic: &str, language: &str) -> ClientRequest {
 
 fn settings(capacity: u8, topics: &[u16], languages: &[&str]) -> CounsellorSettings {
     CounsellorSettings {
+        reconnect: None,
         available: true,
         capacity,
         topics: Some(topics.to_vec()),
@@ -145,7 +147,10 @@ impl ManualCounsellor {
     /// Answers the next handshake; returns the chat, the session, and a
     /// second, identical session kept unused for the audit.
     async fn accept_chat(&mut self) -> (ChatNumber, Session, Session) {
-        let Frame::Paired { chat, pairing_id } = self.next().await else {
+        let Frame::Paired {
+            chat, pairing_id, ..
+        } = self.next().await
+        else {
             panic!("expected PAIRED")
         };
         let Frame::Forward { blob, .. } = self.next().await else {

@@ -275,19 +275,21 @@ async fn run(command: Command) -> CliResult {
             languages,
             away,
         } => {
-            let settings = chat::CounsellorSettings {
-                available: !away,
-                capacity,
-                topics,
-                languages,
-            };
             let identity = org::Identity::load(&identity)?;
             let credential = (
                 tls::certs_from_pem("relay credential", &identity.relay_credential_cert)?,
                 tls::key_from_pem("relay credential", &identity.relay_credential_key)?,
             );
             let json = conn.json;
-            let stream = client::connect(connect_options(&conn, Some(credential))?).await?;
+            let options = connect_options(&conn, Some(credential))?;
+            let settings = chat::CounsellorSettings {
+                reconnect: Some(reconnect(&options)),
+                available: !away,
+                capacity,
+                topics,
+                languages,
+            };
+            let stream = client::connect(options).await?;
             if !json {
                 println!(
                     "Signed in as {}. Type to reply; \"/help\" lists the commands; end of input signs out.",
@@ -305,15 +307,29 @@ async fn run(command: Command) -> CliResult {
             topic,
             language,
         } => {
-            let request = chat::ClientRequest { topic, language };
             let org = parse_org_key(&org_key)?;
             let json = conn.json;
-            let stream = client::connect(connect_options(&conn, None)?).await?;
+            let options = connect_options(&conn, None)?;
+            let request = chat::ClientRequest {
+                topic,
+                language,
+                reconnect: Some(reconnect(&options)),
+            };
+            let stream = client::connect(options).await?;
             run_chat(json, |input, events| {
                 chat::run_client(stream, org, request, input, events)
             })
             .await
         }
+    }
+}
+
+/// Resume a dropped connection for as long as the relay's default resume
+/// window keeps the chat.
+fn reconnect(options: &ConnectOptions) -> client::Reconnect {
+    client::Reconnect {
+        options: options.clone(),
+        give_up_after: crate::core::limits::Limits::DEFAULT_RESUME_WINDOW,
     }
 }
 

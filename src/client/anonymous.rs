@@ -5,7 +5,10 @@
 //! waiting, position and estimated wait are reported. When paired, the
 //! Noise initiator runs; no content is sent until the counsellor's
 //! certificate has verified, and lines typed before then wait. A transfer is
-//! an END(TRANSFERRED) followed by a new pairing, verified the same way.
+//! an END(TRANSFERRED) followed by a new pairing, verified the same way. If
+//! the connection drops mid-chat, the client reconnects and presents its
+//! resume capability: same counsellor, same keys, unacknowledged messages
+//! sent again.
 
 use std::collections::VecDeque;
 
@@ -13,8 +16,10 @@ use rand_core::OsRng;
 use tokio::sync::mpsc;
 
 use super::chat::{self, ChatEvent, Conversation, emit, now_unix};
-use super::{ClientError, RelayStream};
-use crate::core::frame::{ChatNumber, EndReason, Frame, Language, Role, TopicId, Unavailable};
+use super::{ClientError, Reconnect, RelayStream};
+use crate::core::frame::{
+    ChatNumber, EndReason, Frame, Language, ResumeCapability, Role, TopicId, Unavailable,
+};
 use crate::core::ratelimit::pow_solve;
 use crate::crypto::cert::OrgPublicKey;
 use crate::crypto::e2e::ClientHandshake;
@@ -22,13 +27,15 @@ use crate::crypto::e2e::ClientHandshake;
 /// Lines a client may type before a counsellor is connected.
 pub const MAX_LINES_BEFORE_PAIRED: usize = 100;
 
-/// What the young person asks for; both optional.
+/// What the young person asks for; all optional.
 #[derive(Debug, Clone, Default)]
 pub struct ClientRequest {
     /// A topic id or label (Dutch or English, any case).
     pub topic: Option<String>,
     /// A two-letter language code.
     pub language: Option<String>,
+    /// How to reconnect and resume if the connection drops mid-chat.
+    pub reconnect: Option<Reconnect>,
 }
 
 enum State {
@@ -40,8 +47,9 @@ enum State {
         chat: ChatNumber,
         handshake: Box<ClientHandshake>,
         transferring: bool,
+        resume: ResumeCapability,
     },
-    Chatting(Conversation),
+    Chatting(Conversation, ResumeCapability),
 }
 
 fn resolve_topic(welcome: &chat::Welcome, wanted: &str) -> Result<TopicId, ClientError> {
@@ -129,7 +137,7 @@ pub async fn run_client(
         // once what was sent is confirmed (or the wait for that is over).
         if input_done && typed.is_empty() {
             let waiting_for_acks =
-                matches!(&state, State::Chatting(c) if !c.unacked_blobs().is_empty());
+                matches!(&state, State::Chatting(c, _) if !c.unacked_blobs().is_empty());
             let deadline = *leave_by
                 .get_or_insert_with(|| tokio::time::Instant::now() + 3 * chat::ACK_INTERVAL);
             if !waiting_for_acks || tokio::time::Instant::now() >= deadline {
@@ -144,12 +152,13 @@ pub async fn run_client(
                             .await?;
                         "you_ended"
                     }
-                    State::Chatting(mut conversation) => {
+                    State::Chatting(mut conversation, _) => {
                         // Confirm what arrived before saying goodbye.
                         conversation.ack_if_owed(&mut relay).await?;
+                        let chat = conversation.chat();
                         relay
                             .send(&Frame::End {
-                                chat: conversation.chat(),
+                                chat,
                                 reason: EndReason::UserEnded,
                             })
                             .await?;
@@ -171,8 +180,34 @@ pub async fn run_client(
         }
         tokio::select! {
             frame = relay.next() => {
-                let Some(frame) = frame? else {
-                    return Err(ClientError::Lost("the relay ended the stream".into()));
+                let frame = match (frame, state) {
+                    (Ok(Some(frame)), s) => {
+                        state = s;
+                        frame
+                    }
+                    // The connection dropped mid-chat: take the chat up
+                    // again, same counsellor and keys, if we know how.
+                    (Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)), State::Chatting(mut conversation, resume))
+                        if request.reconnect.is_some() =>
+                    {
+                        let Some(reconnect) = &request.reconnect else { unreachable!() };
+                        emit(&events, ChatEvent::Reconnecting).await;
+                        match resume_chat(reconnect, &mut conversation, resume).await {
+                            Some(stream) => {
+                                relay = stream;
+                                emit(&events, ChatEvent::Resumed { chat: None }).await;
+                                state = State::Chatting(conversation, resume);
+                                continue;
+                            }
+                            None => {
+                                conversation.give_up(&events).await;
+                                emit(&events, ChatEvent::Ended { reason: "ended_while_away".into(), chat: None }).await;
+                                return Ok(());
+                            }
+                        }
+                    }
+                    (Ok(None), _) => return Err(ClientError::Lost("the relay ended the stream".into())),
+                    (Err(e), _) => return Err(e),
                 };
                 state = match (state, frame) {
                     (s @ State::Waiting { .. }, Frame::Queued { position, estimated_wait_secs }) => {
@@ -188,12 +223,12 @@ pub async fn run_client(
                         relay.close().await;
                         return Ok(());
                     }
-                    (State::Waiting { transferring }, Frame::Paired { chat, pairing_id }) => {
+                    (State::Waiting { transferring }, Frame::Paired { chat, pairing_id, resume }) => {
                         let (handshake, blob) = ClientHandshake::start(&org, &pairing_id, &mut OsRng);
                         relay.send(&Frame::Forward { chat, blob }).await?;
-                        State::Handshaking { chat, handshake: Box::new(handshake), transferring }
+                        State::Handshaking { chat, handshake: Box::new(handshake), transferring, resume }
                     }
-                    (State::Handshaking { chat, handshake, transferring }, Frame::Forward { chat: c, blob }) if c == chat => {
+                    (State::Handshaking { chat, handshake, transferring, resume }, Frame::Forward { chat: c, blob }) if c == chat => {
                         match handshake.finish(&blob, now_unix()) {
                             Ok((session, certificate)) => {
                                 let counsellor = certificate.pseudonym().to_owned();
@@ -203,11 +238,11 @@ pub async fn run_client(
                                     ChatEvent::Paired { counsellor: Some(counsellor), chat: None }
                                 };
                                 emit(&events, event).await;
-                                let mut conversation = Conversation::new(chat, session, false);
+                                let mut conversation = Conversation::new(chat, session, None);
                                 while let Some(line) = typed.pop_front() {
                                     conversation.send(&mut relay, &events, &line).await?;
                                 }
-                                State::Chatting(conversation)
+                                State::Chatting(conversation, resume)
                             }
                             Err(e) => {
                                 chat::abort(&mut relay, chat).await;
@@ -216,20 +251,29 @@ pub async fn run_client(
                             }
                         }
                     }
-                    (State::Chatting(mut conversation), Frame::Forward { chat: c, blob }) if c == conversation.chat() => {
+                    (State::Chatting(mut conversation, resume), Frame::Forward { chat: c, blob }) if c == conversation.chat() => {
                         if let Err(e) = conversation.receive(&blob, &events).await {
                             chat::abort(&mut relay, c).await;
                             relay.close().await;
                             return Err(ClientError::Security(e));
                         }
-                        State::Chatting(conversation)
+                        State::Chatting(conversation, resume)
+                    }
+                    (s @ State::Chatting(..), Frame::PeerAway { .. }) => {
+                        emit(&events, ChatEvent::PeerAway { chat: None }).await;
+                        s
+                    }
+                    (State::Chatting(conversation, resume), Frame::PeerBack { .. }) => {
+                        conversation.resend(&mut relay).await?;
+                        emit(&events, ChatEvent::PeerBack { chat: None }).await;
+                        State::Chatting(conversation, resume)
                     }
                     // The counsellor handed the chat on: the old keys are
                     // dropped here, a new pairing (or the queue) follows.
                     (State::Handshaking { chat, .. }, Frame::End { chat: c, reason: EndReason::Transferred }) if c == chat => {
                         State::Waiting { transferring: true }
                     }
-                    (State::Chatting(conversation), Frame::End { chat: c, reason: EndReason::Transferred }) if c == conversation.chat() => {
+                    (State::Chatting(conversation, _), Frame::End { chat: c, reason: EndReason::Transferred }) if c == conversation.chat() => {
                         conversation.give_up(&events).await;
                         State::Waiting { transferring: true }
                     }
@@ -238,7 +282,7 @@ pub async fn run_client(
                         relay.close().await;
                         return Ok(());
                     }
-                    (State::Chatting(conversation), Frame::End { chat: c, reason }) if c == conversation.chat() => {
+                    (State::Chatting(conversation, _), Frame::End { chat: c, reason }) if c == conversation.chat() => {
                         conversation.give_up(&events).await;
                         emit(&events, ChatEvent::Ended { reason: reason.as_str().into(), chat: None }).await;
                         relay.close().await;
@@ -248,7 +292,7 @@ pub async fn run_client(
                 };
             }
             _ = ack_tick.tick() => {
-                if let State::Chatting(conversation) = &mut state {
+                if let State::Chatting(conversation, _) = &mut state {
                     conversation.ack_if_owed(&mut relay).await?;
                 }
             }
@@ -256,7 +300,7 @@ pub async fn run_client(
                 match line {
                     None => input_done = true,
                     Some(line) => match &mut state {
-                        State::Chatting(conversation) => {
+                        State::Chatting(conversation, _) => {
                             if let Err(e) = conversation.send(&mut relay, &events, &line).await {
                                 emit(&events, ChatEvent::Error { message: e.to_string() }).await;
                             }
@@ -270,4 +314,37 @@ pub async fn run_client(
             }
         }
     }
+}
+
+/// Reconnects and presents the resume capability. On success the chat has
+/// its new number and everything not yet acknowledged has been sent again.
+async fn resume_chat(
+    reconnect: &Reconnect,
+    conversation: &mut Conversation,
+    resume: ResumeCapability,
+) -> Option<RelayStream> {
+    let deadline = tokio::time::Instant::now() + reconnect.give_up_after;
+    while tokio::time::Instant::now() < deadline {
+        let mut stream = reconnect.connect().await?;
+        if stream
+            .send(&Frame::Resume { capability: resume })
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        match stream.next().await {
+            Ok(Some(Frame::Resumed { chat })) => {
+                conversation.set_chat(chat);
+                if conversation.resend(&mut stream).await.is_err() {
+                    continue;
+                }
+                return Some(stream);
+            }
+            // Unknown, wrong or expired all look alike: the chat is over.
+            Ok(Some(Frame::ResumeFailed)) => return None,
+            _ => continue,
+        }
+    }
+    None
 }

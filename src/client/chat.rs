@@ -65,6 +65,23 @@ pub enum ChatEvent {
     },
     /// Client: the chat moved to another counsellor, verified like the first.
     Transferred { counsellor: String },
+    /// Our connection dropped; trying to take the chat up again.
+    Reconnecting,
+    /// We are back in the chat, with the same counsellor and keys.
+    Resumed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
+    /// The other side's connection dropped; they may come back.
+    PeerAway {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
+    /// The other side is back.
+    PeerBack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chat: Option<u32>,
+    },
     /// Our message `id` (numbered from 1 per chat) left for the relay.
     Sent {
         id: u64,
@@ -160,6 +177,13 @@ impl ChatEvent {
                 )
             }
             ChatEvent::Message { text, chat } => format!("{}> {text}", at(chat)),
+            ChatEvent::Reconnecting => "Connection lost; reconnecting…".into(),
+            ChatEvent::Resumed { chat } => format!("{}Reconnected; the chat continues.", at(chat)),
+            ChatEvent::PeerAway { chat } => format!(
+                "{}The other side lost their connection; waiting for them.",
+                at(chat)
+            ),
+            ChatEvent::PeerBack { chat } => format!("{}The other side is back.", at(chat)),
             ChatEvent::Sent { id, chat } => format!("{}  (#{id} sent)", at(chat)),
             ChatEvent::Delivered { id, chat } => format!("{}  (#{id} delivered)", at(chat)),
             ChatEvent::NotDelivered { id, chat } => format!("{}  (#{id} NOT delivered)", at(chat)),
@@ -309,10 +333,12 @@ pub(crate) struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(chat: ChatNumber, session: Session, show_chat: bool) -> Self {
+    /// `shown` is the number the user sees for this chat (counsellors), or
+    /// `None` (clients, who have one chat).
+    pub fn new(chat: ChatNumber, session: Session, shown: Option<u32>) -> Self {
         Conversation {
             chat,
-            shown: show_chat.then_some(chat.get()),
+            shown,
             session,
             reassembler: Reassembler::default(),
             next_id: 1,
@@ -325,7 +351,28 @@ impl Conversation {
         self.chat
     }
 
-    /// Splits, seals and sends one message; reports it as sent.
+    /// After a resume the relay numbers the chat anew on the new connection.
+    pub fn set_chat(&mut self, chat: ChatNumber) {
+        self.chat = chat;
+    }
+
+    /// Sends again every message not yet acknowledged (after a resume, or
+    /// when the peer is back); the receiver drops what it already has.
+    pub async fn resend(&self, relay: &mut RelayStream) -> Result<(), ClientError> {
+        for blob in self.unacked_blobs() {
+            relay
+                .send(&Frame::Forward {
+                    chat: self.chat,
+                    blob,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Splits, seals and sends one message; reports it as sent. The message
+    /// is kept until acknowledged: if the connection is lost while sending,
+    /// it goes out again after a resume (or is reported not delivered).
     pub async fn send(
         &mut self,
         relay: &mut RelayStream,
@@ -341,21 +388,27 @@ impl Conversation {
         for chunk in split_text(text).map_err(|_| ClientError::MessageTooLong)? {
             blobs.push(self.session.seal(&chunk)?);
         }
-        for blob in &blobs {
-            relay
-                .send(&Frame::Forward {
-                    chat: self.chat,
-                    blob: blob.clone(),
-                })
-                .await?;
-        }
         let id = self.next_id;
         self.next_id += 1;
         self.unacked.push_back(Pending {
             id,
             last_seq: self.session.next_seq() - 1,
-            blobs,
+            blobs: blobs.clone(),
         });
+        for blob in blobs {
+            let sent = relay
+                .send(&Frame::Forward {
+                    chat: self.chat,
+                    blob,
+                })
+                .await;
+            match sent {
+                Ok(()) => {}
+                // Kept for resending; the reading side notices the loss.
+                Err(ClientError::Lost(_) | ClientError::Closed(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
         emit(
             events,
             ChatEvent::Sent {

@@ -6,6 +6,9 @@
 //! the client's handshake with the certified key. Lines are messages or
 //! commands: `@N text` addresses chat N, a plain line goes to the only open
 //! chat, and `/`-commands change status, list chats, end, block or transfer.
+//! Chats keep the number first shown for them; if the connection drops, the
+//! counsellor reconnects, signs in again and resumes every open chat with
+//! its capability.
 
 use std::collections::BTreeMap;
 
@@ -13,16 +16,18 @@ use rand_core::OsRng;
 use tokio::sync::mpsc;
 
 use super::chat::{self, ChatEvent, Conversation, Waiting, emit};
-use super::{ClientError, RelayStream};
+use super::{ClientError, Reconnect, RelayStream};
 use crate::core::frame::{
-    ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId, Role, TopicId,
-    TransferTarget,
+    ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId, ResumeCapability,
+    Role, TopicId, TransferTarget,
 };
 use crate::crypto::e2e::{self, CounsellorKeys};
 
 /// What a counsellor takes, as given on the command line.
 #[derive(Debug, Clone)]
 pub struct CounsellorSettings {
+    /// How to reconnect and resume open chats if the connection drops.
+    pub reconnect: Option<Reconnect>,
     pub available: bool,
     pub capacity: u8,
     /// Topic ids; `None` = all the relay offers.
@@ -34,6 +39,7 @@ pub struct CounsellorSettings {
 impl Default for CounsellorSettings {
     fn default() -> Self {
         CounsellorSettings {
+            reconnect: None,
             available: true,
             capacity: 1,
             topics: None,
@@ -59,9 +65,17 @@ pub const HELP: &[&str] = &[
     "End of input signs out (open chats are ended).",
 ];
 
-enum Slot {
+enum SlotState {
     AwaitingHandshake(PairingId),
     Chatting(Box<Conversation>),
+}
+
+/// One chat of this counsellor, under the number the counsellor sees.
+struct Slot {
+    /// The relay's number for it on the current connection.
+    chat: ChatNumber,
+    resume: ResumeCapability,
+    state: SlotState,
 }
 
 /// A parsed input line.
@@ -156,7 +170,11 @@ struct Counsellor {
     relay: RelayStream,
     keys: CounsellorKeys,
     events: mpsc::Sender<ChatEvent>,
-    slots: BTreeMap<ChatNumber, Slot>,
+    /// Open chats by the number shown to the counsellor.
+    slots: BTreeMap<u32, Slot>,
+    next_shown: u32,
+    /// Chats asked back with RESUME, oldest first; answers come in order.
+    resuming: std::collections::VecDeque<u32>,
     available: bool,
     capacity: u8,
     topics: Vec<TopicId>,
@@ -194,12 +212,19 @@ impl Counsellor {
         Ok(())
     }
 
+    /// The number shown for the relay's chat `chat`.
+    fn shown(&self, chat: ChatNumber) -> Option<u32> {
+        self.slots
+            .iter()
+            .find(|(_, s)| s.chat == chat)
+            .map(|(n, _)| *n)
+    }
+
     /// The chat a command means: the one named, or the only one open.
-    fn pick(&self, chat: Option<u32>) -> Result<ChatNumber, String> {
+    fn pick(&self, chat: Option<u32>) -> Result<u32, String> {
         match chat {
-            Some(n) => ChatNumber::new(n)
-                .filter(|c| self.slots.contains_key(c))
-                .ok_or_else(|| format!("no open chat @{n}")),
+            Some(n) if self.slots.contains_key(&n) => Ok(n),
+            Some(n) => Err(format!("no open chat @{n}")),
             None => match self.slots.len() {
                 0 => Err("no chat is open".into()),
                 1 => self
@@ -215,20 +240,40 @@ impl Counsellor {
 
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
         match frame {
-            Frame::Paired { chat, pairing_id } => {
-                self.slots.insert(chat, Slot::AwaitingHandshake(pairing_id));
+            Frame::Paired {
+                chat,
+                pairing_id,
+                resume,
+            } => {
+                let shown = self.next_shown;
+                self.next_shown += 1;
+                self.slots.insert(
+                    shown,
+                    Slot {
+                        chat,
+                        resume,
+                        state: SlotState::AwaitingHandshake(pairing_id),
+                    },
+                );
             }
             Frame::Forward { chat, blob } => {
-                let result = match self.slots.get_mut(&chat) {
-                    Some(Slot::AwaitingHandshake(pairing_id)) => {
+                // A chat this side already ended or aborted: frames sent
+                // before our END crossed it are dropped.
+                let Some(shown) = self.shown(chat) else {
+                    return Ok(());
+                };
+                let Some(slot) = self.slots.get_mut(&shown) else {
+                    return Ok(());
+                };
+                let result = match &mut slot.state {
+                    SlotState::AwaitingHandshake(pairing_id) => {
                         match e2e::counsellor_respond(&self.keys, pairing_id, &blob, &mut OsRng) {
                             Ok((session, reply)) => {
-                                self.slots.insert(
+                                slot.state = SlotState::Chatting(Box::new(Conversation::new(
                                     chat,
-                                    Slot::Chatting(Box::new(Conversation::new(
-                                        chat, session, true,
-                                    ))),
-                                );
+                                    session,
+                                    Some(shown),
+                                )));
                                 self.relay
                                     .send(&Frame::Forward { chat, blob: reply })
                                     .await?;
@@ -236,7 +281,7 @@ impl Counsellor {
                                     &self.events,
                                     ChatEvent::Paired {
                                         counsellor: None,
-                                        chat: Some(chat.get()),
+                                        chat: Some(shown),
                                     },
                                 )
                                 .await;
@@ -245,42 +290,46 @@ impl Counsellor {
                             Err(e) => Err(e),
                         }
                     }
-                    Some(Slot::Chatting(conversation)) => {
+                    SlotState::Chatting(conversation) => {
                         conversation.receive(&blob, &self.events).await
                     }
-                    // A chat this side already ended or aborted: frames
-                    // sent before our END crossed it are dropped.
-                    None => return Ok(()),
                 };
                 if let Err(e) = result {
-                    if let Some(Slot::Chatting(conversation)) = self.slots.remove(&chat) {
+                    if let Some(Slot {
+                        state: SlotState::Chatting(conversation),
+                        ..
+                    }) = self.slots.remove(&shown)
+                    {
                         conversation.give_up(&self.events).await;
                     }
                     chat::abort(&mut self.relay, chat).await;
-                    self.error(format!("@{}: {}", chat.get(), ClientError::Security(e)))
+                    self.error(format!("@{shown}: {}", ClientError::Security(e)))
                         .await;
                 }
             }
             Frame::End { chat, reason } => {
-                if let Some(slot) = self.slots.remove(&chat) {
-                    if let Slot::Chatting(conversation) = slot {
+                if let Some(shown) = self.shown(chat)
+                    && let Some(slot) = self.slots.remove(&shown)
+                {
+                    if let SlotState::Chatting(conversation) = slot.state {
                         conversation.give_up(&self.events).await;
                     }
                     emit(
                         &self.events,
                         ChatEvent::Ended {
                             reason: reason.as_str().into(),
-                            chat: Some(chat.get()),
+                            chat: Some(shown),
                         },
                     )
                     .await;
                 }
             }
             Frame::TransferRefused { chat, reason } => {
+                let shown = self.shown(chat).unwrap_or(chat.get());
                 emit(
                     &self.events,
                     ChatEvent::TransferRefused {
-                        chat: chat.get(),
+                        chat: shown,
                         reason: reason.as_str().into(),
                     },
                 )
@@ -296,19 +345,75 @@ impl Counsellor {
                     .collect();
                 emit(&self.events, ChatEvent::QueueStats { waiting }).await;
             }
+            Frame::Resumed { chat } => {
+                let Some(shown) = self.resuming.pop_front() else {
+                    return Err(ClientError::UnexpectedFrame);
+                };
+                if let Some(slot) = self.slots.get_mut(&shown) {
+                    slot.chat = chat;
+                    if let SlotState::Chatting(conversation) = &mut slot.state {
+                        conversation.set_chat(chat);
+                        conversation.resend(&mut self.relay).await?;
+                    }
+                    emit(&self.events, ChatEvent::Resumed { chat: Some(shown) }).await;
+                }
+            }
+            Frame::ResumeFailed => {
+                let Some(shown) = self.resuming.pop_front() else {
+                    return Err(ClientError::UnexpectedFrame);
+                };
+                if let Some(slot) = self.slots.remove(&shown) {
+                    if let SlotState::Chatting(conversation) = slot.state {
+                        conversation.give_up(&self.events).await;
+                    }
+                    emit(
+                        &self.events,
+                        ChatEvent::Ended {
+                            reason: "ended_while_away".into(),
+                            chat: Some(shown),
+                        },
+                    )
+                    .await;
+                }
+            }
+            Frame::PeerAway { chat } => {
+                if let Some(shown) = self.shown(chat) {
+                    emit(&self.events, ChatEvent::PeerAway { chat: Some(shown) }).await;
+                }
+            }
+            Frame::PeerBack { chat } => {
+                if let Some(shown) = self.shown(chat) {
+                    if let Some(Slot {
+                        state: SlotState::Chatting(conversation),
+                        ..
+                    }) = self.slots.get(&shown)
+                    {
+                        conversation.resend(&mut self.relay).await?;
+                    }
+                    emit(&self.events, ChatEvent::PeerBack { chat: Some(shown) }).await;
+                }
+            }
             _ => return Err(ClientError::UnexpectedFrame),
         }
         Ok(())
     }
 
-    async fn end(&mut self, chat: ChatNumber, reason: EndReason) -> Result<(), ClientError> {
-        if let Some(Slot::Chatting(mut conversation)) = self.slots.remove(&chat) {
+    async fn end(&mut self, shown: u32, reason: EndReason) -> Result<(), ClientError> {
+        let Some(slot) = self.slots.remove(&shown) else {
+            return Ok(());
+        };
+        if let SlotState::Chatting(mut conversation) = slot.state {
             // Confirm what arrived before saying goodbye.
             conversation.ack_if_owed(&mut self.relay).await?;
             conversation.give_up(&self.events).await;
         }
-        self.relay.send(&Frame::End { chat, reason }).await?;
-        let shown = if reason == EndReason::Blocked {
+        self.relay
+            .send(&Frame::End {
+                chat: slot.chat,
+                reason,
+            })
+            .await?;
+        let said = if reason == EndReason::Blocked {
             "you_blocked"
         } else {
             "you_ended"
@@ -316,11 +421,48 @@ impl Counsellor {
         emit(
             &self.events,
             ChatEvent::Ended {
-                reason: shown.into(),
-                chat: Some(chat.get()),
+                reason: said.into(),
+                chat: Some(shown),
             },
         )
         .await;
+        Ok(())
+    }
+
+    /// The connection dropped: reconnect, sign in again, and ask for every
+    /// established chat back. Chats still in their handshake cannot be
+    /// resumed and are reported ended.
+    async fn reconnect(&mut self, reconnect: &Reconnect) -> Result<(), ClientError> {
+        emit(&self.events, ChatEvent::Reconnecting).await;
+        let mut relay = reconnect
+            .connect()
+            .await
+            .ok_or_else(|| ClientError::Lost("could not reconnect to the relay".into()))?;
+        chat::hello(&mut relay, Role::Counsellor).await?;
+        self.relay = relay;
+        self.send_status().await?;
+        self.resuming.clear();
+        let shown: Vec<u32> = self.slots.keys().copied().collect();
+        for n in shown {
+            let Some(slot) = self.slots.get(&n) else {
+                continue;
+            };
+            if matches!(slot.state, SlotState::AwaitingHandshake(_)) {
+                self.slots.remove(&n);
+                emit(
+                    &self.events,
+                    ChatEvent::Ended {
+                        reason: "ended_while_away".into(),
+                        chat: Some(n),
+                    },
+                )
+                .await;
+                continue;
+            }
+            let capability = slot.resume;
+            self.relay.send(&Frame::Resume { capability }).await?;
+            self.resuming.push_back(n);
+        }
         Ok(())
     }
 
@@ -343,7 +485,7 @@ impl Counsellor {
                 .await
             }
             Command::Chats => {
-                let chats = self.slots.keys().map(|c| c.get()).collect();
+                let chats = self.slots.keys().copied().collect();
                 emit(&self.events, ChatEvent::Chats { chats }).await
             }
             Command::Available(available) => {
@@ -355,8 +497,11 @@ impl Counsellor {
                 self.send_status().await?;
             }
             Command::Say(chat, text) => match self.pick(chat) {
-                Ok(c) => match self.slots.get_mut(&c) {
-                    Some(Slot::Chatting(conversation)) => {
+                Ok(n) => match self.slots.get_mut(&n) {
+                    Some(Slot {
+                        state: SlotState::Chatting(conversation),
+                        ..
+                    }) => {
                         if let Err(e) = conversation
                             .send(&mut self.relay, &self.events, &text)
                             .await
@@ -365,11 +510,8 @@ impl Counsellor {
                         }
                     }
                     _ => {
-                        self.error(format!(
-                            "@{}: the chat is still being set up; not sent",
-                            c.get()
-                        ))
-                        .await
+                        self.error(format!("@{n}: the chat is still being set up; not sent"))
+                            .await
                     }
                 },
                 Err(message) => {
@@ -384,17 +526,16 @@ impl Counsellor {
                     EndReason::UserEnded
                 };
                 match self.pick(chat) {
-                    Ok(c) => self.end(c, reason).await?,
+                    Ok(n) => self.end(n, reason).await?,
                     Err(message) => self.error(message).await,
                 }
             }
             Command::Transfer(chat, target) => match self.pick(chat) {
                 // The slot stays until the relay confirms with END(TRANSFERRED)
                 // or refuses; a refused chat carries on as it was.
-                Ok(c) => {
-                    self.relay
-                        .send(&Frame::Transfer { chat: c, target })
-                        .await?
+                Ok(n) => {
+                    let chat = self.slots[&n].chat;
+                    self.relay.send(&Frame::Transfer { chat, target }).await?
                 }
                 Err(message) => self.error(message).await,
             },
@@ -448,6 +589,8 @@ pub async fn run_counsellor(
         keys,
         events,
         slots: BTreeMap::new(),
+        next_shown: 1,
+        resuming: Default::default(),
         available: settings.available,
         capacity: settings.capacity.max(1),
         topics,
@@ -460,22 +603,27 @@ pub async fn run_counsellor(
         tokio::select! {
             _ = ack_tick.tick() => {
                 for slot in me.slots.values_mut() {
-                    if let Slot::Chatting(conversation) = slot {
+                    if let SlotState::Chatting(conversation) = &mut slot.state {
                         conversation.ack_if_owed(&mut me.relay).await?;
                     }
                 }
             }
             frame = me.relay.next() => {
-                let Some(frame) = frame? else {
-                    return Err(ClientError::Lost("the relay ended the stream".into()));
-                };
-                me.handle_frame(frame).await?;
+                match frame {
+                    Ok(Some(frame)) => me.handle_frame(frame).await?,
+                    Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)) if settings.reconnect.is_some() => {
+                        let Some(reconnect) = &settings.reconnect else { unreachable!() };
+                        me.reconnect(reconnect).await?;
+                    }
+                    Ok(None) => return Err(ClientError::Lost("the relay ended the stream".into())),
+                    Err(e) => return Err(e),
+                }
             }
             line = input.recv() => {
                 let Some(line) = line else {
-                    let open: Vec<ChatNumber> = me.slots.keys().copied().collect();
-                    for chat in open {
-                        me.end(chat, EndReason::UserEnded).await?;
+                    let open: Vec<u32> = me.slots.keys().copied().collect();
+                    for n in open {
+                        me.end(n, EndReason::UserEnded).await?;
                     }
                     me.relay.close().await;
                     return Ok(());

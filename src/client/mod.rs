@@ -76,6 +76,49 @@ pub struct ConnectOptions {
     pub bind: Option<SocketAddr>,
 }
 
+impl Clone for ConnectOptions {
+    fn clone(&self) -> Self {
+        ConnectOptions {
+            relay: self.relay.clone(),
+            ca: self.ca.clone(),
+            credential: self
+                .credential
+                .as_ref()
+                .map(|(chain, key)| (chain.clone(), key.clone_key())),
+            connect_timeout: self.connect_timeout,
+            bind: self.bind,
+        }
+    }
+}
+
+/// How a role reconnects to resume its chats when its connection drops.
+#[derive(Clone)]
+pub struct Reconnect {
+    pub options: ConnectOptions,
+    /// Give up resuming after this long (the relay's resume window).
+    pub give_up_after: Duration,
+}
+
+impl std::fmt::Debug for Reconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reconnect(..)")
+    }
+}
+
+impl Reconnect {
+    /// Tries to connect until it works or the time is up.
+    pub async fn connect(&self) -> Option<RelayStream> {
+        let deadline = tokio::time::Instant::now() + self.give_up_after;
+        while tokio::time::Instant::now() < deadline {
+            match connect(self.options.clone()).await {
+                Ok(stream) => return Some(stream),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        None
+    }
+}
+
 fn describe_close(reason: &quinn::ConnectionError) -> ClientError {
     match reason {
         quinn::ConnectionError::ApplicationClosed(close) => {

@@ -54,6 +54,11 @@ pub mod kind {
     pub const QUEUE_STATS: u8 = 0x0b;
     pub const TRANSFER: u8 = 0x0c;
     pub const TRANSFER_REFUSED: u8 = 0x0d;
+    pub const RESUME: u8 = 0x0e;
+    pub const RESUMED: u8 = 0x0f;
+    pub const RESUME_FAILED: u8 = 0x10;
+    pub const PEER_AWAY: u8 = 0x11;
+    pub const PEER_BACK: u8 = 0x12;
 }
 
 /// Most topics a relay offers and a counsellor serves.
@@ -190,6 +195,8 @@ pub enum Refusal {
     ColleagueAway,
     /// The colleague has no room (at capacity).
     ColleagueFull,
+    /// The young person's connection is away; try again when they are back.
+    ClientAway,
 }
 
 impl Refusal {
@@ -198,6 +205,7 @@ impl Refusal {
             Refusal::UnknownColleague => 0x01,
             Refusal::ColleagueAway => 0x02,
             Refusal::ColleagueFull => 0x03,
+            Refusal::ClientAway => 0x04,
         }
     }
     fn from_byte(b: u8) -> Result<Self, FrameError> {
@@ -205,6 +213,7 @@ impl Refusal {
             0x01 => Ok(Refusal::UnknownColleague),
             0x02 => Ok(Refusal::ColleagueAway),
             0x03 => Ok(Refusal::ColleagueFull),
+            0x04 => Ok(Refusal::ClientAway),
             _ => Err(FrameError::BadField("reason")),
         }
     }
@@ -213,6 +222,9 @@ impl Refusal {
             Refusal::UnknownColleague => "no counsellor with that name is signed in",
             Refusal::ColleagueAway => "that counsellor is away",
             Refusal::ColleagueFull => "that counsellor has no room for another chat",
+            Refusal::ClientAway => {
+                "the young person's connection is away; try again when they are back"
+            }
         }
     }
 }
@@ -359,10 +371,12 @@ pub enum Frame {
         position: u32,
         estimated_wait_secs: Option<u32>,
     },
-    /// Relay → both: a chat begins.
+    /// Relay → both: a chat begins. `resume` is this side's capability to
+    /// take the chat up again on a new connection (PROTOCOL.md §7.4).
     Paired {
         chat: ChatNumber,
         pairing_id: PairingId,
+        resume: ResumeCapability,
     },
     /// Both directions: an end-to-end blob for the peer of `chat`.
     Forward { chat: ChatNumber, blob: Blob },
@@ -404,6 +418,28 @@ pub enum Frame {
     },
     /// Relay → counsellor: the transfer did not happen; the chat stays.
     TransferRefused { chat: ChatNumber, reason: Refusal },
+    /// Endpoint → relay, on a new connection: take a chat up again.
+    Resume { capability: ResumeCapability },
+    /// Relay → endpoint: resumed; the chat's number on this connection.
+    Resumed { chat: ChatNumber },
+    /// Relay → endpoint: no chat to resume (unknown, wrong and expired look alike).
+    ResumeFailed,
+    /// Relay → endpoint: the other side's connection dropped; the relay
+    /// holds this side's frames for it while it may come back.
+    PeerAway { chat: ChatNumber },
+    /// Relay → endpoint: the other side is back; resend what it has not acknowledged.
+    PeerBack { chat: ChatNumber },
+}
+
+/// A random 32-byte capability to resume one side of a chat. The relay
+/// keeps only its SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ResumeCapability(pub [u8; 32]);
+
+impl std::fmt::Debug for ResumeCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeCapability(<redacted>)")
+    }
 }
 
 /// Why bytes could not be decoded as a frame. Each maps to a close code.
@@ -445,7 +481,7 @@ fn body_len(kind: u8) -> Option<usize> {
         kind::HELLO => 2,
         kind::WELCOME => 4 + 2 * MAX_LANGUAGES + 1 + 16,
         kind::QUEUED => 8,
-        kind::PAIRED => 4 + 16,
+        kind::PAIRED => 4 + 16 + 32,
         kind::FORWARD => 4 + BLOB_LEN,
         kind::END => 4 + 1,
         kind::TOPIC => 2 + 2 * LABEL_SLOT,
@@ -455,6 +491,9 @@ fn body_len(kind: u8) -> Option<usize> {
         kind::QUEUE_STATS => 1 + 4 * (MAX_TOPICS + 1),
         kind::TRANSFER => 4 + 1 + LABEL_SLOT,
         kind::TRANSFER_REFUSED => 4 + 1,
+        kind::RESUME => 32,
+        kind::RESUMED | kind::PEER_AWAY | kind::PEER_BACK => 4,
+        kind::RESUME_FAILED => 1,
         _ => return None,
     })
 }
@@ -584,6 +623,11 @@ impl Frame {
             Frame::QueueStats { .. } => kind::QUEUE_STATS,
             Frame::Transfer { .. } => kind::TRANSFER,
             Frame::TransferRefused { .. } => kind::TRANSFER_REFUSED,
+            Frame::Resume { .. } => kind::RESUME,
+            Frame::Resumed { .. } => kind::RESUMED,
+            Frame::ResumeFailed => kind::RESUME_FAILED,
+            Frame::PeerAway { .. } => kind::PEER_AWAY,
+            Frame::PeerBack { .. } => kind::PEER_BACK,
         }
     }
 
@@ -628,9 +672,14 @@ impl Frame {
                 w.u32(*position);
                 w.u32(estimated_wait_secs.unwrap_or(u32::MAX));
             }
-            Frame::Paired { chat, pairing_id } => {
+            Frame::Paired {
+                chat,
+                pairing_id,
+                resume,
+            } => {
                 w.u32(chat.0);
                 w.bytes(&pairing_id.0);
+                w.bytes(&resume.0);
             }
             Frame::Forward { chat, blob } => {
                 w.u32(chat.0);
@@ -705,6 +754,12 @@ impl Frame {
                 w.u32(chat.0);
                 w.u8(reason.to_byte());
             }
+            Frame::Resume { capability } => w.bytes(&capability.0),
+            Frame::Resumed { chat } | Frame::PeerAway { chat } | Frame::PeerBack { chat } => {
+                w.u32(chat.0)
+            }
+            // One reason for every failure, so a probe learns nothing.
+            Frame::ResumeFailed => w.u8(0),
         }
         debug_assert_eq!(out.len() - start, self.encoded_len());
     }
@@ -771,9 +826,12 @@ impl Frame {
                 let chat = r.chat()?;
                 let mut id = [0u8; 16];
                 id.copy_from_slice(r.take(16)?);
+                let mut resume = [0u8; 32];
+                resume.copy_from_slice(r.take(32)?);
                 Frame::Paired {
                     chat,
                     pairing_id: PairingId(id),
+                    resume: ResumeCapability(resume),
                 }
             }
             kind::FORWARD => Frame::Forward {
@@ -861,6 +919,20 @@ impl Frame {
             kind::TRANSFER_REFUSED => Frame::TransferRefused {
                 chat: r.chat()?,
                 reason: Refusal::from_byte(r.u8()?)?,
+            },
+            kind::RESUME => {
+                let mut capability = [0u8; 32];
+                capability.copy_from_slice(r.take(32)?);
+                Frame::Resume {
+                    capability: ResumeCapability(capability),
+                }
+            }
+            kind::RESUMED => Frame::Resumed { chat: r.chat()? },
+            kind::PEER_AWAY => Frame::PeerAway { chat: r.chat()? },
+            kind::PEER_BACK => Frame::PeerBack { chat: r.chat()? },
+            kind::RESUME_FAILED => match r.u8()? {
+                0 => Frame::ResumeFailed,
+                _ => return Err(FrameError::BadField("reason")),
             },
             other => return Err(FrameError::UnknownType(other)),
         };
@@ -983,10 +1055,20 @@ mod tests {
                     }
                 }
             ),
-            (arb_chat(), any::<[u8; 16]>()).prop_map(|(chat, id)| Frame::Paired {
-                chat,
-                pairing_id: PairingId(id)
+            (arb_chat(), any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(|(chat, id, cap)| {
+                Frame::Paired {
+                    chat,
+                    pairing_id: PairingId(id),
+                    resume: ResumeCapability(cap),
+                }
             }),
+            any::<[u8; 32]>().prop_map(|c| Frame::Resume {
+                capability: ResumeCapability(c)
+            }),
+            arb_chat().prop_map(|chat| Frame::Resumed { chat }),
+            Just(Frame::ResumeFailed),
+            arb_chat().prop_map(|chat| Frame::PeerAway { chat }),
+            arb_chat().prop_map(|chat| Frame::PeerBack { chat }),
             (arb_chat(), proptest::collection::vec(any::<u8>(), BLOB_LEN)).prop_map(|(chat, b)| {
                 Frame::Forward {
                     chat,
@@ -1126,9 +1208,20 @@ mod tests {
                 Frame::Paired {
                     chat,
                     pairing_id: PairingId([0; 16]),
+                    resume: ResumeCapability([0; 32]),
                 },
-                23,
+                55,
             ),
+            (
+                Frame::Resume {
+                    capability: ResumeCapability([0; 32]),
+                },
+                35,
+            ),
+            (Frame::Resumed { chat }, 7),
+            (Frame::ResumeFailed, 4),
+            (Frame::PeerAway { chat }, 7),
+            (Frame::PeerBack { chat }, 7),
             (
                 Frame::Forward {
                     chat,

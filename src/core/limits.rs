@@ -42,6 +42,10 @@ pub struct Limits {
     pub pow_min_difficulty: u8,
     pub pow_max_difficulty: u8,
     pub pow_target_arrivals_per_sec: u32,
+    /// How long a chat waits for a side whose connection dropped.
+    pub resume_window: Duration,
+    /// Frames held for a side that is away; past it the chat ends.
+    pub max_held_frames: usize,
 }
 
 impl Limits {
@@ -61,6 +65,8 @@ impl Limits {
     pub const DEFAULT_POW_MIN_DIFFICULTY: u8 = 8;
     pub const DEFAULT_POW_MAX_DIFFICULTY: u8 = 22;
     pub const DEFAULT_POW_TARGET_ARRIVALS_PER_SEC: u32 = 20;
+    pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
+    pub const DEFAULT_MAX_HELD_FRAMES: usize = 128;
     /// A waiting client hears from the relay at least this often.
     pub const QUEUE_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
 }
@@ -84,6 +90,8 @@ impl Default for Limits {
             pow_min_difficulty: Self::DEFAULT_POW_MIN_DIFFICULTY,
             pow_max_difficulty: Self::DEFAULT_POW_MAX_DIFFICULTY,
             pow_target_arrivals_per_sec: Self::DEFAULT_POW_TARGET_ARRIVALS_PER_SEC,
+            resume_window: Self::DEFAULT_RESUME_WINDOW,
+            max_held_frames: Self::DEFAULT_MAX_HELD_FRAMES,
         }
     }
 }

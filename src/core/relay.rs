@@ -25,13 +25,15 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::frame::{
     ChatNumber, EndReason, Frame, FrameDecoder, Language, MAX_LANGUAGES, MAX_TOPICS,
-    PROTOCOL_VERSION, PairingId, PowChallenge, Refusal, Role, TopicId, TransferTarget, Unavailable,
+    PROTOCOL_VERSION, PairingId, PowChallenge, Refusal, ResumeCapability, Role, TopicId,
+    TransferTarget, Unavailable,
 };
 use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
 use super::pairing::{LocalQueue, Offer, PairingBackend, Request};
 use super::ratelimit::{Pow, TokenBucket, pow_valid};
 use super::{CloseCode, Now};
+use sha2::{Digest, Sha256};
 
 /// An RNG fit for pairing ids: cryptographically strong, owned by the core.
 pub trait RelayRng: RngCore + CryptoRng + Send {}
@@ -78,11 +80,39 @@ pub enum ConnectError {
     TooManyConnections,
 }
 
-/// One side of a live chat: where its frames go.
+/// The SHA-256 of a resume capability: all the relay keeps of it.
+type CapHash = [u8; 32];
+
+fn cap_hash(capability: &ResumeCapability) -> CapHash {
+    Sha256::digest(capability.0).into()
+}
+
+/// Where the other side of a chat is.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// Connected: its connection and its chat number there.
+    Live { conn: ConnId, chat: ChatNumber },
+    /// Its connection dropped; it may resume with the capability whose hash this is.
+    Away(CapHash),
+}
+
+/// One side of a live chat: where its frames go, and the hash of this
+/// side's own resume capability.
 #[derive(Debug, Clone, Copy)]
 struct Link {
-    peer: ConnId,
-    peer_chat: ChatNumber,
+    peer: Peer,
+    mine: CapHash,
+}
+
+/// One side of a chat whose connection dropped, waiting to be resumed.
+struct Detached {
+    role: Role,
+    /// A counsellor must come back with the same sign-in name.
+    pseudonym: Option<String>,
+    peer: Peer,
+    deadline: Instant,
+    /// Frames from the other side, held until this side is back.
+    held: VecDeque<super::frame::Blob>,
 }
 
 #[derive(Debug)]
@@ -183,6 +213,8 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     estimate: WaitEstimate,
     admissions: TokenBucket,
     pow: Pow,
+    /// Chat sides whose connection dropped, by capability hash.
+    detached: HashMap<CapHash, Detached>,
     shutting_down: bool,
 }
 
@@ -218,6 +250,7 @@ impl<P: PairingBackend> Relay<P> {
             next_conn: 1,
             out: VecDeque::new(),
             estimate: WaitEstimate::default(),
+            detached: HashMap::new(),
             shutting_down: false,
         }
     }
@@ -300,13 +333,25 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// The connection is gone (closed by the peer, timed out, reset).
+    /// Its chats wait `resume_window` for it to come back (PROTOCOL.md §7.4).
     pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
+        self.detach(now, conn);
         self.forget(now, conn);
     }
 
     /// Acts on every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Now) {
         self.pow.tick(now.mono);
+        let mut expired: Vec<CapHash> = self
+            .detached
+            .iter()
+            .filter(|(_, d)| d.deadline <= now.mono)
+            .map(|(h, _)| *h)
+            .collect();
+        expired.sort();
+        for h in expired {
+            self.expire(h);
+        }
         let mut hello_late = Vec::new();
         let mut wait_over = Vec::new();
         for (id, c) in &mut self.conns {
@@ -364,10 +409,11 @@ impl<P: PairingBackend> Relay<P> {
                 _ => None,
             })
             .min();
-        match (conns, self.pow.next_tick()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let resumes = self.detached.values().map(|d| d.deadline).min();
+        [conns, self.pow.next_tick(), resumes]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The proof-of-work difficulty asked of new clients now.
@@ -379,6 +425,7 @@ impl<P: PairingBackend> Relay<P> {
     /// New connections are refused from now on.
     pub fn handle_shutdown(&mut self, _now: Now) {
         self.shutting_down = true;
+        self.detached.clear();
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort();
         for id in &ids {
@@ -424,6 +471,7 @@ impl<P: PairingBackend> Relay<P> {
             State::AwaitingHello { .. } => {
                 return match frame {
                     Frame::Hello { version, role } => self.handle_hello(now, conn, version, role),
+                    Frame::Resume { capability } => self.handle_resume(conn, capability),
                     _ => Err(CloseCode::UnexpectedFrame),
                 };
             }
@@ -448,14 +496,23 @@ impl<P: PairingBackend> Relay<P> {
                         Err(CloseCode::UnexpectedFrame)
                     };
                 };
-                self.send(
-                    link.peer,
-                    &Frame::Forward {
-                        chat: link.peer_chat,
-                        blob,
-                    },
-                );
+                match link.peer {
+                    Peer::Live {
+                        conn: peer,
+                        chat: peer_chat,
+                    } => self.send(
+                        peer,
+                        &Frame::Forward {
+                            chat: peer_chat,
+                            blob,
+                        },
+                    ),
+                    Peer::Away(h) => self.hold(conn, chat, h, blob),
+                }
                 Ok(())
+            }
+            (Role::Counsellor, Frame::Resume { capability }) => {
+                self.handle_resume(conn, capability)
             }
             (_, Frame::End { chat, reason }) => {
                 let allowed = match role {
@@ -684,11 +741,13 @@ impl<P: PairingBackend> Relay<P> {
         chat: ChatNumber,
         reason: EndReason,
     ) {
-        let peer = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.links.get(&chat))
-            .map(|l| l.peer);
+        let peer = match self.conns.get(&conn).and_then(|c| c.links.get(&chat)) {
+            Some(Link {
+                peer: Peer::Live { conn: p, .. },
+                ..
+            }) => Some(*p),
+            _ => None,
+        };
         self.end_chat(conn, chat, reason);
         match (role, reason, peer) {
             // The client's end is immediate: nothing more goes to it.
@@ -717,7 +776,16 @@ impl<P: PairingBackend> Relay<P> {
         else {
             return;
         };
-        let client = link.peer;
+        let Peer::Live { conn: client, .. } = link.peer else {
+            self.send(
+                conn,
+                &Frame::TransferRefused {
+                    chat,
+                    reason: Refusal::ClientAway,
+                },
+            );
+            return;
+        };
         let colleague = match &target {
             TransferTarget::Queue => None,
             TransferTarget::Colleague(name) => match self.find_colleague(conn, name) {
@@ -839,8 +907,25 @@ impl<P: PairingBackend> Relay<P> {
         else {
             return;
         };
-        self.link(client, client_chat, counsellor, counsellor_chat);
-        self.link(counsellor, counsellor_chat, client, client_chat);
+        let mut client_cap = ResumeCapability([0; 32]);
+        let mut counsellor_cap = ResumeCapability([0; 32]);
+        self.rng.fill_bytes(&mut client_cap.0);
+        self.rng.fill_bytes(&mut counsellor_cap.0);
+        let to_counsellor = Peer::Live {
+            conn: counsellor,
+            chat: counsellor_chat,
+        };
+        let to_client = Peer::Live {
+            conn: client,
+            chat: client_chat,
+        };
+        self.link(client, client_chat, to_counsellor, cap_hash(&client_cap));
+        self.link(
+            counsellor,
+            counsellor_chat,
+            to_client,
+            cap_hash(&counsellor_cap),
+        );
         if let Some(c) = self.conns.get_mut(&client) {
             c.state = State::Client(ClientStage::InChat);
         }
@@ -850,6 +935,7 @@ impl<P: PairingBackend> Relay<P> {
             &Frame::Paired {
                 chat: client_chat,
                 pairing_id,
+                resume: client_cap,
             },
         );
         self.send(
@@ -857,6 +943,7 @@ impl<P: PairingBackend> Relay<P> {
             &Frame::Paired {
                 chat: counsellor_chat,
                 pairing_id,
+                resume: counsellor_cap,
             },
         );
     }
@@ -921,10 +1008,179 @@ impl<P: PairingBackend> Relay<P> {
         Some(chat)
     }
 
-    fn link(&mut self, conn: ConnId, chat: ChatNumber, peer: ConnId, peer_chat: ChatNumber) {
+    fn link(&mut self, conn: ConnId, chat: ChatNumber, peer: Peer, mine: CapHash) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.links.insert(chat, Link { peer, peer_chat });
+            c.links.insert(chat, Link { peer, mine });
         }
+    }
+
+    /// Points the peer of a chat side at a new place for that side.
+    fn repoint(&mut self, peer: Peer, to: Peer) {
+        match peer {
+            Peer::Live { conn, chat } => {
+                if let Some(link) = self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| c.links.get_mut(&chat))
+                {
+                    link.peer = to;
+                }
+            }
+            Peer::Away(h) => {
+                if let Some(d) = self.detached.get_mut(&h) {
+                    d.peer = to;
+                }
+            }
+        }
+    }
+
+    /// Keeps a frame for a side that is away; if it cannot take more, the
+    /// chat ends for the side that is here.
+    fn hold(&mut self, conn: ConnId, chat: ChatNumber, away: CapHash, blob: super::frame::Blob) {
+        let max = self.limits.max_held_frames;
+        if let Some(d) = self.detached.get_mut(&away)
+            && d.held.len() < max
+        {
+            d.held.push_back(blob);
+            return;
+        }
+        self.detached.remove(&away);
+        if self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.links.remove(&chat))
+            .is_some()
+        {
+            self.send(
+                conn,
+                &Frame::End {
+                    chat,
+                    reason: EndReason::PeerDisconnected,
+                },
+            );
+            self.after_chat_left(conn, EndReason::PeerDisconnected);
+        }
+    }
+
+    /// A connection dropped: each of its chats waits for it to resume, and
+    /// each chat's other side is told the peer is away.
+    fn detach(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let role = match c.state {
+            State::Client(_) => Role::Client,
+            State::Counsellor(_) => Role::Counsellor,
+            State::AwaitingHello { .. } => return,
+        };
+        let pseudonym = match &c.credential {
+            Credential::Counsellor { pseudonym } => Some(pseudonym.clone()),
+            Credential::Anonymous => None,
+        };
+        let links: Vec<Link> = std::mem::take(&mut c.links).into_values().collect();
+        for link in links {
+            self.repoint(link.peer, Peer::Away(link.mine));
+            if let Peer::Live { conn: peer, chat } = link.peer {
+                self.send(peer, &Frame::PeerAway { chat });
+            }
+            self.detached.insert(
+                link.mine,
+                Detached {
+                    role,
+                    pseudonym: pseudonym.clone(),
+                    peer: link.peer,
+                    deadline: now.mono + self.limits.resume_window,
+                    held: VecDeque::new(),
+                },
+            );
+        }
+    }
+
+    /// The resume window of a side is over: the chat ends for the other
+    /// side (or is forgotten, if both are away).
+    fn expire(&mut self, h: CapHash) {
+        let Some(d) = self.detached.remove(&h) else {
+            return;
+        };
+        match d.peer {
+            Peer::Live { conn, chat } => {
+                if self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| c.links.remove(&chat))
+                    .is_some()
+                {
+                    self.send(
+                        conn,
+                        &Frame::End {
+                            chat,
+                            reason: EndReason::PeerDisconnected,
+                        },
+                    );
+                    self.after_chat_left(conn, EndReason::PeerDisconnected);
+                }
+            }
+            Peer::Away(other) => {
+                self.detached.remove(&other);
+            }
+        }
+    }
+
+    /// RESUME: an unknown, wrong or expired capability, or one presented by
+    /// the wrong kind of connection, all get the same RESUME_FAILED.
+    fn handle_resume(
+        &mut self,
+        conn: ConnId,
+        capability: ResumeCapability,
+    ) -> Result<(), CloseCode> {
+        let h = cap_hash(&capability);
+        let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
+        let first_frame = matches!(c.state, State::AwaitingHello { .. });
+        let acceptable = match self.detached.get(&h) {
+            Some(d) => match (d.role, &c.state, &c.credential) {
+                (Role::Client, State::AwaitingHello { .. }, _) => true,
+                (Role::Counsellor, State::Counsellor(_), Credential::Counsellor { pseudonym }) => {
+                    d.pseudonym.as_ref() == Some(pseudonym)
+                }
+                _ => false,
+            },
+            None => false,
+        };
+        let chat = if acceptable {
+            self.issue_chat(conn)
+        } else {
+            None
+        };
+        let detached = if chat.is_some() {
+            self.detached.remove(&h)
+        } else {
+            None
+        };
+        let (Some(chat), Some(d)) = (chat, detached) else {
+            self.send(conn, &Frame::ResumeFailed);
+            if first_frame {
+                self.close(conn, CloseCode::NoError, true);
+            }
+            return Ok(());
+        };
+        if first_frame && let Some(c) = self.conns.get_mut(&conn) {
+            c.state = State::Client(ClientStage::InChat);
+        }
+        self.link(conn, chat, d.peer, h);
+        self.repoint(d.peer, Peer::Live { conn, chat });
+        self.send(conn, &Frame::Resumed { chat });
+        for blob in d.held {
+            self.send(conn, &Frame::Forward { chat, blob });
+        }
+        match d.peer {
+            Peer::Live {
+                conn: peer,
+                chat: peer_chat,
+            } => self.send(peer, &Frame::PeerBack { chat: peer_chat }),
+            Peer::Away(_) => self.send(conn, &Frame::PeerAway { chat }),
+        }
+        self.refresh_offer(conn);
+        Ok(())
     }
 
     /// Ends one chat from `conn`'s side: both links go, the peer is told.
@@ -938,20 +1194,31 @@ impl<P: PairingBackend> Relay<P> {
             return;
         };
         self.after_chat_left(conn, reason);
-        if self
-            .conns
-            .get_mut(&link.peer)
-            .and_then(|p| p.links.remove(&link.peer_chat))
-            .is_some()
-        {
-            self.send(
-                link.peer,
-                &Frame::End {
-                    chat: link.peer_chat,
-                    reason,
-                },
-            );
-            self.after_chat_left(link.peer, reason);
+        match link.peer {
+            Peer::Live {
+                conn: peer,
+                chat: peer_chat,
+            } => {
+                if self
+                    .conns
+                    .get_mut(&peer)
+                    .and_then(|p| p.links.remove(&peer_chat))
+                    .is_some()
+                {
+                    self.send(
+                        peer,
+                        &Frame::End {
+                            chat: peer_chat,
+                            reason,
+                        },
+                    );
+                    self.after_chat_left(peer, reason);
+                }
+            }
+            // The absent side learns when it tries to resume.
+            Peer::Away(h) => {
+                self.detached.remove(&h);
+            }
         }
     }
 
