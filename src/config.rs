@@ -185,6 +185,8 @@ pub struct LimitsConfig {
     pub resume_window_secs: u64,
     /// Frames held for a side that is away; past it the chat ends (8..=4096).
     pub max_held_frames: usize,
+    /// Seconds a graceful shutdown (SIGTERM, SIGINT) may take (1..=300).
+    pub drain_deadline_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -216,6 +218,7 @@ impl Default for LimitsConfig {
             receive_window: 2 * DEFAULT_STREAM_WINDOW,
             resume_window_secs: Limits::DEFAULT_RESUME_WINDOW.as_secs(),
             max_held_frames: Limits::DEFAULT_MAX_HELD_FRAMES,
+            drain_deadline_secs: 10,
         }
     }
 }
@@ -400,6 +403,7 @@ impl RelayConfig {
         )?;
         range("limits.resume_window_secs", l.resume_window_secs, 1, 3600)?;
         range("limits.max_held_frames", l.max_held_frames, 8, 4096)?;
+        range("limits.drain_deadline_secs", l.drain_deadline_secs, 1, 300)?;
         self.service()?;
         Ok(())
     }

@@ -96,6 +96,13 @@ impl Proc {
         writeln!(stdin, "{text}").unwrap();
         stdin.flush().unwrap();
     }
+    /// Like `say`, but false once the process no longer reads.
+    fn try_say(&mut self, text: &str) -> bool {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        writeln!(stdin, "{text}").is_ok() && stdin.flush().is_ok()
+    }
     fn eof(&mut self) {
         self.stdin = None;
     }
@@ -712,4 +719,80 @@ fn outside_opening_hours_the_client_hears_when_the_chat_opens() {
         "{closed}"
     );
     client.wait_success();
+}
+
+#[test]
+fn sigterm_drains_the_relay_and_no_message_is_lost_silently() {
+    let setup = org_setup();
+    let path = setup.path("org/test-relay.toml");
+    let config = std::fs::read_to_string(&path).unwrap() + "\n[limits]\ndrain_deadline_secs = 5\n";
+    std::fs::write(&path, config).unwrap();
+    let (mut relay, addr) = start_relay(&setup);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
+    counsellor.connected();
+    let mut client = spawn_chat(&setup, &addr);
+    client.connected();
+    assert_eq!(client.event()["event"], "paired");
+
+    let mut sent = std::collections::BTreeSet::new();
+    let mut confirmed = std::collections::BTreeMap::new();
+    let mut ended = None;
+    let note = |e: &Value,
+                sent: &mut std::collections::BTreeSet<u64>,
+                confirmed: &mut std::collections::BTreeMap<u64, String>| {
+        match e["event"].as_str() {
+            Some("sent") => {
+                sent.insert(e["id"].as_u64().unwrap());
+            }
+            Some(kind @ ("delivered" | "not_delivered")) => {
+                confirmed.insert(e["id"].as_u64().unwrap(), kind.to_owned());
+            }
+            _ => {}
+        }
+    };
+    for i in 0..20 {
+        if !client.try_say(&format!("bericht {i}")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if i == 10 {
+            let _ = Command::new("kill")
+                .arg(relay.child.id().to_string())
+                .status();
+        }
+    }
+    // Read the client's events until the chat has ended.
+    while ended.is_none() {
+        let e = client.event_any();
+        note(&e, &mut sent, &mut confirmed);
+        if e["event"] == "ended" {
+            ended = Some(e["reason"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ended.as_deref(), Some("relay_shutdown"));
+    // Every message the client sent is confirmed or reported unconfirmed.
+    for id in &sent {
+        assert!(
+            confirmed.contains_key(id),
+            "message {id} neither delivered nor reported: {confirmed:?}"
+        );
+    }
+    assert!(sent.len() >= 5, "messages flowed before the drain");
+    // The relay exits by itself, well within its deadline, and cleanly.
+    relay.wait_success();
+    // Nothing accepts new chats any more.
+    let ca = setup.path("org/relay-cert.pem");
+    let out = run(&[
+        "chat",
+        "--relay",
+        &addr,
+        "--org-key",
+        &setup.org_key,
+        "--ca",
+        &ca,
+        "--connect-timeout",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    let _ = counsellor.child.kill();
 }

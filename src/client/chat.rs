@@ -187,6 +187,14 @@ impl ChatEvent {
             ChatEvent::Sent { id, chat } => format!("{}  (#{id} sent)", at(chat)),
             ChatEvent::Delivered { id, chat } => format!("{}  (#{id} delivered)", at(chat)),
             ChatEvent::NotDelivered { id, chat } => format!("{}  (#{id} NOT delivered)", at(chat)),
+            ChatEvent::Ended { reason, chat } if reason == "relay_shutdown" => format!(
+                "{}The service is restarting; the chat has ended. Please try again in a moment.",
+                at(chat)
+            ),
+            ChatEvent::Ended { reason, chat } if reason == "relay_shutdown" => format!(
+                "{}The service is restarting; the chat has ended. Please try again in a moment.",
+                at(chat)
+            ),
             ChatEvent::Ended { reason, chat } => {
                 format!("{}Chat ended ({}).", at(chat), reason.replace('_', " "))
             }

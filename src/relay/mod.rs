@@ -112,6 +112,7 @@ pub struct RunningRelay {
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<()>,
     endpoint: quinn::Endpoint,
+    drain_deadline: Duration,
 }
 
 impl RunningRelay {
@@ -125,12 +126,16 @@ impl RunningRelay {
         &self.certificate_pem
     }
 
-    /// Ends every chat with "relay shutting down", closes every connection
-    /// after its last frames are flushed, and stops.
+    /// Graceful drain: stops accepting connections, handles every frame
+    /// already read, ends every chat with "relay shutting down" (senders
+    /// learn which of their messages were not confirmed), flushes, and
+    /// closes every connection, all within `drain_deadline`.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.drain_deadline;
         let _ = self.shutdown.send(true);
-        let _ = self.driver.await;
-        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout_at(deadline, self.driver).await;
+        let flush_until = deadline.min(tokio::time::Instant::now() + FLUSH_ON_CLOSE);
+        let _ = tokio::time::timeout_at(flush_until, self.endpoint.wait_idle()).await;
         self.endpoint.close(
             CloseCode::ShuttingDown.code().into(),
             CloseCode::ShuttingDown.reason().as_bytes(),
@@ -218,6 +223,7 @@ pub async fn start(
         shutdown: shutdown_tx,
         driver,
         endpoint,
+        drain_deadline: Duration::from_secs(config.limits.drain_deadline_secs),
     })
 }
 
@@ -427,6 +433,11 @@ impl Driver {
                     self.core.handle_timeout(now());
                 }
                 _ = shutdown.changed() => {
+                    // What was already read is handled before the end.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event);
+                        self.dispatch();
+                    }
                     self.core.handle_shutdown(now());
                     self.dispatch();
                     return;
