@@ -1,0 +1,51 @@
+//! The relay core under arbitrary input: bytes from several connections,
+//! disconnects and time passing, in any order. It must never panic.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use fluister::core::Now;
+use fluister::core::limits::{Limits, Service};
+use fluister::core::relay::{Credential, Relay};
+use libfuzzer_sys::fuzz_target;
+use rand_core::SeedableRng;
+
+fuzz_target!(|data: &[u8]| {
+    let start = Instant::now();
+    let mut now = Now { mono: start, unix: 1_800_000_000 };
+    let rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let limits = Limits { pow_min_difficulty: 0, pow_max_difficulty: 0, ..Limits::default() };
+    let mut relay = Relay::new(limits, Service::default(), Box::new(rng), start);
+    let mut conns = Vec::new();
+    let mut rest = data;
+    while let [op, arg, tail @ ..] = rest {
+        rest = tail;
+        match op % 5 {
+            0 => {
+                let cred = if arg % 2 == 0 {
+                    Credential::Anonymous
+                } else {
+                    Credential::Counsellor { pseudonym: "Sam".into() }
+                };
+                if let Ok(id) = relay.handle_connect(now, cred) {
+                    conns.push(id);
+                }
+            }
+            1 | 2 if !conns.is_empty() => {
+                let id = conns[*arg as usize % conns.len()];
+                let n = (rest.len()).min(1 + *arg as usize * 5);
+                relay.handle_data(now, id, &rest[..n]);
+                rest = &rest[n..];
+            }
+            3 if !conns.is_empty() => {
+                let id = conns[*arg as usize % conns.len()];
+                relay.handle_disconnect(now, id);
+            }
+            _ => {
+                now.advance(Duration::from_secs(u64::from(*arg)));
+                relay.handle_timeout(now);
+            }
+        }
+        while relay.poll_output().is_some() {}
+    }
+});
