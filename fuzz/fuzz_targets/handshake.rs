@@ -31,23 +31,40 @@ fuzz_target!(|data: &[u8]| {
     }
     .sign(&org_key)
     .unwrap();
-    let keys = CounsellorKeys { static_secret, certificate, org };
+    let keys = CounsellorKeys {
+        static_secret,
+        certificate,
+        org,
+    };
     let pairing = PairingId([3; 16]);
     let fuzzed = blob(data);
 
     // As message 1 at the counsellor: any outcome but a panic.
-    let _ = e2e::counsellor_respond_with_ephemeral(&keys, &pairing, &fuzzed, StaticSecret::from([4; 32]));
+    let _ = e2e::counsellor_respond_with_ephemeral(
+        &keys,
+        &pairing,
+        &fuzzed,
+        StaticSecret::from([4; 32]),
+    );
 
     // As message 2 at the client: never accepted.
-    let (hs, _) = ClientHandshake::start_with_ephemeral(&org, &pairing, StaticSecret::from([5; 32]));
+    let (hs, _) =
+        ClientHandshake::start_with_ephemeral(&org, &pairing, StaticSecret::from([5; 32]));
     assert!(hs.finish(&fuzzed, 1_000).is_err());
 
     // As a transport message inside a real session: never authenticates.
-    let (hs, m1) = ClientHandshake::start_with_ephemeral(&org, &pairing, StaticSecret::from([5; 32]));
+    let (hs, m1) =
+        ClientHandshake::start_with_ephemeral(&org, &pairing, StaticSecret::from([5; 32]));
     let (mut counsellor, m2) =
-        e2e::counsellor_respond_with_ephemeral(&keys, &pairing, &m1, StaticSecret::from([4; 32])).unwrap();
+        e2e::counsellor_respond_with_ephemeral(&keys, &pairing, &m1, StaticSecret::from([4; 32]))
+            .unwrap();
     let (mut client, _) = hs.finish(&m2, 1_000).unwrap();
     assert!(counsellor.open(&fuzzed).is_err() || fuzzed.as_bytes()[..8] != [0; 8]);
-    let genuine = client.seal(&Content::Text { last: true, text: "x".into() }).unwrap();
+    let genuine = client
+        .seal(&Content::Text {
+            last: true,
+            text: "x".into(),
+        })
+        .unwrap();
     assert!(counsellor.open(&genuine).is_ok());
 });

@@ -12,9 +12,16 @@ use rand_core::SeedableRng;
 
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
-    let mut now = Now { mono: start, unix: 1_800_000_000 };
+    let mut now = Now {
+        mono: start,
+        unix: 1_800_000_000,
+    };
     let rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let limits = Limits { pow_min_difficulty: 0, pow_max_difficulty: 0, ..Limits::default() };
+    let limits = Limits {
+        pow_min_difficulty: 0,
+        pow_max_difficulty: 0,
+        ..Limits::default()
+    };
     let mut relay = Relay::new(limits, Service::default(), Box::new(rng), start);
     let mut conns = Vec::new();
     let mut rest = data;
@@ -25,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
                 let cred = if arg % 2 == 0 {
                     Credential::Anonymous
                 } else {
-                    Credential::Counsellor { pseudonym: "Sam".into() }
+                    Credential::Counsellor {
+                        pseudonym: "Sam".into(),
+                    }
                 };
                 if let Ok(id) = relay.handle_connect(now, cred) {
                     conns.push(id);
