@@ -1639,3 +1639,231 @@ mod abuse_control {
         );
     }
 }
+
+/// A model-based test of message delivery through the core: random
+/// interleavings of connect, pair, send, drop, resume, end, transfer and
+/// time passing. Every FORWARD carries (pairing id, side, counter); the
+/// model checks that no message is delivered twice or out of order, and
+/// that a message never delivered was sent by a side that was told the chat
+/// ended (or that is itself away and will learn it on RESUME).
+mod delivery_model {
+    use super::*;
+    use fluister::core::frame::ResumeCapability;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Client,
+        Counsellor,
+        Send(usize),
+        Drop(usize),
+        Resume(usize),
+        End(usize),
+        TransferToQueue(usize),
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => Just(Op::Client),
+            1 => Just(Op::Counsellor),
+            8 => any::<usize>().prop_map(Op::Send),
+            2 => any::<usize>().prop_map(Op::Drop),
+            2 => any::<usize>().prop_map(Op::Resume),
+            1 => any::<usize>().prop_map(Op::End),
+            1 => any::<usize>().prop_map(Op::TransferToQueue),
+            1 => (0..200u64).prop_map(Op::Wait),
+        ]
+    }
+
+    /// Side 0 = client, 1 = counsellor. A stream is one side of one pairing.
+    type Stream = ([u8; 16], u8);
+
+    struct Model {
+        h: Harness,
+        role: HashMap<ConnId, u8>,
+        /// (conn, chat) → stream it sends on.
+        chats: HashMap<(ConnId, ChatNumber), Stream>,
+        caps: HashMap<Stream, ResumeCapability>,
+        /// Streams whose side dropped and may resume.
+        away: Vec<Stream>,
+        sent: HashMap<Stream, u32>,
+        delivered: HashMap<Stream, u32>,
+        /// Streams whose sender was told the chat ended.
+        told: HashSet<Stream>,
+        gone: HashSet<ConnId>,
+    }
+
+    fn tag(stream: Stream, n: u32) -> Blob {
+        let mut b = [0u8; BLOB_LEN];
+        b[..16].copy_from_slice(&stream.0);
+        b[16] = stream.1;
+        b[17..21].copy_from_slice(&n.to_be_bytes());
+        Blob::new(b)
+    }
+
+    impl Model {
+        fn absorb(&mut self, outs: Vec<Out>) -> Result<(), TestCaseError> {
+            for o in outs {
+                match o {
+                    Out::Close(conn, ..) => {
+                        self.gone.insert(conn);
+                    }
+                    Out::Frame(
+                        conn,
+                        Frame::Paired {
+                            chat,
+                            pairing_id,
+                            resume,
+                        },
+                    ) => {
+                        let side = self.role[&conn];
+                        let stream = (pairing_id.0, side);
+                        self.chats.insert((conn, chat), stream);
+                        self.caps.insert(stream, resume);
+                    }
+                    Out::Frame(conn, Frame::Forward { chat, blob }) => {
+                        let b = blob.as_bytes();
+                        let mut pairing = [0u8; 16];
+                        pairing.copy_from_slice(&b[..16]);
+                        let from: Stream = (pairing, b[16]);
+                        let n = u32::from_be_bytes([b[17], b[18], b[19], b[20]]);
+                        let mine = self.chats.get(&(conn, chat)).copied();
+                        prop_assert_eq!(
+                            mine.map(|s| (s.0, 1 - s.1)),
+                            Some(from),
+                            "delivered to the wrong chat"
+                        );
+                        let d = self.delivered.entry(from).or_insert(0);
+                        prop_assert_eq!(n, *d + 1, "duplicate, reordered or skipped message");
+                        *d = n;
+                    }
+                    Out::Frame(conn, Frame::End { chat, .. }) => {
+                        if let Some(stream) = self.chats.get(&(conn, chat)) {
+                            self.told.insert(*stream);
+                        }
+                    }
+                    Out::Frame(..) => {}
+                }
+            }
+            Ok(())
+        }
+
+        fn live(&self) -> Vec<(ConnId, ChatNumber, Stream)> {
+            let mut v: Vec<_> = self
+                .chats
+                .iter()
+                .filter(|((c, _), _)| !self.gone.contains(c))
+                .map(|((c, ch), s)| (*c, *ch, *s))
+                .collect();
+            v.sort_by_key(|(c, ch, _)| (*c, *ch));
+            v
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn messages_arrive_once_and_in_order_or_their_sender_is_told(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut m = Model {
+                h: Harness::new(Limits { pow_min_difficulty: 0, pow_max_difficulty: 0, max_held_frames: 8, ..Limits::default() }),
+                role: HashMap::new(), chats: HashMap::new(), caps: HashMap::new(), away: Vec::new(),
+                sent: HashMap::new(), delivered: HashMap::new(), told: HashSet::new(), gone: HashSet::new(),
+            };
+            for op in ops {
+                let outs = match op {
+                    Op::Client => {
+                        let c = m.h.connect(Credential::Anonymous);
+                        m.role.insert(c, 0);
+                        let mut outs = m.h.hello(c, Role::Client);
+                        outs.extend(m.h.send(c, Frame::Join { topic: None, language: None, pow_solution: [0; 8] }));
+                        outs
+                    }
+                    Op::Counsellor => {
+                        let c = m.h.connect(Credential::Counsellor { pseudonym: "C".into() });
+                        m.role.insert(c, 1);
+                        let mut outs = m.h.hello(c, Role::Counsellor);
+                        outs.extend(m.h.status(c, true, 2, &[], &[]));
+                        outs
+                    }
+                    Op::Send(i) => {
+                        let live = m.live();
+                        if live.is_empty() { continue; }
+                        let (conn, chat, stream) = live[i % live.len()];
+                        let n = m.sent.entry(stream).or_insert(0);
+                        *n += 1;
+                        let blob = tag(stream, *n);
+                        m.h.send(conn, Frame::Forward { chat, blob })
+                    }
+                    Op::Drop(i) => {
+                        let mut conns: Vec<ConnId> = m.live().into_iter().map(|(c, _, _)| c).collect();
+                        conns.dedup();
+                        if conns.is_empty() { continue; }
+                        let conn = conns[i % conns.len()];
+                        for (c, _, s) in m.live() {
+                            if c == conn { m.away.push(s); }
+                        }
+                        m.gone.insert(conn);
+                        m.h.relay.handle_disconnect(m.h.now, conn);
+                        m.h.drain()
+                    }
+                    Op::Resume(i) => {
+                        if m.away.is_empty() { continue; }
+                        let stream = m.away.remove(i % m.away.len());
+                        let cap = m.caps[&stream];
+                        let (c, mut outs) = if stream.1 == 0 {
+                            (m.h.connect(Credential::Anonymous), Vec::new())
+                        } else {
+                            let c = m.h.connect(Credential::Counsellor { pseudonym: "C".into() });
+                            let mut outs = m.h.hello(c, Role::Counsellor);
+                            outs.extend(m.h.status(c, true, 2, &[], &[]));
+                            (c, outs)
+                        };
+                        m.role.insert(c, stream.1);
+                        let resumed = m.h.send(c, Frame::Resume { capability: cap });
+                        if let Some(chat) = resumed.iter().find_map(|o| match o {
+                            Out::Frame(id, Frame::Resumed { chat }) if *id == c => Some(*chat),
+                            _ => None,
+                        }) {
+                            m.chats.insert((c, chat), stream);
+                        } else {
+                            // RESUME_FAILED is how an away side learns its chat ended.
+                            m.told.insert(stream);
+                        }
+                        outs.extend(resumed);
+                        outs
+                    }
+                    Op::End(i) => {
+                        let live = m.live();
+                        if live.is_empty() { continue; }
+                        let (conn, chat, stream) = live[i % live.len()];
+                        m.told.insert(stream); // the sender ended it itself
+                        m.h.send(conn, Frame::End { chat, reason: EndReason::UserEnded })
+                    }
+                    Op::TransferToQueue(i) => {
+                        let live: Vec<_> = m.live().into_iter().filter(|(_, _, s)| s.1 == 1).collect();
+                        if live.is_empty() { continue; }
+                        let (conn, chat, _) = live[i % live.len()];
+                        m.h.send(conn, Frame::Transfer { chat, target: TransferTarget::Queue })
+                    }
+                    Op::Wait(secs) => m.h.wait(secs),
+                };
+                m.absorb(outs)?;
+            }
+            // Let every resume window run out, then account for everything.
+            let outs = m.h.wait(10_000);
+            m.absorb(outs)?;
+            for (stream, sent) in &m.sent {
+                let delivered = m.delivered.get(stream).copied().unwrap_or(0);
+                prop_assert!(delivered <= *sent);
+                if delivered < *sent {
+                    prop_assert!(
+                        m.told.contains(stream) || m.away.contains(stream),
+                        "{} of {} messages lost and the sender was not told", sent - delivered, sent
+                    );
+                }
+            }
+        }
+    }
+}
