@@ -500,14 +500,45 @@ fn a_client_resumes_its_chat_on_a_new_connection_and_gets_what_was_held() {
         )]
     );
     assert!(frames_to(&h.wait(600), c).is_empty());
-    // The capability was spent: it cannot be used twice.
+    // Presented again while the chat looks connected (the first new
+    // connection may have died without the relay hearing), it moves the chat
+    // to the newest connection and closes the old one.
     let again = h.connect(Credential::Anonymous);
     let outs = h.send(again, Frame::Resume { capability: cap });
+    assert!(outs.contains(&Out::Close(y2, CloseCode::NoError, false)));
+    assert!(frames_to(&outs, again).contains(&Frame::Resumed { chat: chat(1) }));
+    let outs = h.send(
+        c,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(9),
+        },
+    );
+    assert_eq!(
+        outs,
+        vec![Out::Frame(
+            again,
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob(9)
+            }
+        )]
+    );
+    // Once the chat has ended, the capability is worth nothing.
+    h.send(
+        c,
+        Frame::End {
+            chat: chat(1),
+            reason: EndReason::UserEnded,
+        },
+    );
+    let late = h.connect(Credential::Anonymous);
+    let outs = h.send(late, Frame::Resume { capability: cap });
     assert_eq!(
         outs,
         vec![
-            Out::Frame(again, Frame::ResumeFailed),
-            Out::Close(again, CloseCode::NoError, true)
+            Out::Frame(late, Frame::ResumeFailed),
+            Out::Close(late, CloseCode::NoError, true)
         ]
     );
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::chat::{self, ChatEvent, Conversation, emit, now_unix};
 use super::{ClientError, Reconnect, RelayStream};
 use crate::core::frame::{
-    ChatNumber, EndReason, Frame, Language, ResumeCapability, Role, TopicId, Unavailable,
+    Blob, ChatNumber, EndReason, Frame, Language, ResumeCapability, Role, TopicId, Unavailable,
 };
 use crate::core::ratelimit::pow_solve;
 use crate::crypto::cert::OrgPublicKey;
@@ -46,6 +46,9 @@ enum State {
     Handshaking {
         chat: ChatNumber,
         handshake: Box<ClientHandshake>,
+        /// Handshake message 1, sent again if the counsellor drops and
+        /// comes back before answering.
+        hello: Blob,
         transferring: bool,
         resume: ResumeCapability,
     },
@@ -225,10 +228,21 @@ pub async fn run_client(
                     }
                     (State::Waiting { transferring }, Frame::Paired { chat, pairing_id, resume }) => {
                         let (handshake, blob) = ClientHandshake::start(&org, &pairing_id, &mut OsRng);
-                        relay.send(&Frame::Forward { chat, blob }).await?;
-                        State::Handshaking { chat, handshake: Box::new(handshake), transferring, resume }
+                        relay.send(&Frame::Forward { chat, blob: blob.clone() }).await?;
+                        State::Handshaking { chat, handshake: Box::new(handshake), hello: blob, transferring, resume }
                     }
-                    (State::Handshaking { chat, handshake, transferring, resume }, Frame::Forward { chat: c, blob }) if c == chat => {
+                    (s @ State::Handshaking { .. }, Frame::PeerAway { .. }) => {
+                        emit(&events, ChatEvent::PeerAway { chat: None }).await;
+                        s
+                    }
+                    (State::Handshaking { chat, handshake, hello, transferring, resume }, Frame::PeerBack { .. }) => {
+                        // The counsellor may have lost message 1; it answers
+                        // a repeat with the same message 2.
+                        relay.send(&Frame::Forward { chat, blob: hello.clone() }).await?;
+                        emit(&events, ChatEvent::PeerBack { chat: None }).await;
+                        State::Handshaking { chat, handshake, hello, transferring, resume }
+                    }
+                    (State::Handshaking { chat, handshake, transferring, resume, .. }, Frame::Forward { chat: c, blob }) if c == chat => {
                         match handshake.finish(&blob, now_unix()) {
                             Ok((session, certificate)) => {
                                 let counsellor = certificate.pseudonym().to_owned();
@@ -239,6 +253,7 @@ pub async fn run_client(
                                 };
                                 emit(&events, event).await;
                                 let mut conversation = Conversation::new(chat, session, None);
+                                conversation.remember_handshake(blob.clone());
                                 while let Some(line) = typed.pop_front() {
                                     conversation.send(&mut relay, &events, &line).await?;
                                 }
@@ -264,7 +279,8 @@ pub async fn run_client(
                         s
                     }
                     (State::Chatting(conversation, resume), Frame::PeerBack { .. }) => {
-                        conversation.resend(&mut relay).await?;
+                        // If this fails the connection is gone; the resume resends.
+                        let _ = conversation.resend(&mut relay).await;
                         emit(&events, ChatEvent::PeerBack { chat: None }).await;
                         State::Chatting(conversation, resume)
                     }
@@ -293,7 +309,11 @@ pub async fn run_client(
             }
             _ = ack_tick.tick() => {
                 if let State::Chatting(conversation, _) = &mut state {
-                    conversation.ack_if_owed(&mut relay).await?;
+                    // A lost connection shows on the reading side, which resumes.
+                    match conversation.ack_if_owed(&mut relay).await {
+                        Ok(()) | Err(ClientError::Lost(_) | ClientError::Closed(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             line = input.recv(), if !input_done => {

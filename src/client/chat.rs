@@ -338,6 +338,10 @@ pub(crate) struct Conversation {
     next_id: u64,
     unacked: std::collections::VecDeque<Pending>,
     owe_ack: bool,
+    /// The handshake message that opened this chat, until the first
+    /// transport message: a repeat of it (after the peer was away) is not
+    /// a transport message and is ignored.
+    handshake_echo: Option<Blob>,
 }
 
 impl Conversation {
@@ -352,7 +356,14 @@ impl Conversation {
             next_id: 1,
             unacked: Default::default(),
             owe_ack: false,
+            handshake_echo: None,
         }
+    }
+
+    /// Remembers the handshake message that opened the chat (see
+    /// `handshake_echo`).
+    pub fn remember_handshake(&mut self, blob: Blob) {
+        self.handshake_echo = Some(blob);
     }
 
     pub fn chat(&self) -> ChatNumber {
@@ -435,8 +446,13 @@ impl Conversation {
         blob: &Blob,
         events: &mpsc::Sender<ChatEvent>,
     ) -> Result<(), e2e::E2eError> {
-        match self.session.open(blob)? {
-            Received::Duplicate => {}
+        if self.handshake_echo.as_ref() == Some(blob) {
+            return Ok(());
+        }
+        let received = self.session.open(blob)?;
+        self.handshake_echo = None;
+        match received {
+            Received::Duplicate | Received::Early => {}
             Received::Content(Content::Ack { up_to }) => {
                 while self.unacked.front().is_some_and(|p| p.last_seq < up_to) {
                     if let Some(p) = self.unacked.pop_front() {

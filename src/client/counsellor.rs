@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::chat::{self, ChatEvent, Conversation, Waiting, emit};
 use super::{ClientError, Reconnect, RelayStream};
 use crate::core::frame::{
-    ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId, ResumeCapability,
-    Role, TopicId, TransferTarget,
+    Blob, ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId,
+    ResumeCapability, Role, TopicId, TransferTarget,
 };
 use crate::crypto::e2e::{self, CounsellorKeys};
 
@@ -67,7 +67,10 @@ pub const HELP: &[&str] = &[
 
 enum SlotState {
     AwaitingHandshake(PairingId),
-    Chatting(Box<Conversation>),
+    /// With the handshake's message 1 and our answer, until the client's
+    /// first transport message shows the answer arrived: a repeated message
+    /// 1 (the client resends it after we were away) gets the same answer.
+    Chatting(Box<Conversation>, Option<(Blob, Blob)>),
 }
 
 /// One chat of this counsellor, under the number the counsellor sees.
@@ -269,11 +272,10 @@ impl Counsellor {
                     SlotState::AwaitingHandshake(pairing_id) => {
                         match e2e::counsellor_respond(&self.keys, pairing_id, &blob, &mut OsRng) {
                             Ok((session, reply)) => {
-                                slot.state = SlotState::Chatting(Box::new(Conversation::new(
-                                    chat,
-                                    session,
-                                    Some(shown),
-                                )));
+                                slot.state = SlotState::Chatting(
+                                    Box::new(Conversation::new(chat, session, Some(shown))),
+                                    Some((blob.clone(), reply.clone())),
+                                );
                                 self.relay
                                     .send(&Frame::Forward { chat, blob: reply })
                                     .await?;
@@ -290,13 +292,24 @@ impl Counsellor {
                             Err(e) => Err(e),
                         }
                     }
-                    SlotState::Chatting(conversation) => {
-                        conversation.receive(&blob, &self.events).await
+                    SlotState::Chatting(_, Some((hello, reply))) if *hello == blob => {
+                        let reply = reply.clone();
+                        self.relay
+                            .send(&Frame::Forward { chat, blob: reply })
+                            .await?;
+                        Ok(())
+                    }
+                    SlotState::Chatting(conversation, replay) => {
+                        let received = conversation.receive(&blob, &self.events).await;
+                        if received.is_ok() {
+                            *replay = None;
+                        }
+                        received
                     }
                 };
                 if let Err(e) = result {
                     if let Some(Slot {
-                        state: SlotState::Chatting(conversation),
+                        state: SlotState::Chatting(conversation, _),
                         ..
                     }) = self.slots.remove(&shown)
                     {
@@ -311,7 +324,7 @@ impl Counsellor {
                 if let Some(shown) = self.shown(chat)
                     && let Some(slot) = self.slots.remove(&shown)
                 {
-                    if let SlotState::Chatting(conversation) = slot.state {
+                    if let SlotState::Chatting(conversation, _) = slot.state {
                         conversation.give_up(&self.events).await;
                     }
                     emit(
@@ -351,7 +364,7 @@ impl Counsellor {
                 };
                 if let Some(slot) = self.slots.get_mut(&shown) {
                     slot.chat = chat;
-                    if let SlotState::Chatting(conversation) = &mut slot.state {
+                    if let SlotState::Chatting(conversation, _) = &mut slot.state {
                         conversation.set_chat(chat);
                         conversation.resend(&mut self.relay).await?;
                     }
@@ -363,7 +376,7 @@ impl Counsellor {
                     return Err(ClientError::UnexpectedFrame);
                 };
                 if let Some(slot) = self.slots.remove(&shown) {
-                    if let SlotState::Chatting(conversation) = slot.state {
+                    if let SlotState::Chatting(conversation, _) = slot.state {
                         conversation.give_up(&self.events).await;
                     }
                     emit(
@@ -384,7 +397,7 @@ impl Counsellor {
             Frame::PeerBack { chat } => {
                 if let Some(shown) = self.shown(chat) {
                     if let Some(Slot {
-                        state: SlotState::Chatting(conversation),
+                        state: SlotState::Chatting(conversation, _),
                         ..
                     }) = self.slots.get(&shown)
                     {
@@ -402,7 +415,7 @@ impl Counsellor {
         let Some(slot) = self.slots.remove(&shown) else {
             return Ok(());
         };
-        if let SlotState::Chatting(mut conversation) = slot.state {
+        if let SlotState::Chatting(mut conversation, _) = slot.state {
             // Confirm what arrived before saying goodbye.
             conversation.ack_if_owed(&mut self.relay).await?;
             conversation.give_up(&self.events).await;
@@ -430,10 +443,25 @@ impl Counsellor {
     }
 
     /// The connection dropped: reconnect, sign in again, and ask for every
-    /// established chat back. Chats still in their handshake cannot be
-    /// resumed and are reported ended.
+    /// chat back, those still in their handshake too.
     async fn reconnect(&mut self, reconnect: &Reconnect) -> Result<(), ClientError> {
         emit(&self.events, ChatEvent::Reconnecting).await;
+        let deadline = tokio::time::Instant::now() + reconnect.give_up_after;
+        loop {
+            match self.try_reconnect(reconnect).await {
+                Ok(()) => return Ok(()),
+                // A network that failed again mid-way: try again in time.
+                Err(
+                    ClientError::Lost(_) | ClientError::Closed(_) | ClientError::Unreachable { .. },
+                ) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_reconnect(&mut self, reconnect: &Reconnect) -> Result<(), ClientError> {
         let mut relay = reconnect
             .connect()
             .await
@@ -447,18 +475,6 @@ impl Counsellor {
             let Some(slot) = self.slots.get(&n) else {
                 continue;
             };
-            if matches!(slot.state, SlotState::AwaitingHandshake(_)) {
-                self.slots.remove(&n);
-                emit(
-                    &self.events,
-                    ChatEvent::Ended {
-                        reason: "ended_while_away".into(),
-                        chat: Some(n),
-                    },
-                )
-                .await;
-                continue;
-            }
             let capability = slot.resume;
             self.relay.send(&Frame::Resume { capability }).await?;
             self.resuming.push_back(n);
@@ -499,7 +515,7 @@ impl Counsellor {
             Command::Say(chat, text) => match self.pick(chat) {
                 Ok(n) => match self.slots.get_mut(&n) {
                     Some(Slot {
-                        state: SlotState::Chatting(conversation),
+                        state: SlotState::Chatting(conversation, _),
                         ..
                     }) => {
                         if let Err(e) = conversation
@@ -600,25 +616,24 @@ pub async fn run_counsellor(
     let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let step: Result<(), ClientError> = tokio::select! {
             _ = ack_tick.tick() => {
+                let mut result = Ok(());
                 for slot in me.slots.values_mut() {
-                    if let SlotState::Chatting(conversation) = &mut slot.state {
-                        conversation.ack_if_owed(&mut me.relay).await?;
+                    if let SlotState::Chatting(conversation, _) = &mut slot.state
+                        && let Err(e) = conversation.ack_if_owed(&mut me.relay).await
+                    {
+                        result = Err(e);
+                        break;
                     }
                 }
+                result
             }
-            frame = me.relay.next() => {
-                match frame {
-                    Ok(Some(frame)) => me.handle_frame(frame).await?,
-                    Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)) if settings.reconnect.is_some() => {
-                        let Some(reconnect) = &settings.reconnect else { unreachable!() };
-                        me.reconnect(reconnect).await?;
-                    }
-                    Ok(None) => return Err(ClientError::Lost("the relay ended the stream".into())),
-                    Err(e) => return Err(e),
-                }
-            }
+            frame = me.relay.next() => match frame {
+                Ok(Some(frame)) => me.handle_frame(frame).await,
+                Ok(None) => Err(ClientError::Lost("the relay ended the stream".into())),
+                Err(e) => Err(e),
+            },
             line = input.recv() => {
                 let Some(line) = line else {
                     let open: Vec<u32> = me.slots.keys().copied().collect();
@@ -628,8 +643,19 @@ pub async fn run_counsellor(
                     me.relay.close().await;
                     return Ok(());
                 };
-                me.handle_line(&line).await?;
+                me.handle_line(&line).await
             }
+        };
+        match step {
+            Ok(()) => {}
+            // The connection is gone, whichever step noticed: resume.
+            Err(ClientError::Lost(_) | ClientError::Closed(_)) if settings.reconnect.is_some() => {
+                let Some(reconnect) = &settings.reconnect else {
+                    unreachable!("checked by the guard")
+                };
+                me.reconnect(reconnect).await?;
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -471,7 +471,7 @@ impl<P: PairingBackend> Relay<P> {
             State::AwaitingHello { .. } => {
                 return match frame {
                     Frame::Hello { version, role } => self.handle_hello(now, conn, version, role),
-                    Frame::Resume { capability } => self.handle_resume(conn, capability),
+                    Frame::Resume { capability } => self.handle_resume(now, conn, capability),
                     _ => Err(CloseCode::UnexpectedFrame),
                 };
             }
@@ -512,7 +512,7 @@ impl<P: PairingBackend> Relay<P> {
                 Ok(())
             }
             (Role::Counsellor, Frame::Resume { capability }) => {
-                self.handle_resume(conn, capability)
+                self.handle_resume(now, conn, capability)
             }
             (_, Frame::End { chat, reason }) => {
                 let allowed = match role {
@@ -1079,20 +1079,67 @@ impl<P: PairingBackend> Relay<P> {
         };
         let links: Vec<Link> = std::mem::take(&mut c.links).into_values().collect();
         for link in links {
-            self.repoint(link.peer, Peer::Away(link.mine));
-            if let Peer::Live { conn: peer, chat } = link.peer {
-                self.send(peer, &Frame::PeerAway { chat });
-            }
-            self.detached.insert(
-                link.mine,
-                Detached {
-                    role,
-                    pseudonym: pseudonym.clone(),
-                    peer: link.peer,
-                    deadline: now.mono + self.limits.resume_window,
-                    held: VecDeque::new(),
-                },
-            );
+            self.detach_link(now, role, pseudonym.clone(), link);
+        }
+    }
+
+    fn detach_link(&mut self, now: Now, role: Role, pseudonym: Option<String>, link: Link) {
+        self.repoint(link.peer, Peer::Away(link.mine));
+        if let Peer::Live { conn: peer, chat } = link.peer {
+            self.send(peer, &Frame::PeerAway { chat });
+        }
+        self.detached.insert(
+            link.mine,
+            Detached {
+                role,
+                pseudonym,
+                peer: link.peer,
+                deadline: now.mono + self.limits.resume_window,
+                held: VecDeque::new(),
+            },
+        );
+    }
+
+    /// A RESUME for a side whose old connection still looks alive: it died
+    /// without the relay hearing (no close got through). The new connection
+    /// takes over; an old client connection is closed, having no other use.
+    fn take_over(&mut self, now: Now, new: ConnId, h: CapHash) {
+        let Some((old, chat)) = self.conns.iter().find_map(|(id, c)| {
+            c.links
+                .iter()
+                .find(|(_, l)| l.mine == h)
+                .map(|(chat, _)| (*id, *chat))
+        }) else {
+            return;
+        };
+        if old == new {
+            return;
+        }
+        let (Some(o), Some(n)) = (self.conns.get(&old), self.conns.get(&new)) else {
+            return;
+        };
+        let role = match (&o.state, &n.state, &o.credential, &n.credential) {
+            (State::Client(_), State::AwaitingHello { .. }, _, _) => Role::Client,
+            (
+                State::Counsellor(_),
+                State::Counsellor(_),
+                Credential::Counsellor { pseudonym: a },
+                Credential::Counsellor { pseudonym: b },
+            ) if a == b => Role::Counsellor,
+            _ => return,
+        };
+        let pseudonym = match &o.credential {
+            Credential::Counsellor { pseudonym } => Some(pseudonym.clone()),
+            Credential::Anonymous => None,
+        };
+        let Some(link) = self.conns.get_mut(&old).and_then(|c| c.links.remove(&chat)) else {
+            return;
+        };
+        self.detach_link(now, role, pseudonym, link);
+        if role == Role::Client {
+            self.close(old, CloseCode::NoError, false);
+        } else {
+            self.refresh_offer(old);
         }
     }
 
@@ -1130,10 +1177,14 @@ impl<P: PairingBackend> Relay<P> {
     /// the wrong kind of connection, all get the same RESUME_FAILED.
     fn handle_resume(
         &mut self,
+        now: Now,
         conn: ConnId,
         capability: ResumeCapability,
     ) -> Result<(), CloseCode> {
         let h = cap_hash(&capability);
+        if !self.detached.contains_key(&h) {
+            self.take_over(now, conn, h);
+        }
         let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
         let first_frame = matches!(c.state, State::AwaitingHello { .. });
         let acceptable = match self.detached.get(&h) {

@@ -55,9 +55,6 @@ pub enum E2eError {
     /// tampered with.
     #[error("the counsellor's handshake did not verify (wrong organisation key, or tampering)")]
     HandshakeFailed,
-    /// A message arrived after a gap: one before it was withheld.
-    #[error("a message is missing (sequence gap)")]
-    SequenceGap,
 }
 
 fn random_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSecret {
@@ -158,6 +155,10 @@ pub enum Received {
     Content(Content),
     /// A message already received (a resend or a replay); ignore it.
     Duplicate,
+    /// A message ahead of one still missing (lost in a dropped connection);
+    /// dropped unread: it stays unacknowledged, so the sender sends it
+    /// again, in order, after the missing one.
+    Early,
 }
 
 /// An established end-to-end session.
@@ -190,8 +191,9 @@ impl Session {
         Ok(Blob::new(blob))
     }
 
-    /// Checks, decrypts and unpads one blob. Messages must arrive in
-    /// sequence; an earlier number is a duplicate, a later one a gap.
+    /// Checks, decrypts and unpads one blob. Messages are taken strictly in
+    /// sequence: an earlier number is a duplicate, a later one is early;
+    /// both are dropped without being read.
     pub fn open(&mut self, blob: &Blob) -> Result<Received, E2eError> {
         let bytes = blob.as_bytes();
         let mut seq_bytes = [0u8; SEQ_LEN];
@@ -201,7 +203,7 @@ impl Session {
             return Ok(Received::Duplicate);
         }
         if seq > self.next_recv {
-            return Err(E2eError::SequenceGap);
+            return Ok(Received::Early);
         }
         let padded = self.transport.open(seq, &bytes[SEQ_LEN..])?;
         self.next_recv += 1;

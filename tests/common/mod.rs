@@ -179,7 +179,7 @@ pub fn client_party(stream: RelayStream, org: OrgPublicKey) -> Party {
 
 pub fn client_party_for(stream: RelayStream, org: OrgPublicKey, request: ClientRequest) -> Party {
     let (in_tx, in_rx) = mpsc::channel(16);
-    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(4096);
     Party {
         input: Some(in_tx),
         events: ev_rx,
@@ -197,7 +197,7 @@ pub fn counsellor_party_with(
     settings: CounsellorSettings,
 ) -> Party {
     let (in_tx, in_rx) = mpsc::channel(16);
-    let (ev_tx, ev_rx) = mpsc::channel(256);
+    let (ev_tx, ev_rx) = mpsc::channel(8192);
     Party {
         input: Some(in_tx),
         events: ev_rx,
