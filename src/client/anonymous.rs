@@ -183,17 +183,18 @@ pub async fn run_client(
         }
         tokio::select! {
             frame = relay.next() => {
-                let frame = match (frame, state) {
-                    (Ok(Some(frame)), s) => {
+                let frame = match (frame, state, request.reconnect.as_ref()) {
+                    (Ok(Some(frame)), s, _) => {
                         state = s;
                         frame
                     }
                     // The connection dropped mid-chat: take the chat up
                     // again, same counsellor and keys, if we know how.
-                    (Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)), State::Chatting(mut conversation, resume))
-                        if request.reconnect.is_some() =>
-                    {
-                        let Some(reconnect) = &request.reconnect else { unreachable!() };
+                    (
+                        Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)),
+                        State::Chatting(mut conversation, resume),
+                        Some(reconnect),
+                    ) => {
                         emit(&events, ChatEvent::Reconnecting).await;
                         match resume_chat(reconnect, &mut conversation, resume).await {
                             Some(stream) => {
@@ -209,8 +210,8 @@ pub async fn run_client(
                             }
                         }
                     }
-                    (Ok(None), _) => return Err(ClientError::Lost("the relay ended the stream".into())),
-                    (Err(e), _) => return Err(e),
+                    (Ok(None), _, _) => return Err(ClientError::Lost("the relay ended the stream".into())),
+                    (Err(e), _, _) => return Err(e),
                 };
                 state = match (state, frame) {
                     (s @ State::Waiting { .. }, Frame::Queued { position, estimated_wait_secs }) => {

@@ -646,16 +646,13 @@ pub async fn run_counsellor(
                 me.handle_line(&line).await
             }
         };
-        match step {
-            Ok(()) => {}
+        match (step, settings.reconnect.as_ref()) {
+            (Ok(()), _) => {}
             // The connection is gone, whichever step noticed: resume.
-            Err(ClientError::Lost(_) | ClientError::Closed(_)) if settings.reconnect.is_some() => {
-                let Some(reconnect) = &settings.reconnect else {
-                    unreachable!("checked by the guard")
-                };
+            (Err(ClientError::Lost(_) | ClientError::Closed(_)), Some(reconnect)) => {
                 me.reconnect(reconnect).await?;
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         }
     }
 }
