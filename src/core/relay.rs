@@ -1045,6 +1045,11 @@ impl<P: PairingBackend> Relay<P> {
             return;
         }
         self.detached.remove(&away);
+        self.peer_gone(conn, chat);
+    }
+
+    /// The other side of `chat` is gone for good: the chat ends here.
+    fn peer_gone(&mut self, conn: ConnId, chat: ChatNumber) {
         if self
             .conns
             .get_mut(&conn)
@@ -1150,23 +1155,7 @@ impl<P: PairingBackend> Relay<P> {
             return;
         };
         match d.peer {
-            Peer::Live { conn, chat } => {
-                if self
-                    .conns
-                    .get_mut(&conn)
-                    .and_then(|c| c.links.remove(&chat))
-                    .is_some()
-                {
-                    self.send(
-                        conn,
-                        &Frame::End {
-                            chat,
-                            reason: EndReason::PeerDisconnected,
-                        },
-                    );
-                    self.after_chat_left(conn, EndReason::PeerDisconnected);
-                }
-            }
+            Peer::Live { conn, chat } => self.peer_gone(conn, chat),
             Peer::Away(other) => {
                 self.detached.remove(&other);
             }
