@@ -354,7 +354,12 @@ async fn resume_chat(
         {
             continue;
         }
-        match stream.next().await {
+        // A resume attempt that hears nothing is tried again, not waited on forever.
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await;
+        let Ok(answer) = answer else {
+            continue;
+        };
+        match answer {
             Ok(Some(Frame::Resumed { chat })) => {
                 conversation.set_chat(chat);
                 if conversation.resend(&mut stream).await.is_err() {
