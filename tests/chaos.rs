@@ -4,11 +4,10 @@
 //! outright and resume. Every message must arrive exactly once and in order,
 //! or its sender must be told it was not delivered. Bounded in time.
 //!
-//! It runs 20 chats and 2,000 messages (1,000 each way). The issue asks for
-//! 100 chats and 10,000 messages; at 50 and more chats on a 2-core machine,
-//! and sometimes at 20 when the machine is busy, some chats still stall
-//! after counsellor reconnects, so the test is not yet part of the default
-//! run (see the closing note of issue 5).
+//! It runs 100 chats and 10,000 messages (5,000 each way, every client
+//! message echoed by its counsellor) and takes about 15 s. It passed three
+//! runs in four on a quiet 2-core machine; the fourth stalled for reasons
+//! not yet found, so it is not yet part of the default run (issue 5).
 
 mod common;
 
@@ -27,9 +26,9 @@ use rand_core::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
-const CHATS: usize = 20;
+const CHATS: usize = 100;
 const MESSAGES_PER_SIDE: usize = 50;
-const COUNSELLORS: usize = 3;
+const COUNSELLORS: usize = 13;
 const CAPACITY: u8 = 8;
 
 #[derive(Default)]
@@ -159,10 +158,9 @@ struct Tally {
     received: u64,
 }
 
-// Not in the default run: under CPU contention some chats still stall after
-// counsellor reconnects (issue 5 stays open for it). Run it with
-// `cargo test --test chaos -- --ignored --nocapture`.
-#[ignore = "stalls some chats under load; see issue 5"]
+// Not in the default run: one run in four still fails (issue 5 stays open
+// for it). Run it with `cargo test --test chaos -- --ignored --nocapture`.
+#[ignore = "one run in four still fails; see issue 5"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chats_through_a_faulty_network_lose_nothing_silently() {
     let org = Org::new();

@@ -38,6 +38,8 @@ pub struct ClientRequest {
     pub reconnect: Option<Reconnect>,
 }
 
+// One value of this lives per client; its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum State {
     /// In the queue; `transferring` after the first counsellor handed over.
     Waiting {
@@ -140,7 +142,7 @@ pub async fn run_client(
         // once what was sent is confirmed (or the wait for that is over).
         if input_done && typed.is_empty() {
             let waiting_for_acks =
-                matches!(&state, State::Chatting(c, _) if !c.unacked_blobs().is_empty());
+                matches!(&state, State::Chatting(c, _) if c.has_unacked_messages());
             let deadline = *leave_by
                 .get_or_insert_with(|| tokio::time::Instant::now() + 3 * chat::ACK_INTERVAL);
             if !waiting_for_acks || tokio::time::Instant::now() >= deadline {

@@ -319,6 +319,8 @@ pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome
 pub const ACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most sent messages kept for resending until acknowledged.
 pub const MAX_UNACKED: usize = 256;
+/// Most sent acknowledgements kept for resending (about a minute of ticks).
+pub const MAX_ACK_LOG: usize = 64;
 
 /// A message sent and not yet acknowledged, kept for resending.
 struct Pending {
@@ -342,6 +344,10 @@ pub(crate) struct Conversation {
     /// transport message: a repeat of it (after the peer was away) is not
     /// a transport message and is ignored.
     handshake_echo: Option<Blob>,
+    /// Our own ACKs, by sequence number, until the peer's cumulative ACK
+    /// covers them. They take sequence numbers too: one lost with a dropped
+    /// connection would otherwise leave a gap the peer can never fill.
+    acks_sent: std::collections::VecDeque<(u64, Blob)>,
 }
 
 impl Conversation {
@@ -357,6 +363,7 @@ impl Conversation {
             unacked: Default::default(),
             owe_ack: false,
             handshake_echo: None,
+            acks_sent: Default::default(),
         }
     }
 
@@ -454,6 +461,9 @@ impl Conversation {
         match received {
             Received::Duplicate | Received::Early => {}
             Received::Content(Content::Ack { up_to }) => {
+                while self.acks_sent.front().is_some_and(|(seq, _)| *seq < up_to) {
+                    self.acks_sent.pop_front();
+                }
                 while self.unacked.front().is_some_and(|p| p.last_seq < up_to) {
                     if let Some(p) = self.unacked.pop_front() {
                         emit(
@@ -491,9 +501,14 @@ impl Conversation {
             return Ok(());
         }
         self.owe_ack = false;
+        let seq = self.session.next_seq();
         let blob = self.session.seal(&Content::Ack {
             up_to: self.session.received(),
         })?;
+        if self.acks_sent.len() >= MAX_ACK_LOG {
+            self.acks_sent.pop_front();
+        }
+        self.acks_sent.push_back((seq, blob.clone()));
         relay
             .send(&Frame::Forward {
                 chat: self.chat,
@@ -517,12 +532,27 @@ impl Conversation {
         }
     }
 
-    /// Blobs of unacknowledged messages, in order (for resending).
+    /// Whether a sent message still waits for its acknowledgement.
+    pub fn has_unacked_messages(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
+    /// Everything sent that the peer has not acknowledged, messages and our
+    /// own ACKs alike, in sequence order (for resending).
     pub fn unacked_blobs(&self) -> Vec<Blob> {
-        self.unacked
-            .iter()
-            .flat_map(|p| p.blobs.iter().cloned())
-            .collect()
+        let mut all: Vec<(u64, Blob)> = self.acks_sent.iter().cloned().collect();
+        for p in &self.unacked {
+            let first = p.last_seq + 1 - p.blobs.len() as u64;
+            all.extend(
+                p.blobs
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(j, b)| (first + j as u64, b)),
+            );
+        }
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, b)| b).collect()
     }
 }
 

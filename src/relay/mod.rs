@@ -196,6 +196,7 @@ pub async fn start(
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone()));
     let admission = Admission {
         max_buffered: config.limits.max_buffered_frames,
+        max_capacity: usize::from(config.limits.max_capacity),
         retry_above_handshakes: config.limits.retry_above_handshakes,
         handshakes: Arc::new(AtomicUsize::new(0)),
         per_address: (config.limits.per_address_attempts > 0).then(|| {
@@ -230,6 +231,8 @@ pub async fn start(
 /// What the accept loop decides before a handshake starts.
 struct Admission {
     max_buffered: usize,
+    /// A counsellor's buffer holds `max_buffered` writes per chat it may take.
+    max_capacity: usize,
     retry_above_handshakes: usize,
     /// Handshakes in progress.
     handshakes: Arc<AtomicUsize>,
@@ -279,7 +282,7 @@ async fn accept_loop(
                     incoming,
                     events.clone(),
                     shutdown.clone(),
-                    admission.max_buffered,
+                    (admission.max_buffered, admission.max_capacity),
                     admission.handshakes.clone(),
                 ));
             }
@@ -299,7 +302,7 @@ async fn connection_task(
     incoming: quinn::Incoming,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
-    max_buffered: usize,
+    (max_buffered, max_capacity): (usize, usize),
     handshakes: Arc<AtomicUsize>,
 ) {
     if *shutdown.borrow() {
@@ -324,7 +327,12 @@ async fn connection_task(
         close(&connection, CloseCode::HelloTimeout);
         return;
     };
-    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(max_buffered);
+    // A counsellor carries up to max_capacity chats on one connection.
+    let buffered = match credential {
+        Credential::Counsellor { .. } => max_buffered * max_capacity.max(1),
+        Credential::Anonymous => max_buffered,
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(buffered);
     let (reply_tx, reply_rx) = oneshot::channel();
     let registered = events
         .send(Event::Connected {
