@@ -124,7 +124,8 @@ fn hex32(path: &Path, field: &str, s: &str) -> Result<Zeroizing<[u8; 32]>, OrgEr
     Ok(Zeroizing::new(arr))
 }
 
-fn now_unix() -> u64 {
+/// Wall-clock seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

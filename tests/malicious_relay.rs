@@ -23,13 +23,7 @@ async fn evil_relay(
     org: &Org,
     keys: CounsellorKeys,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<Frame>>) {
-    let chain =
-        tls::certs_from_pem("c", &std::fs::read_to_string(org.relay_cert()).unwrap()).unwrap();
-    let key = tls::key_from_pem(
-        "k",
-        &std::fs::read_to_string(org.dir.path().join(fluister::org::RELAY_KEY_FILE)).unwrap(),
-    )
-    .unwrap();
+    let (chain, key) = org.relay_tls();
     let transport = tls::transport_config(tls::TransportSizes::default());
     let server = tls::server_config(chain, key, None, transport).unwrap();
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();

@@ -85,13 +85,7 @@ async fn a_second_visit_gets_no_tls_resumption_and_no_address_token() {
     relay.shutdown().await;
 
     // Control: a server with stock settings does both, so the checks above can fail.
-    let chain =
-        tls::certs_from_pem("c", &std::fs::read_to_string(org.relay_cert()).unwrap()).unwrap();
-    let key = tls::key_from_pem(
-        "k",
-        &std::fs::read_to_string(org.dir.path().join(fluister::org::RELAY_KEY_FILE)).unwrap(),
-    )
-    .unwrap();
+    let (chain, key) = org.relay_tls();
     let mut stock = rustls::ServerConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

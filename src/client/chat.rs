@@ -234,12 +234,7 @@ pub(crate) async fn emit(events: &mpsc::Sender<ChatEvent>, event: ChatEvent) {
     let _ = events.send(event).await;
 }
 
-pub(crate) fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use crate::org::now_unix;
 
 /// What the relay said in WELCOME and the TOPIC frames after it.
 pub(crate) struct Welcome {

@@ -43,6 +43,20 @@ impl Org {
         self.dir.path().join(org::RELAY_CERT_FILE)
     }
 
+    /// The relay's certificate chain and key, for test servers of our own.
+    pub fn relay_tls(
+        &self,
+    ) -> (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let read = |name| std::fs::read_to_string(self.dir.path().join(name)).unwrap();
+        (
+            tls::certs_from_pem("relay cert", &read(org::RELAY_CERT_FILE)).unwrap(),
+            tls::key_from_pem("relay key", &read(org::RELAY_KEY_FILE)).unwrap(),
+        )
+    }
+
     pub fn config(&self) -> RelayConfig {
         let mut c = RelayConfig::load(&self.dir.path().join(org::RELAY_CONFIG_FILE)).unwrap();
         c.listen = "127.0.0.1:0".parse().unwrap();
