@@ -268,6 +268,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
                     needles.key_bytes(&resume.0);
                     break (chat, pairing_id);
                 }
+                Frame::Joined { resume } => needles.key_bytes(&resume.0),
                 Frame::Topic { .. } | Frame::Queued { .. } => {}
                 other => panic!("{other:?}"),
             }

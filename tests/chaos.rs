@@ -114,7 +114,14 @@ async fn proxy(
                                 up2.recv_from(&mut buf),
                             )
                             .await;
-                            let Ok(Ok((n, _))) = recv else { return };
+                            let Ok(Ok((n, _))) = recv else {
+                                // A quiet mapping expires, as in a NAT.
+                                let mut map = upstreams.lock().await;
+                                if map.get(&client).is_some_and(|u| Arc::ptr_eq(u, &up2)) {
+                                    map.remove(&client);
+                                }
+                                return;
+                            };
                             // Stop once this mapping was replaced.
                             let current = upstreams
                                 .lock()

@@ -620,6 +620,166 @@ fn wrong_expired_and_unknown_capabilities_get_the_same_answer() {
     let _ = c;
 }
 
+/// JOINED's queue ticket for `conn` among `outs`.
+fn ticket_in(outs: &[Out], conn: ConnId) -> fluister::core::frame::ResumeCapability {
+    outs.iter()
+        .find_map(|o| match o {
+            Out::Frame(id, Frame::Joined { resume }) if *id == conn => Some(*resume),
+            _ => None,
+        })
+        .expect("a JOINED")
+}
+
+#[test]
+fn a_waiting_client_whose_connection_drops_gets_its_place_back() {
+    let mut h = Harness::new(Limits::default());
+    let (a, outs) = h.client();
+    assert_eq!(
+        frames_to(&outs, a)[1..],
+        [Frame::Queued {
+            position: 1,
+            estimated_wait_secs: None
+        }],
+        "JOINED comes first"
+    );
+    let ticket = ticket_in(&outs, a);
+    let (b, _) = h.client();
+    h.relay.handle_disconnect(h.now, a);
+    assert_eq!(positions(&h.drain()), vec![(b, 1)]);
+    h.wait(60);
+    let (c, _) = h.client();
+    // Back within the window: ahead of everyone who joined after it.
+    let a2 = h.connect(Credential::Anonymous);
+    let outs = h.send(a2, Frame::Resume { capability: ticket });
+    assert_eq!(positions(&outs), vec![(a2, 1), (b, 2), (c, 3)]);
+    assert_eq!(h.relay.counts(), (3, 3));
+    let (sam, outs) = h.counsellor("Sam");
+    assert_eq!(paired(&outs), vec![a2, sam]);
+    // The ticket does not outlive the wait: once paired and heard from, it
+    // leads nowhere.
+    h.send(
+        a2,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(1),
+        },
+    );
+    let late = h.connect(Credential::Anonymous);
+    assert_eq!(
+        h.send(late, Frame::Resume { capability: ticket }),
+        vec![
+            Out::Frame(late, Frame::ResumeFailed),
+            Out::Close(late, CloseCode::NoError, true)
+        ]
+    );
+}
+
+#[test]
+fn a_queue_ticket_expires_with_the_resume_window_like_any_capability() {
+    let mut h = Harness::new(Limits::default());
+    let (a, outs) = h.client();
+    let ticket = ticket_in(&outs, a);
+    h.relay.handle_disconnect(h.now, a);
+    h.drain();
+    h.wait(121);
+    let x = h.connect(Credential::Anonymous);
+    let expired = h.send(x, Frame::Resume { capability: ticket });
+    let y = h.connect(Credential::Anonymous);
+    let unknown = h.send(
+        y,
+        Frame::Resume {
+            capability: fluister::core::frame::ResumeCapability([7; 32]),
+        },
+    );
+    assert_eq!(
+        expired,
+        vec![
+            Out::Frame(x, Frame::ResumeFailed),
+            Out::Close(x, CloseCode::NoError, true)
+        ]
+    );
+    assert_eq!(
+        unknown,
+        vec![
+            Out::Frame(y, Frame::ResumeFailed),
+            Out::Close(y, CloseCode::NoError, true)
+        ]
+    );
+    assert_eq!(h.relay.counts(), (0, 0));
+}
+
+#[test]
+fn a_ticket_takes_the_place_of_a_connection_that_died_silently() {
+    let mut h = Harness::new(Limits::default());
+    let (a, outs) = h.client();
+    let ticket = ticket_in(&outs, a);
+    let (b, _) = h.client();
+    // The relay never heard that `a` died; the client comes back anyway.
+    let a2 = h.connect(Credential::Anonymous);
+    let outs = h.send(a2, Frame::Resume { capability: ticket });
+    assert!(outs.contains(&Out::Close(a, CloseCode::NoError, false)));
+    assert_eq!(positions(&outs), vec![(a2, 1)], "b keeps its place behind");
+    assert_eq!(h.relay.counts(), (2, 2));
+    let _ = b;
+}
+
+#[test]
+fn a_client_paired_while_its_connection_failed_gets_the_chat_with_its_ticket() {
+    let mut h = Harness::new(Limits::default());
+    let (y, outs) = h.client();
+    let ticket = ticket_in(&outs, y);
+    // A counsellor comes; PAIRED goes to a connection that is already dead.
+    let (c, outs) = h.counsellor("Sam");
+    assert_eq!(paired(&outs), vec![y, c]);
+    let pairing = |outs: &[Out], conn| {
+        outs.iter().find_map(|o| match o {
+            Out::Frame(id, Frame::Paired { pairing_id, .. }) if *id == conn => Some(*pairing_id),
+            _ => None,
+        })
+    };
+    let pairing_id = pairing(&outs, c).unwrap();
+    let y2 = h.connect(Credential::Anonymous);
+    let outs = h.send(y2, Frame::Resume { capability: ticket });
+    assert!(outs.contains(&Out::Close(y, CloseCode::NoError, false)));
+    assert_eq!(
+        pairing(&outs, y2),
+        Some(pairing_id),
+        "the same chat, PAIRED again"
+    );
+    let cap = capability_in(&outs, y2);
+    assert_eq!(
+        frames_to(&outs, c),
+        vec![
+            Frame::PeerAway { chat: chat(1) },
+            Frame::PeerBack { chat: chat(1) }
+        ]
+    );
+    // The handshake goes through on the new connection.
+    let outs = h.send(
+        y2,
+        Frame::Forward {
+            chat: chat(1),
+            blob: blob(1),
+        },
+    );
+    assert_eq!(
+        outs,
+        vec![Out::Frame(
+            c,
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob(1)
+            }
+        )]
+    );
+    // The new PAIRED's capability resumes the chat from now on.
+    h.relay.handle_disconnect(h.now, y2);
+    h.drain();
+    let y3 = h.connect(Credential::Anonymous);
+    let outs = h.send(y3, Frame::Resume { capability: cap });
+    assert_eq!(frames_to(&outs, y3), vec![Frame::Resumed { chat: chat(1) }]);
+}
+
 #[test]
 fn a_side_that_stays_away_too_long_with_too_much_held_ends_the_chat() {
     let mut h = Harness::new(Limits {

@@ -147,7 +147,7 @@ async fn raw_paired_client(
     loop {
         match s.next().await.unwrap().unwrap() {
             Frame::Paired { chat, .. } => return (s, chat),
-            Frame::Topic { .. } | Frame::Queued { .. } => {}
+            Frame::Topic { .. } | Frame::Joined { .. } | Frame::Queued { .. } => {}
             other => panic!("{other:?}"),
         }
     }

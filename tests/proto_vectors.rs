@@ -219,12 +219,28 @@ fn frame_vectors() {
             ],
         ),
         by_layout(
+            "JOINED",
+            "relay to client: JOIN accepted; QUEUED or PAIRED follows",
+            &Frame::Joined {
+                resume: ResumeCapability([0xdd; 32]),
+            },
+            &[(
+                "resume",
+                32,
+                "32 random bytes: the client's ticket to its place in the queue; secret, keep in memory only",
+            )],
+        ),
+        by_layout(
             "RESUME",
-            "endpoint to relay, on a new connection: take the chat up again",
+            "endpoint to relay, on a new connection: take the chat (or the place in the queue) up again",
             &Frame::Resume {
                 capability: ResumeCapability([0xcc; 32]),
             },
-            &[("capability", 32, "the capability from PAIRED")],
+            &[(
+                "capability",
+                32,
+                "the capability from PAIRED, or a waiting client's ticket from JOINED",
+            )],
         ),
         by_layout(
             "RESUMED",
@@ -234,7 +250,7 @@ fn frame_vectors() {
         ),
         by_layout(
             "RESUME_FAILED",
-            "relay to endpoint: no chat to resume (unknown, wrong and expired are the same)",
+            "relay to endpoint: nothing to resume (unknown, wrong and expired are the same)",
             &Frame::ResumeFailed,
             &[("reason", 1, "always 0")],
         ),

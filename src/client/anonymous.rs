@@ -5,10 +5,13 @@
 //! waiting, position and estimated wait are reported. When paired, the
 //! Noise initiator runs; no content is sent until the counsellor's
 //! certificate has verified, and lines typed before then wait. A transfer is
-//! an END(TRANSFERRED) followed by a new pairing, verified the same way. If
-//! the connection drops mid-chat, the client reconnects and presents its
-//! resume capability: same counsellor, same keys, unacknowledged messages
-//! sent again.
+//! an END(TRANSFERRED) followed by a new pairing, verified the same way.
+//!
+//! If the connection drops (or the relay stays silent) the client reconnects
+//! by itself, when it may: before JOINED it simply starts again; while
+//! waiting it presents its queue ticket and gets its old place back; in a
+//! chat it presents the chat's resume capability: same counsellor, same
+//! keys, unacknowledged messages sent again.
 
 use std::collections::VecDeque;
 
@@ -101,36 +104,13 @@ pub async fn run_client(
     mut input: mpsc::Receiver<String>,
     events: mpsc::Sender<ChatEvent>,
 ) -> Result<(), ClientError> {
-    let welcome = chat::hello(&mut relay, Role::Client).await?;
-    let topic = request
-        .topic
-        .as_deref()
-        .map(|t| resolve_topic(&welcome, t))
-        .transpose()?;
-    let language = request
-        .language
-        .as_deref()
-        .map(|l| resolve_language(&welcome, l))
-        .transpose()?;
-    emit(&events, welcome.event()).await;
-    // The relay asks for proof of work before it queues anyone; solving it
-    // is CPU work, kept off the async threads.
-    let challenge = welcome.pow;
-    let pow_solution =
-        tokio::task::spawn_blocking(move || pow_solve(&challenge.nonce, challenge.difficulty))
-            .await
-            .map_err(|e| ClientError::Lost(format!("proof of work: {e}")))?;
-    relay
-        .send(&Frame::Join {
-            topic,
-            language,
-            pow_solution,
-        })
-        .await?;
-
+    let mut announced = false;
+    relay = join(relay, &request, &events, &mut announced).await?;
     let mut state = State::Waiting {
         transferring: false,
     };
+    // What keeps our place in the queue (JOINED), once the relay sent it.
+    let mut ticket: Option<ResumeCapability> = None;
     let mut typed: VecDeque<String> = VecDeque::new();
     let mut input_done = false;
     // When input has ended, wait this long for outstanding acknowledgements.
@@ -190,23 +170,25 @@ pub async fn run_client(
                         state = s;
                         frame
                     }
-                    // The connection dropped mid-chat: take the chat up
-                    // again, same counsellor and keys, if we know how.
+                    // The connection dropped: take up where we were, if we know how.
                     (
                         Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)),
-                        State::Chatting(mut conversation, resume),
+                        s,
                         Some(reconnect),
                     ) => {
                         emit(&events, ChatEvent::Reconnecting).await;
-                        match resume_chat(reconnect, &mut conversation, resume).await {
-                            Some(stream) => {
+                        let back = Back { reconnect, ticket, request: &request, events: &events };
+                        match back.come_back(s, &mut announced).await {
+                            Ok((stream, s)) => {
                                 relay = stream;
                                 emit(&events, ChatEvent::Resumed { chat: None }).await;
-                                state = State::Chatting(conversation, resume);
+                                state = s;
                                 continue;
                             }
-                            None => {
-                                conversation.give_up(&events).await;
+                            Err(s) => {
+                                if let State::Chatting(conversation, _) = s {
+                                    conversation.give_up(&events).await;
+                                }
                                 emit(&events, ChatEvent::Ended { reason: "ended_while_away".into(), chat: None }).await;
                                 return Ok(());
                             }
@@ -216,6 +198,10 @@ pub async fn run_client(
                     (Err(e), _, _) => return Err(e),
                 };
                 state = match (state, frame) {
+                    (s @ State::Waiting { .. }, Frame::Joined { resume }) => {
+                        ticket = Some(resume);
+                        s
+                    }
                     (s @ State::Waiting { .. }, Frame::Queued { position, estimated_wait_secs }) => {
                         emit(&events, ChatEvent::Queued { position, estimated_wait_secs }).await;
                         s
@@ -339,40 +325,184 @@ pub async fn run_client(
     }
 }
 
-/// Reconnects and presents the resume capability. On success the chat has
-/// its new number and everything not yet acknowledged has been sent again.
-async fn resume_chat(
-    reconnect: &Reconnect,
-    conversation: &mut Conversation,
-    resume: ResumeCapability,
-) -> Option<RelayStream> {
-    let deadline = tokio::time::Instant::now() + reconnect.give_up_after;
-    while tokio::time::Instant::now() < deadline {
-        let mut stream = reconnect.connect().await?;
-        if stream
-            .send(&Frame::Resume { capability: resume })
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        // A resume attempt that hears nothing is tried again, not waited on forever.
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await;
-        let Ok(answer) = answer else {
-            continue;
+/// HELLO, WELCOME, proof of work and JOIN. If the connection breaks or the
+/// relay stays silent on the way, and reconnecting is allowed, it starts
+/// over on a new connection: nobody was queued yet, so nothing is lost.
+/// `announced` says whether the `connected` event went out already.
+async fn join(
+    mut relay: RelayStream,
+    request: &ClientRequest,
+    events: &mpsc::Sender<ChatEvent>,
+    announced: &mut bool,
+) -> Result<RelayStream, ClientError> {
+    let give_up = request
+        .reconnect
+        .as_ref()
+        .map(|r| tokio::time::Instant::now() + r.give_up_after);
+    loop {
+        let error = match join_once(&mut relay, request, events, announced).await {
+            Ok(()) => return Ok(relay),
+            Err(e @ (ClientError::Lost(_) | ClientError::Closed(_))) => e,
+            Err(e) => return Err(e),
         };
-        match answer {
-            Ok(Some(Frame::Resumed { chat })) => {
-                conversation.set_chat(chat);
-                if conversation.resend(&mut stream).await.is_err() {
-                    continue;
+        let (Some(reconnect), Some(give_up)) = (request.reconnect.as_ref(), give_up) else {
+            return Err(error);
+        };
+        if tokio::time::Instant::now() >= give_up {
+            return Err(error);
+        }
+        relay = reconnect.connect().await.ok_or(error)?;
+    }
+}
+
+async fn join_once(
+    relay: &mut RelayStream,
+    request: &ClientRequest,
+    events: &mpsc::Sender<ChatEvent>,
+    announced: &mut bool,
+) -> Result<(), ClientError> {
+    let welcome = chat::hello(relay, Role::Client).await?;
+    let topic = request
+        .topic
+        .as_deref()
+        .map(|t| resolve_topic(&welcome, t))
+        .transpose()?;
+    let language = request
+        .language
+        .as_deref()
+        .map(|l| resolve_language(&welcome, l))
+        .transpose()?;
+    if !*announced {
+        emit(events, welcome.event()).await;
+        *announced = true;
+    }
+    // The relay asks for proof of work before it queues anyone; solving it
+    // is CPU work, kept off the async threads.
+    let challenge = welcome.pow;
+    let pow_solution =
+        tokio::task::spawn_blocking(move || pow_solve(&challenge.nonce, challenge.difficulty))
+            .await
+            .map_err(|e| ClientError::Lost(format!("proof of work: {e}")))?;
+    relay
+        .send(&Frame::Join {
+            topic,
+            language,
+            pow_solution,
+        })
+        .await
+}
+
+/// How to come back after the connection dropped.
+struct Back<'a> {
+    reconnect: &'a Reconnect,
+    ticket: Option<ResumeCapability>,
+    request: &'a ClientRequest,
+    events: &'a mpsc::Sender<ChatEvent>,
+}
+
+impl Back<'_> {
+    /// Reconnects and takes up `state` again: the place in the queue, the
+    /// handshake, or the chat. Gives the state back if that is not possible
+    /// any more (the relay forgot it, or the time is up).
+    async fn come_back(
+        &self,
+        state: State,
+        announced: &mut bool,
+    ) -> Result<(RelayStream, State), State> {
+        let deadline = tokio::time::Instant::now() + self.reconnect.give_up_after;
+        match state {
+            // JOIN not yet confirmed: join again.
+            State::Waiting { transferring } if self.ticket.is_none() => {
+                let Some(stream) = self.reconnect.connect().await else {
+                    return Err(state);
+                };
+                match join(stream, self.request, self.events, announced).await {
+                    Ok(stream) => Ok((stream, State::Waiting { transferring })),
+                    Err(_) => Err(state),
                 }
-                return Some(stream);
             }
-            // Unknown, wrong or expired all look alike: the chat is over.
-            Ok(Some(Frame::ResumeFailed)) => return None,
-            _ => continue,
+            // Our place in the queue: the relay answers with QUEUED (or
+            // PAIRED), which the main loop reads.
+            State::Waiting { .. } => {
+                let Some(ticket) = self.ticket else {
+                    return Err(state);
+                };
+                match self.present(ticket, deadline).await {
+                    Some((mut stream, answer)) => {
+                        stream.unread(answer);
+                        Ok((stream, state))
+                    }
+                    None => Err(state),
+                }
+            }
+            State::Handshaking {
+                chat: old_chat,
+                handshake,
+                hello,
+                transferring,
+                resume,
+            } => loop {
+                let Some((mut stream, Frame::Resumed { chat })) =
+                    self.present(resume, deadline).await
+                else {
+                    return Err(State::Handshaking {
+                        chat: old_chat,
+                        handshake,
+                        hello,
+                        transferring,
+                        resume,
+                    });
+                };
+                // The counsellor answers a repeated message 1 with the same message 2.
+                let repeat = Frame::Forward {
+                    chat,
+                    blob: hello.clone(),
+                };
+                if stream.send(&repeat).await.is_ok() {
+                    let state = State::Handshaking {
+                        chat,
+                        handshake,
+                        hello,
+                        transferring,
+                        resume,
+                    };
+                    return Ok((stream, state));
+                }
+            },
+            State::Chatting(mut conversation, resume) => loop {
+                let Some((mut stream, Frame::Resumed { chat })) =
+                    self.present(resume, deadline).await
+                else {
+                    return Err(State::Chatting(conversation, resume));
+                };
+                conversation.set_chat(chat);
+                if conversation.resend(&mut stream).await.is_ok() {
+                    return Ok((stream, State::Chatting(conversation, resume)));
+                }
+            },
         }
     }
-    None
+
+    /// Reconnects and presents `capability` until the relay answers. The
+    /// answer is not RESUME_FAILED; `None` if it was, or the time is up.
+    async fn present(
+        &self,
+        capability: ResumeCapability,
+        deadline: tokio::time::Instant,
+    ) -> Option<(RelayStream, Frame)> {
+        while tokio::time::Instant::now() < deadline {
+            let mut stream = self.reconnect.connect().await?;
+            if stream.send(&Frame::Resume { capability }).await.is_err() {
+                continue;
+            }
+            // An attempt that hears nothing is tried again, not waited on forever.
+            match tokio::time::timeout(chat::ANSWER_TIMEOUT, stream.next()).await {
+                // Unknown, wrong and expired all look alike: it is over.
+                Ok(Ok(Some(Frame::ResumeFailed))) => return None,
+                Ok(Ok(Some(answer))) => return Some((stream, answer)),
+                _ => continue,
+            }
+        }
+        None
+    }
 }

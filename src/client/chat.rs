@@ -67,7 +67,8 @@ pub enum ChatEvent {
     Transferred { counsellor: String },
     /// Our connection dropped; trying to take the chat up again.
     Reconnecting,
-    /// We are back in the chat, with the same counsellor and keys.
+    /// We are back: in the chat with the same counsellor and keys, or, while
+    /// waiting, at our old place in the queue.
     Resumed {
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
@@ -264,8 +265,19 @@ impl Welcome {
     }
 }
 
+/// How long to wait for the relay's answer to HELLO or RESUME before the
+/// connection counts as lost. A connection can look up on our side while the
+/// relay never completed it (the network moved us mid-handshake).
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends HELLO and reads WELCOME and its TOPIC frames.
 pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, hello_unbounded(relay, role))
+        .await
+        .map_err(|_| ClientError::Lost("the relay did not answer".into()))?
+}
+
+async fn hello_unbounded(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
     relay
         .send(&Frame::Hello {
             version: PROTOCOL_VERSION,

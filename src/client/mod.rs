@@ -254,6 +254,11 @@ impl RelayStream {
         }
     }
 
+    /// Puts a frame back, to be returned by the next [`RelayStream::next`].
+    pub(crate) fn unread(&mut self, frame: Frame) {
+        self.pending.push_front(frame);
+    }
+
     /// Finishes the stream and closes the connection cleanly, giving the
     /// relay a moment to receive what was sent.
     pub async fn close(mut self) {

@@ -59,6 +59,7 @@ pub mod kind {
     pub const RESUME_FAILED: u8 = 0x10;
     pub const PEER_AWAY: u8 = 0x11;
     pub const PEER_BACK: u8 = 0x12;
+    pub const JOINED: u8 = 0x13;
 }
 
 /// Most topics a relay offers and a counsellor serves.
@@ -429,6 +430,9 @@ pub enum Frame {
     PeerAway { chat: ChatNumber },
     /// Relay → endpoint: the other side is back; resend what it has not acknowledged.
     PeerBack { chat: ChatNumber },
+    /// Relay → client: the JOIN is accepted. `resume` keeps the client's
+    /// place in the queue if its connection drops (PROTOCOL.md §7.4).
+    Joined { resume: ResumeCapability },
 }
 
 /// A random 32-byte capability to resume one side of a chat. The relay
@@ -491,7 +495,7 @@ fn body_len(kind: u8) -> Option<usize> {
         kind::QUEUE_STATS => 1 + 4 * (MAX_TOPICS + 1),
         kind::TRANSFER => 4 + 1 + LABEL_SLOT,
         kind::TRANSFER_REFUSED => 4 + 1,
-        kind::RESUME => 32,
+        kind::RESUME | kind::JOINED => 32,
         kind::RESUMED | kind::PEER_AWAY | kind::PEER_BACK => 4,
         kind::RESUME_FAILED => 1,
         _ => return None,
@@ -628,6 +632,7 @@ impl Frame {
             Frame::ResumeFailed => kind::RESUME_FAILED,
             Frame::PeerAway { .. } => kind::PEER_AWAY,
             Frame::PeerBack { .. } => kind::PEER_BACK,
+            Frame::Joined { .. } => kind::JOINED,
         }
     }
 
@@ -754,7 +759,9 @@ impl Frame {
                 w.u32(chat.0);
                 w.u8(reason.to_byte());
             }
-            Frame::Resume { capability } => w.bytes(&capability.0),
+            Frame::Resume { capability } | Frame::Joined { resume: capability } => {
+                w.bytes(&capability.0)
+            }
             Frame::Resumed { chat } | Frame::PeerAway { chat } | Frame::PeerBack { chat } => {
                 w.u32(chat.0)
             }
@@ -927,6 +934,13 @@ impl Frame {
                     capability: ResumeCapability(capability),
                 }
             }
+            kind::JOINED => {
+                let mut resume = [0u8; 32];
+                resume.copy_from_slice(r.take(32)?);
+                Frame::Joined {
+                    resume: ResumeCapability(resume),
+                }
+            }
             kind::RESUMED => Frame::Resumed { chat: r.chat()? },
             kind::PEER_AWAY => Frame::PeerAway { chat: r.chat()? },
             kind::PEER_BACK => Frame::PeerBack { chat: r.chat()? },
@@ -1064,6 +1078,9 @@ mod tests {
             }),
             any::<[u8; 32]>().prop_map(|c| Frame::Resume {
                 capability: ResumeCapability(c)
+            }),
+            any::<[u8; 32]>().prop_map(|c| Frame::Joined {
+                resume: ResumeCapability(c)
             }),
             arb_chat().prop_map(|chat| Frame::Resumed { chat }),
             Just(Frame::ResumeFailed),
@@ -1215,6 +1232,12 @@ mod tests {
             (
                 Frame::Resume {
                     capability: ResumeCapability([0; 32]),
+                },
+                35,
+            ),
+            (
+                Frame::Joined {
+                    resume: ResumeCapability([0; 32]),
                 },
                 35,
             ),

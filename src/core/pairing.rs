@@ -5,8 +5,9 @@
 //! clients ([`Request`]) and about counsellors' current [`Offer`]s, and asks
 //! it for the next pair; it never looks at the queue's representation.
 //! [`LocalQueue`] is the single-relay backend. Its rules:
-//! - queue order: transferred clients first (in order), then newcomers first
-//!   come first served;
+//! - queue order: transferred clients first (in order), then everyone else
+//!   by when they joined, so a client that comes back after its connection
+//!   dropped gets its old place back;
 //! - a client goes to a counsellor who is available, has room, speaks its
 //!   language and serves its topic; after `topic_fallback` of waiting, a
 //!   counsellor of its language who does not serve the topic will do;
@@ -40,6 +41,9 @@ pub struct Request {
     pub language: Option<Language>,
     /// When the client (re)entered the queue.
     pub since: Instant,
+    /// Its turn: a number that grows with every (re)entry into the queue,
+    /// so that queue order survives a client leaving and coming back.
+    pub turn: u64,
     /// Transferred back to the queue: goes ahead of newcomers and is not
     /// counted against the queue limit.
     pub priority: bool,
@@ -79,8 +83,11 @@ impl Offer {
 pub trait PairingBackend {
     /// Puts a client in the queue.
     fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull>;
-    /// Takes a client out of the queue; false if it was not waiting.
-    fn remove_client(&mut self, client: ConnId) -> bool;
+    /// Puts a client that came back on a new connection back at the place
+    /// its `request.since` gives it; the queue limit does not apply.
+    fn requeue(&mut self, client: ConnId, request: Request);
+    /// Takes a client out of the queue, returning what it asked for.
+    fn remove_client(&mut self, client: ConnId) -> Option<Request>;
     /// Sets or replaces what a counsellor can take.
     fn offer(&mut self, counsellor: ConnId, offer: Offer);
     /// Forgets a counsellor.
@@ -142,10 +149,20 @@ impl PairingBackend for LocalQueue {
         Ok(())
     }
 
-    fn remove_client(&mut self, client: ConnId) -> bool {
-        let before = self.clients.len();
-        self.clients.retain(|(c, _)| *c != client);
-        self.clients.len() != before
+    fn requeue(&mut self, client: ConnId, request: Request) {
+        // Queue order: transferred clients first, then by when they joined.
+        let order = |r: &Request| (!r.priority, r.turn);
+        let at = self
+            .clients
+            .iter()
+            .position(|(_, r)| order(r) > order(&request))
+            .unwrap_or(self.clients.len());
+        self.clients.insert(at, (client, request));
+    }
+
+    fn remove_client(&mut self, client: ConnId) -> Option<Request> {
+        let at = self.clients.iter().position(|(c, _)| *c == client)?;
+        Some(self.clients.remove(at).1)
     }
 
     fn offer(&mut self, counsellor: ConnId, offer: Offer) {
@@ -206,6 +223,7 @@ mod tests {
 
     fn request(topic: u16, language: &str, since: Instant) -> Request {
         Request {
+            turn: 0,
             topic: TopicId::new(topic),
             language: Language::parse(language),
             since,

@@ -14,7 +14,10 @@
 //! and at least every 30 s. Counsellors say what they take (STATUS). The
 //! [`PairingBackend`] chooses pairs; the core announces them (PAIRED),
 //! forwards FORWARD blobs without interpreting them, and carries out END,
-//! block and TRANSFER. A bad frame closes only the connection that sent it;
+//! block and TRANSFER. A client whose connection drops keeps its place in
+//! the queue, and a side whose connection drops keeps its chat, for the
+//! resume window: the capability it holds (JOINED, PAIRED) brings it back on
+//! a new connection (RESUME). A bad frame closes only the connection that sent it;
 //! its chat partners are told with END and carry on. When a chat ends every
 //! trace of it is dropped; the wait estimate is one running average.
 
@@ -102,6 +105,16 @@ enum Peer {
 struct Link {
     peer: Peer,
     mine: CapHash,
+    /// A client's side until it is heard from in the chat: its queue
+    /// ticket and the pairing id, so that a client whose PAIRED was lost
+    /// with its connection can still be given the chat.
+    unconfirmed: Option<(CapHash, PairingId)>,
+}
+
+impl Link {
+    fn paired_by_ticket(&self, ticket: CapHash) -> bool {
+        self.unconfirmed.is_some_and(|(t, _)| t == ticket)
+    }
 }
 
 /// One side of a chat whose connection dropped, waiting to be resumed.
@@ -113,6 +126,14 @@ struct Detached {
     deadline: Instant,
     /// Frames from the other side, held until this side is back.
     held: VecDeque<super::frame::Blob>,
+    unconfirmed: Option<(CapHash, PairingId)>,
+}
+
+/// A waiting client whose connection dropped: its place, kept until `until`.
+struct AwayFromQueue {
+    request: Request,
+    waiting: Waiting,
+    until: Instant,
 }
 
 #[derive(Debug)]
@@ -162,6 +183,8 @@ struct Conn {
     state: State,
     /// Live chats of this connection by its own chat number.
     links: BTreeMap<ChatNumber, Link>,
+    /// A client's queue ticket (the hash of what JOINED gave it).
+    ticket: Option<CapHash>,
     /// Chat numbers below this were issued; those not in `links` have ended.
     next_chat: u32,
 }
@@ -215,6 +238,10 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     pow: Pow,
     /// Chat sides whose connection dropped, by capability hash.
     detached: HashMap<CapHash, Detached>,
+    /// Waiting clients whose connection dropped, by ticket hash.
+    away_from_queue: HashMap<CapHash, AwayFromQueue>,
+    /// The next [`Request::turn`].
+    turns: u64,
     shutting_down: bool,
 }
 
@@ -251,6 +278,8 @@ impl<P: PairingBackend> Relay<P> {
             out: VecDeque::new(),
             estimate: WaitEstimate::default(),
             detached: HashMap::new(),
+            away_from_queue: HashMap::new(),
+            turns: 0,
             shutting_down: false,
         }
     }
@@ -296,6 +325,7 @@ impl<P: PairingBackend> Relay<P> {
                     deadline: now.mono + self.limits.hello_timeout,
                 },
                 links: BTreeMap::new(),
+                ticket: None,
                 next_chat: 1,
             },
         );
@@ -352,6 +382,7 @@ impl<P: PairingBackend> Relay<P> {
         for h in expired {
             self.expire(h);
         }
+        self.away_from_queue.retain(|_, a| a.until > now.mono);
         let mut hello_late = Vec::new();
         let mut wait_over = Vec::new();
         for (id, c) in &mut self.conns {
@@ -409,7 +440,12 @@ impl<P: PairingBackend> Relay<P> {
                 _ => None,
             })
             .min();
-        let resumes = self.detached.values().map(|d| d.deadline).min();
+        let resumes = self
+            .detached
+            .values()
+            .map(|d| d.deadline)
+            .chain(self.away_from_queue.values().map(|a| a.until))
+            .min();
         [conns, self.pow.next_tick(), resumes]
             .into_iter()
             .flatten()
@@ -426,6 +462,7 @@ impl<P: PairingBackend> Relay<P> {
     pub fn handle_shutdown(&mut self, _now: Now) {
         self.shutting_down = true;
         self.detached.clear();
+        self.away_from_queue.clear();
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort();
         for id in &ids {
@@ -488,7 +525,17 @@ impl<P: PairingBackend> Relay<P> {
                 },
             ) => self.handle_join(now, conn, topic, language, pow_solution),
             (_, Frame::Forward { chat, blob }) => {
-                let Some(link) = c.links.get(&chat).copied() else {
+                let link = self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| c.links.get_mut(&chat))
+                    .map(|link| {
+                        // The client has its PAIRED: the ticket no longer leads here.
+                        link.unconfirmed = None;
+                        *link
+                    });
+                let Some(link) = link else {
+                    let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
                     // A frame racing the end of its chat is not an error.
                     return if c.is_ended_chat(chat) {
                         Ok(())
@@ -703,6 +750,7 @@ impl<P: PairingBackend> Relay<P> {
             topic,
             language,
             since: now.mono,
+            turn: self.next_turn(),
             priority: false,
         };
         if !self.admissions.take(now.mono, 1.0) || self.pairing.enqueue(conn, request).is_err() {
@@ -716,9 +764,29 @@ impl<P: PairingBackend> Relay<P> {
             self.close(conn, CloseCode::NoError, true);
             return Ok(());
         }
+        self.issue_ticket(conn);
         self.set_waiting(now, conn, topic.is_some());
         self.pair_waiting(now);
         Ok(())
+    }
+
+    fn next_turn(&mut self) -> u64 {
+        self.turns += 1;
+        self.turns
+    }
+
+    /// Gives a client that enters the queue a ticket (JOINED) to keep its
+    /// place if its connection drops; one per connection.
+    fn issue_ticket(&mut self, conn: ConnId) {
+        if self.conns.get(&conn).is_none_or(|c| c.ticket.is_some()) {
+            return;
+        }
+        let mut ticket = ResumeCapability([0; 32]);
+        self.rng.fill_bytes(&mut ticket.0);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ticket = Some(cap_hash(&ticket));
+        }
+        self.send(conn, &Frame::Joined { resume: ticket });
     }
 
     fn set_waiting(&mut self, now: Now, conn: ConnId, has_topic: bool) {
@@ -817,9 +885,11 @@ impl<P: PairingBackend> Relay<P> {
                     topic: None,
                     language: None,
                     since: now.mono,
+                    turn: self.next_turn(),
                     priority: true,
                 };
                 if self.pairing.enqueue(client, request).is_ok() {
+                    self.issue_ticket(client);
                     self.set_waiting(now, client, false);
                 }
             }
@@ -919,12 +989,24 @@ impl<P: PairingBackend> Relay<P> {
             conn: client,
             chat: client_chat,
         };
-        self.link(client, client_chat, to_counsellor, cap_hash(&client_cap));
+        let ticket = self.conns.get(&client).and_then(|c| c.ticket);
+        self.link(
+            client,
+            client_chat,
+            Link {
+                peer: to_counsellor,
+                mine: cap_hash(&client_cap),
+                unconfirmed: ticket.map(|t| (t, pairing_id)),
+            },
+        );
         self.link(
             counsellor,
             counsellor_chat,
-            to_client,
-            cap_hash(&counsellor_cap),
+            Link {
+                peer: to_client,
+                mine: cap_hash(&counsellor_cap),
+                unconfirmed: None,
+            },
         );
         if let Some(c) = self.conns.get_mut(&client) {
             c.state = State::Client(ClientStage::InChat);
@@ -1008,9 +1090,9 @@ impl<P: PairingBackend> Relay<P> {
         Some(chat)
     }
 
-    fn link(&mut self, conn: ConnId, chat: ChatNumber, peer: Peer, mine: CapHash) {
+    fn link(&mut self, conn: ConnId, chat: ChatNumber, link: Link) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.links.insert(chat, Link { peer, mine });
+            c.links.insert(chat, link);
         }
     }
 
@@ -1074,6 +1156,10 @@ impl<P: PairingBackend> Relay<P> {
             return;
         };
         let role = match c.state {
+            State::Client(ClientStage::Waiting(_)) => {
+                self.keep_queue_place(now, conn);
+                return;
+            }
             State::Client(_) => Role::Client,
             State::Counsellor(_) => Role::Counsellor,
             State::AwaitingHello { .. } => return,
@@ -1101,8 +1187,132 @@ impl<P: PairingBackend> Relay<P> {
                 peer: link.peer,
                 deadline: now.mono + self.limits.resume_window,
                 held: VecDeque::new(),
+                unconfirmed: link.unconfirmed,
             },
         );
+    }
+
+    /// Takes a waiting client out of the queue but keeps its place, under
+    /// its ticket, for the resume window (or until its wait is over).
+    fn keep_queue_place(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(ticket) = c.ticket else {
+            return;
+        };
+        let State::Client(ClientStage::Waiting(waiting)) =
+            std::mem::replace(&mut c.state, State::Client(ClientStage::Done))
+        else {
+            return;
+        };
+        if let Some(request) = self.pairing.remove_client(conn) {
+            let until = waiting.deadline.min(now.mono + self.limits.resume_window);
+            self.away_from_queue.insert(
+                ticket,
+                AwayFromQueue {
+                    request,
+                    waiting,
+                    until,
+                },
+            );
+        }
+    }
+
+    /// RESUME with a queue ticket on a new connection. The client gets its
+    /// place in the queue back or, if it was paired while away and never
+    /// heard its PAIRED, that chat. False if the ticket leads nowhere.
+    fn resume_ticket(&mut self, now: Now, conn: ConnId, ticket: CapHash) -> bool {
+        // A waiting connection that died without the relay hearing.
+        let silent = self
+            .conns
+            .iter()
+            .find(|(id, c)| {
+                **id != conn
+                    && c.ticket == Some(ticket)
+                    && matches!(c.state, State::Client(ClientStage::Waiting(_)))
+            })
+            .map(|(id, _)| *id);
+        if let Some(old) = silent {
+            self.keep_queue_place(now, old);
+            self.close(old, CloseCode::NoError, false);
+        }
+        if let Some(away) = self.away_from_queue.remove(&ticket) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.ticket = Some(ticket);
+                c.state = State::Client(ClientStage::Waiting(Waiting {
+                    next_update: now.mono,
+                    last_sent: None,
+                    ..away.waiting
+                }));
+            }
+            self.pairing.requeue(conn, away.request);
+            self.pair_waiting(now);
+            return true;
+        }
+        self.resume_unheard_pairing(now, conn, ticket)
+    }
+
+    /// The client was paired while its connection was failing, and the
+    /// PAIRED never reached it: it gets the chat, with a new capability.
+    /// The counsellor is still waiting for the client's first handshake
+    /// message, so nothing else changes for them.
+    fn resume_unheard_pairing(&mut self, now: Now, conn: ConnId, ticket: CapHash) -> bool {
+        let live = self.conns.iter().find_map(|(id, c)| {
+            c.links
+                .iter()
+                .find(|(_, l)| l.paired_by_ticket(ticket))
+                .map(|(chat, _)| (*id, *chat))
+        });
+        if let Some((old, chat)) = live {
+            if old == conn {
+                return false;
+            }
+            if let Some(link) = self.conns.get_mut(&old).and_then(|c| c.links.remove(&chat)) {
+                self.detach_link(now, Role::Client, None, link);
+            }
+            self.close(old, CloseCode::NoError, false);
+        }
+        let Some(key) = self
+            .detached
+            .iter()
+            .find(|(_, d)| d.unconfirmed.is_some_and(|(t, _)| t == ticket))
+            .map(|(key, _)| *key)
+        else {
+            return false;
+        };
+        let Some(chat) = self.issue_chat(conn) else {
+            return false;
+        };
+        let Some(d) = self.detached.remove(&key) else {
+            return false;
+        };
+        let Some((_, pairing_id)) = d.unconfirmed else {
+            return false;
+        };
+        let mut resume = ResumeCapability([0; 32]);
+        self.rng.fill_bytes(&mut resume.0);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ticket = Some(ticket);
+            c.state = State::Client(ClientStage::InChat);
+        }
+        let link = Link {
+            peer: d.peer,
+            mine: cap_hash(&resume),
+            unconfirmed: d.unconfirmed,
+        };
+        self.link(conn, chat, link);
+        self.repoint(d.peer, Peer::Live { conn, chat });
+        self.send(
+            conn,
+            &Frame::Paired {
+                chat,
+                pairing_id,
+                resume,
+            },
+        );
+        self.after_resume(conn, chat, d);
+        true
     }
 
     /// A RESUME for a side whose old connection still looks alive: it died
@@ -1171,11 +1381,17 @@ impl<P: PairingBackend> Relay<P> {
         capability: ResumeCapability,
     ) -> Result<(), CloseCode> {
         let h = cap_hash(&capability);
+        let first_frame = matches!(
+            self.conns.get(&conn).map(|c| &c.state),
+            Some(State::AwaitingHello { .. })
+        );
+        if first_frame && !self.detached.contains_key(&h) && self.resume_ticket(now, conn, h) {
+            return Ok(());
+        }
         if !self.detached.contains_key(&h) {
             self.take_over(now, conn, h);
         }
         let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
-        let first_frame = matches!(c.state, State::AwaitingHello { .. });
         let acceptable = match self.detached.get(&h) {
             Some(d) => match (d.role, &c.state, &c.credential) {
                 (Role::Client, State::AwaitingHello { .. }, _) => true,
@@ -1206,9 +1422,22 @@ impl<P: PairingBackend> Relay<P> {
         if first_frame && let Some(c) = self.conns.get_mut(&conn) {
             c.state = State::Client(ClientStage::InChat);
         }
-        self.link(conn, chat, d.peer, h);
+        // Whoever holds the chat's own capability has had its PAIRED.
+        let link = Link {
+            peer: d.peer,
+            mine: h,
+            unconfirmed: None,
+        };
+        self.link(conn, chat, link);
         self.repoint(d.peer, Peer::Live { conn, chat });
         self.send(conn, &Frame::Resumed { chat });
+        self.after_resume(conn, chat, d);
+        Ok(())
+    }
+
+    /// A side is back in `chat`: what was held for it, and news of the
+    /// other side, in both directions.
+    fn after_resume(&mut self, conn: ConnId, chat: ChatNumber, d: Detached) {
         for blob in d.held {
             self.send(conn, &Frame::Forward { chat, blob });
         }
@@ -1220,7 +1449,6 @@ impl<P: PairingBackend> Relay<P> {
             Peer::Away(_) => self.send(conn, &Frame::PeerAway { chat }),
         }
         self.refresh_offer(conn);
-        Ok(())
     }
 
     /// Ends one chat from `conn`'s side: both links go, the peer is told.
