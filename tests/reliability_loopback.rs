@@ -251,3 +251,46 @@ async fn a_wrong_capability_is_refused_like_an_unknown_one() {
     }
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_waiting_client_whose_connection_dies_keeps_its_place_in_the_queue() {
+    use fluister::client::chat::{ChatEvent, ClientRequest};
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let waiting_client = |stream| {
+        let request = ClientRequest {
+            reconnect: Some(reconnect_options(&org, &relay, None, WAIT)),
+            ..Default::default()
+        };
+        client_party_for(stream, org.public, request)
+    };
+    let first_stream = connect_anonymous(&org, &relay).await;
+    let connection = first_stream.connection().clone();
+    let mut first = waiting_client(first_stream);
+    first
+        .expect(|e| matches!(e, ChatEvent::Queued { position: 1, .. }))
+        .await;
+    let mut second = waiting_client(connect_anonymous(&org, &relay).await);
+    second
+        .expect(|e| matches!(e, ChatEvent::Queued { position: 2, .. }))
+        .await;
+    // A line typed while waiting waits for the counsellor, across the drop.
+    first.say("ben je er?").await;
+    connection.close(0u32.into(), b"");
+    first.expect(|e| *e == ChatEvent::Reconnecting).await;
+    first
+        .expect(|e| *e == ChatEvent::Resumed { chat: None })
+        .await;
+    // Back at the front, not behind the client who joined later.
+    first
+        .expect(|e| matches!(e, ChatEvent::Queued { position: 1, .. }))
+        .await;
+    let mut sam = sam(&org, &relay).await;
+    first.expect(is_paired).await;
+    sam.expect(is_paired).await;
+    assert_eq!(messages(&mut sam, 1).await, vec!["ben je er?"]);
+    second
+        .expect(|e| matches!(e, ChatEvent::Queued { position: 1, .. }))
+        .await;
+    relay.shutdown().await;
+}

@@ -411,28 +411,27 @@ impl Back<'_> {
     ) -> Result<(RelayStream, State), State> {
         let deadline = tokio::time::Instant::now() + self.reconnect.give_up_after;
         match state {
-            // JOIN not yet confirmed: join again.
-            State::Waiting { transferring } if self.ticket.is_none() => {
+            // Our place in the queue: the relay answers with QUEUED (or
+            // PAIRED), which the main loop reads. If the relay no longer
+            // knows the place (it restarted) or JOIN was never confirmed,
+            // join again.
+            State::Waiting { .. } => {
+                if let Some(ticket) = self.ticket {
+                    match self.present(ticket, deadline).await {
+                        Answer::Back(mut stream, answer) => {
+                            stream.unread(answer);
+                            return Ok((stream, state));
+                        }
+                        Answer::TimeUp => return Err(state),
+                        Answer::Refused => {}
+                    }
+                }
                 let Some(stream) = self.reconnect.connect().await else {
                     return Err(state);
                 };
                 match join(stream, self.request, self.events, announced).await {
-                    Ok(stream) => Ok((stream, State::Waiting { transferring })),
+                    Ok(stream) => Ok((stream, state)),
                     Err(_) => Err(state),
-                }
-            }
-            // Our place in the queue: the relay answers with QUEUED (or
-            // PAIRED), which the main loop reads.
-            State::Waiting { .. } => {
-                let Some(ticket) = self.ticket else {
-                    return Err(state);
-                };
-                match self.present(ticket, deadline).await {
-                    Some((mut stream, answer)) => {
-                        stream.unread(answer);
-                        Ok((stream, state))
-                    }
-                    None => Err(state),
                 }
             }
             State::Handshaking {
@@ -442,7 +441,7 @@ impl Back<'_> {
                 transferring,
                 resume,
             } => loop {
-                let Some((mut stream, Frame::Resumed { chat })) =
+                let Answer::Back(mut stream, Frame::Resumed { chat }) =
                     self.present(resume, deadline).await
                 else {
                     return Err(State::Handshaking {
@@ -470,7 +469,7 @@ impl Back<'_> {
                 }
             },
             State::Chatting(mut conversation, resume) => loop {
-                let Some((mut stream, Frame::Resumed { chat })) =
+                let Answer::Back(mut stream, Frame::Resumed { chat }) =
                     self.present(resume, deadline).await
                 else {
                     return Err(State::Chatting(conversation, resume));
@@ -483,26 +482,39 @@ impl Back<'_> {
         }
     }
 
-    /// Reconnects and presents `capability` until the relay answers. The
-    /// answer is not RESUME_FAILED; `None` if it was, or the time is up.
+    /// Reconnects and presents `capability` until the relay answers.
     async fn present(
         &self,
         capability: ResumeCapability,
         deadline: tokio::time::Instant,
-    ) -> Option<(RelayStream, Frame)> {
+    ) -> Answer {
         while tokio::time::Instant::now() < deadline {
-            let mut stream = self.reconnect.connect().await?;
+            let Some(mut stream) = self.reconnect.connect().await else {
+                return Answer::TimeUp;
+            };
             if stream.send(&Frame::Resume { capability }).await.is_err() {
                 continue;
             }
             // An attempt that hears nothing is tried again, not waited on forever.
             match tokio::time::timeout(chat::ANSWER_TIMEOUT, stream.next()).await {
                 // Unknown, wrong and expired all look alike: it is over.
-                Ok(Ok(Some(Frame::ResumeFailed))) => return None,
-                Ok(Ok(Some(answer))) => return Some((stream, answer)),
+                Ok(Ok(Some(Frame::ResumeFailed))) => return Answer::Refused,
+                Ok(Ok(Some(answer))) => return Answer::Back(stream, answer),
                 _ => continue,
             }
         }
-        None
+        Answer::TimeUp
     }
+}
+
+/// The relay's answer to a RESUME.
+// One value lives at a time, briefly; its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    /// Back on a new connection; the relay's first frame.
+    Back(RelayStream, Frame),
+    /// RESUME_FAILED: the relay does not know the capability (any more).
+    Refused,
+    /// No answer before the time was up.
+    TimeUp,
 }
