@@ -1,11 +1,14 @@
 //! The relay's config file: TOML, every key documented in
 //! `deploy/fluister.toml`, unknown keys refused.
 //!
-//! [`RelayConfig::load`] reads a file, resolves relative paths against the
-//! file's folder and checks every value; [`RelayConfig::default`] is the
-//! embedded default used when no file is given (loopback, a generated
-//! certificate, no counsellor sign-in). The shell turns the result into core
-//! [`Limits`] and QUIC transport settings.
+//! [`RelayConfig::load`] reads a file, applies `FLUISTER__…` environment
+//! overrides ([`ENV_PREFIX`]), resolves relative paths against the file's
+//! folder and checks every value; every error names the key and the line
+//! (or the variable) it came from. [`RelayConfig::from_env`] is the embedded
+//! default (loopback, a generated certificate, no counsellor sign-in) with
+//! the same overrides. [`RelayConfig::check_files`] also opens the files the
+//! config names, for `fluister relay --check-config`. The shell turns the
+//! result into core [`Limits`] and QUIC transport settings.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,16 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 64 * MAX_FRAME_LEN as u32;
 /// Where the relay listens when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 
+/// Where the admin listener (metrics, health) listens when nothing else is said.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7444";
+
+/// Environment variables that override single config keys start with this;
+/// `__` separates the levels of the key, which is upper-cased:
+/// `FLUISTER__LISTEN`, `FLUISTER__LIMITS__MAX_QUEUE`,
+/// `FLUISTER__ADMIN__LISTEN`. Values are TOML values (`200`, `true`,
+/// `["nl"]`); anything that does not parse as one is taken as a string.
+pub const ENV_PREFIX: &str = "FLUISTER__";
+
 /// Why a config could not be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -42,6 +55,25 @@ pub enum ConfigError {
     /// A value out of range, or keys that must come together.
     #[error("config key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// [`ConfigError::Invalid`] with where the value came from: "line 12"
+    /// of the file, or an environment variable.
+    #[error("config {path}, {source_of_value}: key `{key}`: {reason}")]
+    InvalidAt {
+        path: PathBuf,
+        source_of_value: String,
+        key: &'static str,
+        reason: String,
+    },
+    /// An environment override that is not a config key, or not of its type.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// A file the config names is missing or unusable (`--check-config`).
+    #[error("config key `{key}`: {path}: {reason}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// The whole relay config.
@@ -60,6 +92,18 @@ pub struct RelayConfig {
     /// in with client certificates it issued. Absent: nobody can sign in as
     /// a counsellor.
     pub counsellor_ca: Option<PathBuf>,
+    /// PEM certificate revocation list from `fluister org revoke`, signed by
+    /// the counsellor CA. Reloaded with the TLS files.
+    pub counsellor_crl: Option<PathBuf>,
+    /// Seconds between checks whether the TLS files or the revocation list
+    /// changed on disk (0 = only on SIGHUP). Default 10.
+    #[serde(default = "default_watch_secs")]
+    pub tls_watch_secs: u64,
+    /// Log level when RUST_LOG is not set: error, warn, info, debug or trace.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Languages offered, as two-letter codes. Default `["nl", "en"]`.
     pub languages: Option<Vec<String>>,
     /// Topics a young person can choose. Default: the built-in list.
@@ -68,6 +112,36 @@ pub struct RelayConfig {
     pub hours: Option<HoursConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+/// `[admin]`: the HTTP listener for metrics and health checks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz`. Default true.
+    pub enabled: bool,
+    /// TCP address; keep it on loopback or a private network. Default
+    /// 127.0.0.1:7444.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7444))),
+        }
+    }
+}
+
+fn default_watch_secs() -> u64 {
+    10
+}
+
+fn default_log_level() -> String {
+    "info".into()
 }
 
 /// `[[topics]]`: one topic with a stable id and its labels.
@@ -237,6 +311,10 @@ impl Default for RelayConfig {
             tls_cert: None,
             tls_key: None,
             counsellor_ca: None,
+            counsellor_crl: None,
+            tls_watch_secs: default_watch_secs(),
+            log_level: default_log_level(),
+            admin: AdminConfig::default(),
             languages: None,
             topics: None,
             hours: None,
@@ -273,17 +351,97 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// The 1-based line on which a dotted `key` is written in `text`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let mut parts = key.split('.');
+    let mut value = document.get_ref().get(parts.next()?)?;
+    for part in parts {
+        value = value.get_ref().get(part)?;
+    }
+    let start = value.span().start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
+}
+
+/// The environment variable that overrides `key`.
+pub fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Overrides from the environment: (variable, dotted key, value).
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, Vec<String>, toml::Value)> {
+    let mut out: Vec<_> = env
+        .into_iter()
+        .filter_map(|(var, raw)| {
+            let path = var.strip_prefix(ENV_PREFIX)?;
+            let path: Vec<String> = path.split("__").map(|p| p.to_lowercase()).collect();
+            // A TOML value if it is one (200, true, ["nl"]), else a string.
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            Some((var, path, value))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("names no key".into());
+    };
+    let mut here = table;
+    for p in parents {
+        let entry = here
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        here = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    here.insert(last.clone(), value);
+    Ok(())
+}
+
 impl RelayConfig {
-    /// Reads, parses, resolves and validates a config file.
+    /// Reads, parses, resolves and validates a config file, with the
+    /// process's `FLUISTER__…` overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// The embedded default with the process's `FLUISTER__…` overrides.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::parse_with_env("", std::env::vars())
+    }
+
+    /// [`RelayConfig::load`] with the given environment.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse_with_env(&text, env).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
+            },
+            ConfigError::InvalidAt {
+                source_of_value,
+                key,
+                reason,
+                ..
+            } => ConfigError::InvalidAt {
+                path: path.to_owned(),
+                source_of_value,
+                key,
+                reason,
             },
             other => other,
         })?;
@@ -292,6 +450,7 @@ impl RelayConfig {
             &mut config.tls_cert,
             &mut config.tls_key,
             &mut config.counsellor_ca,
+            &mut config.counsellor_crl,
         ]
         .into_iter()
         .flatten()
@@ -305,11 +464,67 @@ impl RelayConfig {
 
     /// Parses and validates config text (relative paths stay relative).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: RelayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_env(text, std::iter::empty())
+    }
+
+    /// Parses config text, applies environment overrides, validates.
+    pub fn parse_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // The file alone first, so that its errors carry their lines.
+        let from_file: RelayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: describe_toml_error(text, &e),
         })?;
-        config.validate()?;
+        let overrides = env_overrides(env);
+        let config = if overrides.is_empty() {
+            from_file
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: PathBuf::new(),
+                message: describe_toml_error(text, &e),
+            })?;
+            // One at a time, so that an error names its variable.
+            for (var, path, value) in &overrides {
+                set_path(&mut table, path, value.clone()).map_err(|message| ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                })?;
+                toml::Value::Table(table.clone())
+                    .try_into::<RelayConfig>()
+                    .map_err(|e| ConfigError::Env {
+                        var: var.clone(),
+                        message: e.message().trim().replace('\n', " "),
+                    })?;
+            }
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| ConfigError::Env {
+                    var: "FLUISTER__*".into(),
+                    message: e.message().to_string(),
+                })?
+        };
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, reason } => {
+                let var = env_var_for(key);
+                let source_of_value = if overrides.iter().any(|(v, _, _)| *v == var) {
+                    format!("environment variable {var}")
+                } else {
+                    match line_of_key(text, key) {
+                        Some(line) => format!("line {line}"),
+                        None => "default value".into(),
+                    }
+                };
+                ConfigError::InvalidAt {
+                    path: PathBuf::new(),
+                    source_of_value,
+                    key,
+                    reason,
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -326,6 +541,22 @@ impl RelayConfig {
                 reason: "a generated certificate is only allowed on a loopback address; \
                          set tls_cert and tls_key to listen elsewhere"
                     .into(),
+            });
+        }
+        if self.counsellor_crl.is_some() && self.counsellor_ca.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "counsellor_crl",
+                reason: "a revocation list needs `counsellor_ca`, whose CA signed it".into(),
+            });
+        }
+        range("tls_watch_secs", self.tls_watch_secs, 0, 3600)?;
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                reason: format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.log_level
+                ),
             });
         }
         let l = &self.limits;

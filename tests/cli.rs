@@ -183,7 +183,8 @@ fn org_setup() -> Setup {
     // Same config as `org init` wrote, but on an ephemeral port.
     let config = std::fs::read_to_string(org.join("relay.toml"))
         .unwrap()
-        .replace("127.0.0.1:7443", "127.0.0.1:0");
+        .replace("127.0.0.1:7443", "127.0.0.1:0")
+        .replace("127.0.0.1:7444", "127.0.0.1:0");
     std::fs::write(org.join("test-relay.toml"), config).unwrap();
     Setup { dir, org_key }
 }
@@ -304,7 +305,13 @@ fn a_scripted_json_chat_runs_end_to_end() {
 
 #[test]
 fn the_demo_prints_commands_that_work() {
-    let mut demo = spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let mut demo = spawn(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     let mut counsellor_cmd = None;
     let mut chat_cmd = None;
     while counsellor_cmd.is_none() || chat_cmd.is_none() {

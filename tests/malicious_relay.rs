@@ -25,7 +25,15 @@ async fn evil_relay(
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<Frame>>) {
     let (chain, key) = org.relay_tls();
     let transport = tls::transport_config(tls::TransportSizes::default());
-    let server = tls::server_config(chain, key, None, transport).unwrap();
+    let files = tls::ServerFiles {
+        chain_pem: String::new(),
+        chain,
+        key,
+        counsellor_ca: None,
+        crls: Vec::new(),
+        revoked: Vec::new(),
+    };
+    let server = tls::server_config(&files, transport).unwrap();
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let task = tokio::spawn(async move {

@@ -41,10 +41,19 @@ enum Command {
     #[command(subcommand)]
     Org(OrgCommand),
     /// Run the relay. Without --config: embedded defaults on 127.0.0.1:7443.
+    /// Single keys can be overridden with FLUISTER__KEY or
+    /// FLUISTER__TABLE__KEY environment variables (see deploy/fluister.toml).
     Relay {
         /// Relay config file (see deploy/fluister.toml).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
         config: Option<PathBuf>,
+        /// Check a config file and the files it names (certificate, key,
+        /// counsellor CA, revocation list), then exit: 0 if usable, 1 if not.
+        #[arg(long, value_name = "FILE")]
+        check_config: Option<PathBuf>,
+        /// Log lines on stderr as text or as JSON objects.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Run a relay with a throw-away organisation and one counsellor, and
     /// print the commands to join as client and as counsellor.
@@ -52,6 +61,9 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
+        /// TCP address of the admin listener (metrics, health).
+        #[arg(long, default_value = crate::config::DEFAULT_ADMIN_LISTEN)]
+        admin_listen: std::net::SocketAddr,
     },
     /// Sign in as a counsellor and take chats. One line = one message;
     /// "/help" lists the commands (several chats, @N, /end, /block, /transfer, /away ...).
@@ -88,6 +100,12 @@ enum Command {
         #[arg(long, value_name = "CODE")]
         language: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -131,6 +149,30 @@ enum OrgCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// List the counsellor credentials issued, with expiry and status.
+    List {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Renew a counsellor's certificate and credential (same keys); the
+    /// identity file is replaced in place.
+    Renew {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "PSEUDONYM")]
+        name: String,
+        #[arg(long, value_name = "N", default_value_t = org::DEFAULT_COUNSELLOR_DAYS)]
+        days: u32,
+    },
+    /// Revoke a counsellor's credentials (by pseudonym or serial number) and
+    /// write the revocation list the relay reads.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A pseudonym (all its credentials) or one serial number.
+        #[arg(long, value_name = "PSEUDONYM_OR_SERIAL")]
+        name: String,
+    },
 }
 
 /// Entry point of the binary.
@@ -158,10 +200,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(matches!(
-        cli.command,
-        Command::Relay { .. } | Command::Demo { .. }
-    ));
+    // The relay sets up logging once its config (and log level) is read.
+    match cli.command {
+        Command::Relay { .. } => {}
+        Command::Demo { .. } => init_logging("info", LogFormat::Text),
+        _ => init_logging("warn", LogFormat::Text),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -184,8 +228,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(server: bool) {
-    let default = if server { "info" } else { "warn" };
+/// Logs to stderr at RUST_LOG's level, or `default` without it.
+fn init_logging(default: &str, format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The QUIC stack formats peer addresses into its messages (quinn-udp
@@ -201,10 +245,13 @@ fn init_logging(server: bool) {
             filter = filter.add_directive(d);
         }
     }
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 async fn run(command: Command) -> CliResult {
@@ -241,16 +288,103 @@ async fn run(command: Command) -> CliResult {
             println!("Hand it to the counsellor over a secure channel; it is secret.");
             Ok(())
         }
-        Command::Relay { config } => {
+        Command::Org(OrgCommand::List { dir }) => {
+            let register = org::lifecycle::Register::load(&dir)?;
+            let now = org::now_unix();
+            println!(
+                "{:<24} {:<34} {:<22} status",
+                "pseudonym", "serial", "expires (UTC)"
+            );
+            for issued in &register.credentials {
+                let expires = chrono::DateTime::from_timestamp(issued.not_after as i64, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default();
+                let status = match issued.status(now) {
+                    org::lifecycle::Status::Valid => {
+                        format!("valid, {} days left", (issued.not_after - now) / 86_400)
+                    }
+                    org::lifecycle::Status::Expired => "expired".into(),
+                    org::lifecycle::Status::Revoked => "revoked".into(),
+                };
+                println!(
+                    "{:<24} {:<34} {:<22} {status}",
+                    issued.pseudonym, issued.serial, expires
+                );
+            }
+            Ok(())
+        }
+        Command::Org(OrgCommand::Renew { dir, name, days }) => {
+            let (path, _) = org::renew_counsellor(&dir, &name, days, &mut OsRng)?;
+            println!(
+                "Renewed {name} for {days} days; {} was replaced. Hand it to the counsellor again.",
+                path.display()
+            );
+            println!(
+                "The previous credential stays valid until it expires, unless you revoke it by its serial."
+            );
+            Ok(())
+        }
+        Command::Org(OrgCommand::Revoke { dir, name }) => {
+            let (revoked, crl) = org::lifecycle::revoke(&dir, &name)?;
+            for issued in &revoked {
+                println!("Revoked {} (serial {}).", issued.pseudonym, issued.serial);
+            }
+            println!(
+                "Revocation list written to {}. Copy it to the relay (counsellor_crl); the relay \
+                 picks it up within tls_watch_secs, or at once on SIGHUP, and cuts off the \
+                 counsellor if signed in.",
+                crl.display()
+            );
+            Ok(())
+        }
+        Command::Relay {
+            check_config: Some(path),
+            ..
+        } => {
+            let config = RelayConfig::load(&path)?;
+            tls::ServerFiles::load(&config)?;
+            println!(
+                "{}: OK. Relay on {} (UDP); admin listener {}; {} topics, {} languages; counsellor sign-in {}; revocation list {}.",
+                path.display(),
+                config.listen,
+                if config.admin.enabled {
+                    config.admin.listen.to_string()
+                } else {
+                    "off".into()
+                },
+                config.service()?.topics.len(),
+                config.service()?.languages.len(),
+                if config.counsellor_ca.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+                if config.counsellor_crl.is_some() {
+                    "on"
+                } else {
+                    "none"
+                },
+            );
+            Ok(())
+        }
+        Command::Relay {
+            config, log_format, ..
+        } => {
             let config = match &config {
                 Some(path) => RelayConfig::load(path)?,
-                None => RelayConfig::default(),
+                None => RelayConfig::from_env()?,
             };
+            init_logging(&config.log_level, log_format);
             let running = relay::start(&config, Default::default()).await?;
             println!(
                 "Fluister relay listening on {} (UDP, ALPN fluister/1).",
                 running.local_addr()
             );
+            if let Some(admin) = running.admin_addr() {
+                println!(
+                    "Metrics and health checks on http://{admin} (/metrics, /healthz, /readyz)."
+                );
+            }
             if config.tls_cert.is_none() {
                 let pem_path = write_public_cert(running.certificate_pem())?;
                 println!(
@@ -266,7 +400,10 @@ async fn run(command: Command) -> CliResult {
             running.shutdown().await;
             Ok(())
         }
-        Command::Demo { listen } => demo(listen).await,
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => demo(listen, admin_listen).await,
         Command::Counsellor {
             conn,
             identity,
@@ -439,7 +576,7 @@ fn write_public_cert(pem: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(path)
 }
 
-async fn demo(listen: std::net::SocketAddr) -> CliResult {
+async fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> CliResult {
     let dir = tempfile::Builder::new()
         .prefix("fluister-demo-")
         .tempdir()?;
@@ -447,6 +584,7 @@ async fn demo(listen: std::net::SocketAddr) -> CliResult {
     let identity = org::add_counsellor(dir.path(), "Demo counsellor", 1, None, &mut OsRng)?;
     let mut config = RelayConfig::load(&dir.path().join(org::RELAY_CONFIG_FILE))?;
     config.listen = listen;
+    config.admin.listen = admin_listen;
     let running = relay::start(&config, Default::default()).await?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())

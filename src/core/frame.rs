@@ -114,6 +114,9 @@ pub enum EndReason {
     /// Relay to endpoint: the chat moves to another counsellor or back to
     /// the queue; the client will get QUEUED or PAIRED next.
     Transferred,
+    /// Relay to client: the counsellor's access was withdrawn by the
+    /// helpline (their credential was revoked).
+    CounsellorRevoked,
 }
 
 impl EndReason {
@@ -125,6 +128,7 @@ impl EndReason {
             EndReason::PeerDisconnected => 0x10,
             EndReason::RelayShutdown => 0x11,
             EndReason::Transferred => 0x12,
+            EndReason::CounsellorRevoked => 0x13,
         }
     }
     pub fn from_byte(b: u8) -> Result<Self, FrameError> {
@@ -135,6 +139,7 @@ impl EndReason {
             0x10 => Ok(EndReason::PeerDisconnected),
             0x11 => Ok(EndReason::RelayShutdown),
             0x12 => Ok(EndReason::Transferred),
+            0x13 => Ok(EndReason::CounsellorRevoked),
             _ => Err(FrameError::BadField("reason")),
         }
     }
@@ -147,6 +152,7 @@ impl EndReason {
             EndReason::PeerDisconnected => "peer_disconnected",
             EndReason::RelayShutdown => "relay_shutdown",
             EndReason::Transferred => "transferred",
+            EndReason::CounsellorRevoked => "counsellor_revoked",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod pairing;
 pub mod ratelimit;
 pub mod relay;
+pub mod stats;
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,8 @@ pub enum CloseCode {
     RateLimited = 0x0c,
     /// JOIN carried a wrong proof-of-work solution.
     ProofOfWorkFailed = 0x0d,
+    /// The counsellor's relay credential was revoked by the organisation.
+    Revoked = 0x0e,
 }
 
 impl CloseCode {
@@ -92,8 +95,31 @@ impl CloseCode {
             0x0b => InternalError,
             0x0c => RateLimited,
             0x0d => ProofOfWorkFailed,
+            0x0e => Revoked,
             _ => return None,
         })
+    }
+
+    /// A stable snake_case name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        use CloseCode::*;
+        match self {
+            NoError => "no_error",
+            MalformedFrame => "malformed_frame",
+            FrameTooLarge => "frame_too_large",
+            UnexpectedFrame => "unexpected_frame",
+            UnsupportedVersion => "unsupported_version",
+            NotAuthorized => "not_authorized",
+            Busy => "busy",
+            HelloTimeout => "hello_timeout",
+            ShuttingDown => "shutting_down",
+            UnexpectedStream => "unexpected_stream",
+            SlowConsumer => "slow_consumer",
+            InternalError => "internal_error",
+            RateLimited => "rate_limited",
+            ProofOfWorkFailed => "proof_of_work_failed",
+            Revoked => "revoked",
+        }
     }
 
     /// Short reason phrase sent in the QUIC CONNECTION_CLOSE frame.
@@ -114,6 +140,7 @@ impl CloseCode {
             InternalError => "internal error",
             RateLimited => "too many frames, slow down",
             ProofOfWorkFailed => "proof of work failed",
+            Revoked => "your sign-in was revoked by the helpline",
         }
     }
 }

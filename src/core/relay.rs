@@ -35,6 +35,7 @@ use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
 use super::pairing::{LocalQueue, Offer, PairingBackend, Request};
 use super::ratelimit::{Pow, TokenBucket, pow_valid};
+use super::stats::{Gauges, Stats};
 use super::{CloseCode, Now};
 use sha2::{Digest, Sha256};
 
@@ -82,6 +83,9 @@ pub enum ConnectError {
     #[error("too many connections")]
     TooManyConnections,
 }
+
+/// The length of every FORWARD frame, header included.
+const FORWARD_FRAME_LEN: u64 = (super::frame::HEADER_LEN + 4 + super::frame::BLOB_LEN) as u64;
 
 /// The SHA-256 of a resume capability: all the relay keeps of it.
 type CapHash = [u8; 32];
@@ -138,6 +142,8 @@ struct AwayFromQueue {
 
 #[derive(Debug)]
 struct Waiting {
+    /// When the client joined the queue.
+    since: Instant,
     /// Wait over at this instant: the client is let go.
     deadline: Instant,
     /// When the topic fallback starts; `None` once it has passed.
@@ -242,6 +248,7 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     away_from_queue: HashMap<CapHash, AwayFromQueue>,
     /// The next [`Request::turn`].
     turns: u64,
+    stats: Stats,
     shutting_down: bool,
 }
 
@@ -280,6 +287,7 @@ impl<P: PairingBackend> Relay<P> {
             detached: HashMap::new(),
             away_from_queue: HashMap::new(),
             turns: 0,
+            stats: Stats::default(),
             shutting_down: false,
         }
     }
@@ -466,7 +474,21 @@ impl<P: PairingBackend> Relay<P> {
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort();
         for id in &ids {
-            let chats: Vec<ChatNumber> = self.conns[id].links.keys().copied().collect();
+            let c = &self.conns[id];
+            // Each chat once: on its counsellor's side, or its client's if
+            // the counsellor is away.
+            let ended = c
+                .links
+                .values()
+                .filter(|l| {
+                    matches!(c.state, State::Counsellor(_)) || matches!(l.peer, Peer::Away(_))
+                })
+                .count();
+            for _ in 0..ended {
+                self.stats.ended(EndReason::RelayShutdown);
+            }
+            self.stats.closed(CloseCode::ShuttingDown);
+            let chats: Vec<ChatNumber> = c.links.keys().copied().collect();
             for chat in chats {
                 self.send(
                     *id,
@@ -500,6 +522,63 @@ impl<P: PairingBackend> Relay<P> {
     /// Number of open connections and waiting clients, for tests and metrics.
     pub fn counts(&self) -> (usize, usize) {
         (self.conns.len(), self.pairing.waiting().len())
+    }
+
+    /// What was counted since the last call; counting starts afresh.
+    pub fn take_stats(&mut self) -> Stats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// The relay's state right now, for metrics.
+    pub fn gauges(&self, now: Now) -> Gauges {
+        let mut g = Gauges {
+            open: self.service.hours.is_open(now.unix),
+            pow_difficulty: self.pow_difficulty(),
+            waiting_away: self.away_from_queue.len(),
+            sides_away: self.detached.len(),
+            ..Gauges::default()
+        };
+        for c in self.conns.values() {
+            match &c.state {
+                State::AwaitingHello { .. } => g.unidentified += 1,
+                State::Client(_) => g.clients += 1,
+                State::Counsellor(s) => {
+                    g.counsellors += 1;
+                    g.chats += c.links.len();
+                    if s.available && c.links.len() < s.capacity {
+                        g.counsellors_with_room += 1;
+                    }
+                }
+            }
+        }
+        // Chats whose counsellor side is away are counted once, there.
+        g.chats += self
+            .detached
+            .values()
+            .filter(|d| d.role == Role::Counsellor)
+            .count();
+        for (_, request) in self.pairing.waiting() {
+            *g.waiting.entry(request.topic).or_default() += 1;
+        }
+        g
+    }
+
+    /// The organisation revoked this counsellor connection's credential:
+    /// each of its chats ends for the young person with
+    /// END(COUNSELLOR_REVOKED), and the connection is closed with `REVOKED`.
+    pub fn handle_revoked(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.credential == Credential::Anonymous {
+            return;
+        }
+        let chats: Vec<ChatNumber> = c.links.keys().copied().collect();
+        for chat in chats {
+            self.end_chat(conn, chat, EndReason::CounsellorRevoked);
+        }
+        self.close(conn, CloseCode::Revoked, true);
+        self.pair_waiting(now);
     }
 
     fn handle_frame(&mut self, now: Now, conn: ConnId, frame: Frame) -> Result<(), CloseCode> {
@@ -543,6 +622,8 @@ impl<P: PairingBackend> Relay<P> {
                         Err(CloseCode::UnexpectedFrame)
                     };
                 };
+                self.stats.frames_forwarded += 1;
+                self.stats.bytes_forwarded += FORWARD_FRAME_LEN;
                 match link.peer {
                     Peer::Live {
                         conn: peer,
@@ -793,6 +874,7 @@ impl<P: PairingBackend> Relay<P> {
         let fallback_at = has_topic.then(|| now.mono + self.limits.topic_fallback);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = State::Client(ClientStage::Waiting(Waiting {
+                since: now.mono,
                 deadline: now.mono + self.limits.max_wait,
                 fallback_at,
                 next_update: now.mono,
@@ -864,6 +946,7 @@ impl<P: PairingBackend> Relay<P> {
                 }
             },
         };
+        self.stats.transfers += 1;
         self.end_chat(conn, chat, EndReason::Transferred);
         // The counsellor hears END(TRANSFERRED) as confirmation, too.
         self.send(
@@ -968,7 +1051,7 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// Links a client and a counsellor in a new chat and tells both.
-    fn start_chat(&mut self, _now: Now, client: ConnId, counsellor: ConnId) {
+    fn start_chat(&mut self, now: Now, client: ConnId, counsellor: ConnId) {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let pairing_id = PairingId(id);
@@ -1009,8 +1092,14 @@ impl<P: PairingBackend> Relay<P> {
             },
         );
         if let Some(c) = self.conns.get_mut(&client) {
+            if let State::Client(ClientStage::Waiting(w)) = &c.state {
+                self.stats
+                    .waits
+                    .push(now.mono.saturating_duration_since(w.since));
+            }
             c.state = State::Client(ClientStage::InChat);
         }
+        self.stats.pairings += 1;
         self.refresh_offer(counsellor);
         self.send(
             client,
@@ -1138,6 +1227,7 @@ impl<P: PairingBackend> Relay<P> {
             .and_then(|c| c.links.remove(&chat))
             .is_some()
         {
+            self.stats.ended(EndReason::PeerDisconnected);
             self.send(
                 conn,
                 &Frame::End {
@@ -1367,7 +1457,9 @@ impl<P: PairingBackend> Relay<P> {
         match d.peer {
             Peer::Live { conn, chat } => self.peer_gone(conn, chat),
             Peer::Away(other) => {
-                self.detached.remove(&other);
+                if self.detached.remove(&other).is_some() {
+                    self.stats.ended(EndReason::PeerDisconnected);
+                }
             }
         }
     }
@@ -1461,6 +1553,7 @@ impl<P: PairingBackend> Relay<P> {
         else {
             return;
         };
+        self.stats.ended(reason);
         self.after_chat_left(conn, reason);
         match link.peer {
             Peer::Live {
@@ -1505,6 +1598,7 @@ impl<P: PairingBackend> Relay<P> {
 
     fn close(&mut self, conn: ConnId, code: CloseCode, flush: bool) {
         if self.conns.contains_key(&conn) {
+            self.stats.closed(code);
             self.forget_without_pairing(conn);
             self.out.push_back(Output::Close { conn, code, flush });
         }

@@ -10,19 +10,27 @@
 //! - the **driver** owns the core. It feeds events in, drains the core's
 //!   outputs to the outbound queues, and wakes for the core's timers. A
 //!   connection whose queue is full is closed as a slow consumer; nobody
-//!   else waits for it.
+//!   else waits for it. After every step it adds the core's counts to the
+//!   [`metrics`];
+//! - the **admin listener** ([`admin`]) serves metrics and health checks;
+//! - the **reloader** ([`reload`]) rereads the TLS files and the revocation
+//!   list on SIGHUP and when they change: new connections get the new
+//!   certificate, and counsellors whose credential was revoked are cut off.
 //!
 //! Nothing clever lives here, and nothing here logs an address, a port, a
 //! connection or pairing id, a key or a byte of content.
 //!
 //! [`core::relay::Relay`]: crate::core::relay::Relay
 
+mod admin;
+mod metrics;
+mod reload;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand_core::OsRng;
@@ -60,6 +68,12 @@ pub enum RelayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The admin listener's TCP socket could not be bound.
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    BindAdmin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Which way bytes went, for a [`FrameObserver`].
@@ -85,6 +99,8 @@ pub struct RelayOptions {
 enum Event {
     Connected {
         credential: Credential,
+        /// A counsellor credential's serial number, to match revocations.
+        serial: Option<Vec<u8>>,
         outbound: mpsc::Sender<Outbound>,
         connection: quinn::Connection,
         reply: oneshot::Sender<Option<ConnId>>,
@@ -95,6 +111,10 @@ enum Event {
     },
     Disconnected {
         conn: ConnId,
+    },
+    /// The revocation list now holds these serial numbers.
+    Revoked {
+        serials: Vec<Vec<u8>>,
     },
 }
 
@@ -108,8 +128,12 @@ enum Outbound {
 /// [`RunningRelay::shutdown`].
 pub struct RunningRelay {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     certificate_pem: String,
     shutdown: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    reload: mpsc::Sender<reload::Trigger>,
     driver: JoinHandle<()>,
     endpoint: quinn::Endpoint,
     drain_deadline: Duration,
@@ -121,9 +145,25 @@ impl RunningRelay {
         self.local_addr
     }
 
-    /// The relay's TLS certificate (PEM), for clients to pin with `--ca`.
+    /// The relay's TLS certificate (PEM) at start, for clients to pin with `--ca`.
     pub fn certificate_pem(&self) -> &str {
         &self.certificate_pem
+    }
+
+    /// The admin listener's TCP address, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Rereads the TLS files and the revocation list now, as SIGHUP does.
+    /// Returns whether the new files were taken (a broken file is refused
+    /// and logged, and the old ones stay in use).
+    pub async fn reload(&self) -> bool {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.reload.send(Some(done_tx)).await.is_err() {
+            return false;
+        }
+        done_rx.await.unwrap_or(false)
     }
 
     /// Graceful drain: stops accepting connections, handles every frame
@@ -132,6 +172,7 @@ impl RunningRelay {
     /// closes every connection, all within `drain_deadline`.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.drain_deadline;
+        self.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout_at(deadline, self.driver).await;
         let flush_until = deadline.min(tokio::time::Instant::now() + FLUSH_ON_CLOSE);
@@ -140,6 +181,7 @@ impl RunningRelay {
             CloseCode::ShuttingDown.code().into(),
             CloseCode::ShuttingDown.reason().as_bytes(),
         );
+        let _ = self.admin_stop.send(true);
     }
 }
 
@@ -149,26 +191,15 @@ pub async fn start(
     options: RelayOptions,
 ) -> Result<RunningRelay, RelayError> {
     config.validate()?;
-    let (chain_pem, key_pem) = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => (
-            tls::read_pem(cert)?,
-            zeroize::Zeroizing::new(tls::read_pem(key)?),
-        ),
-        _ => crate::org::self_signed_relay_cert(&crate::org::loopback_hosts(), 14)?,
-    };
-    let chain = tls::certs_from_pem("relay certificate", &chain_pem)?;
-    let key = tls::key_from_pem("relay key", &key_pem)?;
-    let ca = match &config.counsellor_ca {
-        Some(path) => Some(tls::certs_from_pem("counsellor CA", &tls::read_pem(path)?)?),
-        None => None,
-    };
-    let transport = tls::transport_config(tls::TransportSizes {
+    let files = tls::ServerFiles::load(config)?;
+    let sizes = tls::TransportSizes {
         stream_receive_window: config.limits.stream_receive_window,
         receive_window: config.limits.receive_window,
         idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
         keep_alive: Duration::from_secs(config.limits.keep_alive_secs),
-    });
-    let mut server = tls::server_config(chain, key, ca, transport)?;
+    };
+    let transport = move || tls::transport_config(sizes);
+    let mut server = tls::server_config(&files, transport())?;
     server.max_incoming(config.limits.max_connections);
     let endpoint =
         quinn::Endpoint::server(server, config.listen).map_err(|source| RelayError::Bind {
@@ -179,12 +210,36 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let service = config.service()?;
+    let topics: Vec<_> = service.topics.iter().map(|t| t.id).collect();
+    let metrics = Arc::new(metrics::Metrics::new(&topics));
+    metrics.set_ready(true);
+    let ready = Arc::new(AtomicBool::new(true));
+    let (refresh_tx, refresh_rx) = mpsc::channel(16);
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_addr = if config.admin.enabled {
+        let state = admin::AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            refresh: refresh_tx,
+        };
+        Some(
+            admin::serve(config.admin.listen, state, admin_stop_rx)
+                .await
+                .map_err(|source| RelayError::BindAdmin {
+                    addr: config.admin.listen,
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let core = Relay::new(
         config.core_limits(),
-        config.service()?,
+        service,
         Box::new(OsRng),
         std::time::Instant::now(),
     );
@@ -192,8 +247,25 @@ pub async fn start(
         core,
         conns: HashMap::new(),
         observer: options.observer,
+        metrics: metrics.clone(),
+        revoked: files.revoked.iter().cloned().collect(),
     };
-    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone()));
+    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx));
+    let reloader = reload::Reloader {
+        config: config.clone(),
+        endpoint: endpoint.clone(),
+        transport: Box::new(transport),
+        max_incoming: config.limits.max_connections,
+        events: events_tx.clone(),
+        metrics: metrics.clone(),
+        watched: reload::Watched::now(config),
+    };
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    tokio::spawn(reloader.run(
+        reload_rx,
+        Duration::from_secs(config.tls_watch_secs),
+        shutdown_rx.clone(),
+    ));
     let admission = Admission {
         max_buffered: config.limits.max_buffered_frames,
         max_capacity: usize::from(config.limits.max_capacity),
@@ -216,12 +288,22 @@ pub async fn start(
     ));
     tracing::info!(
         counsellor_sign_in = config.counsellor_ca.is_some(),
-        "relay started; no addresses, session ids or message contents are logged"
+        revocation_list = config.counsellor_crl.is_some(),
+        admin_listener = admin_addr.is_some(),
+        "relay started. Privacy in force: no addresses, ports, connection or \
+         session ids, keys or message text are logged at any level; the QUIC \
+         stack's own logs are off; nothing per session is written to disk; \
+         every end-to-end frame is padded to one size; metrics carry no \
+         label from user data"
     );
     Ok(RunningRelay {
         local_addr,
-        certificate_pem: chain_pem,
+        admin_addr,
+        certificate_pem: files.chain_pem,
         shutdown: shutdown_tx,
+        admin_stop,
+        ready,
+        reload: reload_tx,
         driver,
         endpoint,
         drain_deadline: Duration::from_secs(config.limits.drain_deadline_secs),
@@ -317,9 +399,14 @@ async fn connection_task(
     let Ok(connection) = connecting else {
         return;
     };
-    let credential = match tls::counsellor_pseudonym(&connection) {
-        Some(pseudonym) => Credential::Counsellor { pseudonym },
-        None => Credential::Anonymous,
+    let (credential, serial) = match tls::counsellor_credential(&connection) {
+        Some(c) => (
+            Credential::Counsellor {
+                pseudonym: c.pseudonym,
+            },
+            Some(c.serial),
+        ),
+        None => (Credential::Anonymous, None),
     };
     // The control stream must open promptly; HELLO's own deadline is the core's.
     let stream = tokio::time::timeout(Duration::from_secs(10), connection.accept_bi()).await;
@@ -337,6 +424,7 @@ async fn connection_task(
     let registered = events
         .send(Event::Connected {
             credential,
+            serial,
             outbound: out_tx,
             connection: connection.clone(),
             reply: reply_tx,
@@ -420,22 +508,35 @@ fn now() -> Now {
 struct ConnEntry {
     outbound: mpsc::Sender<Outbound>,
     connection: quinn::Connection,
+    serial: Option<Vec<u8>>,
 }
 
 struct Driver {
     core: Relay,
     conns: HashMap<ConnId, ConnEntry>,
     observer: Option<FrameObserver>,
+    metrics: Arc<metrics::Metrics>,
+    /// Serial numbers on the current revocation list.
+    revoked: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Driver {
-    async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+        mut refresh: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
         loop {
             let timer = self.core.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { return };
                     self.handle(event);
+                }
+                Some(done) = refresh.recv() => {
+                    self.metrics.set_gauges(&self.core.gauges(now()));
+                    let _ = done.send(());
                 }
                 _ = async { tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)).await }, if timer.is_some() => {
                     self.core.handle_timeout(now());
@@ -448,6 +549,8 @@ impl Driver {
                     }
                     self.core.handle_shutdown(now());
                     self.dispatch();
+                    self.metrics.set_ready(false);
+                    self.metrics.set_gauges(&self.core.gauges(now()));
                     return;
                 }
             }
@@ -460,10 +563,18 @@ impl Driver {
         match event {
             Event::Connected {
                 credential,
+                serial,
                 outbound,
                 connection,
                 reply,
             } => {
+                // Revoked between its TLS handshake and now: no sign-in.
+                if serial.as_ref().is_some_and(|s| self.revoked.contains(s)) {
+                    close(&connection, CloseCode::Revoked);
+                    self.metrics.closed(CloseCode::Revoked);
+                    let _ = reply.send(None);
+                    return;
+                }
                 let id = self.core.handle_connect(now, credential).ok();
                 if let Some(id) = id {
                     self.conns.insert(
@@ -471,10 +582,25 @@ impl Driver {
                         ConnEntry {
                             outbound,
                             connection,
+                            serial,
                         },
                     );
                 }
                 let _ = reply.send(id);
+            }
+            Event::Revoked { serials } => {
+                self.revoked = serials.into_iter().collect();
+                let mut cut: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, e)| e.serial.as_ref().is_some_and(|s| self.revoked.contains(s)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                cut.sort();
+                for conn in cut {
+                    self.metrics.revoked();
+                    self.core.handle_revoked(now, conn);
+                }
             }
             Event::Data { conn, bytes } => {
                 if let Some(observe) = &self.observer {
@@ -490,6 +616,7 @@ impl Driver {
     }
 
     fn dispatch(&mut self) {
+        self.metrics.add(self.core.take_stats());
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { conn, bytes } => {
@@ -503,6 +630,7 @@ impl Driver {
                     // lets it fill is not reading.
                     if entry.outbound.try_send(Outbound::Bytes(bytes)).is_err() {
                         close(&entry.connection, CloseCode::SlowConsumer);
+                        self.metrics.closed(CloseCode::SlowConsumer);
                         self.conns.remove(&conn);
                         self.core.handle_disconnect(now(), conn);
                     }

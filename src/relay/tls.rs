@@ -6,6 +6,13 @@
 //! clients present none, counsellors present the credential the operator
 //! issued. [`transport_config`] sizes QUIC windows for chat, not bulk data.
 //! [`counsellor_pseudonym`] reads the name from a verified credential.
+//!
+//! [`ServerFiles::load`] reads the files a config names (certificate, key,
+//! counsellor CA, revocation list) and checks that they belong together;
+//! the relay calls it at start, on SIGHUP and when the files change, and
+//! `--check-config` calls it to validate. Revoked counsellor credentials
+//! are refused during the TLS handshake; [`ServerFiles::revoked`] lists
+//! their serial numbers so the relay can also end live sign-ins.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +21,12 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use thiserror::Error;
+use x509_parser::prelude::FromDer;
 
+use crate::config::{ConfigError, RelayConfig};
 use crate::core::frame::{ALPN, MAX_FRAME_LEN};
 
 /// Why TLS material could not be used.
@@ -70,6 +79,111 @@ fn rustls_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Rustls(e.to_string())
 }
 
+/// The relay's TLS material, read from the files a config names and
+/// checked to belong together.
+pub struct ServerFiles {
+    /// The relay's certificate chain, as PEM (clients may pin it) and DER.
+    pub chain_pem: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub counsellor_ca: Option<Vec<CertificateDer<'static>>>,
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Serial numbers of revoked counsellor credentials.
+    pub revoked: Vec<Vec<u8>>,
+}
+
+impl ServerFiles {
+    /// Reads and checks the config's files. Without `tls_cert` and `tls_key`
+    /// a certificate for loopback is generated. Errors name the key and file.
+    pub fn load(config: &RelayConfig) -> Result<ServerFiles, ConfigError> {
+        let file_err =
+            |key: &'static str, path: &std::path::Path, reason: String| ConfigError::File {
+                key,
+                path: path.to_owned(),
+                reason,
+            };
+        let read = |key: &'static str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| file_err(key, path, e.to_string()))
+        };
+        let (chain_pem, key_pem) = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => (
+                read("tls_cert", cert)?,
+                zeroize::Zeroizing::new(read("tls_key", key)?),
+            ),
+            _ => crate::org::self_signed_relay_cert(&crate::org::loopback_hosts(), 14).map_err(
+                |e| ConfigError::Invalid {
+                    key: "tls_cert",
+                    reason: e.to_string(),
+                },
+            )?,
+        };
+        let cert_path = config.tls_cert.clone().unwrap_or_default();
+        let key_path = config.tls_key.clone().unwrap_or_default();
+        let chain = certs_from_pem("certificate", &chain_pem)
+            .map_err(|e| file_err("tls_cert", &cert_path, e.to_string()))?;
+        let key = key_from_pem("key", &key_pem)
+            .map_err(|e| file_err("tls_key", &key_path, e.to_string()))?;
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(
+            |e| {
+                file_err(
+                    "tls_key",
+                    &key_path,
+                    format!("does not belong to the certificate in tls_cert ({e})"),
+                )
+            },
+        )?;
+        let counsellor_ca = match &config.counsellor_ca {
+            Some(path) => Some(
+                certs_from_pem("counsellor CA", &read("counsellor_ca", path)?)
+                    .map_err(|e| file_err("counsellor_ca", path, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let (crls, revoked) = match (&config.counsellor_crl, &counsellor_ca) {
+            (Some(path), Some(ca)) => {
+                let pem = read("counsellor_crl", path)?;
+                let (crl, revoked) = revocation_list(&pem, ca)
+                    .map_err(|reason| file_err("counsellor_crl", path, reason))?;
+                (vec![crl], revoked)
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        Ok(ServerFiles {
+            chain_pem,
+            chain,
+            key,
+            counsellor_ca,
+            crls,
+            revoked,
+        })
+    }
+}
+
+/// Parses a PEM revocation list and checks that the counsellor CA signed
+/// it; returns it with the revoked serial numbers.
+fn revocation_list(
+    pem: &str,
+    ca: &[CertificateDer<'static>],
+) -> Result<(CertificateRevocationListDer<'static>, Vec<Vec<u8>>), String> {
+    let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PEM revocation list ({e})"))?;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+        .map_err(|e| format!("not a revocation list ({e})"))?;
+    let signed_by_ca = ca.iter().any(|c| {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map(|(_, cert)| crl.verify_signature(cert.public_key()).is_ok())
+            .unwrap_or(false)
+    });
+    if !signed_by_ca {
+        return Err("not signed by the counsellor CA in counsellor_ca".into());
+    }
+    let revoked = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect();
+    Ok((der, revoked))
+}
+
 /// QUIC transport sizes: windows in bytes, timeouts.
 #[derive(Debug, Clone, Copy)]
 pub struct TransportSizes {
@@ -111,23 +225,22 @@ pub fn transport_config(sizes: TransportSizes) -> quinn::TransportConfig {
 
 /// The relay's QUIC server config.
 pub fn server_config(
-    cert_chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    counsellor_ca: Option<Vec<CertificateDer<'static>>>,
+    files: &ServerFiles,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?;
-    let builder = match counsellor_ca {
+    let builder = match &files.counsellor_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in ca {
-                roots.add(c).map_err(rustls_err)?;
+                roots.add(c.clone()).map_err(rustls_err)?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
+                .with_crls(files.crls.iter().cloned())
                 .build()
                 .map_err(rustls_err)?;
             builder.with_client_cert_verifier(verifier)
@@ -135,7 +248,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut tls = builder
-        .with_single_cert(cert_chain, key)
+        .with_single_cert(files.chain.clone(), files.key.clone_key())
         .map_err(rustls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // Nothing that lets a later visit be linked to this one.
@@ -188,19 +301,28 @@ pub fn client_config(
     Ok(client)
 }
 
-/// The common name of a verified client certificate: the counsellor's
-/// pseudonym as the operator issued it.
-pub fn counsellor_pseudonym(connection: &quinn::Connection) -> Option<String> {
+/// A verified counsellor credential: the pseudonym (its common name, as the
+/// operator issued it) and its serial number, to match revocations.
+pub struct CounsellorCredential {
+    pub pseudonym: String,
+    pub serial: Vec<u8>,
+}
+
+/// The counsellor credential a connection presented, if any.
+pub fn counsellor_credential(connection: &quinn::Connection) -> Option<CounsellorCredential> {
     let identity = connection.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     let leaf = certs.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let cn = parsed
+    let pseudonym = parsed
         .subject()
         .iter_common_name()
         .next()?
         .as_str()
         .ok()?
         .to_owned();
-    Some(cn)
+    Some(CounsellorCredential {
+        pseudonym,
+        serial: parsed.raw_serial().to_vec(),
+    })
 }

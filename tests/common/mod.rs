@@ -60,6 +60,7 @@ impl Org {
     pub fn config(&self) -> RelayConfig {
         let mut c = RelayConfig::load(&self.dir.path().join(org::RELAY_CONFIG_FILE)).unwrap();
         c.listen = "127.0.0.1:0".parse().unwrap();
+        c.admin.listen = "127.0.0.1:0".parse().unwrap();
         c
     }
 }

@@ -9,7 +9,9 @@
 //! organisation's certificate for it, and a separate TLS client credential for
 //! signing in to the relay. Counsellor clients read it with
 //! [`Identity::load`]. Secret files are created with mode 0600 and never
-//! overwritten. Nothing here is per-session.
+//! overwritten, except that `org renew` replaces an identity file in place.
+//! [`lifecycle`] keeps the register of issued credentials and the revocation
+//! list (`org list`, `org renew`, `org revoke`). Nothing here is per-session.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +28,8 @@ use thiserror::Error;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+pub mod lifecycle;
+
 use crate::crypto::cert::{self, CertError, CertificateBody, OrgPublicKey};
 use crate::crypto::e2e::{self, CounsellorKeys};
 
@@ -37,6 +41,10 @@ pub const CA_CERT_FILE: &str = "counsellor-ca.pem";
 pub const CA_KEY_FILE: &str = "counsellor-ca.key";
 pub const RELAY_CONFIG_FILE: &str = "relay.toml";
 pub const COUNSELLORS_DIR: &str = "counsellors";
+/// The register of issued counsellor credentials (admin machine only).
+pub const REGISTER_FILE: &str = "issued.toml";
+/// The revocation list `org revoke` writes; the relay reads it.
+pub const CRL_FILE: &str = "counsellors.crl.pem";
 /// Default lifetime of a counsellor certificate and credential, in days.
 pub const DEFAULT_COUNSELLOR_DAYS: u32 = 30;
 /// Lifetime of the relay TLS certificate `org init` writes, in days.
@@ -125,7 +133,7 @@ fn hex32(path: &Path, field: &str, s: &str) -> Result<Zeroizing<[u8; 32]>, OrgEr
 }
 
 /// Wall-clock seconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_unix() -> u64 {
+pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -245,7 +253,11 @@ pub fn init(
          listen = \"127.0.0.1:7443\"\n\
          tls_cert = \"{RELAY_CERT_FILE}\"\n\
          tls_key = \"{RELAY_KEY_FILE}\"\n\
-         counsellor_ca = \"{CA_CERT_FILE}\"\n"
+         counsellor_ca = \"{CA_CERT_FILE}\"\n\
+         # counsellor_crl = \"{CRL_FILE}\"   # after the first `fluister org revoke`\n\
+         \n\
+         [admin]\n\
+         listen = \"127.0.0.1:7444\"\n"
     );
     let config_path = dir.join(RELAY_CONFIG_FILE);
     if !config_path.exists() {
@@ -300,15 +312,29 @@ fn file_stem(pseudonym: &str) -> String {
         .collect()
 }
 
-/// Issues a counsellor: end-to-end key, org certificate and relay
-/// credential, written to `out` or `DIR/counsellors/<pseudonym>.identity`.
-pub fn add_counsellor(
+/// The counsellor CA: its certificate (as rcgen needs it to sign) and key.
+fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), OrgError> {
+    let ca_cert_path = dir.join(CA_CERT_FILE);
+    let ca_key_path = dir.join(CA_KEY_FILE);
+    let ca_key = KeyPair::from_pem(&read_text(&ca_key_path)?)
+        .map_err(|e| malformed(&ca_key_path, e.to_string()))?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&read_text(&ca_cert_path)?)
+        .map_err(|e| malformed(&ca_cert_path, e.to_string()))?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+    Ok((ca_cert, ca_key))
+}
+
+/// Signs a counsellor's end-to-end certificate and relay credential for
+/// `days`, for keys the counsellor already has. Returns the identity file
+/// and the credential's register entry.
+fn issue(
     dir: &Path,
     pseudonym: &str,
+    static_secret: &StaticSecret,
+    client_key: &KeyPair,
     days: u32,
-    out: Option<&Path>,
     rng: &mut (impl RngCore + CryptoRng),
-) -> Result<PathBuf, OrgError> {
+) -> Result<(IdentityFile, lifecycle::Issued), OrgError> {
     if !(1..=3650).contains(&days) {
         return Err(OrgError::Invalid(
             "--days must be between 1 and 3650".into(),
@@ -316,13 +342,13 @@ pub fn add_counsellor(
     }
     let org_key = load_org_key(dir)?;
     let org_public = OrgPublicKey::from_signing_key(&org_key);
-    let static_secret = e2e::generate_static_secret(rng);
     let now = now_unix();
+    let not_after = now + u64::from(days) * 86_400;
     let body = CertificateBody {
         org_key: *org_public.as_bytes(),
-        static_key: PublicKey::from(&static_secret).to_bytes(),
+        static_key: PublicKey::from(static_secret).to_bytes(),
         not_before: now.saturating_sub(3600),
-        not_after: now + u64::from(days) * 86_400,
+        not_after,
         pseudonym: pseudonym.to_owned(),
     };
     let certificate = body.sign(&org_key).map_err(|_| {
@@ -333,24 +359,23 @@ pub fn add_counsellor(
     })?;
 
     // The relay credential: a TLS client certificate from the counsellor CA,
-    // a key pair of its own, unrelated to the end-to-end key.
-    let ca_cert_path = dir.join(CA_CERT_FILE);
-    let ca_key_path = dir.join(CA_KEY_FILE);
-    let ca_key = KeyPair::from_pem(&read_text(&ca_key_path)?)
-        .map_err(|e| malformed(&ca_key_path, e.to_string()))?;
-    let ca_params = CertificateParams::from_ca_cert_pem(&read_text(&ca_cert_path)?)
-        .map_err(|e| malformed(&ca_cert_path, e.to_string()))?;
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
-    let client_key = KeyPair::generate().map_err(tls_err)?;
+    // a key pair of its own, unrelated to the end-to-end key. Its random
+    // serial number is what a revocation names.
+    let (ca_cert, ca_key) = load_ca(dir)?;
+    let mut serial = [0u8; 16];
+    rng.fill_bytes(&mut serial);
+    serial[0] &= 0x7f; // a positive number in DER
+    serial[0] |= 0x01; // and without leading zero bytes
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, pseudonym);
     params.distinguished_name = dn;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     validity(&mut params, days);
     let client_cert = params
-        .signed_by(&client_key, &ca_cert, &ca_key)
+        .signed_by(client_key, &ca_cert, &ca_key)
         .map_err(tls_err)?;
 
     let file = IdentityFile {
@@ -362,6 +387,17 @@ pub fn add_counsellor(
         relay_credential_cert: client_cert.pem(),
         relay_credential_key: client_key.serialize_pem(),
     };
+    let issued = lifecycle::Issued {
+        pseudonym: pseudonym.to_owned(),
+        serial: hex::encode(serial),
+        not_after,
+        identity: PathBuf::new(),
+        revoked_at: None,
+    };
+    Ok((file, issued))
+}
+
+fn identity_text(file: IdentityFile) -> Result<Zeroizing<String>, OrgError> {
     let text = Zeroizing::new(
         "# Fluister counsellor identity. Secret: it signs in to the relay and decrypts chats.\n"
             .to_string()
@@ -369,6 +405,22 @@ pub fn add_counsellor(
     );
     drop(Zeroizing::new(file.static_secret_key));
     drop(Zeroizing::new(file.relay_credential_key));
+    Ok(text)
+}
+
+/// Issues a counsellor: end-to-end key, org certificate and relay
+/// credential, written to `out` or `DIR/counsellors/<pseudonym>.identity`,
+/// and recorded in the organisation's register (`DIR/issued.toml`).
+pub fn add_counsellor(
+    dir: &Path,
+    pseudonym: &str,
+    days: u32,
+    out: Option<&Path>,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<PathBuf, OrgError> {
+    let static_secret = e2e::generate_static_secret(rng);
+    let client_key = KeyPair::generate().map_err(tls_err)?;
+    let (file, mut issued) = issue(dir, pseudonym, &static_secret, &client_key, days, rng)?;
     let path = match out {
         Some(p) => p.to_owned(),
         None => {
@@ -377,8 +429,40 @@ pub fn add_counsellor(
             d.join(format!("{}.identity", file_stem(pseudonym)))
         }
     };
-    write_new(&path, text.as_bytes(), true)?;
+    write_new(&path, identity_text(file)?.as_bytes(), true)?;
+    issued.identity = path.clone();
+    lifecycle::record(dir, issued)?;
     Ok(path)
+}
+
+/// Renews a counsellor's certificate and relay credential for `days`, for
+/// the same keys: the identity file is replaced in place and the new
+/// credential recorded. The old credential stays valid until it expires
+/// unless it is revoked. Returns the identity file's path and the new expiry.
+pub fn renew_counsellor(
+    dir: &Path,
+    pseudonym: &str,
+    days: u32,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<(PathBuf, u64), OrgError> {
+    let register = lifecycle::Register::load(dir)?;
+    let path = register
+        .latest(pseudonym)
+        .map(|i| i.identity.clone())
+        .ok_or_else(|| OrgError::Invalid(format!("no counsellor {pseudonym:?} was issued here")))?;
+    let text = read_text(&path)?;
+    let old: IdentityFile =
+        toml::from_str(&text).map_err(|e| malformed(&path, e.message().to_string()))?;
+    let static_hex = Zeroizing::new(old.static_secret_key);
+    let static_secret = StaticSecret::from(*hex32(&path, "static_secret_key", &static_hex)?);
+    let key_pem = Zeroizing::new(old.relay_credential_key);
+    let client_key = KeyPair::from_pem(&key_pem).map_err(|e| malformed(&path, e.to_string()))?;
+    let (file, mut issued) = issue(dir, pseudonym, &static_secret, &client_key, days, rng)?;
+    lifecycle::replace_file(&path, identity_text(file)?.as_bytes())?;
+    issued.identity = path.clone();
+    let not_after = issued.not_after;
+    lifecycle::record(dir, issued)?;
+    Ok((path, not_after))
 }
 
 /// A counsellor identity, loaded and checked.
