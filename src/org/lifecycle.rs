@@ -136,7 +136,7 @@ pub fn revoke(dir: &Path, who: &str) -> Result<(Vec<Issued>, PathBuf), OrgError>
 
 /// Writes `DIR/counsellors.crl.pem`, listing every revoked credential that
 /// has not expired yet, signed by the counsellor CA.
-fn write_revocation_list(dir: &Path, register: &Register) -> Result<PathBuf, OrgError> {
+pub(super) fn write_revocation_list(dir: &Path, register: &Register) -> Result<PathBuf, OrgError> {
     let (ca_cert, ca_key) = load_ca(dir)?;
     let now = time::OffsetDateTime::now_utc();
     let unix = now_unix();

@@ -248,13 +248,16 @@ pub fn init(
         true,
     )?;
 
+    // An empty revocation list, so the relay config can name it from day one.
+    lifecycle::write_revocation_list(dir, &lifecycle::Register::default())?;
+
     let config = format!(
         "# Relay config written by `fluister org init`; see deploy/fluister.toml for every key.\n\
          listen = \"127.0.0.1:7443\"\n\
          tls_cert = \"{RELAY_CERT_FILE}\"\n\
          tls_key = \"{RELAY_KEY_FILE}\"\n\
          counsellor_ca = \"{CA_CERT_FILE}\"\n\
-         # counsellor_crl = \"{CRL_FILE}\"   # after the first `fluister org revoke`\n\
+         counsellor_crl = \"{CRL_FILE}\"\n\
          \n\
          [admin]\n\
          listen = \"127.0.0.1:7444\"\n"

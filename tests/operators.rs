@@ -1,0 +1,439 @@
+//! What the people who run the relay rely on: config errors that say where
+//! they are, `relay --check-config`, environment overrides, the admin
+//! listener's metrics and health checks, certificate rotation without
+//! dropping chats, and revoking a counsellor.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use fluister::client::chat::ChatEvent;
+use fluister::config::{ConfigError, RelayConfig};
+use fluister::org::{self, Identity};
+use rand_core::OsRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Writes a config next to the organisation's files and loads it.
+fn load(org: &Org, text: &str, vars: &[(&str, &str)]) -> Result<RelayConfig, ConfigError> {
+    let path = org.dir.path().join("check.toml");
+    std::fs::write(&path, text).unwrap();
+    RelayConfig::load_with_env(&path, env(vars))
+}
+
+/// `fluister relay --check-config` on `text`: exit code and the one line.
+fn check_config(org: &Org, text: &str) -> (i32, String) {
+    let path = org.dir.path().join("check.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fluister"))
+        .args(["relay", "--check-config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text.trim().to_owned())
+}
+
+const MINIMAL: &str = "";
+const WITH_FILES: &str = "tls_cert = \"relay-cert.pem\"\n\
+                          tls_key = \"relay-key.pem\"\n\
+                          counsellor_ca = \"counsellor-ca.pem\"\n";
+
+#[test]
+fn config_errors_name_the_key_and_where_it_was_written() {
+    let org = Org::new();
+    // The full example in deploy/ and a minimal file are both fine.
+    let full =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/fluister.toml"))
+            .unwrap();
+    RelayConfig::parse(&full).unwrap();
+    load(&org, MINIMAL, &[]).unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "listen = \"127.0.0.1:1\"\nbogus = 1\n",
+            &["bogus", "line 2"],
+        ),
+        (
+            "[limits]\nmax_queue = \"ten\"\n",
+            &["max_queue", "line 2", "invalid type"],
+        ),
+        (
+            "# a comment\n\n[limits]\nmax_queue = 0\n",
+            &["limits.max_queue", "line 4", "out of range"],
+        ),
+    ];
+    for (text, wanted) in cases {
+        let e = load(&org, text, &[]).unwrap_err().to_string();
+        for w in wanted {
+            assert!(e.contains(w), "{w:?} missing from: {e}");
+        }
+        assert!(e.contains("check.toml"), "the file is not named: {e}");
+    }
+}
+
+#[test]
+fn environment_variables_override_single_keys() {
+    let org = Org::new();
+    let c = load(
+        &org,
+        "[limits]\nmax_queue = 10\n",
+        &[
+            ("FLUISTER__LIMITS__MAX_QUEUE", "250"),
+            ("FLUISTER__LANGUAGES", "[\"nl\"]"),
+            ("FLUISTER__ADMIN__LISTEN", "127.0.0.1:9999"),
+            ("FLUISTER_SHARED_VECTORS", "not ours: a single underscore"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_queue, 250);
+    assert_eq!(c.languages, Some(vec!["nl".to_owned()]));
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9999");
+    // A bad value, an unknown key and a wrong type each name the variable.
+    let e = load(&org, "", &[("FLUISTER__LIMITS__MAX_QUEUE", "0")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("FLUISTER__LIMITS__MAX_QUEUE") && e.contains("out of range"),
+        "{e}"
+    );
+    let e = load(&org, "", &[("FLUISTER__LIMITS__MAX_QEUE", "5")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("FLUISTER__LIMITS__MAX_QEUE") && e.contains("max_qeue"),
+        "{e}"
+    );
+    let e = load(&org, "", &[("FLUISTER__LIMITS__MAX_QUEUE", "many")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("FLUISTER__LIMITS__MAX_QUEUE"), "{e}");
+}
+
+#[test]
+fn check_config_exits_0_for_a_usable_config_and_1_with_the_reason() {
+    let org = Org::new();
+    let (code, out) = check_config(&org, MINIMAL);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check_config(&org, WITH_FILES);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK"), "{out}");
+
+    let (code, out) = check_config(&org, "bogus = 1\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bogus") && out.contains("line 1"), "{out}");
+    let (code, out) = check_config(&org, "[limits]\nmax_queue = \"ten\"\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("max_queue") && out.contains("line 2"), "{out}");
+    // A missing certificate names the key and the file.
+    let (code, out) = check_config(&org, &WITH_FILES.replace("relay-cert.pem", "gone.pem"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("tls_cert") && out.contains("gone.pem"),
+        "{out}"
+    );
+    // A key that belongs to another certificate.
+    let (_, other_key) = org::self_signed_relay_cert(&org::loopback_hosts(), 1).unwrap();
+    std::fs::write(org.dir.path().join("other-key.pem"), other_key.as_bytes()).unwrap();
+    let (code, out) = check_config(&org, &WITH_FILES.replace("relay-key.pem", "other-key.pem"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("tls_key") && out.contains("other-key.pem") && out.contains("does not belong"),
+        "{out}"
+    );
+    // A revocation list that the counsellor CA did not sign.
+    let stranger = Org::new();
+    stranger.counsellor("Eve");
+    org::lifecycle::revoke(stranger.dir.path(), "Eve").unwrap();
+    std::fs::copy(
+        stranger.dir.path().join(org::CRL_FILE),
+        org.dir.path().join("foreign.crl.pem"),
+    )
+    .unwrap();
+    let (code, out) = check_config(
+        &org,
+        &format!("{WITH_FILES}counsellor_crl = \"foreign.crl.pem\"\n"),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("counsellor_crl") && out.contains("not signed"),
+        "{out}"
+    );
+}
+
+/// GET `path` from the admin listener: status code and body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sample name with labels → value, from the Prometheus text format.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_and_health_show_the_service_without_anything_about_anyone() {
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let admin = relay.admin_addr().expect("admin listener on by default");
+    assert!(admin.ip().is_loopback());
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+
+    let mut sam = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut sam).await;
+    client.say("hallo").await;
+    assert_eq!(sam.next().await, message_in(1, "hallo"));
+    sam.say("hoi").await;
+    assert_eq!(client.next().await, message("hoi"));
+
+    let (status, body) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = samples(&body);
+    let value = |name: &str| {
+        *m.get(name)
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    };
+    assert_eq!(value("fluister_connections{role=\"client\"}"), 1.0);
+    assert_eq!(value("fluister_connections{role=\"counsellor\"}"), 1.0);
+    assert_eq!(value("fluister_chats"), 1.0);
+    assert_eq!(value("fluister_pairings_total"), 1.0);
+    assert_eq!(value("fluister_queue_waiting{topic=\"none\"}"), 0.0);
+    assert_eq!(value("fluister_queue_wait_seconds_count"), 1.0);
+    assert!(
+        value("fluister_frames_forwarded_total") >= 4.0,
+        "handshake and two messages"
+    );
+    assert_eq!(
+        value("fluister_forwarded_bytes_total"),
+        value("fluister_frames_forwarded_total") * 1039.0
+    );
+    assert_eq!(value("fluister_counsellors_with_room"), 0.0);
+    assert_eq!(value("fluister_service_open"), 1.0);
+    assert_eq!(value("fluister_ready"), 1.0);
+    assert!(m.contains_key("fluister_pow_difficulty_bits"));
+    // Every label value is one of the documented fixed names or a topic id.
+    let allowed = |v: &str| {
+        v.parse::<u16>().is_ok()
+            || v.parse::<f64>().is_ok() // histogram bounds
+            || v == "+Inf"
+            || v.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    };
+    for name in m.keys() {
+        if let Some((_, labels)) = name.split_once('{') {
+            for pair in labels.trim_end_matches('}').split(',') {
+                let value = pair.split_once('=').unwrap().1.trim_matches('"');
+                assert!(allowed(value), "label value {value:?} in {name}");
+            }
+        }
+    }
+    for secret in ["hallo", "hoi", "Sam", "127.0.0.1"] {
+        assert!(!body.contains(secret), "{secret:?} appears in the metrics");
+    }
+
+    client.hang_up();
+    sam.expect(|e| matches!(e, ChatEvent::Ended { .. })).await;
+    let m = samples(&get(admin, "/metrics").await.1);
+    assert_eq!(m["fluister_chats_ended_total{reason=\"peer_ended\"}"], 1.0);
+
+    // Draining: not ready any more, while the process still answers.
+    let draining = tokio::spawn(relay.shutdown());
+    let mut flipped = false;
+    for _ in 0..50 {
+        match get(admin, "/readyz").await.0 {
+            503 => {
+                flipped = true;
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    assert!(flipped, "/readyz did not turn 503 during the drain");
+    draining.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_taken_without_dropping_chats_and_a_broken_one_is_refused() {
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let mut sam = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut sam).await;
+    let old_ca = ca(&org);
+
+    // The operator puts a new certificate and key in place.
+    let (cert, key) = org::self_signed_relay_cert(&org::loopback_hosts(), 30).unwrap();
+    std::fs::write(org.dir.path().join(org::RELAY_KEY_FILE), key.as_bytes()).unwrap();
+    std::fs::write(org.dir.path().join(org::RELAY_CERT_FILE), cert.as_bytes()).unwrap();
+    assert!(relay.reload().await, "the new certificate was refused");
+    let new_ca = ca(&org);
+    assert_ne!(old_ca, new_ca);
+
+    // New connections see the new certificate; the running chat goes on.
+    let connect_with = |roots| {
+        fluister::client::connect(fluister::client::ConnectOptions {
+            relay: relay.local_addr().to_string(),
+            ca: Some(roots),
+            credential: None,
+            connect_timeout: WAIT,
+            bind: None,
+        })
+    };
+    assert!(connect_with(new_ca.clone()).await.is_ok());
+    assert!(
+        connect_with(old_ca).await.is_err(),
+        "the old certificate is still served"
+    );
+    client.say("nog steeds hier").await;
+    assert_eq!(sam.next().await, message_in(1, "nog steeds hier"));
+
+    // A broken file is refused and the certificate in use stays.
+    std::fs::write(
+        org.dir.path().join(org::RELAY_CERT_FILE),
+        "not a certificate",
+    )
+    .unwrap();
+    assert!(!relay.reload().await, "a broken certificate was taken");
+    assert!(connect_with(new_ca).await.is_ok());
+    sam.say("en ik ook").await;
+    assert_eq!(client.next().await, message("en ik ook"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoked_counsellor_is_cut_off_and_cannot_sign_in_again() {
+    let org = Org::new();
+    let noor_identity = Identity::load(&org.counsellor("Noor")).unwrap();
+    let sam_path = org.counsellor("Sam");
+    let sam_identity = Identity::load(&sam_path).unwrap();
+    // `org init` wrote an empty revocation list and a config that names it.
+    let config = org.config();
+    assert!(config.counsellor_crl.is_some());
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
+    let mut sam = counsellor_party(
+        connect_counsellor(&org, &relay, &sam_identity).await,
+        Identity::load(&sam_path).unwrap(),
+    );
+    let mut client = paired_client(&org, &relay, &mut sam).await;
+    let mut noor = counsellor_party(
+        connect_counsellor(&org, &relay, &noor_identity).await,
+        Identity::load(&org.dir.path().join("counsellors/Noor.identity")).unwrap(),
+    );
+    noor.expect(|e| matches!(e, ChatEvent::Connected { .. }))
+        .await;
+
+    // The admin revokes Sam; the relay reloads (as on SIGHUP or a file change).
+    let (revoked, _) = org::lifecycle::revoke(org.dir.path(), "Sam").unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert!(relay.reload().await);
+
+    // The young person is told why the chat ended; Sam's client is closed.
+    assert_eq!(
+        client
+            .expect(|e| matches!(e, ChatEvent::Ended { .. }))
+            .await,
+        ended("counsellor_revoked")
+    );
+    let sam_result = sam.finish().await;
+    assert!(
+        sam_result
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("revoked")),
+        "{sam_result:?}"
+    );
+    // Sam cannot sign in again; Noor carries on and takes the next chat.
+    let again = fluister::client::connect(fluister::client::ConnectOptions {
+        relay: relay.local_addr().to_string(),
+        ca: Some(ca(&org)),
+        credential: Some((
+            fluister::relay::tls::certs_from_pem("c", &sam_identity.relay_credential_cert).unwrap(),
+            fluister::relay::tls::key_from_pem("k", &sam_identity.relay_credential_key).unwrap(),
+        )),
+        connect_timeout: WAIT,
+        bind: None,
+    })
+    .await;
+    let signed_in = match again {
+        Err(_) => false,
+        Ok(mut stream) => {
+            let hello = fluister::core::frame::Frame::Hello {
+                version: fluister::core::frame::PROTOCOL_VERSION,
+                role: fluister::core::frame::Role::Counsellor,
+            };
+            stream.send(&hello).await.is_ok()
+                && matches!(
+                    stream.next().await,
+                    Ok(Some(fluister::core::frame::Frame::Welcome { .. }))
+                )
+        }
+    };
+    assert!(!signed_in, "a revoked counsellor signed in");
+    let _next = paired_client(&org, &relay, &mut noor).await;
+    relay.shutdown().await;
+}
+
+#[test]
+fn renewing_keeps_the_keys_and_listing_shows_every_credential() {
+    let org = Org::new();
+    let path = org.counsellor("Sam");
+    let before = Identity::load(&path).unwrap();
+    let (renewed, not_after) =
+        org::renew_counsellor(org.dir.path(), "Sam", 10, &mut OsRng).unwrap();
+    assert_eq!(renewed, path);
+    let after = Identity::load(&path).unwrap();
+    assert_eq!(after.not_after, not_after);
+    assert_ne!(before.relay_credential_cert, after.relay_credential_cert);
+    assert_eq!(
+        before.keys.static_secret.to_bytes(),
+        after.keys.static_secret.to_bytes(),
+        "renewal keeps the end-to-end key"
+    );
+    let register = org::lifecycle::Register::load(org.dir.path()).unwrap();
+    assert_eq!(register.credentials.len(), 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_fluister"))
+        .args(["org", "list", "--dir"])
+        .arg(org.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(text.matches("Sam").count(), 2, "{text}");
+    // Issued for 10 days a moment ago: 9 or 10 whole days left.
+    assert!(
+        text.contains("valid, 10 days left") || text.contains("valid, 9 days left"),
+        "{text}"
+    );
+}
