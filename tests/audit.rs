@@ -6,8 +6,7 @@
 //! key bytes in hex and base64, and the canaries. The relay must also have
 //! written no file at all.
 //!
-//! The relay has no metrics endpoint yet; when it gets one its output joins
-//! the scan.
+//! The admin listener's `/metrics`, scraped after the chats, joins the scan.
 
 mod common;
 
@@ -93,6 +92,7 @@ impl Needles {
 struct RelayProcess {
     child: Child,
     addr: String,
+    admin: String,
     stdout_first: String,
 }
 
@@ -130,6 +130,11 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
     let config = std::fs::read_to_string(org.dir.path().join(fluister::org::RELAY_CONFIG_FILE))
         .unwrap()
         .replace("127.0.0.1:7443", "127.0.0.1:0")
+        .replace("127.0.0.1:7444", "127.0.0.1:0")
+        .replace(
+            "\"counsellors.crl.pem",
+            &format!("\"{}/counsellors.crl.pem", org.dir.path().display()),
+        )
         .replace("relay-cert.pem", &org.relay_cert().display().to_string())
         .replace(
             "\"relay-key.pem",
@@ -163,12 +168,20 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // The first lines say where it listens, for chats and for metrics.
     let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    while !first.contains("Metrics") {
+        assert!(stdout.read_line(&mut first).unwrap() > 0, "{first}");
+    }
     let addr = first
         .split_whitespace()
         .find(|w| w.starts_with("127.0.0.1:"))
         .expect("listening line")
+        .to_owned();
+    let admin = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .expect("admin line")
         .to_owned();
     let mut stderr_pipe = child.stderr.take().unwrap();
     let stderr_reader = std::thread::spawn(move || {
@@ -184,6 +197,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
     let relay = RelayProcess {
         child,
         addr,
+        admin,
         stdout_first: first,
     };
 
@@ -328,6 +342,21 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
     sam.hang_up();
     sam.finish().await.unwrap();
 
+    // What the operator's monitoring sees.
+    let metrics = {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&relay.admin).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).unwrap();
+        body
+    };
+    assert!(String::from_utf8_lossy(&metrics).contains("fluister_pairings_total"));
+
     // Stop the relay the way an operator does, and collect what it said.
     let _ = Command::new("kill")
         .arg(relay.child.id().to_string())
@@ -338,6 +367,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
     let mut outputs = vec![("stdout".to_owned(), relay.stdout_first.clone().into_bytes())];
     outputs[0].1.extend(stdout_reader.join().unwrap());
     outputs.push(("stderr".to_owned(), stderr_reader.join().unwrap()));
+    outputs.push(("/metrics".to_owned(), metrics));
 
     let mut files = Vec::new();
     for dir in [work.path(), home.path(), tmp.path()] {
@@ -388,8 +418,8 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
         "the relay logged at all: {stderr_text}"
     );
     println!(
-        "audit: {CHATS} chats; scanned {scanned} bytes in {} outputs (stdout, stderr) and {} files; {} needles; {} findings",
-        2,
+        "audit: {CHATS} chats; scanned {scanned} bytes in {} outputs (stdout, stderr, /metrics) and {} files; {} needles; {} findings",
+        3,
         files.len(),
         needles.text.len() + needles.raw.len() + needles.ports.len(),
         findings.len()

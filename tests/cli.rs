@@ -803,3 +803,51 @@ fn sigterm_drains_the_relay_and_no_message_is_lost_silently() {
     assert!(!out.status.success());
     let _ = counsellor.child.kill();
 }
+
+#[test]
+fn sighup_reloads_the_certificate_and_json_logs_say_so() {
+    let setup = org_setup();
+    let relay = spawn_with_env(
+        &[
+            "relay",
+            "--config",
+            &setup.path("org/test-relay.toml"),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let first = relay.line();
+    let addr = first
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    // The operator puts a new certificate and key in place and sends SIGHUP.
+    let (cert, key) =
+        fluister::org::self_signed_relay_cert(&fluister::org::loopback_hosts(), 30).unwrap();
+    std::fs::write(setup.path("org/relay-key.pem"), key.as_bytes()).unwrap();
+    std::fs::write(setup.path("org/relay-cert.pem"), cert.as_bytes()).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !relay.stderr.lock().unwrap().contains("reloaded on SIGHUP") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload logged: {}",
+            relay.stderr.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A client that trusts only the new certificate gets in.
+    let client = spawn_chat(&setup, &addr);
+    client.connected();
+    // Every log line is one JSON object.
+    let logs = relay.stderr.lock().unwrap().clone();
+    for line in logs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(logs.contains("Privacy in force"), "{logs}");
+}

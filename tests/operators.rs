@@ -243,7 +243,7 @@ async fn metrics_and_health_show_the_service_without_anything_about_anyone() {
     assert_eq!(value("fluister_counsellors_with_room"), 0.0);
     assert_eq!(value("fluister_service_open"), 1.0);
     assert_eq!(value("fluister_ready"), 1.0);
-    assert!(m.contains_key("fluister_pow_difficulty_bits"));
+    assert!(m.contains_key("fluister_pow_difficulty"));
     // Every label value is one of the documented fixed names or a topic id.
     let allowed = |v: &str| {
         v.parse::<u16>().is_ok()
@@ -436,4 +436,38 @@ fn renewing_keeps_the_keys_and_listing_shows_every_credential() {
         text.contains("valid, 10 days left") || text.contains("valid, 9 days left"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_changed_certificate_file_is_picked_up_without_a_signal() {
+    let org = Org::new();
+    let mut config = org.config();
+    config.tls_watch_secs = 1;
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
+    let (cert, key) = org::self_signed_relay_cert(&org::loopback_hosts(), 30).unwrap();
+    std::fs::write(org.dir.path().join(org::RELAY_KEY_FILE), key.as_bytes()).unwrap();
+    std::fs::write(org.dir.path().join(org::RELAY_CERT_FILE), cert.as_bytes()).unwrap();
+    let new_ca = ca(&org);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let attempt = fluister::client::connect(fluister::client::ConnectOptions {
+            relay: relay.local_addr().to_string(),
+            ca: Some(new_ca.clone()),
+            credential: None,
+            connect_timeout: std::time::Duration::from_secs(2),
+            bind: None,
+        })
+        .await;
+        if attempt.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    relay.shutdown().await;
 }

@@ -139,7 +139,7 @@ impl Metrics {
             m.chat_sides_away.clone(),
         );
         r.register(
-            "pow_difficulty_bits",
+            "pow_difficulty",
             "Proof-of-work difficulty asked of new clients, in leading zero bits",
             m.pow_difficulty.clone(),
         );
