@@ -478,6 +478,18 @@ fn frame_vectors() {
                 ("reason", 1, "0x12 transferred"),
             ],
         ),
+        by_layout(
+            "END (counsellor revoked)",
+            "relay to client: the helpline withdrew the counsellor's access",
+            &Frame::End {
+                chat: chat1(),
+                reason: EndReason::CounsellorRevoked,
+            },
+            &[
+                ("chat", 4, "chat number"),
+                ("reason", 1, "0x13 counsellor revoked"),
+            ],
+        ),
     ];
     check_file(
         "frames.json",

@@ -192,8 +192,9 @@ impl ChatEvent {
                 "{}The service is restarting; the chat has ended. Please try again in a moment.",
                 at(chat)
             ),
-            ChatEvent::Ended { reason, chat } if reason == "relay_shutdown" => format!(
-                "{}The service is restarting; the chat has ended. Please try again in a moment.",
+            ChatEvent::Ended { reason, chat } if reason == "counsellor_revoked" => format!(
+                "{}This counsellor can no longer chat for the helpline; the chat has ended. \
+                 You can start a new chat with another counsellor.",
                 at(chat)
             ),
             ChatEvent::Ended { reason, chat } => {
