@@ -127,6 +127,13 @@ fn check_config_exits_0_for_a_usable_config_and_1_with_the_reason() {
     let (code, out) = check_config(&org, WITH_FILES);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK"), "{out}");
+    // The documented example, every key set, next to `org init`'s files.
+    let full =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/fluister.toml"))
+            .unwrap();
+    let (code, out) = check_config(&org, &full);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("revocation list on"), "{out}");
 
     let (code, out) = check_config(&org, "bogus = 1\n");
     assert_eq!(code, 1, "{out}");
