@@ -228,10 +228,11 @@ pub struct LimitsConfig {
     /// the burst allowed above it (1..=100000).
     pub admissions_per_sec: u32,
     pub admissions_burst: u32,
-    /// Frames per second one connection may send (1..=10000), and the burst.
+    /// Frames per second one connection may send (1..=1000000), and the
+    /// burst (1..=1000000).
     pub frames_per_sec: u32,
     pub frames_burst: u32,
-    /// Bytes per second one connection may send (1100..=10485760), and the
+    /// Bytes per second one connection may send (1100..=1073741824), and the
     /// burst (at least one frame, 1039 bytes, more is wise).
     pub bytes_per_sec: u32,
     pub bytes_burst: u32,
@@ -587,9 +588,9 @@ impl RelayConfig {
         )?;
         range("limits.admissions_per_sec", l.admissions_per_sec, 1, 10_000)?;
         range("limits.admissions_burst", l.admissions_burst, 1, 100_000)?;
-        range("limits.frames_per_sec", l.frames_per_sec, 1, 10_000)?;
-        range("limits.frames_burst", l.frames_burst, 1, 100_000)?;
-        range("limits.bytes_per_sec", l.bytes_per_sec, 1100, 10 << 20)?;
+        range("limits.frames_per_sec", l.frames_per_sec, 1, 1_000_000)?;
+        range("limits.frames_burst", l.frames_burst, 1, 1_000_000)?;
+        range("limits.bytes_per_sec", l.bytes_per_sec, 1100, 1 << 30)?;
         range(
             "limits.bytes_burst",
             l.bytes_burst,

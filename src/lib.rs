@@ -8,6 +8,7 @@
 //! the `fluister` command.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

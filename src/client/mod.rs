@@ -197,6 +197,38 @@ pub async fn connect(options: ConnectOptions) -> Result<RelayStream, ClientError
         Ok(Err(e)) => return Err(describe_close(&e)),
         Ok(Ok(c)) => c,
     };
+    open_control_stream(endpoint, connection).await
+}
+
+/// Connects over an endpoint shared by many connections (load tests); the
+/// TLS config is `config`, or the endpoint's default.
+pub async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    server_name: &str,
+    config: Option<quinn::ClientConfig>,
+) -> Result<RelayStream, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        target: relay.to_string(),
+        reason,
+    };
+    let connecting = match config {
+        Some(config) => endpoint.connect_with(config, relay, server_name),
+        None => endpoint.connect(relay, server_name),
+    }
+    .map_err(|e| unreachable(e.to_string()))?;
+    let connection = match connecting.await {
+        Err(quinn::ConnectionError::TransportError(e)) => return Err(unreachable(e.to_string())),
+        Err(e) => return Err(describe_close(&e)),
+        Ok(c) => c,
+    };
+    open_control_stream(endpoint.clone(), connection).await
+}
+
+async fn open_control_stream(
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+) -> Result<RelayStream, ClientError> {
     let (send, recv) = connection.open_bi().await.map_err(|e| describe_close(&e))?;
     Ok(RelayStream {
         endpoint,

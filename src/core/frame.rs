@@ -242,6 +242,9 @@ impl Refusal {
 pub struct ChatNumber(u32);
 
 impl ChatNumber {
+    /// The first chat number on a connection.
+    pub const FIRST: ChatNumber = ChatNumber(1);
+
     pub fn new(n: u32) -> Option<Self> {
         (n != 0).then_some(ChatNumber(n))
     }

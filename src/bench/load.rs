@@ -1,0 +1,425 @@
+//! Load on a real relay process: counsellors and clients that speak the
+//! protocol, over connections that share a few client endpoints.
+//!
+//! For forwarding and latency the two ends pair through the relay exactly
+//! as real ones do (HELLO, STATUS, JOIN, PAIRED) and then exchange FORWARD
+//! frames of the fixed size; the blobs carry a send timestamp instead of
+//! ciphertext, which the relay cannot tell apart and does not look at. The
+//! surge uses the real client and counsellor roles, Noise handshake and
+//! certificate check included.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::{BenchError, Latencies, blob_with_stamp, stamp_of};
+use crate::client::chat::{self, ChatEvent, ClientRequest, CounsellorSettings};
+use crate::client::{self, RelayStream};
+use crate::core::frame::{ChatNumber, Frame, PROTOCOL_VERSION, Role};
+use crate::core::ratelimit::pow_solve;
+use crate::crypto::cert::OrgPublicKey;
+use crate::org::Identity;
+
+/// Chats each bench counsellor takes.
+pub const CAPACITY: u8 = 8;
+
+/// What a counsellor connection does with a FORWARD.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Send it back on the same chat (closed loop).
+    Echo = 0,
+    /// Record how long it took to arrive (open loop).
+    Record = 1,
+}
+
+/// The counsellor side of many chats.
+pub struct Counsellors {
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    samples: Arc<Mutex<Vec<u32>>>,
+    received: Arc<AtomicU64>,
+    paired: Arc<AtomicU64>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Counsellors {
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+    pub fn paired(&self) -> u64 {
+        self.paired.load(Ordering::Relaxed)
+    }
+    /// Latency samples and the count of frames received since the last call.
+    pub fn take(&self) -> (Vec<u32>, u64) {
+        let samples = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        (samples, self.received.swap(0, Ordering::Relaxed))
+    }
+}
+
+async fn expect_welcome(
+    stream: &mut RelayStream,
+) -> Result<crate::core::frame::PowChallenge, BenchError> {
+    match stream.next().await? {
+        Some(Frame::Welcome { topics, pow, .. }) => {
+            for _ in 0..topics {
+                stream.next().await?;
+            }
+            Ok(pow)
+        }
+        other => Err(BenchError::Lost(format!("expected WELCOME, got {other:?}"))),
+    }
+}
+
+/// Signs in `configs.len()` counsellors (one client TLS config each, with
+/// its credential) and runs them.
+pub async fn counsellors(
+    endpoints: &[quinn::Endpoint],
+    relay: SocketAddr,
+    configs: Vec<quinn::ClientConfig>,
+    epoch: Instant,
+) -> Result<Counsellors, BenchError> {
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(Mode::Echo as u8));
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    let paired = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, config) in configs.into_iter().enumerate() {
+        let endpoint = &endpoints[i % endpoints.len()];
+        let mut stream = client::connect_on(endpoint, relay, "localhost", Some(config)).await?;
+        stream
+            .send(&Frame::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Counsellor,
+            })
+            .await?;
+        expect_welcome(&mut stream).await?;
+        stream
+            .send(&Frame::Status {
+                available: true,
+                capacity: CAPACITY,
+                topics: Vec::new(),
+                languages: Vec::new(),
+            })
+            .await?;
+        let (mode, samples, received, paired) = (
+            mode.clone(),
+            samples.clone(),
+            received.clone(),
+            paired.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let frame = match stream.next().await {
+                    Ok(Some(f)) => f,
+                    _ => return,
+                };
+                match frame {
+                    Frame::Paired { .. } => {
+                        paired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Frame::Forward { chat, blob } => {
+                        if mode.load(Ordering::Relaxed) == Mode::Echo as u8 {
+                            received.fetch_add(1, Ordering::Relaxed);
+                            if stream.send(&Frame::Forward { chat, blob }).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            let latency = stamp_of(epoch, blob.as_bytes());
+                            samples
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(latency);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    Ok(Counsellors {
+        mode,
+        samples,
+        received,
+        paired,
+        _tasks: tasks,
+    })
+}
+
+/// A paired client: its stream and its chat number.
+pub struct ChatClient {
+    stream: RelayStream,
+    chat: ChatNumber,
+}
+
+/// Joins `count` anonymous clients; returns them once each is paired (or,
+/// with `wait_for_pairing` false, once each is queued).
+pub async fn clients(
+    endpoints: &[quinn::Endpoint],
+    relay: SocketAddr,
+    count: usize,
+    wait_for_pairing: bool,
+) -> Result<Vec<ChatClient>, BenchError> {
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(BenchError::other)?;
+            let mut stream = client::connect_on(&endpoint, relay, "localhost", None).await?;
+            stream
+                .send(&Frame::Hello {
+                    version: PROTOCOL_VERSION,
+                    role: Role::Client,
+                })
+                .await?;
+            let pow = expect_welcome(&mut stream).await?;
+            let pow_solution = pow_solve(&pow.nonce, pow.difficulty);
+            stream
+                .send(&Frame::Join {
+                    topic: None,
+                    language: None,
+                    pow_solution,
+                })
+                .await?;
+            loop {
+                match stream.next().await? {
+                    Some(Frame::Paired { chat, .. }) => return Ok(ChatClient { stream, chat }),
+                    Some(Frame::Queued { .. }) if !wait_for_pairing => {
+                        // Not paired: the chat number is never used.
+                        return Ok(ChatClient {
+                            stream,
+                            chat: ChatNumber::FIRST,
+                        });
+                    }
+                    Some(Frame::Unavailable { .. }) | None => {
+                        return Err(BenchError::Lost("the relay did not queue a client".into()));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(count);
+    for t in tasks {
+        out.push(t.await.map_err(BenchError::other)??);
+    }
+    Ok(out)
+}
+
+/// Closed loop: every client sends a frame and waits for its echo, for
+/// `duration`. Returns frames delivered per second (two per round trip).
+pub async fn closed_loop(
+    clients: Vec<ChatClient>,
+    duration: Duration,
+    epoch: Instant,
+) -> Result<(f64, Vec<ChatClient>), BenchError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let (stop, delivered) = (stop.clone(), delivered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                c.stream
+                    .send(&Frame::Forward {
+                        chat: c.chat,
+                        blob: blob_with_stamp(epoch, seq),
+                    })
+                    .await?;
+                loop {
+                    match c.stream.next().await? {
+                        Some(Frame::Forward { .. }) => break,
+                        Some(_) => {}
+                        None => return Err(BenchError::Lost("relay stream ended".into())),
+                    }
+                }
+                delivered.fetch_add(2, Ordering::Relaxed);
+            }
+            Ok::<_, BenchError>(c)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    let counted = delivered.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut back = Vec::new();
+    for t in tasks {
+        back.push(t.await.map_err(BenchError::other)??);
+    }
+    Ok((counted as f64 / duration.as_secs_f64(), back))
+}
+
+/// Open loop: every client sends its share of `rate` frames per second for
+/// `duration`; the counsellors record each frame's one-way latency.
+pub async fn open_loop(
+    clients: Vec<ChatClient>,
+    counsellors: &Counsellors,
+    rate: f64,
+    duration: Duration,
+    epoch: Instant,
+) -> Result<(Latencies, Vec<ChatClient>), BenchError> {
+    counsellors.set_mode(Mode::Record);
+    counsellors.take();
+    let per_client = rate / clients.len() as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_client.max(0.001));
+    let sends = (duration.as_secs_f64() * per_client).round().max(1.0) as u64;
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for seq in 0..sends {
+                tick.tick().await;
+                c.stream
+                    .send(&Frame::Forward {
+                        chat: c.chat,
+                        blob: blob_with_stamp(epoch, seq),
+                    })
+                    .await?;
+            }
+            Ok::<_, BenchError>(c)
+        }));
+    }
+    let mut back = Vec::new();
+    for t in tasks {
+        back.push(t.await.map_err(BenchError::other)??);
+    }
+    let sent = sends * back.len() as u64;
+    // Let the last frames arrive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut samples = Vec::new();
+    let mut received = 0;
+    while received < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (s, r) = counsellors.take();
+        samples.extend(s);
+        received += r;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, r) = counsellors.take();
+    samples.extend(s);
+    received += r;
+    counsellors.set_mode(Mode::Echo);
+    if received != sent {
+        return Err(BenchError::Lost(format!(
+            "open loop: {sent} frames sent, {received} received"
+        )));
+    }
+    Ok((Latencies { sent, samples }, back))
+}
+
+/// The surge: `count` young people arrive (real client role, own endpoint
+/// each, at most `parallel` at once) and are paired with real counsellor
+/// roles, Noise handshake and certificate check included. Returns new
+/// chats per second.
+pub async fn surge(
+    relay: SocketAddr,
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    org: OrgPublicKey,
+    count: usize,
+    parallel: usize,
+) -> Result<f64, BenchError> {
+    let gate = Arc::new(Semaphore::new(parallel));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (gate, ca) = (gate.clone(), ca.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(BenchError::other)?;
+            let stream = client::connect(client::ConnectOptions {
+                relay: relay.to_string(),
+                ca: Some(ca),
+                credential: None,
+                connect_timeout: Duration::from_secs(30),
+                bind: None,
+            })
+            .await?;
+            let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+            let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+            let role = tokio::spawn(chat::run_client(
+                stream,
+                org,
+                ClientRequest::default(),
+                input_rx,
+                events_tx,
+            ));
+            let mut paired = false;
+            while let Some(e) = events_rx.recv().await {
+                if matches!(e, ChatEvent::Paired { .. }) {
+                    paired = true;
+                    break;
+                }
+            }
+            // Leave at once, freeing the counsellor's place; the goodbye
+            // is not part of the measurement.
+            drop(input_tx);
+            tokio::spawn(async move {
+                while events_rx.recv().await.is_some() {}
+                let _ = role.await;
+            });
+            if paired {
+                Ok(())
+            } else {
+                Err(BenchError::Lost("a surge client was not paired".into()))
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(BenchError::other)??;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Real counsellor roles for the surge: they take chats and say nothing.
+pub async fn surge_counsellors(
+    relay: SocketAddr,
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    identities: Vec<Identity>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, BenchError> {
+    let mut tasks = Vec::new();
+    let mut inputs = HashMap::new();
+    for (i, identity) in identities.into_iter().enumerate() {
+        let credential = (
+            crate::relay::tls::certs_from_pem("credential", &identity.relay_credential_cert)?,
+            crate::relay::tls::key_from_pem("credential", &identity.relay_credential_key)?,
+        );
+        let stream = client::connect(client::ConnectOptions {
+            relay: relay.to_string(),
+            ca: Some(ca.clone()),
+            credential: Some(credential),
+            connect_timeout: Duration::from_secs(30),
+            bind: None,
+        })
+        .await?;
+        let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(256);
+        inputs.insert(i, input_tx);
+        let settings = CounsellorSettings {
+            capacity: 32,
+            ..Default::default()
+        };
+        tokio::spawn(chat::run_counsellor(
+            stream,
+            identity.keys,
+            settings,
+            input_rx,
+            events_tx,
+        ));
+        tasks.push(tokio::spawn(async move {
+            while events_rx.recv().await.is_some() {}
+        }));
+    }
+    // Keep the counsellors' input open for as long as the tasks live.
+    tasks.push(tokio::spawn(async move {
+        let _inputs = inputs;
+        std::future::pending::<()>().await;
+    }));
+    Ok(tasks)
+}

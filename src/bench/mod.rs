@@ -1,0 +1,593 @@
+//! `fluister bench`: how fast and how lean the relay is, as ratios against
+//! a baseline measured in the same run (BENCHMARKS.md).
+//!
+//! It makes a throw-away organisation, then for each measurement starts a
+//! fresh relay process (`fluister relay`, limits raised so they do not
+//! throttle) or the baseline echo process (`fluister bench-echo`, see
+//! [`baseline`]) and drives it from this process over loopback
+//! ([`load`]):
+//! 1. forwarding: frames delivered per second with 1, 100 and 1,000 paired
+//!    chats, closed loop;
+//! 2. latency: p50/p99/p99.9 at 10, 50 and 90 % of the 100-chat maximum,
+//!    open loop;
+//! 3. memory: the process's resident memory per idle paired chat and per
+//!    waiting client, at 1,000 and 10,000;
+//! 4. surge: new chats per second, proof of work off and on.
+//!
+//! Results are a table on stdout and a JSON file. `--smoke` runs a few
+//! chats for a few seconds and checks that every frame arrived.
+
+pub mod baseline;
+pub mod load;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand_core::OsRng;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, HEADER_LEN};
+use crate::org::{self, Identity};
+use crate::relay::tls;
+
+/// Every FORWARD frame, header included.
+pub const FRAME_LEN: usize = HEADER_LEN + 4 + BLOB_LEN;
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Lost(String),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Org(#[from] org::OrgError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BenchError {
+    pub fn other(e: impl std::fmt::Display) -> BenchError {
+        BenchError::Other(e.to_string())
+    }
+}
+
+/// A blob whose first bytes are the send time (nanoseconds since `epoch`)
+/// and a sequence number; the rest is filler.
+pub fn blob_with_stamp(epoch: Instant, seq: u64) -> Blob {
+    let mut bytes = [0x5au8; BLOB_LEN];
+    let nanos = epoch.elapsed().as_nanos() as u64;
+    bytes[..8].copy_from_slice(&nanos.to_be_bytes());
+    bytes[8..16].copy_from_slice(&seq.to_be_bytes());
+    Blob::new(bytes)
+}
+
+/// A whole FORWARD frame with a stamped blob (the baseline sends these).
+pub fn frame_with_stamp(epoch: Instant, seq: u64) -> Vec<u8> {
+    Frame::Forward {
+        chat: ChatNumber::FIRST,
+        blob: blob_with_stamp(epoch, seq),
+    }
+    .encode()
+}
+
+/// Microseconds since the stamp in `bytes` (a blob, or a whole frame).
+pub fn stamp_of(epoch: Instant, bytes: &[u8]) -> u32 {
+    let blob = if bytes.len() == FRAME_LEN {
+        &bytes[HEADER_LEN + 4..]
+    } else {
+        bytes
+    };
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&blob[..8]);
+    let sent = Duration::from_nanos(u64::from_be_bytes(stamp));
+    let micros = epoch.elapsed().saturating_sub(sent).as_micros();
+    u32::try_from(micros).unwrap_or(u32::MAX)
+}
+
+/// Latency samples of an open-loop run, in microseconds.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    pub sent: u64,
+    pub samples: Vec<u32>,
+}
+
+impl Latencies {
+    /// p50, p99 and p99.9 in microseconds.
+    fn percentiles(&mut self) -> [f64; 3] {
+        self.samples.sort_unstable();
+        let at = |q: f64| {
+            if self.samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
+            f64::from(self.samples[i])
+        };
+        [at(0.5), at(0.99), at(0.999)]
+    }
+}
+
+/// How long and how big.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub smoke: bool,
+    pub seconds: f64,
+    pub json: PathBuf,
+}
+
+/// One line of the table.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub measurement: String,
+    pub unit: String,
+    pub fluister: f64,
+    pub baseline: f64,
+    /// fluister / baseline.
+    pub ratio: f64,
+    /// What the issue asks for, if anything.
+    pub target: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    tool: &'static str,
+    version: &'static str,
+    smoke: bool,
+    seconds_per_measurement: f64,
+    machine: Machine,
+    rows: &'a [Row],
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpus: usize,
+    kernel: String,
+    cpu_model: String,
+}
+
+fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        cpu_model,
+    }
+}
+
+/// A child process (relay or echo) that is killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Result<Server, BenchError> {
+        let exe = std::env::current_exe().map_err(BenchError::other)?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(BenchError::other)?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or(BenchError::Lost("stdout".into()))?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(BenchError::other)?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse::<SocketAddr>().ok())
+            .ok_or_else(|| BenchError::Lost(format!("no address in {line:?}")))?;
+        Ok(Server { child, addr })
+    }
+
+    /// Resident memory in bytes.
+    fn rss(&self) -> Result<f64, BenchError> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .map_err(BenchError::other)?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb * 1024.0)
+            .ok_or_else(|| BenchError::Lost("no VmRSS".into()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The throw-away organisation and what the load needs from it.
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    org: crate::crypto::cert::OrgPublicKey,
+    identities: Vec<PathBuf>,
+}
+
+impl Setup {
+    fn new(counsellors: usize) -> Result<Setup, BenchError> {
+        let dir = tempfile::Builder::new()
+            .prefix("fluister-bench-")
+            .tempdir()
+            .map_err(BenchError::other)?;
+        let report = org::init(dir.path(), &org::loopback_hosts(), &mut OsRng)?;
+        let mut identities = Vec::new();
+        for i in 0..counsellors {
+            identities.push(org::add_counsellor(
+                dir.path(),
+                &format!("Bench {i}"),
+                1,
+                None,
+                &mut OsRng,
+            )?);
+        }
+        let ca = tls::certs_from_pem(
+            "relay certificate",
+            &tls::read_pem(&dir.path().join(org::RELAY_CERT_FILE))?,
+        )?;
+        Ok(Setup {
+            dir,
+            ca,
+            org: report.org_public_key,
+            identities,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a relay config with limits that do not throttle the load.
+    fn relay_config(&self, pow: bool) -> Result<PathBuf, BenchError> {
+        let (pow_min, pow_max) = if pow { (8, 22) } else { (0, 0) };
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n\
+             tls_cert = \"{}\"\ntls_key = \"{}\"\ncounsellor_ca = \"{}\"\n\
+             log_level = \"error\"\n\
+             [admin]\nenabled = false\n\
+             [limits]\n\
+             max_connections = 30000\nmax_anonymous_connections = 25000\nmax_queue = 25000\n\
+             max_capacity = 32\nmax_buffered_frames = 1024\n\
+             admissions_per_sec = 10000\nadmissions_burst = 100000\n\
+             frames_per_sec = 1000000\nframes_burst = 1000000\n\
+             bytes_per_sec = 1073741824\nbytes_burst = 67108864\n\
+             pow_min_difficulty = {pow_min}\npow_max_difficulty = {pow_max}\n\
+             retry_above_handshakes = 100000\nhello_timeout_secs = 60\n",
+            self.path(org::RELAY_CERT_FILE).display(),
+            self.path(org::RELAY_KEY_FILE).display(),
+            self.path(org::CA_CERT_FILE).display(),
+        );
+        let path = self.path(if pow { "bench-pow.toml" } else { "bench.toml" });
+        std::fs::write(&path, text).map_err(BenchError::other)?;
+        Ok(path)
+    }
+
+    fn relay(&self, pow: bool) -> Result<Server, BenchError> {
+        let config = self.relay_config(pow)?;
+        Server::start(&["relay", "--config", &config.display().to_string()])
+    }
+
+    fn echo(&self) -> Result<Server, BenchError> {
+        Server::start(&[
+            "bench-echo",
+            "--cert",
+            &self.path(org::RELAY_CERT_FILE).display().to_string(),
+            "--key",
+            &self.path(org::RELAY_KEY_FILE).display().to_string(),
+        ])
+    }
+
+    fn client_config(
+        &self,
+        credential: Option<&Identity>,
+    ) -> Result<quinn::ClientConfig, BenchError> {
+        let credential = match credential {
+            Some(i) => Some((
+                tls::certs_from_pem("credential", &i.relay_credential_cert)?,
+                tls::key_from_pem("credential", &i.relay_credential_key)?,
+            )),
+            None => None,
+        };
+        let transport = tls::transport_config(tls::TransportSizes::default());
+        Ok(tls::client_config(
+            Some(self.ca.clone()),
+            credential,
+            transport,
+        )?)
+    }
+
+    /// A few client endpoints shared by many connections.
+    fn endpoints(&self, n: usize) -> Result<Vec<quinn::Endpoint>, BenchError> {
+        let config = self.client_config(None)?;
+        (0..n)
+            .map(|_| {
+                let mut e =
+                    quinn::Endpoint::client("127.0.0.1:0".parse().map_err(BenchError::other)?)
+                        .map_err(BenchError::other)?;
+                e.set_default_client_config(config.clone());
+                Ok(e)
+            })
+            .collect()
+    }
+
+    fn counsellor_configs(&self, count: usize) -> Result<Vec<quinn::ClientConfig>, BenchError> {
+        self.identities[..count]
+            .iter()
+            .map(|p| self.client_config(Some(&Identity::load(p)?)))
+            .collect()
+    }
+}
+
+fn counsellors_for(chats: usize) -> usize {
+    chats.div_ceil(usize::from(load::CAPACITY)).max(1)
+}
+
+/// A relay with `chats` paired chats, ready for load.
+async fn paired_relay(
+    setup: &Setup,
+    chats: usize,
+    epoch: Instant,
+) -> Result<(Server, load::Counsellors, Vec<load::ChatClient>), BenchError> {
+    let relay = setup.relay(false)?;
+    let endpoints = setup.endpoints(4)?;
+    let counsellors = load::counsellors(
+        &endpoints,
+        relay.addr,
+        setup.counsellor_configs(counsellors_for(chats))?,
+        epoch,
+    )
+    .await?;
+    let clients = load::clients(&endpoints, relay.addr, chats, true).await?;
+    Ok((relay, counsellors, clients))
+}
+
+/// Runs every measurement and writes the report.
+pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let secs = Duration::from_secs_f64(options.seconds);
+    let chat_counts: &[usize] = if options.smoke {
+        &[1, 10]
+    } else {
+        &[1, 100, 1000]
+    };
+    let memory_counts: &[usize] = if options.smoke {
+        &[50]
+    } else {
+        &[1000, 10_000]
+    };
+    let surge_count = if options.smoke { 20 } else { 1000 };
+    let largest = chat_counts
+        .iter()
+        .chain(memory_counts)
+        .copied()
+        .max()
+        .unwrap_or(1);
+    eprintln!(
+        "bench: setting up an organisation with {} counsellors",
+        counsellors_for(largest)
+    );
+    let setup = Setup::new(counsellors_for(largest).max(8))?;
+    let epoch = Instant::now();
+    let mut rows = Vec::new();
+    let mut row = |measurement: String, unit: &str, fluister: f64, baseline: f64, target: &str| {
+        let ratio = if baseline > 0.0 {
+            fluister / baseline
+        } else {
+            0.0
+        };
+        eprintln!("bench: {measurement}: {fluister:.1} vs {baseline:.1} {unit} ({ratio:.2})");
+        rows.push(Row {
+            measurement,
+            unit: unit.into(),
+            fluister,
+            baseline,
+            ratio,
+            target: target.into(),
+        });
+    };
+
+    // 1 and 2: forwarding and latency.
+    let latency_at = *chat_counts.get(1).unwrap_or(&1);
+    for &chats in chat_counts {
+        let (relay, counsellors, clients) = paired_relay(&setup, chats, epoch).await?;
+        let (relay_rate, clients) = load::closed_loop(clients, secs, epoch).await?;
+        let echo = setup.echo()?;
+        let echo_endpoints = setup.endpoints(4)?;
+        let mut conns = Vec::new();
+        for i in 0..chats {
+            conns.push(baseline::connect(&echo_endpoints[i % 4], echo.addr).await?);
+        }
+        let echo_rate = baseline::closed_loop(conns, secs).await?;
+        let target = if chats == 100 { ">= 0.4" } else { "" };
+        row(
+            format!("forwarding, {chats} chats, closed loop"),
+            "frames/s",
+            relay_rate,
+            echo_rate,
+            target,
+        );
+        if chats == latency_at {
+            let mut clients = clients;
+            for fraction in [0.1, 0.5, 0.9] {
+                let (mut relay_lat, back) =
+                    load::open_loop(clients, &counsellors, relay_rate * fraction, secs, epoch)
+                        .await?;
+                clients = back;
+                let mut conns = Vec::new();
+                for i in 0..chats {
+                    conns.push(baseline::connect(&echo_endpoints[i % 4], echo.addr).await?);
+                }
+                let mut echo_lat = baseline::open_loop(conns, echo_rate * fraction, secs).await?;
+                if echo_lat.samples.len() as u64 != echo_lat.sent {
+                    return Err(BenchError::Lost("baseline lost frames".into()));
+                }
+                let pct = (fraction * 100.0) as u32;
+                let [r50, r99, r999] = relay_lat.percentiles();
+                let [b50, b99, b999] = echo_lat.percentiles();
+                row(
+                    format!(
+                        "open loop at {pct} % ({chats} chats), sent {} frames: p50",
+                        relay_lat.sent
+                    ),
+                    "µs",
+                    r50,
+                    b50,
+                    "",
+                );
+                row(
+                    format!("open loop at {pct} % ({chats} chats): p99"),
+                    "µs",
+                    r99,
+                    b99,
+                    if pct == 50 { "<= 2" } else { "" },
+                );
+                row(
+                    format!("open loop at {pct} % ({chats} chats): p99.9"),
+                    "µs",
+                    r999,
+                    b999,
+                    "",
+                );
+            }
+        }
+        drop(relay);
+        drop(echo);
+    }
+
+    // 3: memory.
+    for &count in memory_counts {
+        let endpoints = setup.endpoints(8)?;
+        // Waiting clients: no counsellors, everyone queued.
+        let relay = setup.relay(false)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = relay.rss()?;
+        let waiting = load::clients(&endpoints, relay.addr, count, false).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_waiting = (relay.rss()? - before) / count as f64;
+        drop(waiting);
+        drop(relay);
+        // Idle paired chats.
+        let relay = setup.relay(false)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = relay.rss()?;
+        let counsellors = load::counsellors(
+            &endpoints,
+            relay.addr,
+            setup.counsellor_configs(counsellors_for(count))?,
+            epoch,
+        )
+        .await?;
+        let chats = load::clients(&endpoints, relay.addr, count, true).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_chat = (relay.rss()? - before) / count as f64;
+        drop((chats, counsellors, relay));
+        // Baseline: idle echo connections.
+        let echo = setup.echo()?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = echo.rss()?;
+        let mut conns = Vec::new();
+        for i in 0..count {
+            conns.push(baseline::connect(&endpoints[i % endpoints.len()], echo.addr).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_conn = (echo.rss()? - before) / count as f64;
+        drop((conns, echo));
+        row(
+            format!("memory per idle paired chat, {count} chats"),
+            "KiB",
+            per_chat / 1024.0,
+            per_conn / 1024.0,
+            "<= 64 KiB",
+        );
+        row(
+            format!("memory per waiting client, {count} clients"),
+            "KiB",
+            per_waiting / 1024.0,
+            per_conn / 1024.0,
+            "",
+        );
+    }
+
+    // 4: surge.
+    for pow in [false, true] {
+        let relay = setup.relay(pow)?;
+        let identities = setup.identities[..8]
+            .iter()
+            .map(|p| Identity::load(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _counsellors =
+            load::surge_counsellors(relay.addr, setup.ca.clone(), identities).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rate = load::surge(relay.addr, setup.ca.clone(), setup.org, surge_count, 64).await?;
+        drop(relay);
+        let echo = setup.echo()?;
+        let echo_rate =
+            baseline::surge(echo.addr, setup.client_config(None)?, surge_count, 64).await?;
+        drop(echo);
+        row(
+            format!(
+                "new chats, proof of work {}",
+                if pow { "on (8 to 22 bits)" } else { "off" }
+            ),
+            "chats/s",
+            rate,
+            echo_rate,
+            if pow { "" } else { ">= 500 chats/s" },
+        );
+    }
+
+    print_table(&rows);
+    let report = Report {
+        tool: "fluister bench",
+        version: env!("CARGO_PKG_VERSION"),
+        smoke: options.smoke,
+        seconds_per_measurement: options.seconds,
+        machine: machine(),
+        rows: &rows,
+    };
+    write_json(&options.json, &report)?;
+    Ok(rows)
+}
+
+fn write_json(path: &Path, report: &Report<'_>) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(report).map_err(BenchError::other)?;
+    std::fs::write(path, text + "\n").map_err(BenchError::other)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| measurement | unit | fluister | baseline | ratio | target |\n|---|---|---:|---:|---:|---|"
+    );
+    for r in rows {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {} |",
+            r.measurement, r.unit, r.fluister, r.baseline, r.ratio, r.target
+        );
+    }
+}
