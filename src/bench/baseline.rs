@@ -71,7 +71,10 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Ech
 
 /// Closed loop on every connection for `duration`: frames delivered per
 /// second (each echo is two deliveries, one each way).
-pub async fn closed_loop(conns: Vec<EchoConn>, duration: Duration) -> Result<f64, BenchError> {
+pub async fn closed_loop(
+    conns: Vec<EchoConn>,
+    duration: Duration,
+) -> Result<(f64, Vec<EchoConn>), BenchError> {
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
@@ -97,10 +100,11 @@ pub async fn closed_loop(conns: Vec<EchoConn>, duration: Duration) -> Result<f64
     tokio::time::sleep(duration).await;
     let counted = delivered.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
+    let mut back = Vec::new();
     for t in tasks {
-        t.await.map_err(BenchError::other)??;
+        back.push(t.await.map_err(BenchError::other)??);
     }
-    Ok(counted as f64 / duration.as_secs_f64())
+    Ok((counted as f64 / duration.as_secs_f64(), back))
 }
 
 /// Open loop: every connection sends at its share of `rate` frames per

@@ -99,6 +99,9 @@ enum Command {
         /// Where to write the results as JSON.
         #[arg(long, value_name = "FILE", default_value = "bench-results.json")]
         json: PathBuf,
+        /// Run only these parts (comma-separated): forwarding, latency, memory, surge.
+        #[arg(long, value_name = "PARTS", value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// The benchmark's baseline: a minimal QUIC echo server (used by `bench`).
     #[command(hide = true)]
@@ -430,9 +433,11 @@ async fn run(command: Command) -> CliResult {
             smoke,
             seconds,
             json,
+            only,
         } => {
             let options = crate::bench::BenchOptions {
                 smoke,
+                only,
                 seconds: seconds.unwrap_or(if smoke { 1.0 } else { 5.0 }),
                 json: json.clone(),
             };
