@@ -205,6 +205,26 @@ impl Server {
         Ok(Server { child, addr })
     }
 
+    /// CPU time (user and system) the process has used, in seconds.
+    fn cpu_secs(&self) -> Result<f64, BenchError> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map_err(BenchError::other)?;
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14 and stime 15, in clock ticks of 1/100 s.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| BenchError::Lost("no /proc stat".into()))?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((ticks(11) + ticks(12)) / 100.0)
+    }
+
     /// Resident memory in bytes.
     fn rss(&self) -> Result<f64, BenchError> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -590,12 +610,35 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let _counsellors =
             load::surge_counsellors(relay.addr, setup.ca.clone(), identities).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu_before = relay.cpu_secs()?;
         let rate = load::surge(relay.addr, setup.ca.clone(), setup.org, surge_count, 64).await?;
+        let relay_cpu = relay.cpu_secs()? - cpu_before;
         drop(relay);
         let echo = setup.echo()?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu_before = echo.cpu_secs()?;
         let echo_rate =
             baseline::surge(echo.addr, setup.client_config(None)?, surge_count, 64).await?;
+        let echo_cpu = echo.cpu_secs()? - cpu_before;
         drop(echo);
+        let per_cpu = |cpu: f64| {
+            if cpu > 0.0 {
+                surge_count as f64 / cpu
+            } else {
+                0.0
+            }
+        };
+        row(
+            format!(
+                "new chats per CPU-second of the server process, proof of work {}",
+                if pow { "on" } else { "off" }
+            ),
+            "chats/CPU-s",
+            per_cpu(relay_cpu),
+            per_cpu(echo_cpu),
+            None,
+            "",
+        );
         row(
             format!(
                 "new chats, proof of work {}",
