@@ -87,10 +87,10 @@ pub async fn closed_loop(
             while !stop.load(Ordering::Relaxed) {
                 seq += 1;
                 let frame = frame_with_stamp(epoch, seq);
-                if c.send.write_all(&frame).await.is_err()
-                    || c.recv.read_exact(&mut buf).await.is_err()
-                {
-                    return Err(BenchError::Lost("echo connection".into()));
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), c.recv.read_exact(&mut buf));
+                if c.send.write_all(&frame).await.is_err() || !matches!(read.await, Ok(Ok(()))) {
+                    return Err(BenchError::Lost("an echo did not come back".into()));
                 }
                 delivered.fetch_add(2, Ordering::Relaxed);
             }

@@ -24,6 +24,9 @@ use crate::core::ratelimit::pow_solve;
 use crate::crypto::cert::OrgPublicKey;
 use crate::org::Identity;
 
+/// How long a frame may take to come back before the run fails.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// Chats each bench counsellor takes.
 pub const CAPACITY: u8 = 8;
 
@@ -235,7 +238,10 @@ pub async fn closed_loop(
                     })
                     .await?;
                 loop {
-                    match c.stream.next().await? {
+                    let next = tokio::time::timeout(ANSWER_WAIT, c.stream.next())
+                        .await
+                        .map_err(|_| BenchError::Lost("an echo did not come back".into()))?;
+                    match next? {
                         Some(Frame::Forward { .. }) => break,
                         Some(_) => {}
                         None => return Err(BenchError::Lost("relay stream ended".into())),
