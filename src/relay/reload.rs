@@ -9,7 +9,8 @@
 //! the new certificate. The driver is told the new list of revoked serial
 //! numbers and cuts off counsellors on it. If the new files are broken, the
 //! error is logged (it names the config key and the file, nothing about any
-//! peer) and the old config stays in use.
+//! peer) and the old config stays in use. A relay without `tls_cert` (a
+//! certificate generated at start, for loopback) has nothing to reload.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -113,6 +114,12 @@ impl Reloader {
 
     async fn reload(&mut self, why: &str) -> bool {
         self.watched.changed();
+        if self.config.tls_cert.is_none() {
+            // The certificate was generated at start and clients pin it: a
+            // new one would lock them out. Nothing on disk to reload.
+            tracing::info!("reload {why} skipped: no tls_cert configured");
+            return false;
+        }
         let loaded = tls::ServerFiles::load(&self.config)
             .map_err(|e| e.to_string())
             .and_then(|files| {
