@@ -264,6 +264,7 @@ pub async fn start(
     tokio::spawn(reloader.run(
         reload_rx,
         Duration::from_secs(config.tls_watch_secs),
+        reload::listen_for_hangup(),
         shutdown_rx.clone(),
     ));
     let admission = Admission {

@@ -73,21 +73,26 @@ pub struct Reloader {
     pub watched: Watched,
 }
 
+/// Starts listening for SIGHUP. Called before the relay says it is up, so
+/// that a SIGHUP sent right after never meets the default action (exit).
+pub fn listen_for_hangup() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("SIGHUP reload unavailable: {e}");
+            None
+        }
+    }
+}
+
 impl Reloader {
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Trigger>,
         every: Duration,
+        mut hangup: Option<tokio::signal::unix::Signal>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("SIGHUP reload unavailable: {e}");
-                None
-            }
-        };
         let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
