@@ -294,3 +294,34 @@ async fn a_waiting_client_whose_connection_dies_keeps_its_place_in_the_queue() {
         .await;
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_counsellor_who_ends_right_after_sending_sees_the_message_delivered() {
+    use fluister::client::chat::ChatEvent;
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let mut sam = sam(&org, &relay).await;
+    let mut client = paired_client(&org, &relay, &mut sam).await;
+    // The goodbye and the end, at once: the acknowledgement is still to come.
+    sam.say("sterkte, je kunt altijd terugkomen").await;
+    sam.say("/end").await;
+    let mut seen = Vec::new();
+    loop {
+        match sam.next_any().await {
+            ChatEvent::Delivered { id: 1, .. } => seen.push("delivered"),
+            ChatEvent::NotDelivered { id: 1, .. } => seen.push("not_delivered"),
+            ChatEvent::Ended { .. } => {
+                seen.push("ended");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, vec!["delivered", "ended"]);
+    assert_eq!(
+        client.next().await,
+        message("sterkte, je kunt altijd terugkomen")
+    );
+    assert_eq!(client.next().await, ended("peer_ended"));
+    relay.shutdown().await;
+}

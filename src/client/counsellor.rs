@@ -54,7 +54,7 @@ pub const HELP: &[&str] = &[
     "  text            send to the only open chat",
     "  @N text         send to chat N",
     "  /chats          list open chats",
-    "  /end [@N]       end a chat",
+    "  /end [@N]       end a chat (once your last messages are confirmed, at most 3 s)",
     "  /block [@N]     end a chat and block it (the young person's connection is closed)",
     "  /transfer [@N] NAME    hand a chat to a colleague",
     "  /transfer [@N] queue   hand a chat back to the queue, ahead of newcomers",
@@ -62,7 +62,7 @@ pub const HELP: &[&str] = &[
     "  /away           take no new chats (open chats continue)",
     "  /capacity N     take at most N chats at once",
     "  /help           this list",
-    "End of input signs out (open chats are ended).",
+    "End of input signs out (open chats end the same way).",
 ];
 
 enum SlotState {
@@ -79,6 +79,9 @@ struct Slot {
     chat: ChatNumber,
     resume: ResumeCapability,
     state: SlotState,
+    /// `/end` was asked: the chat ends once what we sent is confirmed, or
+    /// at this instant, whichever comes first. Nothing more can be sent.
+    ending: Option<tokio::time::Instant>,
 }
 
 /// A parsed input line.
@@ -224,21 +227,56 @@ impl Counsellor {
     }
 
     /// The chat a command means: the one named, or the only one open.
+    /// The chat a command is for: the one named, or the only open one.
+    /// A chat that is ending takes no more commands.
     fn pick(&self, chat: Option<u32>) -> Result<u32, String> {
+        let open: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.ending.is_none())
+            .map(|(n, _)| *n)
+            .collect();
         match chat {
-            Some(n) if self.slots.contains_key(&n) => Ok(n),
+            Some(n) if open.contains(&n) => Ok(n),
+            Some(n) if self.slots.contains_key(&n) => Err(format!("chat @{n} is ending")),
             Some(n) => Err(format!("no open chat @{n}")),
-            None => match self.slots.len() {
-                0 => Err("no chat is open".into()),
-                1 => self
-                    .slots
-                    .keys()
-                    .next()
-                    .copied()
-                    .ok_or_else(|| "no chat is open".into()),
+            None => match open.as_slice() {
+                [] => Err("no chat is open".into()),
+                [n] => Ok(*n),
                 _ => Err("several chats are open; address one with @N".into()),
             },
         }
+    }
+
+    /// Ends a chat once what we sent in it is confirmed (or after a short
+    /// wait), so that its last messages are not reported undelivered just
+    /// because the young person's acknowledgement was still on its way.
+    fn end_when_confirmed(&mut self, shown: u32) {
+        if let Some(slot) = self.slots.get_mut(&shown) {
+            slot.ending
+                .get_or_insert(tokio::time::Instant::now() + 3 * chat::ACK_INTERVAL);
+        }
+    }
+
+    /// Ends the chats whose wait for confirmations is over.
+    async fn end_confirmed(&mut self) -> Result<(), ClientError> {
+        let now = tokio::time::Instant::now();
+        let due: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.ending.is_some_and(|deadline| {
+                    let waiting =
+                        matches!(&s.state, SlotState::Chatting(c, _) if c.has_unacked_messages());
+                    !waiting || now >= deadline
+                })
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        for n in due {
+            self.end(n, EndReason::UserEnded).await?;
+        }
+        Ok(())
     }
 
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
@@ -256,6 +294,7 @@ impl Counsellor {
                         chat,
                         resume,
                         state: SlotState::AwaitingHandshake(pairing_id),
+                        ending: None,
                     },
                 );
             }
@@ -541,9 +580,14 @@ impl Counsellor {
                 } else {
                     EndReason::UserEnded
                 };
-                match self.pick(chat) {
-                    Ok(n) => self.end(n, reason).await?,
-                    Err(message) => self.error(message).await,
+                match (self.pick(chat), reason) {
+                    // Blocking is at once: an abusive chat gets nothing more.
+                    (Ok(n), EndReason::Blocked) => self.end(n, reason).await?,
+                    (Ok(n), _) => {
+                        self.end_when_confirmed(n);
+                        self.end_confirmed().await?;
+                    }
+                    (Err(message), _) => self.error(message).await,
                 }
             }
             Command::Transfer(chat, target) => match self.pick(chat) {
@@ -615,6 +659,7 @@ pub async fn run_counsellor(
     me.send_status().await?;
     let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut signing_out = false;
     loop {
         let step: Result<(), ClientError> = tokio::select! {
             _ = ack_tick.tick() => {
@@ -627,25 +672,43 @@ pub async fn run_counsellor(
                         break;
                     }
                 }
-                result
+                match result {
+                    Ok(()) => me.end_confirmed().await,
+                    Err(e) => Err(e),
+                }
             }
             frame = me.relay.next() => match frame {
                 Ok(Some(frame)) => me.handle_frame(frame).await,
                 Ok(None) => Err(ClientError::Lost("the relay ended the stream".into())),
                 Err(e) => Err(e),
             },
-            line = input.recv() => {
-                let Some(line) = line else {
-                    let open: Vec<u32> = me.slots.keys().copied().collect();
-                    for n in open {
-                        me.end(n, EndReason::UserEnded).await?;
+            line = input.recv(), if !signing_out => {
+                match line {
+                    // Sign out: every chat ends once what was sent in it is
+                    // confirmed (or after the short wait).
+                    None => {
+                        signing_out = true;
+                        // No new chats from now on.
+                        me.available = false;
+                        me.send_status().await
                     }
-                    me.relay.close().await;
-                    return Ok(());
-                };
-                me.handle_line(&line).await
+                    Some(line) => me.handle_line(&line).await,
+                }
             }
         };
+        if signing_out {
+            // Every chat, one that was paired just before the relay heard
+            // we were leaving too.
+            let open: Vec<u32> = me.slots.keys().copied().collect();
+            for n in open {
+                me.end_when_confirmed(n);
+            }
+            me.end_confirmed().await?;
+            if me.slots.is_empty() {
+                me.relay.close().await;
+                return Ok(());
+            }
+        }
         match (step, settings.reconnect.as_ref()) {
             (Ok(()), _) => {}
             // The connection is gone, whichever step noticed: resume.
