@@ -9,11 +9,9 @@
 //! for memory, and a surge of new connections.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{BenchError, FRAME_LEN, Latencies, frame_with_stamp, stamp_of};
+use super::{BLOB_OFFSET, BenchError, FRAME_LEN, Latencies, frame_with_stamp, stamp_of};
 use crate::relay::tls;
 
 /// Serves the echo until the process is killed; prints its address first.
@@ -75,36 +73,21 @@ pub async fn closed_loop(
     conns: Vec<EchoConn>,
     duration: Duration,
 ) -> Result<(f64, Vec<EchoConn>), BenchError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
-    let mut tasks = Vec::new();
-    for mut c in conns {
-        let (stop, delivered) = (stop.clone(), delivered.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; FRAME_LEN];
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                seq += 1;
-                let frame = frame_with_stamp(epoch, seq);
-                let read =
-                    tokio::time::timeout(Duration::from_secs(10), c.recv.read_exact(&mut buf));
-                if c.send.write_all(&frame).await.is_err() || !matches!(read.await, Ok(Ok(()))) {
-                    return Err(BenchError::Lost("an echo did not come back".into()));
-                }
-                delivered.fetch_add(2, Ordering::Relaxed);
-            }
-            Ok(c)
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    let counted = delivered.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    let mut back = Vec::new();
-    for t in tasks {
-        back.push(t.await.map_err(BenchError::other)??);
-    }
-    Ok((counted as f64 / duration.as_secs_f64(), back))
+    super::closed_loop(conns, duration, move |mut c: EchoConn, seq| async move {
+        let mut buf = [0u8; FRAME_LEN];
+        let read = tokio::time::timeout(Duration::from_secs(10), c.recv.read_exact(&mut buf));
+        if c.send
+            .write_all(&frame_with_stamp(epoch, seq))
+            .await
+            .is_err()
+            || !matches!(read.await, Ok(Ok(())))
+        {
+            return Err(BenchError::Lost("an echo did not come back".into()));
+        }
+        Ok(c)
+    })
+    .await
 }
 
 /// Open loop: every connection sends at its share of `rate` frames per
@@ -134,7 +117,7 @@ pub async fn open_loop(
                     if recv.read_exact(&mut buf).await.is_err() {
                         break;
                     }
-                    samples.push(stamp_of(epoch, &buf));
+                    samples.push(stamp_of(epoch, &buf[BLOB_OFFSET..]));
                 }
                 samples
             });
@@ -173,13 +156,9 @@ pub async fn surge(
     count: usize,
     parallel: usize,
 ) -> Result<f64, BenchError> {
-    let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..count {
-        let (gate, client) = (gate.clone(), client.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.map_err(BenchError::other)?;
+    super::surge(count, parallel, || {
+        let client = client.clone();
+        async move {
             let mut endpoint =
                 quinn::Endpoint::client("127.0.0.1:0".parse().map_err(BenchError::other)?)
                     .map_err(BenchError::other)?;
@@ -187,7 +166,7 @@ pub async fn surge(
             let mut c = connect(&endpoint, addr).await?;
             let mut buf = vec![0u8; FRAME_LEN];
             c.send
-                .write_all(&frame_with_stamp(start, 0))
+                .write_all(&frame_with_stamp(Instant::now(), 0))
                 .await
                 .map_err(BenchError::other)?;
             c.recv
@@ -195,11 +174,8 @@ pub async fn surge(
                 .await
                 .map_err(BenchError::other)?;
             c.connection.close(0u32.into(), b"");
-            Ok::<_, BenchError>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(BenchError::other)??;
-    }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
+            Ok(())
+        }
+    })
+    .await
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -222,44 +222,29 @@ pub async fn closed_loop(
     duration: Duration,
     epoch: Instant,
 ) -> Result<(f64, Vec<ChatClient>), BenchError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for mut c in clients {
-        let (stop, delivered) = (stop.clone(), delivered.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                seq += 1;
-                c.stream
-                    .send(&Frame::Forward {
-                        chat: c.chat,
-                        blob: blob_with_stamp(epoch, seq),
-                    })
-                    .await?;
-                loop {
-                    let next = tokio::time::timeout(ANSWER_WAIT, c.stream.next())
-                        .await
-                        .map_err(|_| BenchError::Lost("an echo did not come back".into()))?;
-                    match next? {
-                        Some(Frame::Forward { .. }) => break,
-                        Some(_) => {}
-                        None => return Err(BenchError::Lost("relay stream ended".into())),
-                    }
+    super::closed_loop(
+        clients,
+        duration,
+        move |mut c: ChatClient, seq| async move {
+            c.stream
+                .send(&Frame::Forward {
+                    chat: c.chat,
+                    blob: blob_with_stamp(epoch, seq),
+                })
+                .await?;
+            loop {
+                let next = tokio::time::timeout(ANSWER_WAIT, c.stream.next())
+                    .await
+                    .map_err(|_| BenchError::Lost("an echo did not come back".into()))?;
+                match next? {
+                    Some(Frame::Forward { .. }) => return Ok(c),
+                    Some(_) => {}
+                    None => return Err(BenchError::Lost("relay stream ended".into())),
                 }
-                delivered.fetch_add(2, Ordering::Relaxed);
             }
-            Ok::<_, BenchError>(c)
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    let counted = delivered.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    let mut back = Vec::new();
-    for t in tasks {
-        back.push(t.await.map_err(BenchError::other)??);
-    }
-    Ok((counted as f64 / duration.as_secs_f64(), back))
+        },
+    )
+    .await
 }
 
 /// Open loop: every client sends its share of `rate` frames per second for
@@ -332,13 +317,9 @@ pub async fn surge(
     count: usize,
     parallel: usize,
 ) -> Result<f64, BenchError> {
-    let gate = Arc::new(Semaphore::new(parallel));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..count {
-        let (gate, ca) = (gate.clone(), ca.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.map_err(BenchError::other)?;
+    super::surge(count, parallel, || {
+        let ca = ca.clone();
+        async move {
             let stream = client::connect(client::ConnectOptions {
                 relay: relay.to_string(),
                 ca: Some(ca),
@@ -375,12 +356,9 @@ pub async fn surge(
             } else {
                 Err(BenchError::Lost("a surge client was not paired".into()))
             }
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(BenchError::other)??;
-    }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
+        }
+    })
+    .await
 }
 
 /// Real counsellor roles for the surge: they take chats and say nothing.

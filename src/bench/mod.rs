@@ -20,10 +20,13 @@
 pub mod baseline;
 pub mod load;
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
@@ -76,18 +79,77 @@ pub fn frame_with_stamp(epoch: Instant, seq: u64) -> Vec<u8> {
     .encode()
 }
 
-/// Microseconds since the stamp in `bytes` (a blob, or a whole frame).
-pub fn stamp_of(epoch: Instant, bytes: &[u8]) -> u32 {
-    let blob = if bytes.len() == FRAME_LEN {
-        &bytes[HEADER_LEN + 4..]
-    } else {
-        bytes
-    };
+/// Where the blob starts in a whole FORWARD frame.
+pub const BLOB_OFFSET: usize = HEADER_LEN + 4;
+
+/// Microseconds since the stamp at the start of `blob`.
+pub fn stamp_of(epoch: Instant, blob: &[u8]) -> u32 {
     let mut stamp = [0u8; 8];
     stamp.copy_from_slice(&blob[..8]);
     let sent = Duration::from_nanos(u64::from_be_bytes(stamp));
     let micros = epoch.elapsed().saturating_sub(sent).as_micros();
     u32::try_from(micros).unwrap_or(u32::MAX)
+}
+
+/// Runs `round_trip` on every item over and over for `duration` (each
+/// item in its own task, `seq` counting up); returns frames delivered per
+/// second, two per round trip, and the items for the next measurement.
+pub async fn closed_loop<C, F, Fut>(
+    items: Vec<C>,
+    duration: Duration,
+    round_trip: F,
+) -> Result<(f64, Vec<C>), BenchError>
+where
+    C: Send + 'static,
+    F: Fn(C, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<C, BenchError>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for mut item in items {
+        let (stop, delivered, round_trip) = (stop.clone(), delivered.clone(), round_trip.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                item = round_trip(item, seq).await?;
+                delivered.fetch_add(2, Ordering::Relaxed);
+            }
+            Ok::<_, BenchError>(item)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    let counted = delivered.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut back = Vec::new();
+    for t in tasks {
+        back.push(t.await.map_err(BenchError::other)??);
+    }
+    Ok((counted as f64 / duration.as_secs_f64(), back))
+}
+
+/// Runs `arrive` `count` times, at most `parallel` at once; returns
+/// arrivals per second.
+pub async fn surge<F, Fut>(count: usize, parallel: usize, arrive: F) -> Result<f64, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), BenchError>> + Send + 'static,
+{
+    let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (gate, arrival) = (gate.clone(), arrive());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(BenchError::other)?;
+            arrival.await
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(BenchError::other)??;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Latency samples of an open-loop run, in microseconds.
@@ -378,16 +440,22 @@ async fn paired_relay(
     epoch: Instant,
 ) -> Result<(Server, load::Counsellors, Vec<load::ChatClient>), BenchError> {
     let relay = setup.relay(false)?;
-    let endpoints = setup.endpoints(4)?;
-    let counsellors = load::counsellors(
-        &endpoints,
-        relay.addr,
-        setup.counsellor_configs(counsellors_for(chats))?,
-        epoch,
-    )
-    .await?;
-    let clients = load::clients(&endpoints, relay.addr, chats, true).await?;
+    let (counsellors, clients) = pair(setup, &relay, &setup.endpoints(4)?, chats, epoch).await?;
     Ok((relay, counsellors, clients))
+}
+
+/// Signs in enough counsellors for `chats` and pairs that many young people.
+async fn pair(
+    setup: &Setup,
+    relay: &Server,
+    endpoints: &[quinn::Endpoint],
+    chats: usize,
+    epoch: Instant,
+) -> Result<(load::Counsellors, Vec<load::ChatClient>), BenchError> {
+    let configs = setup.counsellor_configs(counsellors_for(chats))?;
+    let counsellors = load::counsellors(endpoints, relay.addr, configs, epoch).await?;
+    let clients = load::clients(endpoints, relay.addr, chats, true).await?;
+    Ok((counsellors, clients))
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -559,14 +627,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let relay = setup.relay(false)?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = relay.rss()?;
-        let counsellors = load::counsellors(
-            &endpoints,
-            relay.addr,
-            setup.counsellor_configs(counsellors_for(count))?,
-            epoch,
-        )
-        .await?;
-        let chats = load::clients(&endpoints, relay.addr, count, true).await?;
+        let (counsellors, chats) = pair(&setup, &relay, &endpoints, count, epoch).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let per_chat = (relay.rss()? - before) / count as f64;
         drop((chats, counsellors, relay));
