@@ -218,10 +218,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
     let counsellor_stream = client::connect(ConnectOptions {
         relay: relay.addr.clone(),
         ca: Some(ca.clone()),
-        credential: Some((
-            fluister::relay::tls::certs_from_pem("c", &sam_identity.relay_credential_cert).unwrap(),
-            fluister::relay::tls::key_from_pem("k", &sam_identity.relay_credential_key).unwrap(),
-        )),
+        credential: Some(sam_identity.relay_credential().unwrap()),
         connect_timeout: WAIT,
         bind: None,
     })

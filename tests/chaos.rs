@@ -198,10 +198,7 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
     let seen_by_counsellors = Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
     for k in 0..COUNSELLORS {
         let identity = Identity::load(&org.counsellor(&format!("C{k}"))).unwrap();
-        let credential = (
-            fluister::relay::tls::certs_from_pem("c", &identity.relay_credential_cert).unwrap(),
-            fluister::relay::tls::key_from_pem("k", &identity.relay_credential_key).unwrap(),
-        );
+        let credential = identity.relay_credential().unwrap();
         let opts = options(Some(credential));
         let stream = connect_with_retries(&opts).await;
         let settings = CounsellorSettings {

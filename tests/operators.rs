@@ -308,15 +308,7 @@ async fn a_new_certificate_is_taken_without_dropping_chats_and_a_broken_one_is_r
     assert_ne!(old_ca, new_ca);
 
     // New connections see the new certificate; the running chat goes on.
-    let connect_with = |roots| {
-        fluister::client::connect(fluister::client::ConnectOptions {
-            relay: relay.local_addr().to_string(),
-            ca: Some(roots),
-            credential: None,
-            connect_timeout: WAIT,
-            bind: None,
-        })
-    };
+    let connect_with = |roots| try_connect(&relay, roots, None);
     assert!(connect_with(new_ca.clone()).await.is_ok());
     assert!(
         connect_with(old_ca).await.is_err(),
@@ -382,17 +374,8 @@ async fn a_revoked_counsellor_is_cut_off_and_cannot_sign_in_again() {
         "{sam_result:?}"
     );
     // Sam cannot sign in again; Noor carries on and takes the next chat.
-    let again = fluister::client::connect(fluister::client::ConnectOptions {
-        relay: relay.local_addr().to_string(),
-        ca: Some(ca(&org)),
-        credential: Some((
-            fluister::relay::tls::certs_from_pem("c", &sam_identity.relay_credential_cert).unwrap(),
-            fluister::relay::tls::key_from_pem("k", &sam_identity.relay_credential_key).unwrap(),
-        )),
-        connect_timeout: WAIT,
-        bind: None,
-    })
-    .await;
+    let credential = sam_identity.relay_credential().unwrap();
+    let again = try_connect(&relay, ca(&org), Some(credential)).await;
     let signed_in = match again {
         Err(_) => false,
         Ok(mut stream) => {
@@ -459,15 +442,7 @@ async fn a_changed_certificate_file_is_picked_up_without_a_signal() {
     let new_ca = ca(&org);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let attempt = fluister::client::connect(fluister::client::ConnectOptions {
-            relay: relay.local_addr().to_string(),
-            ca: Some(new_ca.clone()),
-            credential: None,
-            connect_timeout: std::time::Duration::from_secs(2),
-            bind: None,
-        })
-        .await;
-        if attempt.is_ok() {
+        if try_connect(&relay, new_ca.clone(), None).await.is_ok() {
             break;
         }
         assert!(

@@ -144,17 +144,7 @@ async fn a_stranger_without_credential_cannot_sign_in_as_counsellor() {
     // A credential from another organisation's CA fails the TLS handshake.
     let other = Org::new();
     let foreign = Identity::load(&other.counsellor("Eve")).unwrap();
-    let result = fluister::client::connect(fluister::client::ConnectOptions {
-        relay: relay.local_addr().to_string(),
-        ca: Some(ca(&org)),
-        credential: Some((
-            fluister::relay::tls::certs_from_pem("c", &foreign.relay_credential_cert).unwrap(),
-            fluister::relay::tls::key_from_pem("k", &foreign.relay_credential_key).unwrap(),
-        )),
-        connect_timeout: WAIT,
-        bind: None,
-    })
-    .await;
+    let result = try_connect(&relay, ca(&org), Some(foreign.relay_credential().unwrap())).await;
     match result {
         Err(_) => {}
         // TLS 1.3 client auth may fail only after the client thinks it is

@@ -93,12 +93,7 @@ fn reconnect_options(
     identity: Option<&fluister::org::Identity>,
     give_up_after: std::time::Duration,
 ) -> fluister::client::Reconnect {
-    let credential = identity.map(|i| {
-        (
-            fluister::relay::tls::certs_from_pem("c", &i.relay_credential_cert).unwrap(),
-            fluister::relay::tls::key_from_pem("k", &i.relay_credential_key).unwrap(),
-        )
-    });
+    let credential = identity.map(|i| i.relay_credential().unwrap());
     fluister::client::Reconnect {
         options: fluister::client::ConnectOptions {
             relay: relay.local_addr().to_string(),

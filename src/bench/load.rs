@@ -370,10 +370,7 @@ pub async fn surge_counsellors(
     let mut tasks = Vec::new();
     let mut inputs = HashMap::new();
     for (i, identity) in identities.into_iter().enumerate() {
-        let credential = (
-            crate::relay::tls::certs_from_pem("credential", &identity.relay_credential_cert)?,
-            crate::relay::tls::key_from_pem("credential", &identity.relay_credential_key)?,
-        );
+        let credential = identity.relay_credential()?;
         let stream = client::connect(client::ConnectOptions {
             relay: relay.to_string(),
             ca: Some(ca.clone()),

@@ -392,13 +392,7 @@ impl Setup {
         &self,
         credential: Option<&Identity>,
     ) -> Result<quinn::ClientConfig, BenchError> {
-        let credential = match credential {
-            Some(i) => Some((
-                tls::certs_from_pem("credential", &i.relay_credential_cert)?,
-                tls::key_from_pem("credential", &i.relay_credential_key)?,
-            )),
-            None => None,
-        };
+        let credential = credential.map(Identity::relay_credential).transpose()?;
         let transport = tls::transport_config(tls::TransportSizes::default());
         Ok(tls::client_config(
             Some(self.ca.clone()),

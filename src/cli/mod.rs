@@ -464,10 +464,7 @@ async fn run(command: Command) -> CliResult {
             away,
         } => {
             let identity = org::Identity::load(&identity)?;
-            let credential = (
-                tls::certs_from_pem("relay credential", &identity.relay_credential_cert)?,
-                tls::key_from_pem("relay credential", &identity.relay_credential_key)?,
-            );
+            let credential = identity.relay_credential()?;
             let json = conn.json;
             let options = connect_options(&conn, Some(credential))?;
             let settings = chat::CounsellorSettings {

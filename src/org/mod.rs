@@ -488,7 +488,21 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// A TLS certificate chain and its private key, as a client presents them.
+pub type Credential = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
 impl Identity {
+    /// The relay sign-in credential, parsed for a TLS client config.
+    pub fn relay_credential(&self) -> Result<Credential, crate::relay::tls::TlsError> {
+        Ok((
+            crate::relay::tls::certs_from_pem("relay credential", &self.relay_credential_cert)?,
+            crate::relay::tls::key_from_pem("relay credential", &self.relay_credential_key)?,
+        ))
+    }
+
     /// Reads an identity file and checks that its certificate verifies
     /// under its organisation key, is valid now, and certifies its key.
     pub fn load(path: &Path) -> Result<Identity, OrgError> {

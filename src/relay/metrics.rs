@@ -80,8 +80,7 @@ pub struct Metrics {
 impl Metrics {
     /// Metrics for a relay offering `topics` (they appear with 0 waiting).
     pub fn new(topics: &[TopicId]) -> Metrics {
-        let mut registry = Registry::with_prefix("fluister");
-        let m = Metrics {
+        let mut m = Metrics {
             connections: Family::default(),
             counsellors_with_room: Gauge::default(),
             waiting: Family::default(),
@@ -100,7 +99,7 @@ impl Metrics {
             closes: Family::default(),
             tls_reloads: Family::default(),
             revocations: Counter::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("fluister"),
             topics: std::iter::once(None)
                 .chain(topics.iter().copied().map(Some))
                 .collect(),
@@ -111,7 +110,7 @@ impl Metrics {
         for topic in &m.topics {
             let _ = m.waiting.get_or_create(&topic_label(*topic));
         }
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "connections",
             "Open connections by role (unidentified: before HELLO)",
@@ -194,7 +193,7 @@ impl Metrics {
             "Signed-in counsellors cut off because their credential was revoked",
             m.revocations.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// Adds what the core counted since the last call.

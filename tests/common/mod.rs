@@ -99,16 +99,25 @@ pub fn ca(org: &Org) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     tls::certs_from_pem("ca", &std::fs::read_to_string(org.relay_cert()).unwrap()).unwrap()
 }
 
-pub async fn connect_anonymous(org: &Org, relay: &RunningRelay) -> RelayStream {
+/// Connects trusting `roots`, with an optional credential; the result as
+/// it is, for tests that expect a refusal.
+pub async fn try_connect(
+    relay: &RunningRelay,
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    credential: Option<org::Credential>,
+) -> Result<RelayStream, ClientError> {
     client::connect(ConnectOptions {
         relay: relay.local_addr().to_string(),
-        ca: Some(ca(org)),
-        credential: None,
+        ca: Some(roots),
+        credential,
         connect_timeout: WAIT,
         bind: None,
     })
     .await
-    .unwrap()
+}
+
+pub async fn connect_anonymous(org: &Org, relay: &RunningRelay) -> RelayStream {
+    try_connect(relay, ca(org), None).await.unwrap()
 }
 
 pub async fn connect_counsellor(
@@ -116,19 +125,8 @@ pub async fn connect_counsellor(
     relay: &RunningRelay,
     identity: &Identity,
 ) -> RelayStream {
-    let credential = (
-        tls::certs_from_pem("cred", &identity.relay_credential_cert).unwrap(),
-        tls::key_from_pem("cred", &identity.relay_credential_key).unwrap(),
-    );
-    client::connect(ConnectOptions {
-        relay: relay.local_addr().to_string(),
-        ca: Some(ca(org)),
-        credential: Some(credential),
-        connect_timeout: WAIT,
-        bind: None,
-    })
-    .await
-    .unwrap()
+    let credential = identity.relay_credential().unwrap();
+    try_connect(relay, ca(org), Some(credential)).await.unwrap()
 }
 
 /// A running chat role: type into `input`, read `events`.
