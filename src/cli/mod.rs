@@ -368,6 +368,7 @@ async fn run(command: Command) -> CliResult {
         } => {
             let config = RelayConfig::load(&path)?;
             tls::ServerFiles::load(&config)?;
+            let service = config.service()?;
             println!(
                 "{}: OK. Relay on {} (UDP); admin listener {}; {} topics, {} languages; counsellor sign-in {}; revocation list {}.",
                 path.display(),
@@ -377,8 +378,8 @@ async fn run(command: Command) -> CliResult {
                 } else {
                     "off".into()
                 },
-                config.service()?.topics.len(),
-                config.service()?.languages.len(),
+                service.topics.len(),
+                service.languages.len(),
                 if config.counsellor_ca.is_some() {
                     "on"
                 } else {
