@@ -18,13 +18,24 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::core::frame::{
-    Language, MAX_FRAME_LEN, MAX_LANGUAGES, MAX_POW_DIFFICULTY, MAX_TOPICS, TopicId, valid_label,
+    Label, Language, MAX_FRAME_LEN, MAX_LANGUAGES, MAX_POW_DIFFICULTY, MAX_TOPICS, TopicId,
 };
 use crate::core::hours::{OpeningHours, Range};
-use crate::core::limits::{Limits, Service, Topic};
+use crate::core::limits::{
+    Limits, MAX_UNACKED_FRAMES, PACE_CONTROL_BURST, PACE_CONTROL_PER_SEC, PACE_FORWARD_BURST,
+    PACE_FORWARD_PER_SEC, Service, Topic,
+};
 
 /// Default QUIC receive window per stream: 64 maximum-size frames.
 pub const DEFAULT_STREAM_WINDOW: u32 = 64 * MAX_FRAME_LEN as u32;
+
+/// QUIC idle timeout: a dead relay or peer is noticed within this many
+/// seconds. Keep-alives every [`DEFAULT_KEEP_ALIVE_SECS`] keep a live but
+/// quiet connection (and its NAT mapping) open: one small packet each way
+/// per interval, which keeps a phone's radio from sleeping while a chat is
+/// open (PROTOCOL.md §3.1).
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 20;
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 5;
 
 /// Where the relay listens when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -46,7 +57,7 @@ pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::files::FileError,
     },
     /// Not valid TOML, an unknown key, or a wrong type; the message names
     /// the key and the line.
@@ -208,6 +219,10 @@ pub struct LimitsConfig {
     pub max_queue: usize,
     /// Seconds from connecting to HELLO (1..=120).
     pub hello_timeout_secs: u64,
+    /// Seconds from PAIRED to the young person's first handshake message;
+    /// past it the pairing is undone and the counsellor's capacity freed
+    /// (5..=600).
+    pub handshake_timeout_secs: u64,
     /// Seconds without any packet before QUIC closes a connection (5..=600).
     pub idle_timeout_secs: u64,
     /// Seconds between keep-alive packets; below `idle_timeout_secs`.
@@ -228,24 +243,34 @@ pub struct LimitsConfig {
     /// the burst allowed above it (1..=100000).
     pub admissions_per_sec: u32,
     pub admissions_burst: u32,
-    /// Frames per second one connection may send (1..=1000000), and the
-    /// burst (1..=1000000).
-    pub frames_per_sec: u32,
-    pub frames_burst: u32,
-    /// Bytes per second one connection may send (1100..=1073741824), and the
-    /// burst (at least one frame, 1039 bytes, more is wise).
-    pub bytes_per_sec: u32,
-    pub bytes_burst: u32,
-    /// Proof-of-work difficulty in leading zero bits: the floor (0..=32)
-    /// and the ceiling (floor..=32) it moves between.
+    /// FORWARD frames per second the relay reads for one side of one chat
+    /// (32..=1000000), and the burst (64..=1000000). At least the senders'
+    /// pacing rule (32/s, burst 64); past it the relay reads more slowly,
+    /// it never closes a connection for it.
+    pub forward_frames_per_sec: u32,
+    pub forward_frames_burst: u32,
+    /// Other frames per second the relay reads from one connection
+    /// (5..=1000000), and the burst (40..=1000000); paced the same way.
+    pub control_frames_per_sec: u32,
+    pub control_frames_burst: u32,
+    /// Proof-of-work difficulty in leading zero bits: the floor (0..=20)
+    /// and the ceiling (floor..=20) it moves between.
     pub pow_min_difficulty: u8,
     pub pow_max_difficulty: u8,
-    /// Anonymous arrivals per second above which the difficulty rises one
-    /// bit per second; below half of it, it falls again (1..=100000).
+    /// Solved JOINs per second above which the difficulty rises one bit per
+    /// second; below half of it, it falls again (1..=100000).
     pub pow_target_arrivals_per_sec: u32,
+    /// While the queue is more than half full, a waiting client solves a
+    /// fresh proof-of-work challenge this often to keep its place; 0 = off
+    /// (0, or 60..=86400).
+    pub queue_rent_secs: u64,
     /// Connection attempts one source address may make per epoch; 0 = off.
-    /// Counted under a random in-memory key, never by raw address.
+    /// Counted under a random in-memory key, never by raw address. IPv6
+    /// addresses count by their /64 block.
     pub per_address_attempts: u32,
+    /// With `per_address_attempts` on: places in the queue one source may
+    /// hold at once (1..=10000).
+    pub per_address_places: usize,
     /// Seconds per rate-limit epoch; key and counts are discarded after each
     /// (10..=86400).
     pub address_epoch_secs: u64,
@@ -270,8 +295,9 @@ impl Default for LimitsConfig {
             max_connections: Limits::DEFAULT_MAX_CONNECTIONS,
             max_queue: Limits::DEFAULT_MAX_QUEUE,
             hello_timeout_secs: Limits::DEFAULT_HELLO_TIMEOUT.as_secs(),
-            idle_timeout_secs: 60,
-            keep_alive_secs: 15,
+            handshake_timeout_secs: Limits::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            keep_alive_secs: DEFAULT_KEEP_ALIVE_SECS,
             max_buffered_frames: 64,
             max_wait_secs: Limits::DEFAULT_MAX_WAIT.as_secs(),
             topic_fallback_secs: Limits::DEFAULT_TOPIC_FALLBACK.as_secs(),
@@ -279,14 +305,16 @@ impl Default for LimitsConfig {
             max_anonymous_connections: Limits::DEFAULT_MAX_ANONYMOUS_CONNECTIONS,
             admissions_per_sec: Limits::DEFAULT_ADMISSIONS_PER_SEC,
             admissions_burst: Limits::DEFAULT_ADMISSIONS_BURST,
-            frames_per_sec: Limits::DEFAULT_FRAMES_PER_SEC,
-            frames_burst: Limits::DEFAULT_FRAMES_BURST,
-            bytes_per_sec: Limits::DEFAULT_BYTES_PER_SEC,
-            bytes_burst: Limits::DEFAULT_BYTES_BURST,
+            forward_frames_per_sec: Limits::DEFAULT_FORWARD_FRAMES_PER_SEC,
+            forward_frames_burst: Limits::DEFAULT_FORWARD_FRAMES_BURST,
+            control_frames_per_sec: Limits::DEFAULT_CONTROL_FRAMES_PER_SEC,
+            control_frames_burst: Limits::DEFAULT_CONTROL_FRAMES_BURST,
             pow_min_difficulty: Limits::DEFAULT_POW_MIN_DIFFICULTY,
             pow_max_difficulty: Limits::DEFAULT_POW_MAX_DIFFICULTY,
             pow_target_arrivals_per_sec: Limits::DEFAULT_POW_TARGET_ARRIVALS_PER_SEC,
+            queue_rent_secs: Limits::DEFAULT_QUEUE_RENT_INTERVAL.as_secs(),
             per_address_attempts: 0,
+            per_address_places: Limits::DEFAULT_PER_SOURCE_PLACES,
             address_epoch_secs: 600,
             retry_above_handshakes: 64,
             stream_receive_window: DEFAULT_STREAM_WINDOW,
@@ -424,9 +452,11 @@ impl RelayConfig {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|e| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source: e,
+            }
         })?;
         let mut config = Self::parse_with_env(&text, env).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -564,6 +594,12 @@ impl RelayConfig {
         range("limits.max_connections", l.max_connections, 1, 1_000_000)?;
         range("limits.max_queue", l.max_queue, 1, 100_000)?;
         range("limits.hello_timeout_secs", l.hello_timeout_secs, 1, 120)?;
+        range(
+            "limits.handshake_timeout_secs",
+            l.handshake_timeout_secs,
+            5,
+            600,
+        )?;
         range("limits.idle_timeout_secs", l.idle_timeout_secs, 5, 600)?;
         range(
             "limits.keep_alive_secs",
@@ -588,14 +624,30 @@ impl RelayConfig {
         )?;
         range("limits.admissions_per_sec", l.admissions_per_sec, 1, 10_000)?;
         range("limits.admissions_burst", l.admissions_burst, 1, 100_000)?;
-        range("limits.frames_per_sec", l.frames_per_sec, 1, 1_000_000)?;
-        range("limits.frames_burst", l.frames_burst, 1, 1_000_000)?;
-        range("limits.bytes_per_sec", l.bytes_per_sec, 1100, 1 << 30)?;
+        // Never below the senders' pacing rule: a paced sender is never slowed.
         range(
-            "limits.bytes_burst",
-            l.bytes_burst,
-            MAX_FRAME_LEN as u32,
-            64 << 20,
+            "limits.forward_frames_per_sec",
+            l.forward_frames_per_sec,
+            PACE_FORWARD_PER_SEC,
+            1_000_000,
+        )?;
+        range(
+            "limits.forward_frames_burst",
+            l.forward_frames_burst,
+            PACE_FORWARD_BURST,
+            1_000_000,
+        )?;
+        range(
+            "limits.control_frames_per_sec",
+            l.control_frames_per_sec,
+            PACE_CONTROL_PER_SEC,
+            1_000_000,
+        )?;
+        range(
+            "limits.control_frames_burst",
+            l.control_frames_burst,
+            PACE_CONTROL_BURST,
+            1_000_000,
         )?;
         range(
             "limits.pow_min_difficulty",
@@ -615,6 +667,10 @@ impl RelayConfig {
             1,
             100_000,
         )?;
+        if l.queue_rent_secs != 0 {
+            range("limits.queue_rent_secs", l.queue_rent_secs, 60, 86_400)?;
+        }
+        range("limits.per_address_places", l.per_address_places, 1, 10_000)?;
         range(
             "limits.address_epoch_secs",
             l.address_epoch_secs,
@@ -634,7 +690,13 @@ impl RelayConfig {
             64 << 20,
         )?;
         range("limits.resume_window_secs", l.resume_window_secs, 1, 3600)?;
-        range("limits.max_held_frames", l.max_held_frames, 8, 4096)?;
+        // Room for all a paced sender may have unacknowledged, and its ACK.
+        range(
+            "limits.max_held_frames",
+            l.max_held_frames,
+            MAX_UNACKED_FRAMES + 1,
+            4096,
+        )?;
         range("limits.drain_deadline_secs", l.drain_deadline_secs, 1, 300)?;
         self.service()?;
         Ok(())
@@ -678,18 +740,13 @@ impl RelayConfig {
                     if out.iter().any(|o| o.id == id) {
                         return Err(invalid("topics.id", format!("{} is used twice", t.id)));
                     }
-                    for (key, label) in [("topics.nl", &t.nl), ("topics.en", &t.en)] {
-                        if !valid_label(label) {
-                            return Err(invalid(
-                                key,
-                                format!("{label:?} must be 1 to 64 bytes, printable, trimmed"),
-                            ));
-                        }
-                    }
+                    let label = |key: &'static str, text: &str| {
+                        Label::new(text).map_err(|e| invalid(key, format!("{text:?}: {e}")))
+                    };
                     out.push(Topic {
                         id,
-                        label_nl: t.nl.clone(),
-                        label_en: t.en.clone(),
+                        label_nl: label("topics.nl", &t.nl)?,
+                        label_en: label("topics.en", &t.en)?,
                     });
                 }
                 out
@@ -739,19 +796,23 @@ impl RelayConfig {
             max_queue: self.limits.max_queue,
             max_connections: self.limits.max_connections,
             hello_timeout: Duration::from_secs(self.limits.hello_timeout_secs),
+            handshake_timeout: Duration::from_secs(self.limits.handshake_timeout_secs),
             max_wait: Duration::from_secs(self.limits.max_wait_secs),
             topic_fallback: Duration::from_secs(self.limits.topic_fallback_secs),
             max_capacity: self.limits.max_capacity,
             max_anonymous_connections: self.limits.max_anonymous_connections,
             admissions_per_sec: self.limits.admissions_per_sec,
             admissions_burst: self.limits.admissions_burst,
-            frames_per_sec: self.limits.frames_per_sec,
-            frames_burst: self.limits.frames_burst,
-            bytes_per_sec: self.limits.bytes_per_sec,
-            bytes_burst: self.limits.bytes_burst,
+            forward_frames_per_sec: self.limits.forward_frames_per_sec,
+            forward_frames_burst: self.limits.forward_frames_burst,
+            control_frames_per_sec: self.limits.control_frames_per_sec,
+            control_frames_burst: self.limits.control_frames_burst,
             pow_min_difficulty: self.limits.pow_min_difficulty,
             pow_max_difficulty: self.limits.pow_max_difficulty,
             pow_target_arrivals_per_sec: self.limits.pow_target_arrivals_per_sec,
+            queue_rent_interval: (self.limits.queue_rent_secs != 0)
+                .then(|| Duration::from_secs(self.limits.queue_rent_secs)),
+            per_source_places: self.limits.per_address_places,
             resume_window: Duration::from_secs(self.limits.resume_window_secs),
             max_held_frames: self.limits.max_held_frames,
         }

@@ -14,5 +14,6 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod files;
 pub mod org;
 pub mod relay;

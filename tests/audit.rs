@@ -275,6 +275,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
                     chat,
                     pairing_id,
                     resume,
+                    ..
                 } => {
                     needles.key_bytes(&resume.0);
                     break (chat, pairing_id);
@@ -333,7 +334,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
             })
             .await
             .unwrap();
-        stream.close().await;
+        stream.leave().await;
         sam.expect(is_ended).await;
     }
     sam.hang_up();

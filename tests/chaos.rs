@@ -22,6 +22,7 @@ use std::time::Duration;
 use common::*;
 use fluister::client::chat::{ChatEvent, ClientRequest, CounsellorSettings};
 use fluister::client::{ConnectOptions, Reconnect};
+use fluister::core::EndpointClose;
 use fluister::org::Identity;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -174,10 +175,6 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
     // Room for the whole test at once; the limits themselves are tested elsewhere.
     config.limits.admissions_per_sec = 1000;
     config.limits.admissions_burst = 1000;
-    config.limits.frames_per_sec = 1000;
-    config.limits.frames_burst = 2000;
-    config.limits.bytes_per_sec = 4 << 20;
-    config.limits.bytes_burst = 8 << 20;
     config.limits.pow_max_difficulty = 10;
     config.limits.max_held_frames = 1024;
     let relay = fluister::relay::start(&config, Default::default())
@@ -295,7 +292,8 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
                 }
                 tally.sent += 1;
                 if i % 10 == 0 && k == MESSAGES_PER_SIDE / 2 {
-                    killer.close(0u32.into(), b""); // the app is killed mid-chat
+                    // The app is killed mid-chat: to the relay, a lost connection.
+                    killer.close(EndpointClose::Reconnecting.code().into(), b"");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -71,16 +71,30 @@ impl Proc {
     fn line(&self) -> String {
         self.lines.recv_timeout(WAIT).expect("no output in time")
     }
+    /// The next event, checked to carry the event list's version, which
+    /// is taken off so that tests compare what the event says.
     fn event_any(&self) -> Value {
         let line = self.line();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+        let mut e: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+        let version = e.as_object_mut().and_then(|o| o.remove("v"));
+        assert_eq!(version, Some(Value::from(1)), "{line}");
+        e
     }
-    /// The next event, skipping status, queue statistics, sent and delivered.
+    /// The next event, skipping status, queue statistics, colleagues, sent,
+    /// delivered, and a counsellor's `ready`.
     fn event(&self) -> Value {
         loop {
             let e = self.event_any();
-            if !["status", "queue_stats", "sent", "delivered"]
-                .contains(&e["event"].as_str().unwrap_or(""))
+            if ![
+                "status",
+                "queue_stats",
+                "colleague",
+                "sent",
+                "delivered",
+                "ready",
+            ]
+            .contains(&e["event"].as_str().unwrap_or(""))
             {
                 return e;
             }
@@ -611,7 +625,11 @@ fn two_counsellors_a_queue_and_a_transfer_through_the_cli() {
         first.event(),
         json!({"event": "paired", "counsellor": "Sam"})
     );
-    assert_eq!(sam.event(), json!({"event": "paired", "chat": 1}));
+    // The counsellor sees the young person's choice at once.
+    assert_eq!(
+        sam.event(),
+        json!({"event": "paired", "chat": 1, "topic": 3, "language": "nl"})
+    );
     let mut second = chat("5");
     second.connected();
     assert_eq!(second.event(), json!({"event": "queued", "position": 1}));
@@ -628,7 +646,10 @@ fn two_counsellors_a_queue_and_a_transfer_through_the_cli() {
         second.event(),
         json!({"event": "paired", "counsellor": "Noor"})
     );
-    assert_eq!(noor.event(), json!({"event": "paired", "chat": 1}));
+    assert_eq!(
+        noor.event(),
+        json!({"event": "paired", "chat": 1, "topic": 5, "language": "nl"})
+    );
     sam.say("/transfer Noor");
     assert_eq!(
         sam.event(),
@@ -638,7 +659,11 @@ fn two_counsellors_a_queue_and_a_transfer_through_the_cli() {
         first.event(),
         json!({"event": "transferred", "counsellor": "Noor"})
     );
-    assert_eq!(noor.event(), json!({"event": "paired", "chat": 2}));
+    // A transferred young person keeps their topic and language.
+    assert_eq!(
+        noor.event(),
+        json!({"event": "paired", "chat": 2, "topic": 3, "language": "nl"})
+    );
 
     // Noor now has two chats: lines are addressed with @N.
     first.say("ben jij nu mijn hulpverlener?");

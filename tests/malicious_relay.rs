@@ -65,6 +65,8 @@ async fn evil_relay(
                             chat,
                             pairing_id,
                             resume,
+                            topic: None,
+                            language: None,
                         };
                         send.write_all(&paired.encode()).await.unwrap();
                     }

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use fluister::client::{self, ClientError, ConnectOptions};
-use fluister::core::CloseCode;
-use fluister::core::frame::{ALPN, BLOB_LEN, Blob, Frame, PROTOCOL_VERSION, Role};
-use fluister::core::ratelimit::pow_solve;
+use fluister::core::frame::ALPN;
 use fluister::relay::tls;
 use quinn::crypto::rustls::QuicClientConfig;
 
@@ -119,99 +117,6 @@ async fn a_second_visit_gets_no_tls_resumption_and_no_address_token() {
         "control: stock server sends tokens"
     );
     acceptor.abort();
-}
-
-/// A raw client that joins the queue (solving the proof of work) and waits
-/// for PAIRED; returns the stream and its chat number.
-async fn raw_paired_client(
-    org: &Org,
-    relay: &fluister::relay::RunningRelay,
-) -> (client::RelayStream, fluister::core::frame::ChatNumber) {
-    let mut s = connect_anonymous(org, relay).await;
-    s.send(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Client,
-    })
-    .await
-    .unwrap();
-    let Some(Frame::Welcome { pow, .. }) = s.next().await.unwrap() else {
-        panic!("WELCOME")
-    };
-    s.send(&Frame::Join {
-        topic: None,
-        language: None,
-        pow_solution: pow_solve(&pow.nonce, pow.difficulty),
-    })
-    .await
-    .unwrap();
-    loop {
-        match s.next().await.unwrap().unwrap() {
-            Frame::Paired { chat, .. } => return (s, chat),
-            Frame::Topic { .. } | Frame::Joined { .. } | Frame::Queued { .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_flooding_peer_is_cut_off_with_its_code_and_the_chat_beside_it_carries_on() {
-    let org = Org::new();
-    let mut config = org.config();
-    config.limits.frames_per_sec = 5;
-    config.limits.frames_burst = 10;
-    let relay = fluister::relay::start(&config, Default::default())
-        .await
-        .unwrap();
-    let identity = fluister::org::Identity::load(&org.counsellor("Sam")).unwrap();
-    let settings = fluister::client::chat::CounsellorSettings {
-        capacity: 2,
-        ..Default::default()
-    };
-    let mut sam = counsellor_party_with(
-        connect_counsellor(&org, &relay, &identity).await,
-        identity,
-        settings,
-    );
-    let mut calm = paired_client(&org, &relay, &mut sam).await;
-
-    let (mut flooder, chat) = raw_paired_client(&org, &relay).await;
-    for _ in 0..40 {
-        if flooder
-            .send(&Frame::Forward {
-                chat,
-                blob: Blob::new([7; BLOB_LEN]),
-            })
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    let reason = tokio::time::timeout(WAIT, flooder.connection().closed())
-        .await
-        .unwrap();
-    match reason {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(
-                c.error_code.into_inner(),
-                u64::from(CloseCode::RateLimited.code())
-            )
-        }
-        other => panic!("expected RATE_LIMITED, got {other}"),
-    }
-    calm.say("ben je er nog?").await;
-    loop {
-        match sam.next().await {
-            fluister::client::chat::ChatEvent::Message { text, .. } => {
-                assert_eq!(text, "ben je er nog?");
-                break;
-            }
-            _ => continue, // the flooder's chat failing and ending
-        }
-    }
-    sam.say("@1 Ja.").await;
-    assert_eq!(calm.next().await, message("Ja."));
-    relay.shutdown().await;
 }
 
 #[tokio::test]

@@ -6,11 +6,11 @@
 //! To rewrite the files after an intended protocol change:
 //! `FLUISTER_WRITE_VECTORS=1 cargo test --test proto_vectors`.
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, Verifier};
 use fluister::core::content::Content;
 use fluister::core::frame::{
-    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Language, PairingId, PowChallenge, Refusal,
-    ResumeCapability, Role, TopicId, TransferTarget, Unavailable,
+    BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Label, Language, PairingId, PowChallenge,
+    Presence, Refusal, ResumeCapability, Role, TopicId, TransferTarget, Unavailable,
 };
 use fluister::core::ratelimit::pow_solve;
 use fluister::crypto::cert::{self, CertificateBody, OrgPublicKey};
@@ -193,12 +193,14 @@ fn frame_vectors() {
             ],
         ),
         frame_vector(
-            "PAIRED",
-            "a chat begins; both sides get the same pairing id, each its own resume capability",
+            "PAIRED (to the client)",
+            "a chat begins; both sides get the same pairing id, each its own resume capability; the client learns nothing of what it chose",
             &Frame::Paired {
                 chat: chat1(),
                 pairing_id,
                 resume: ResumeCapability([0xcc; 32]),
+                topic: None,
+                language: None,
             },
             vec![
                 field(
@@ -216,7 +218,83 @@ fn frame_vectors() {
                     &[0xcc; 32],
                     "32 random bytes: this side's capability to resume the chat; secret, keep in memory only",
                 ),
+                field("topic", &[0, 0], "always 0 to the client"),
+                field("language", &[0, 0], "always 00 00 to the client"),
             ],
+        ),
+        frame_vector(
+            "PAIRED (to the counsellor)",
+            "the counsellor's side of the same chat: its own chat number and capability, and the young person's choice",
+            &Frame::Paired {
+                chat: ChatNumber::new(4).unwrap(),
+                pairing_id,
+                resume: ResumeCapability([0xee; 32]),
+                topic: TopicId::new(3),
+                language: Some(lang("nl")),
+            },
+            vec![
+                field(
+                    "chat",
+                    &4u32.to_be_bytes(),
+                    "the counsellor's number for this chat",
+                ),
+                field("pairing_id", &pairing_id.0, "the same pairing id"),
+                field("resume", &[0xee; 32], "the counsellor's own capability"),
+                field(
+                    "topic",
+                    &3u16.to_be_bytes(),
+                    "the topic the young person chose; 0 = none",
+                ),
+                field(
+                    "language",
+                    b"nl",
+                    "the language the young person chose; 00 00 = no preference",
+                ),
+            ],
+        ),
+        by_layout(
+            "COLLEAGUE",
+            "relay to counsellor: colleague Noor is available and has room",
+            &Frame::Colleague {
+                name: Label::new("Noor").unwrap(),
+                presence: Presence::Available,
+            },
+            &[
+                (
+                    "presence",
+                    1,
+                    "0x00 signed out, 0x01 away, 0x02 available but full, 0x03 available with room",
+                ),
+                ("name_len", 1, "4"),
+                ("name", 64, "pseudonym, zero-padded to 64 bytes"),
+            ],
+        ),
+        by_layout(
+            "CHALLENGE",
+            "relay to a waiting client in a crowded queue: prove work again to keep the place",
+            &Frame::Challenge {
+                pow: pow_challenge(),
+            },
+            &[
+                ("pow_difficulty", 1, "leading zero bits, 0..=20"),
+                (
+                    "pow_challenge",
+                    16,
+                    "16 random bytes, fresh for this challenge",
+                ),
+            ],
+        ),
+        by_layout(
+            "PROOF",
+            "client to relay: the answer to the CHALLENGE vector",
+            &Frame::Proof {
+                solution: pow_solve(&pow_challenge().nonce, 8),
+            },
+            &[(
+                "solution",
+                8,
+                "solves the challenge exactly as a JOIN's pow_solution does",
+            )],
         ),
         by_layout(
             "JOINED",
@@ -335,8 +413,8 @@ fn frame_vectors() {
             "one topic of the service, after WELCOME",
             &Frame::Topic {
                 id: TopicId::new(3).unwrap(),
-                label_nl: "Sextortion".into(),
-                label_en: "Sextortion".into(),
+                label_nl: Label::new("Sextortion").unwrap(),
+                label_en: Label::new("Sextortion").unwrap(),
             },
             &[
                 ("id", 2, "topic id, u16 big-endian, never 0"),
@@ -422,7 +500,7 @@ fn frame_vectors() {
             "counsellor hands chat 1 to Noor",
             &Frame::Transfer {
                 chat: chat1(),
-                target: TransferTarget::Colleague("Noor".into()),
+                target: TransferTarget::Colleague(Label::new("Noor").unwrap()),
             },
             &[
                 ("chat", 4, "chat number"),
@@ -454,7 +532,11 @@ fn frame_vectors() {
             },
             &[
                 ("chat", 4, "chat number"),
-                ("reason", 1, "0x01 unknown colleague, 0x02 away, 0x03 full"),
+                (
+                    "reason",
+                    1,
+                    "0x01 unknown colleague, 0x02 away, 0x03 full, 0x04 the young person's connection is away",
+                ),
             ],
         ),
         by_layout(
@@ -529,6 +611,52 @@ fn fixed() -> Fixed {
     }
 }
 
+/// The group order ℓ, little-endian.
+const ELL: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+/// The neutral point (small order 1), canonically encoded.
+const IDENTITY: [u8; 32] = {
+    let mut b = [0u8; 32];
+    b[0] = 1;
+    b
+};
+/// The neutral point again, with y = p + 1: a non-canonical encoding.
+const IDENTITY_NON_CANONICAL: [u8; 32] = {
+    let mut b = [0xffu8; 32];
+    b[0] = 0xee;
+    b[31] = 0x7f;
+    b
+};
+
+/// A certificate for `body` whose signature is (R, S) with S computed so
+/// that the cofactorless equation [S]B = R + [k]A holds for R of small
+/// order (R = r·B with r = 0): a lax verifier accepts it.
+fn signed_with_r(body: &CertificateBody, org: &SigningKey, r: [u8; 32]) -> Vec<u8> {
+    use curve25519_dalek::Scalar;
+    use sha2::{Digest, Sha512};
+    let mut cert = body.encode().unwrap();
+    let mut message = cert::SIGNING_CONTEXT.to_vec();
+    message.extend_from_slice(&cert);
+    let k = Scalar::from_bytes_mod_order_wide(
+        &Sha512::new()
+            .chain_update(r)
+            .chain_update(body.org_key)
+            .chain_update(&message)
+            .finalize()
+            .into(),
+    );
+    let mut expanded: [u8; 32] = Sha512::digest(org.to_bytes())[..32].try_into().unwrap();
+    expanded[0] &= 248;
+    expanded[31] &= 127;
+    expanded[31] |= 64;
+    let a = Scalar::from_bytes_mod_order(expanded);
+    cert.extend_from_slice(&r);
+    cert.extend_from_slice((k * a).as_bytes());
+    cert
+}
+
 #[test]
 fn certificate_vector() {
     let f = fixed();
@@ -539,6 +667,87 @@ fn certificate_vector() {
     let n = certificate.len();
     let mut signed = cert::SIGNING_CONTEXT.to_vec();
     signed.extend_from_slice(&certificate[..n - 64]);
+
+    // Signatures a strict verifier refuses (section 6.2 step 3 and 4); the
+    // small-order ones satisfy the cofactorless equation, so a verifier
+    // without those checks accepts them.
+    let mut s_plus_ell = certificate.clone();
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let sum = u16::from(certificate[n - 32 + i]) + u16::from(ELL[i]) + carry;
+        s_plus_ell[n - 32 + i] = sum as u8;
+        carry = sum >> 8;
+    }
+    let small_r = signed_with_r(&f.body, &f.org, IDENTITY);
+    let non_canonical_r = signed_with_r(&f.body, &f.org, IDENTITY_NON_CANONICAL);
+    let small_a_body = CertificateBody {
+        org_key: IDENTITY,
+        ..f.body.clone()
+    };
+    let mut small_a = small_a_body.encode().unwrap();
+    small_a.extend_from_slice(&IDENTITY);
+    small_a.extend_from_slice(&[0; 32]);
+    let small_a_org = OrgPublicKey::from_bytes(&IDENTITY).unwrap();
+    // The small-order vectors are not just broken bytes: a lax verifier
+    // (RFC 8032 without the small-order checks) accepts them.
+    let lax = |bytes: &[u8], key: &[u8; 32]| {
+        let mut message = cert::SIGNING_CONTEXT.to_vec();
+        message.extend_from_slice(&bytes[..bytes.len() - 64]);
+        let sig = ed25519_dalek::Signature::from_slice(&bytes[bytes.len() - 64..]).unwrap();
+        ed25519_dalek::VerifyingKey::from_bytes(key)
+            .unwrap()
+            .verify(&message, &sig)
+            .is_ok()
+    };
+    assert!(lax(&small_r, &f.body.org_key));
+    assert!(lax(&small_a, &IDENTITY));
+    let rejections = [
+        (
+            "S not below the group order",
+            "the valid certificate with l added to S: verifies under a lax check",
+            &s_plus_ell,
+            org,
+            cert::CertError::NonCanonicalSignature,
+        ),
+        (
+            "small-order R",
+            "R is the neutral point and S = k*a, so [S]B = R + [k]A holds",
+            &small_r,
+            org,
+            cert::CertError::BadSignature,
+        ),
+        (
+            "non-canonical R",
+            "R encodes the neutral point with y = p + 1 (ee ff .. ff 7f); S = k*a over those bytes",
+            &non_canonical_r,
+            org,
+            cert::CertError::BadSignature,
+        ),
+        (
+            "small-order A",
+            "organisation key and R are the neutral point, S = 0: every message 'verifies' under a lax check",
+            &small_a,
+            small_a_org,
+            cert::CertError::BadSignature,
+        ),
+    ];
+    let rejections: Vec<Value> = rejections
+        .into_iter()
+        .map(|(name, why, bytes, pinned, error)| {
+            assert_eq!(
+                cert::verify(bytes, &pinned, 1_800_000_000, &f.body.static_key),
+                Err(error),
+                "{name}"
+            );
+            json!({
+                "name": name,
+                "description": why,
+                "pinned_org_key": pinned.to_hex(),
+                "certificate": hex::encode(bytes),
+                "expected": "refused",
+            })
+        })
+        .collect();
     check_file(
         "certificate.json",
         &json!({
@@ -548,6 +757,8 @@ fn certificate_vector() {
             "counsellor_static_secret": hex::encode([0x02; 32]),
             "signed_message": hex::encode(&signed),
             "signed_message_note": "what Ed25519 signs: the ASCII context 'fluister counsellor certificate v1' followed by every certificate byte before the signature",
+            "rejections": rejections,
+            "rejections_note": "each must be refused at unix time 1800000000 with the static key of the valid certificate; see PROTOCOL.md section 6.2 for the checks",
             "certificate": annotated("certificate", "encoded certificate", &certificate, vec![
                 field("version", &certificate[0..1], "certificate format 1"),
                 field("org_key", &certificate[1..33], "Ed25519 public key of the issuing organisation"),
@@ -669,6 +880,12 @@ fn handshake_and_transport_transcript() {
                 transport("transport 2", "counsellor to client, seq 0", "Hallo, ik ben Sam.", &t2),
                 transport("transport 3", "client to counsellor, seq 1", "", &t3),
             ],
+            "replay": {
+                "description": "transport 1 again, after the counsellor received transports 1 and 3 (its next expected seq is 2). seq 0 < 2: a duplicate or replay. The receiver MUST drop it without decrypting or showing it (section 6.5).",
+                "hex": hex::encode(t1.as_bytes()),
+                "receiver_next_seq": 2,
+                "expected": "dropped",
+            },
             "transport_plaintext_1": hex::encode(&{
                 let mut p = vec![0u8; 1008];
                 let c = text("Hoi").encode();
@@ -677,6 +894,204 @@ fn handshake_and_transport_transcript() {
                 p
             }[..16]),
             "transport_plaintext_1_note": "first 16 of the 1008 padded plaintext bytes of transport 1: length 0005, kind 01 (TEXT), flags 01 (final), 'Hoi', then zeros",
+        }),
+    );
+}
+
+#[test]
+fn label_vectors() {
+    use fluister::core::frame::valid_label;
+    let cases: Vec<(&str, String, bool, &str)> = vec![
+        ("plain", "Sam".into(), true, ""),
+        ("inner spaces", "Noor el Amrani".into(), true, ""),
+        ("non-ASCII letters", "Zoë 秘密".into(), true, ""),
+        ("64 bytes", "x".repeat(64), true, ""),
+        ("empty", String::new(), false, "1..=64 bytes"),
+        ("65 bytes", "x".repeat(65), false, "1..=64 bytes"),
+        (
+            "leading space",
+            " Sam".into(),
+            false,
+            "White_Space at the start",
+        ),
+        (
+            "trailing no-break space",
+            "Sam\u{a0}".into(),
+            false,
+            "White_Space at the end (U+00A0)",
+        ),
+        (
+            "leading ideographic space",
+            "\u{3000}Sam".into(),
+            false,
+            "White_Space at the start (U+3000)",
+        ),
+        (
+            "tab inside",
+            "Sa\tm".into(),
+            false,
+            "General_Category Cc (U+0009)",
+        ),
+        (
+            "delete inside",
+            "Sa\u{7f}m".into(),
+            false,
+            "General_Category Cc (U+007F)",
+        ),
+        (
+            "zero-width space only",
+            "\u{200b}".into(),
+            false,
+            "General_Category Cf (U+200B)",
+        ),
+        (
+            "right-to-left override",
+            "Sa\u{202e}m".into(),
+            false,
+            "General_Category Cf (U+202E)",
+        ),
+        (
+            "isolate",
+            "Sa\u{2066}m".into(),
+            false,
+            "General_Category Cf (U+2066)",
+        ),
+        (
+            "byte order mark",
+            "\u{feff}Sam".into(),
+            false,
+            "General_Category Cf (U+FEFF)",
+        ),
+        (
+            "line separator",
+            "Sa\u{2028}m".into(),
+            false,
+            "General_Category Zl (U+2028)",
+        ),
+        (
+            "paragraph separator",
+            "Sa\u{2029}m".into(),
+            false,
+            "General_Category Zp (U+2029)",
+        ),
+    ];
+    let vectors: Vec<Value> = cases
+        .into_iter()
+        .map(|(name, text, valid, rule)| {
+            assert_eq!(valid_label(&text), valid, "{name}");
+            assert_eq!(Label::new(text.as_str()).is_ok(), valid, "{name}");
+            json!({ "name": name, "utf8": hex::encode(text.as_bytes()), "valid": valid, "rule": rule })
+        })
+        .collect();
+    check_file(
+        "labels.json",
+        &json!({
+            "description": "Topic labels and pseudonyms (PROTOCOL.md section 4.1, and the certificate's pseudonym in 6.2): 1 to 64 bytes of UTF-8; no character of General_Category Cc, Cf, Zl or Zp; no White_Space character first or last. `utf8` is the label's bytes in hex.",
+            "vectors": vectors,
+        }),
+    );
+}
+
+#[test]
+fn content_vectors() {
+    use fluister::core::content::ContentError;
+    /// Name, content bytes, what a receiver does, and what decoding gives.
+    type Case = (&'static str, Vec<u8>, &'static str, Result<Content, ContentError>);
+    let cases: Vec<Case> = vec![
+        (
+            "TEXT, final",
+            b"\x01\x01Hoi".to_vec(),
+            "a message 'Hoi'",
+            Ok(Content::Text {
+                last: true,
+                text: "Hoi".into(),
+            }),
+        ),
+        (
+            "TEXT, more follows",
+            b"\x01\x00Ho".to_vec(),
+            "a chunk; the message continues",
+            Ok(Content::Text {
+                last: false,
+                text: "Ho".into(),
+            }),
+        ),
+        (
+            "TEXT, empty message",
+            vec![0x01, 0x01],
+            "an empty message",
+            Ok(Content::Text {
+                last: true,
+                text: String::new(),
+            }),
+        ),
+        (
+            "ACK",
+            vec![0x02, 0, 0, 0, 0, 0, 0, 0, 5],
+            "every message below seq 5 arrived",
+            Ok(Content::Ack { up_to: 5 }),
+        ),
+        (
+            "unknown kind",
+            vec![0x07, 1, 2, 3],
+            "ignored (its seq still counts and is acknowledged)",
+            Ok(Content::Unknown(7)),
+        ),
+        (
+            "empty",
+            vec![],
+            "refused: end the chat as a security failure",
+            Err(ContentError::Truncated),
+        ),
+        (
+            "TEXT without flags",
+            vec![0x01],
+            "refused: end the chat as a security failure",
+            Err(ContentError::Truncated),
+        ),
+        (
+            "TEXT, reserved flag bit",
+            vec![0x01, 0x02, b'x'],
+            "refused: end the chat as a security failure",
+            Err(ContentError::BadFlags),
+        ),
+        (
+            "TEXT, not UTF-8",
+            vec![0x01, 0x01, 0xff],
+            "refused: end the chat as a security failure",
+            Err(ContentError::NotUtf8),
+        ),
+        (
+            "TEXT, cut inside a character",
+            vec![0x01, 0x00, 0xc3],
+            "refused: each chunk is UTF-8 on its own",
+            Err(ContentError::NotUtf8),
+        ),
+        (
+            "ACK, 8 bytes",
+            vec![0x02, 0, 0, 0, 0, 0, 0, 5],
+            "refused: an ACK is exactly 9 bytes",
+            Err(ContentError::Truncated),
+        ),
+        (
+            "ACK, 10 bytes",
+            vec![0x02, 0, 0, 0, 0, 0, 0, 0, 5, 0],
+            "refused: an ACK is exactly 9 bytes",
+            Err(ContentError::Truncated),
+        ),
+    ];
+    let vectors: Vec<Value> = cases
+        .into_iter()
+        .map(|(name, bytes, verdict, expected)| {
+            assert_eq!(Content::decode(&bytes), expected, "{name}");
+            json!({ "name": name, "content": hex::encode(&bytes), "accepted": expected.is_ok(), "verdict": verdict })
+        })
+        .collect();
+    check_file(
+        "content.json",
+        &json!({
+            "description": "Decrypted, unpadded content of transport messages (PROTOCOL.md section 6.4) and what a receiver does with it. Further rules need the chat's state: an ACK whose up_to is above the receiver's own next sequence number, and a message longer than 16384 bytes once joined, are refused the same way.",
+            "vectors": vectors,
         }),
     );
 }

@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use fluister::client::chat::ReconnectReason;
+use fluister::core::EndpointClose;
 
 #[tokio::test]
 async fn a_client_that_moves_to_a_new_port_keeps_its_chat() {
@@ -78,8 +80,10 @@ async fn messages_are_confirmed_end_to_end_in_both_directions() {
                 id: 1,
                 chat: Some(1),
             } => seen.push("delivered"),
-            ChatEvent::Message { .. } | ChatEvent::QueueStats { .. } | ChatEvent::Status { .. } => {
-            }
+            ChatEvent::Message { .. }
+            | ChatEvent::QueueStats { .. }
+            | ChatEvent::Status { .. }
+            | ChatEvent::Ready { .. } => {}
             other => panic!("{other:?}"),
         }
     }
@@ -132,19 +136,14 @@ async fn a_killed_client_connection_resumes_with_the_same_counsellor_and_loses_n
         ..Default::default()
     };
     let mut client = client_party_for(stream, org.public, request);
-    assert_eq!(
-        client.expect(is_paired).await,
-        ChatEvent::Paired {
-            counsellor: Some("Sam".into()),
-            chat: None
-        }
-    );
+    assert_eq!(client.expect(is_paired).await, paired_with("Sam"));
     sam.expect(is_paired).await;
 
     client.say("een").await;
     client.say("twee").await;
     // The stairwell: the connection dies with messages possibly in flight.
-    connection.close(0u32.into(), b"");
+    // Lost, to the relay (as after a timeout, without waiting for one).
+    connection.close(EndpointClose::Reconnecting.code().into(), b"");
     client.say("drie").await;
     assert_eq!(
         client
@@ -188,7 +187,8 @@ async fn after_the_resume_window_both_sides_are_told_the_chat_ended() {
     let mut client = client_party_for(stream, org.public, request);
     client.expect(is_paired).await;
     sam.expect(is_paired).await;
-    connection.close(0u32.into(), b"");
+    // Lost, to the relay (as after a timeout, without waiting for one).
+    connection.close(EndpointClose::Reconnecting.code().into(), b"");
     assert_eq!(client.expect(is_ended).await, ended("ended_while_away"));
     assert_eq!(sam.next().await, ChatEvent::PeerAway { chat: Some(1) });
     assert_eq!(sam.expect(is_ended).await, ended_in(1, "peer_disconnected"));
@@ -214,7 +214,8 @@ async fn a_counsellor_drop_and_resume_keeps_the_chat() {
     client.say("hallo").await;
     assert_eq!(messages(&mut sam, 1).await, vec!["hallo"]);
 
-    connection.close(0u32.into(), b""); // the laptop sleeps
+    // Lost, to the relay (as after a timeout, without waiting for one).
+    connection.close(EndpointClose::Reconnecting.code().into(), b""); // the laptop sleeps
     assert_eq!(client.next().await, ChatEvent::PeerAway { chat: None });
     client.say("ik wacht wel").await; // held by the relay meanwhile
     assert_eq!(
@@ -271,8 +272,18 @@ async fn a_waiting_client_whose_connection_dies_keeps_its_place_in_the_queue() {
         .await;
     // A line typed while waiting waits for the counsellor, across the drop.
     first.say("ben je er?").await;
-    connection.close(0u32.into(), b"");
-    first.expect(|e| *e == ChatEvent::Reconnecting).await;
+    // Lost, to the relay (as after a timeout, without waiting for one).
+    connection.close(EndpointClose::Reconnecting.code().into(), b"");
+    first
+        .expect(|e| {
+            matches!(
+                e,
+                ChatEvent::Reconnecting {
+                    reason: ReconnectReason::Lost
+                }
+            )
+        })
+        .await;
     first
         .expect(|e| *e == ChatEvent::Resumed { chat: None })
         .await;

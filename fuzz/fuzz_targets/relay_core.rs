@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use fluister::core::Now;
+use fluister::core::frame::EndReason;
+use fluister::core::{Departure, Now};
 use fluister::core::limits::{Limits, Service};
 use fluister::core::relay::{Credential, Relay};
 use libfuzzer_sys::fuzz_target;
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let [op, arg, tail @ ..] = rest {
         rest = tail;
-        match op % 5 {
+        match op % 6 {
             0 => {
                 let cred = if arg % 2 == 0 {
                     Credential::Anonymous
@@ -48,7 +49,17 @@ fuzz_target!(|data: &[u8]| {
             }
             3 if !conns.is_empty() => {
                 let id = conns[*arg as usize % conns.len()];
-                relay.handle_disconnect(now, id);
+                let departure = match arg % 4 {
+                    0 => Departure::Lost,
+                    1 => Departure::Left(EndReason::UserEnded),
+                    2 => Departure::Left(EndReason::SecurityFailure),
+                    _ => Departure::Left(EndReason::PeerDisconnected),
+                };
+                relay.handle_disconnect(now, id, departure);
+            }
+            4 if !conns.is_empty() => {
+                let id = conns[*arg as usize % conns.len()];
+                relay.handle_finish(now, id);
             }
             _ => {
                 now.advance(Duration::from_secs(u64::from(*arg)));

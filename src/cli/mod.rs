@@ -314,6 +314,7 @@ async fn run(command: Command) -> CliResult {
             Ok(())
         }
         Command::Org(OrgCommand::List { dir }) => {
+            org::check_keys(&dir)?;
             let register = org::lifecycle::Register::load(&dir)?;
             let now = org::now_unix();
             println!(
@@ -350,6 +351,7 @@ async fn run(command: Command) -> CliResult {
             Ok(())
         }
         Command::Org(OrgCommand::Revoke { dir, name }) => {
+            org::check_keys(&dir)?;
             let (revoked, crl) = org::lifecycle::revoke(&dir, &name)?;
             for issued in &revoked {
                 println!("Revoked {} (serial {}).", issued.pseudonym, issued.serial);
@@ -369,6 +371,13 @@ async fn run(command: Command) -> CliResult {
             let config = RelayConfig::load(&path)?;
             tls::ServerFiles::load(&config)?;
             let service = config.service()?;
+            if config.counsellor_ca.is_none() {
+                println!(
+                    "warning: no counsellor_ca: nobody can sign in as a counsellor, so this relay \
+                     can queue young people but never pair them. Set counsellor_ca (from \
+                     `fluister org init`) for a working helpline."
+                );
+            }
             println!(
                 "{}: OK. Relay on {} (UDP); admin listener {}; {} topics, {} languages; counsellor sign-in {}; revocation list {}.",
                 path.display(),
@@ -468,12 +477,14 @@ async fn run(command: Command) -> CliResult {
             let credential = identity.relay_credential()?;
             let json = conn.json;
             let options = connect_options(&conn, Some(credential))?;
+            let (quick_exit, exit_rx) = tokio::sync::watch::channel(false);
             let settings = chat::CounsellorSettings {
                 reconnect: Some(reconnect(&options)),
                 available: !away,
                 capacity,
                 topics,
                 languages,
+                quick_exit: Some(exit_rx),
             };
             let stream = client::connect(options).await?;
             if !json {
@@ -482,7 +493,7 @@ async fn run(command: Command) -> CliResult {
                     identity.pseudonym
                 );
             }
-            run_chat(json, |input, events| {
+            run_chat(json, quick_exit, |input, events| {
                 chat::run_counsellor(stream, identity.keys, settings, input, events)
             })
             .await
@@ -496,13 +507,15 @@ async fn run(command: Command) -> CliResult {
             let org = parse_org_key(&org_key)?;
             let json = conn.json;
             let options = connect_options(&conn, None)?;
+            let (quick_exit, exit_rx) = tokio::sync::watch::channel(false);
             let request = chat::ClientRequest {
                 topic,
                 language,
                 reconnect: Some(reconnect(&options)),
+                quick_exit: Some(exit_rx),
             };
             let stream = client::connect(options).await?;
-            run_chat(json, |input, events| {
+            run_chat(json, quick_exit, |input, events| {
                 chat::run_client(stream, org, request, input, events)
             })
             .await
@@ -553,12 +566,22 @@ fn connect_options(
     })
 }
 
-/// Wires stdin lines into a chat role and its events to stdout.
-async fn run_chat<F, Fut>(json: bool, role: F) -> CliResult
+/// Wires stdin lines into a chat role and its events to stdout. Ctrl-C is
+/// a quick exit: the role leaves at once.
+async fn run_chat<F, Fut>(
+    json: bool,
+    quick_exit: tokio::sync::watch::Sender<bool>,
+    role: F,
+) -> CliResult
 where
     F: FnOnce(mpsc::Receiver<String>, mpsc::Sender<ChatEvent>) -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>>,
 {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = quick_exit.send(true);
+        }
+    });
     let (line_tx, line_rx) = mpsc::channel::<String>(64);
     let (event_tx, mut event_rx) = mpsc::channel::<ChatEvent>(64);
     tokio::spawn(async move {
@@ -586,13 +609,7 @@ where
     if let Err(e) = &result
         && json
     {
-        println!(
-            "{}",
-            ChatEvent::Error {
-                message: e.to_string()
-            }
-            .to_json()
-        );
+        println!("{}", ChatEvent::fatal(e).to_json());
     }
     result.map_err(Into::into)
 }

@@ -1,25 +1,35 @@
 //! The young person's side (PROTOCOL.md §7.1).
 //!
 //! HELLO, then the topic list from the relay; JOIN with the chosen topic and
-//! language, unless the relay says the service is closed or full. While
-//! waiting, position and estimated wait are reported. When paired, the
-//! Noise initiator runs; no content is sent until the counsellor's
-//! certificate has verified, and lines typed before then wait. A transfer is
-//! an END(TRANSFERRED) followed by a new pairing, verified the same way.
+//! language and a proof of work, unless the relay says the service is closed
+//! or full. While waiting, position and estimated wait are reported, and in
+//! a crowded queue a fresh proof of work is solved when the relay asks
+//! (CHALLENGE, PROOF). When paired, the Noise initiator runs; no content is
+//! sent until the counsellor's certificate has verified, and lines typed
+//! before then wait. A transfer is an END(TRANSFERRED) followed by a new
+//! pairing, verified the same way.
 //!
 //! If the connection drops (or the relay stays silent) the client reconnects
 //! by itself, when it may: before JOINED it simply starts again; while
 //! waiting it presents its queue ticket and gets its old place back; in a
 //! chat it presents the chat's resume capability: same counsellor, same
-//! keys, unacknowledged messages sent again.
+//! keys, unacknowledged messages sent again. Close codes that trying again
+//! cannot change (§3.3) end the client at once with their own message.
+//!
+//! Leaving is explicit: at the end of input the client sends END (in a
+//! chat), finishes its stream and waits for the relay's close; a quick exit
+//! closes at once. Either way the relay ends the chat for the counsellor
+//! immediately. Every line typed gets an id and ends as delivered or not
+//! delivered, whatever happens.
 
 use std::collections::VecDeque;
 
 use rand_core::OsRng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::chat::{self, ChatEvent, Conversation, emit, now_unix};
+use super::chat::{self, ChatEvent, Conversation, EndedReason, ReconnectReason, Refused, emit};
 use super::{ClientError, Reconnect, RelayStream};
+use crate::core::CloseCode;
 use crate::core::frame::{
     Blob, ChatNumber, EndReason, Frame, Language, ResumeCapability, Role, TopicId, Unavailable,
 };
@@ -39,6 +49,8 @@ pub struct ClientRequest {
     pub language: Option<String>,
     /// How to reconnect and resume if the connection drops mid-chat.
     pub reconnect: Option<Reconnect>,
+    /// Becomes true for a quick exit: the client leaves at once.
+    pub quick_exit: Option<watch::Receiver<bool>>,
 }
 
 // One value of this lives per client; its size does not matter.
@@ -57,7 +69,7 @@ enum State {
         transferring: bool,
         resume: ResumeCapability,
     },
-    Chatting(Conversation, ResumeCapability),
+    Chatting(Box<Conversation>, ResumeCapability),
 }
 
 fn resolve_topic(welcome: &chat::Welcome, wanted: &str) -> Result<TopicId, ClientError> {
@@ -67,8 +79,8 @@ fn resolve_topic(welcome: &chat::Welcome, wanted: &str) -> Result<TopicId, Clien
         .iter()
         .find(|(id, nl, en)| {
             id.get().to_string() == wanted
-                || nl.eq_ignore_ascii_case(wanted)
-                || en.eq_ignore_ascii_case(wanted)
+                || nl.as_str().eq_ignore_ascii_case(wanted)
+                || en.as_str().eq_ignore_ascii_case(wanted)
         })
         .map(|(id, _, _)| *id)
         .ok_or_else(|| {
@@ -96,343 +108,614 @@ fn resolve_language(welcome: &chat::Welcome, wanted: &str) -> Result<Language, C
         })
 }
 
-/// Runs the anonymous client role until the chat ends.
+/// Runs the anonymous client role until the chat ends. Whatever ends it,
+/// every line typed is reported delivered or not delivered first.
 pub async fn run_client(
-    mut relay: RelayStream,
+    relay: RelayStream,
     org: OrgPublicKey,
     request: ClientRequest,
     mut input: mpsc::Receiver<String>,
     events: mpsc::Sender<ChatEvent>,
 ) -> Result<(), ClientError> {
-    let mut announced = false;
-    relay = join(relay, &request, &events, &mut announced).await?;
-    let mut state = State::Waiting {
-        transferring: false,
+    let (proofs_tx, proofs) = mpsc::channel(4);
+    let mut client = Client {
+        relay,
+        org,
+        request,
+        events,
+        state: State::Waiting {
+            transferring: false,
+        },
+        ticket: None,
+        held: VecDeque::new(),
+        next_id: 1,
+        announced: false,
+        last_ended: None,
+        proofs_tx,
+        proofs,
+        generation: 0,
     };
-    // What keeps our place in the queue (JOINED), once the relay sent it.
-    let mut ticket: Option<ResumeCapability> = None;
-    let mut typed: VecDeque<String> = VecDeque::new();
-    let mut input_done = false;
-    // When input has ended, wait this long for outstanding acknowledgements.
-    let mut leave_by: Option<tokio::time::Instant> = None;
-    let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
-    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Input has ended and everything typed has gone out: end the chat,
-        // once what was sent is confirmed (or the wait for that is over).
-        if input_done && typed.is_empty() {
-            let waiting_for_acks =
-                matches!(&state, State::Chatting(c, _) if c.has_unacked_messages());
-            let deadline = *leave_by
-                .get_or_insert_with(|| tokio::time::Instant::now() + 3 * chat::ACK_INTERVAL);
-            if !waiting_for_acks || tokio::time::Instant::now() >= deadline {
-                let reason = match state {
-                    State::Waiting { .. } => "left_queue",
-                    State::Handshaking { chat, .. } => {
-                        relay
-                            .send(&Frame::End {
-                                chat,
-                                reason: EndReason::UserEnded,
-                            })
-                            .await?;
-                        "you_ended"
-                    }
-                    State::Chatting(mut conversation, _) => {
-                        // Confirm what arrived before saying goodbye.
-                        conversation.ack_if_owed(&mut relay).await?;
-                        let chat = conversation.chat();
-                        relay
-                            .send(&Frame::End {
-                                chat,
-                                reason: EndReason::UserEnded,
-                            })
-                            .await?;
-                        conversation.give_up(&events).await;
-                        "you_ended"
-                    }
-                };
-                emit(
-                    &events,
-                    ChatEvent::Ended {
-                        reason: reason.into(),
-                        chat: None,
-                    },
-                )
-                .await;
-                relay.close().await;
-                return Ok(());
+    let outcome = client.run(&mut input).await;
+    client.resolve(&mut input).await;
+    match outcome {
+        Ok(reason) => {
+            if let Some(reason) = reason {
+                emit(&client.events, ChatEvent::ended(reason, None)).await;
             }
+            Ok(())
         }
-        tokio::select! {
-            frame = relay.next() => {
-                let frame = match (frame, state, request.reconnect.as_ref()) {
-                    (Ok(Some(frame)), s, _) => {
-                        state = s;
-                        frame
-                    }
-                    // The connection dropped: take up where we were, if we know how.
-                    (
-                        Ok(None) | Err(ClientError::Lost(_) | ClientError::Closed(_)),
-                        s,
-                        Some(reconnect),
-                    ) => {
-                        emit(&events, ChatEvent::Reconnecting).await;
-                        let back = Back { reconnect, ticket, request: &request, events: &events };
-                        match back.come_back(s, &mut announced).await {
-                            Ok((stream, s)) => {
-                                relay = stream;
-                                emit(&events, ChatEvent::Resumed { chat: None }).await;
-                                state = s;
-                                continue;
-                            }
-                            Err(s) => {
-                                if let State::Chatting(conversation, _) = s {
-                                    conversation.give_up(&events).await;
-                                }
-                                emit(&events, ChatEvent::Ended { reason: "ended_while_away".into(), chat: None }).await;
-                                return Ok(());
-                            }
-                        }
-                    }
-                    (Ok(None), _, _) => return Err(ClientError::Lost("the relay ended the stream".into())),
-                    (Err(e), _, _) => return Err(e),
-                };
-                state = match (state, frame) {
-                    (s @ State::Waiting { .. }, Frame::Joined { resume }) => {
-                        ticket = Some(resume);
-                        s
-                    }
-                    (s @ State::Waiting { .. }, Frame::Queued { position, estimated_wait_secs }) => {
-                        emit(&events, ChatEvent::Queued { position, estimated_wait_secs }).await;
-                        s
-                    }
-                    (State::Waiting { .. }, Frame::Unavailable { reason, next_open }) => {
-                        let event = match reason {
-                            Unavailable::Closed => ChatEvent::Closed { next_open },
-                            other => ChatEvent::Ended { reason: other.as_str().into(), chat: None },
-                        };
-                        emit(&events, event).await;
-                        relay.close().await;
-                        return Ok(());
-                    }
-                    (State::Waiting { transferring }, Frame::Paired { chat, pairing_id, resume }) => {
-                        let (handshake, blob) = ClientHandshake::start(&org, &pairing_id, &mut OsRng);
-                        relay.send(&Frame::Forward { chat, blob: blob.clone() }).await?;
-                        State::Handshaking { chat, handshake: Box::new(handshake), hello: blob, transferring, resume }
-                    }
-                    (s @ State::Handshaking { .. }, Frame::PeerAway { .. }) => {
-                        emit(&events, ChatEvent::PeerAway { chat: None }).await;
-                        s
-                    }
-                    (State::Handshaking { chat, handshake, hello, transferring, resume }, Frame::PeerBack { .. }) => {
-                        // The counsellor may have lost message 1; it answers
-                        // a repeat with the same message 2.
-                        relay.send(&Frame::Forward { chat, blob: hello.clone() }).await?;
-                        emit(&events, ChatEvent::PeerBack { chat: None }).await;
-                        State::Handshaking { chat, handshake, hello, transferring, resume }
-                    }
-                    (State::Handshaking { chat, handshake, transferring, resume, .. }, Frame::Forward { chat: c, blob }) if c == chat => {
-                        match handshake.finish(&blob, now_unix()) {
-                            Ok((session, certificate)) => {
-                                let counsellor = certificate.pseudonym().to_owned();
-                                let event = if transferring {
-                                    ChatEvent::Transferred { counsellor }
-                                } else {
-                                    ChatEvent::Paired { counsellor: Some(counsellor), chat: None }
-                                };
-                                emit(&events, event).await;
-                                let mut conversation = Conversation::new(chat, session, None);
-                                conversation.remember_handshake(blob.clone());
-                                while let Some(line) = typed.pop_front() {
-                                    conversation.send(&mut relay, &events, &line).await?;
-                                }
-                                State::Chatting(conversation, resume)
-                            }
-                            Err(e) => {
-                                chat::abort(&mut relay, chat).await;
-                                relay.close().await;
-                                return Err(ClientError::Security(e));
-                            }
-                        }
-                    }
-                    (State::Chatting(mut conversation, resume), Frame::Forward { chat: c, blob }) if c == conversation.chat() => {
-                        if let Err(e) = conversation.receive(&blob, &events).await {
-                            chat::abort(&mut relay, c).await;
-                            relay.close().await;
-                            return Err(ClientError::Security(e));
-                        }
-                        State::Chatting(conversation, resume)
-                    }
-                    (s @ State::Chatting(..), Frame::PeerAway { .. }) => {
-                        emit(&events, ChatEvent::PeerAway { chat: None }).await;
-                        s
-                    }
-                    (State::Chatting(conversation, resume), Frame::PeerBack { .. }) => {
-                        // If this fails the connection is gone; the resume resends.
-                        let _ = conversation.resend(&mut relay).await;
-                        emit(&events, ChatEvent::PeerBack { chat: None }).await;
-                        State::Chatting(conversation, resume)
-                    }
-                    // The counsellor handed the chat on: the old keys are
-                    // dropped here, a new pairing (or the queue) follows.
-                    (State::Handshaking { chat, .. }, Frame::End { chat: c, reason: EndReason::Transferred }) if c == chat => {
-                        State::Waiting { transferring: true }
-                    }
-                    (State::Chatting(conversation, _), Frame::End { chat: c, reason: EndReason::Transferred }) if c == conversation.chat() => {
-                        conversation.give_up(&events).await;
-                        State::Waiting { transferring: true }
-                    }
-                    (State::Handshaking { chat, .. }, Frame::End { chat: c, reason }) if c == chat => {
-                        emit(&events, ChatEvent::Ended { reason: reason.as_str().into(), chat: None }).await;
-                        relay.close().await;
-                        return Ok(());
-                    }
-                    (State::Chatting(conversation, _), Frame::End { chat: c, reason }) if c == conversation.chat() => {
-                        conversation.give_up(&events).await;
-                        emit(&events, ChatEvent::Ended { reason: reason.as_str().into(), chat: None }).await;
-                        relay.close().await;
-                        return Ok(());
-                    }
-                    _ => return Err(ClientError::UnexpectedFrame),
-                };
-            }
-            _ = ack_tick.tick() => {
-                if let State::Chatting(conversation, _) = &mut state {
-                    // A lost connection shows on the reading side, which resumes.
-                    match conversation.ack_if_owed(&mut relay).await {
-                        Ok(()) | Err(ClientError::Lost(_) | ClientError::Closed(_)) => {}
-                        Err(e) => return Err(e),
-                    }
+        Err(e) => {
+            let event = match &e {
+                ClientError::Security(cause) => ChatEvent::Ended {
+                    reason: EndedReason::SecurityFailure,
+                    chat: None,
+                    detail: Some(cause.to_string()),
+                },
+                ClientError::Closed(CloseCode::ShuttingDown) => {
+                    ChatEvent::ended(EndedReason::RelayShutdown, None)
                 }
-            }
-            line = input.recv(), if !input_done => {
-                match line {
-                    None => input_done = true,
-                    Some(line) => match &mut state {
-                        State::Chatting(conversation, _) => {
-                            if let Err(e) = conversation.send(&mut relay, &events, &line).await {
-                                emit(&events, ChatEvent::Error { message: e.to_string() }).await;
-                            }
-                        }
-                        _ if typed.len() >= MAX_LINES_BEFORE_PAIRED => {
-                            emit(&events, ChatEvent::Error { message: "too many lines before a counsellor joined; this one was not kept".into() }).await;
-                        }
-                        _ => typed.push_back(line),
-                    },
-                }
+                _ => return Err(e),
+            };
+            emit(&client.events, event).await;
+            match e {
+                ClientError::Security(_) => Err(e),
+                _ => Ok(()),
             }
         }
     }
 }
 
-/// HELLO, WELCOME, proof of work and JOIN. If the connection breaks or the
-/// relay stays silent on the way, and reconnecting is allowed, it starts
-/// over on a new connection: nobody was queued yet, so nothing is lost.
-/// `announced` says whether the `connected` event went out already.
-async fn join(
-    mut relay: RelayStream,
-    request: &ClientRequest,
-    events: &mpsc::Sender<ChatEvent>,
-    announced: &mut bool,
-) -> Result<RelayStream, ClientError> {
-    let give_up = request
-        .reconnect
-        .as_ref()
-        .map(|r| tokio::time::Instant::now() + r.give_up_after);
-    loop {
-        let error = match join_once(&mut relay, request, events, announced).await {
-            Ok(()) => return Ok(relay),
-            Err(e @ (ClientError::Lost(_) | ClientError::Closed(_))) => e,
-            Err(e) => return Err(e),
-        };
-        let (Some(reconnect), Some(give_up)) = (request.reconnect.as_ref(), give_up) else {
-            return Err(error);
-        };
-        if tokio::time::Instant::now() >= give_up {
-            return Err(error);
-        }
-        relay = reconnect.connect().await.ok_or(error)?;
-    }
-}
-
-async fn join_once(
-    relay: &mut RelayStream,
-    request: &ClientRequest,
-    events: &mpsc::Sender<ChatEvent>,
-    announced: &mut bool,
-) -> Result<(), ClientError> {
-    let welcome = chat::hello(relay, Role::Client).await?;
-    let topic = request
-        .topic
-        .as_deref()
-        .map(|t| resolve_topic(&welcome, t))
-        .transpose()?;
-    let language = request
-        .language
-        .as_deref()
-        .map(|l| resolve_language(&welcome, l))
-        .transpose()?;
-    if !*announced {
-        emit(events, welcome.event()).await;
-        *announced = true;
-    }
-    // The relay asks for proof of work before it queues anyone; solving it
-    // is CPU work, kept off the async threads.
-    let challenge = welcome.pow;
-    let pow_solution =
-        tokio::task::spawn_blocking(move || pow_solve(&challenge.nonce, challenge.difficulty))
-            .await
-            .map_err(|e| ClientError::Lost(format!("proof of work: {e}")))?;
-    relay
-        .send(&Frame::Join {
-            topic,
-            language,
-            pow_solution,
-        })
-        .await
-}
-
-/// How to come back after the connection dropped.
-struct Back<'a> {
-    reconnect: &'a Reconnect,
+struct Client {
+    relay: RelayStream,
+    org: OrgPublicKey,
+    request: ClientRequest,
+    events: mpsc::Sender<ChatEvent>,
+    state: State,
+    /// What keeps our place in the queue (JOINED), once the relay sent it.
     ticket: Option<ResumeCapability>,
-    request: &'a ClientRequest,
-    events: &'a mpsc::Sender<ChatEvent>,
+    /// Lines typed before the chat could take them, with their ids.
+    held: VecDeque<(u64, String)>,
+    next_id: u64,
+    /// The `connected` event went out.
+    announced: bool,
+    /// The last chat that ended (transferred); late frames for it are dropped.
+    last_ended: Option<ChatNumber>,
+    /// Solutions to CHALLENGE frames, solved off the async threads, by the
+    /// connection generation they belong to.
+    proofs_tx: mpsc::Sender<(u64, [u8; 8])>,
+    proofs: mpsc::Receiver<(u64, [u8; 8])>,
+    generation: u64,
 }
 
-impl Back<'_> {
-    /// Reconnects and takes up `state` again: the place in the queue, the
-    /// handshake, or the chat. Gives the state back if that is not possible
-    /// any more (the relay forgot it, or the time is up).
-    async fn come_back(
-        &self,
-        state: State,
-        announced: &mut bool,
-    ) -> Result<(RelayStream, State), State> {
-        let deadline = tokio::time::Instant::now() + self.reconnect.give_up_after;
-        match state {
+impl Client {
+    async fn emit(&self, event: ChatEvent) {
+        emit(&self.events, event).await;
+    }
+
+    fn conversation(&mut self) -> Option<&mut Conversation> {
+        match &mut self.state {
+            State::Chatting(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The main loop: until the chat (or the wait) ends, and why (`None`
+    /// when an event said it already: the service is closed).
+    async fn run(
+        &mut self,
+        input: &mut mpsc::Receiver<String>,
+    ) -> Result<Option<EndedReason>, ClientError> {
+        if let Some(end) = self.join().await? {
+            return Ok(Some(end));
+        }
+        let mut input_done = false;
+        // When input has ended, wait this long for outstanding acknowledgements.
+        let mut leave_by: Option<tokio::time::Instant> = None;
+        let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quick_exit = self.request.quick_exit.clone();
+        loop {
+            // Input has ended and everything typed has gone out: leave, once
+            // what was sent is confirmed (or the wait for that is over).
+            if input_done && self.held.is_empty() {
+                let deadline = *leave_by
+                    .get_or_insert_with(|| tokio::time::Instant::now() + 3 * chat::ACK_INTERVAL);
+                let waiting_for_acks =
+                    matches!(&self.state, State::Chatting(c, _) if c.has_unacked_messages());
+                if !waiting_for_acks || tokio::time::Instant::now() >= deadline {
+                    return self.leave().await.map(Some);
+                }
+            }
+            let flush_at = self.conversation().and_then(|c| c.next_flush());
+            tokio::select! {
+                frame = self.relay.next() => {
+                    match frame {
+                        Ok(Some(frame)) => {
+                            if let Some(end) = self.handle_frame(frame).await? {
+                                return Ok(end);
+                            }
+                        }
+                        Ok(None) => {
+                            let lost = ClientError::Lost("the relay ended the stream".into());
+                            if let Some(end) = self.come_back(lost).await? {
+                                return Ok(Some(end));
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(end) = self.come_back(e).await? {
+                                return Ok(Some(end));
+                            }
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                    self.flush().await?;
+                }
+                _ = ack_tick.tick() => {
+                    if let Some(c) = self.conversation() {
+                        c.ack_if_owed()?;
+                    }
+                    self.flush().await?;
+                }
+                line = input.recv(), if !input_done => match line {
+                    None => input_done = true,
+                    Some(line) => self.typed(line).await?,
+                },
+                Some((generation, solution)) = self.proofs.recv() => {
+                    // A solution for a connection given up since is no use.
+                    if generation == self.generation && matches!(self.state, State::Waiting { .. }) {
+                        let _ = self.relay.send(&Frame::Proof { solution }).await;
+                    }
+                }
+                _ = async { quick_exit.as_mut()?.wait_for(|exit| *exit).await.ok().map(|_| ()) }, if quick_exit.is_some() => {
+                    self.relay.quick_exit().await;
+                    return Ok(Some(match self.state {
+                        State::Waiting { .. } => EndedReason::LeftQueue,
+                        _ => EndedReason::YouEnded,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Sends what the chat's pacer allows now.
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        if let State::Chatting(c, _) = &mut self.state {
+            c.flush(&mut self.relay, &self.events).await?;
+        }
+        Ok(())
+    }
+
+    /// A line the young person typed: a message with the next id.
+    async fn typed(&mut self, line: String) -> Result<(), ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        match &mut self.state {
+            State::Chatting(c, _) => {
+                if let Err(refused) = c.queue(id, &line) {
+                    self.refused(id, refused).await;
+                }
+                self.flush().await
+            }
+            _ if self.held.len() >= MAX_LINES_BEFORE_PAIRED => {
+                self.emit(ChatEvent::NotDelivered { id, chat: None }).await;
+                self.emit(ChatEvent::error(
+                    "too many lines before a counsellor joined; this one was not kept",
+                ))
+                .await;
+                Ok(())
+            }
+            _ => {
+                self.held.push_back((id, line));
+                Ok(())
+            }
+        }
+    }
+
+    async fn refused(&self, id: u64, refused: Refused) {
+        self.emit(ChatEvent::NotDelivered { id, chat: None }).await;
+        let message = match refused {
+            Refused::TooLong => ClientError::MessageTooLong.to_string(),
+            Refused::Full => {
+                "too many messages are waiting for delivery; this one was not sent, try again shortly"
+                    .into()
+            }
+        };
+        self.emit(ChatEvent::error(message)).await;
+    }
+
+    /// Leaves at the end of input: END in a chat, then the end of the
+    /// stream, and the relay's close (PROTOCOL.md §7.1).
+    async fn leave(&mut self) -> Result<EndedReason, ClientError> {
+        let (chat, reason) = match &mut self.state {
+            State::Waiting { .. } => (None, EndedReason::LeftQueue),
+            State::Handshaking { chat, .. } => (Some(*chat), EndedReason::YouEnded),
+            State::Chatting(c, _) => {
+                // Confirm what arrived before saying goodbye.
+                c.ack_if_owed()?;
+                c.flush(&mut self.relay, &self.events).await?;
+                (Some(c.chat()), EndedReason::YouEnded)
+            }
+        };
+        if let Some(chat) = chat {
+            let _ = self
+                .relay
+                .send(&Frame::End {
+                    chat,
+                    reason: EndReason::UserEnded,
+                })
+                .await;
+        }
+        self.relay.leave().await;
+        Ok(reason)
+    }
+
+    /// Everything still unresolved is not delivered: unacknowledged
+    /// messages, lines held for a chat that never came, and lines typed
+    /// but not yet read.
+    async fn resolve(&mut self, input: &mut mpsc::Receiver<String>) {
+        let state = std::mem::replace(
+            &mut self.state,
+            State::Waiting {
+                transferring: false,
+            },
+        );
+        if let State::Chatting(c, _) = state {
+            c.give_up(&self.events).await;
+        }
+        let mut ids: Vec<u64> = self.held.drain(..).map(|(id, _)| id).collect();
+        while let Ok(_line) = input.try_recv() {
+            ids.push(self.next_id);
+            self.next_id += 1;
+        }
+        chat::not_delivered(&self.events, ids, None).await;
+    }
+
+    /// Whether a frame is for a chat that already ended here (§7.1: such
+    /// frames raced the end and are dropped).
+    fn for_ended_chat(&self, frame: &Frame) -> bool {
+        let chat = match frame {
+            Frame::Forward { chat, .. }
+            | Frame::End { chat, .. }
+            | Frame::PeerAway { chat }
+            | Frame::PeerBack { chat } => *chat,
+            _ => return false,
+        };
+        self.last_ended.is_some_and(|ended| chat <= ended)
+    }
+
+    /// Acts on one frame; `Some` when it ends the chat (`Some(None)`: an
+    /// event said so already).
+    async fn handle_frame(
+        &mut self,
+        frame: Frame,
+    ) -> Result<Option<Option<EndedReason>>, ClientError> {
+        if self.for_ended_chat(&frame) {
+            return Ok(None);
+        }
+        let state = std::mem::replace(
+            &mut self.state,
+            State::Waiting {
+                transferring: false,
+            },
+        );
+        self.state = match (state, frame) {
+            (s @ State::Waiting { .. }, Frame::Joined { resume }) => {
+                self.ticket = Some(resume);
+                s
+            }
+            (
+                s @ State::Waiting { .. },
+                Frame::Queued {
+                    position,
+                    estimated_wait_secs,
+                },
+            ) => {
+                self.emit(ChatEvent::Queued {
+                    position,
+                    estimated_wait_secs,
+                })
+                .await;
+                s
+            }
+            (s @ State::Waiting { .. }, Frame::Challenge { pow }) => {
+                // Keep the place in a crowded queue: solve off the async
+                // threads, answer when done.
+                let (tx, generation) = (self.proofs_tx.clone(), self.generation);
+                tokio::task::spawn_blocking(move || {
+                    let solution = pow_solve(&pow.nonce, pow.difficulty);
+                    let _ = tx.blocking_send((generation, solution));
+                });
+                s
+            }
+            (State::Waiting { .. }, Frame::Unavailable { reason, next_open }) => {
+                let end = match reason {
+                    Unavailable::Closed => {
+                        self.emit(ChatEvent::Closed { next_open }).await;
+                        None
+                    }
+                    Unavailable::Busy => Some(EndedReason::Busy),
+                    Unavailable::WaitExceeded => Some(EndedReason::WaitExceeded),
+                };
+                self.relay.leave().await;
+                return Ok(Some(end));
+            }
+            (
+                State::Waiting { transferring },
+                Frame::Paired {
+                    chat,
+                    pairing_id,
+                    resume,
+                    ..
+                },
+            ) => {
+                let (handshake, blob) = ClientHandshake::start(&self.org, &pairing_id, &mut OsRng);
+                self.relay
+                    .send(&Frame::Forward {
+                        chat,
+                        blob: blob.clone(),
+                    })
+                    .await?;
+                State::Handshaking {
+                    chat,
+                    handshake: Box::new(handshake),
+                    hello: blob,
+                    transferring,
+                    resume,
+                }
+            }
+            (s @ State::Handshaking { .. }, Frame::PeerAway { .. })
+            | (s @ State::Chatting(..), Frame::PeerAway { .. }) => {
+                self.emit(ChatEvent::PeerAway { chat: None }).await;
+                s
+            }
+            (
+                State::Handshaking {
+                    chat,
+                    handshake,
+                    hello,
+                    transferring,
+                    resume,
+                },
+                Frame::PeerBack { .. },
+            ) => {
+                // The counsellor may have lost message 1; it answers a
+                // repeat with the same message 2.
+                self.relay
+                    .send(&Frame::Forward {
+                        chat,
+                        blob: hello.clone(),
+                    })
+                    .await?;
+                self.emit(ChatEvent::PeerBack { chat: None }).await;
+                State::Handshaking {
+                    chat,
+                    handshake,
+                    hello,
+                    transferring,
+                    resume,
+                }
+            }
+            (
+                State::Handshaking {
+                    chat,
+                    handshake,
+                    transferring,
+                    resume,
+                    ..
+                },
+                Frame::Forward { chat: c, blob },
+            ) if c == chat => match handshake.finish(&blob, chat::now_unix()) {
+                Ok((session, certificate)) => {
+                    let counsellor = certificate.pseudonym().to_owned();
+                    self.emit(if transferring {
+                        ChatEvent::Transferred { counsellor }
+                    } else {
+                        ChatEvent::Paired {
+                            counsellor: Some(counsellor),
+                            chat: None,
+                            topic: None,
+                            language: None,
+                        }
+                    })
+                    .await;
+                    let mut conversation = Box::new(Conversation::new(chat, session, None));
+                    conversation.remember_handshake(blob.clone());
+                    while let Some((id, line)) = self.held.pop_front() {
+                        if let Err(refused) = conversation.queue(id, &line) {
+                            self.refused(id, refused).await;
+                        }
+                    }
+                    conversation.flush(&mut self.relay, &self.events).await?;
+                    State::Chatting(conversation, resume)
+                }
+                Err(e) => return Err(self.security_failure(chat, e).await),
+            },
+            (State::Chatting(mut conversation, resume), Frame::Forward { chat: c, blob })
+                if c == conversation.chat() =>
+            {
+                if let Err(e) = conversation.receive(&blob, &self.events).await {
+                    self.state = State::Chatting(conversation, resume);
+                    return Err(self.security_failure(c, e).await);
+                }
+                State::Chatting(conversation, resume)
+            }
+            (State::Chatting(mut conversation, resume), Frame::PeerBack { .. }) => {
+                conversation.resend();
+                conversation.flush(&mut self.relay, &self.events).await?;
+                self.emit(ChatEvent::PeerBack { chat: None }).await;
+                State::Chatting(conversation, resume)
+            }
+            // The counsellor handed the chat on: the old keys are dropped
+            // here, a new pairing (or the queue) follows.
+            (
+                State::Handshaking { chat, .. },
+                Frame::End {
+                    chat: c,
+                    reason: EndReason::Transferred,
+                },
+            ) if c == chat => {
+                self.last_ended = Some(c);
+                State::Waiting { transferring: true }
+            }
+            (
+                State::Chatting(conversation, _),
+                Frame::End {
+                    chat: c,
+                    reason: EndReason::Transferred,
+                },
+            ) if c == conversation.chat() => {
+                conversation.give_up(&self.events).await;
+                self.last_ended = Some(c);
+                State::Waiting { transferring: true }
+            }
+            (s @ State::Handshaking { .. }, Frame::End { chat: c, reason })
+            | (s @ State::Chatting(..), Frame::End { chat: c, reason })
+                if Some(c) == current_chat(&s) =>
+            {
+                self.state = s;
+                self.relay.leave().await;
+                return Ok(Some(Some(EndedReason::from_wire(reason))));
+            }
+            _ => return Err(ClientError::UnexpectedFrame),
+        };
+        Ok(None)
+    }
+
+    /// An end-to-end check failed: END(SECURITY_FAILURE) and nothing else,
+    /// then away (§6.1).
+    async fn security_failure(
+        &mut self,
+        chat: ChatNumber,
+        e: crate::crypto::e2e::E2eError,
+    ) -> ClientError {
+        chat::abort(&mut self.relay, chat).await;
+        self.relay.abort_security().await;
+        ClientError::Security(e)
+    }
+
+    /// HELLO, WELCOME, proof of work and JOIN. If the connection breaks or
+    /// the relay stays silent on the way, and reconnecting is allowed, it
+    /// starts over on a new connection: nobody was queued yet, so nothing is
+    /// lost. `Some` if the relay will take nobody now (busy, restarting).
+    async fn join(&mut self) -> Result<Option<EndedReason>, ClientError> {
+        let give_up = self
+            .request
+            .reconnect
+            .as_ref()
+            .map(|r| tokio::time::Instant::now() + r.give_up_after);
+        loop {
+            let error = match self.join_once().await {
+                Ok(()) => return Ok(None),
+                Err(ClientError::Closed(CloseCode::Busy)) => return Ok(Some(EndedReason::Busy)),
+                Err(ClientError::Closed(CloseCode::ShuttingDown)) => {
+                    return Ok(Some(EndedReason::RelayShutdown));
+                }
+                Err(e) if e.is_final() => return Err(e),
+                Err(e) => e,
+            };
+            let (Some(reconnect), Some(give_up)) = (self.request.reconnect.clone(), give_up) else {
+                return Err(error);
+            };
+            if tokio::time::Instant::now() >= give_up {
+                return Err(error);
+            }
+            self.relay = reconnect.connect().await?;
+            self.generation += 1;
+        }
+    }
+
+    async fn join_once(&mut self) -> Result<(), ClientError> {
+        let welcome = chat::hello(&mut self.relay, Role::Client).await?;
+        let topic = self
+            .request
+            .topic
+            .as_deref()
+            .map(|t| resolve_topic(&welcome, t))
+            .transpose()?;
+        let language = self
+            .request
+            .language
+            .as_deref()
+            .map(|l| resolve_language(&welcome, l))
+            .transpose()?;
+        if !self.announced {
+            self.emit(welcome.event()).await;
+            self.announced = true;
+        }
+        // The relay asks for proof of work before it queues anyone; solving
+        // it is CPU work, kept off the async threads.
+        let challenge = welcome.pow;
+        let pow_solution =
+            tokio::task::spawn_blocking(move || pow_solve(&challenge.nonce, challenge.difficulty))
+                .await
+                .map_err(|e| ClientError::Lost(format!("proof of work: {e}")))?;
+        self.relay
+            .send(&Frame::Join {
+                topic,
+                language,
+                pow_solution,
+            })
+            .await
+    }
+
+    /// The connection ended without the chat ending: come back if we may
+    /// and can (`Ok(None)`), or say how it ended.
+    async fn come_back(&mut self, why: ClientError) -> Result<Option<EndedReason>, ClientError> {
+        match why {
+            ClientError::Closed(CloseCode::ShuttingDown) => {
+                return Ok(Some(EndedReason::RelayShutdown));
+            }
+            e if e.is_final() => return Err(e),
+            _ => {}
+        }
+        let Some(reconnect) = self.request.reconnect.clone() else {
+            return Err(why);
+        };
+        self.emit(ChatEvent::Reconnecting {
+            reason: ReconnectReason::Lost,
+        })
+        .await;
+        self.generation += 1;
+        let deadline = tokio::time::Instant::now() + reconnect.give_up_after;
+        let state = std::mem::replace(
+            &mut self.state,
+            State::Waiting {
+                transferring: false,
+            },
+        );
+        let (state, back) = match state {
             // Our place in the queue: the relay answers with QUEUED (or
             // PAIRED), which the main loop reads. If the relay no longer
             // knows the place (it restarted) or JOIN was never confirmed,
             // join again.
             State::Waiting { .. } => {
                 if let Some(ticket) = self.ticket {
-                    match self.present(ticket, deadline).await {
+                    match self.present(&reconnect, ticket, deadline).await? {
                         Answer::Back(mut stream, answer) => {
                             stream.unread(answer);
-                            return Ok((stream, state));
+                            self.relay = stream;
+                            self.state = state;
+                            self.emit(ChatEvent::Resumed { chat: None }).await;
+                            return Ok(None);
                         }
-                        Answer::TimeUp => return Err(state),
+                        Answer::TimeUp => {
+                            self.state = state;
+                            return Ok(Some(EndedReason::EndedWhileAway));
+                        }
                         Answer::Refused => {}
                     }
                 }
-                let Some(stream) = self.reconnect.connect().await else {
-                    return Err(state);
+                self.ticket = None;
+                self.state = state;
+                self.relay = reconnect.connect().await?;
+                return match self.join().await? {
+                    None => {
+                        self.emit(ChatEvent::Resumed { chat: None }).await;
+                        Ok(None)
+                    }
+                    Some(end) => Ok(Some(end)),
                 };
-                match join(stream, self.request, self.events, announced).await {
-                    Ok(stream) => Ok((stream, state)),
-                    Err(_) => Err(state),
-                }
             }
             State::Handshaking {
                 chat: old_chat,
@@ -440,70 +723,99 @@ impl Back<'_> {
                 hello,
                 transferring,
                 resume,
-            } => loop {
-                let Answer::Back(mut stream, Frame::Resumed { chat }) =
-                    self.present(resume, deadline).await
-                else {
-                    return Err(State::Handshaking {
-                        chat: old_chat,
-                        handshake,
-                        hello,
-                        transferring,
-                        resume,
-                    });
-                };
-                // The counsellor answers a repeated message 1 with the same message 2.
-                let repeat = Frame::Forward {
-                    chat,
-                    blob: hello.clone(),
-                };
-                if stream.send(&repeat).await.is_ok() {
-                    let state = State::Handshaking {
-                        chat,
-                        handshake,
-                        hello,
-                        transferring,
-                        resume,
-                    };
-                    return Ok((stream, state));
+            } => {
+                let answer = self.present(&reconnect, resume, deadline).await?;
+                match answer {
+                    Answer::Back(mut stream, Frame::Resumed { chat }) => {
+                        // The counsellor answers a repeated message 1 with the same message 2.
+                        let repeat = Frame::Forward {
+                            chat,
+                            blob: hello.clone(),
+                        };
+                        let sent = stream.send(&repeat).await;
+                        self.relay = stream;
+                        let state = State::Handshaking {
+                            chat,
+                            handshake,
+                            hello,
+                            transferring,
+                            resume,
+                        };
+                        match sent {
+                            Ok(()) => (state, true),
+                            // Lost again: the next read notices and comes back.
+                            Err(_) => (state, true),
+                        }
+                    }
+                    _ => (
+                        State::Handshaking {
+                            chat: old_chat,
+                            handshake,
+                            hello,
+                            transferring,
+                            resume,
+                        },
+                        false,
+                    ),
                 }
-            },
-            State::Chatting(mut conversation, resume) => loop {
-                let Answer::Back(mut stream, Frame::Resumed { chat }) =
-                    self.present(resume, deadline).await
-                else {
-                    return Err(State::Chatting(conversation, resume));
-                };
-                conversation.set_chat(chat);
-                if conversation.resend(&mut stream).await.is_ok() {
-                    return Ok((stream, State::Chatting(conversation, resume)));
+            }
+            State::Chatting(mut conversation, resume) => {
+                match self.present(&reconnect, resume, deadline).await? {
+                    Answer::Back(stream, Frame::Resumed { chat }) => {
+                        self.relay = stream;
+                        conversation.set_chat(chat);
+                        conversation.resend();
+                        (State::Chatting(conversation, resume), true)
+                    }
+                    _ => (State::Chatting(conversation, resume), false),
                 }
-            },
+            }
+        };
+        self.state = state;
+        if !back {
+            return Ok(Some(EndedReason::EndedWhileAway));
         }
+        self.emit(ChatEvent::Resumed { chat: None }).await;
+        self.flush().await?;
+        Ok(None)
     }
 
-    /// Reconnects and presents `capability` until the relay answers.
+    /// Reconnects and presents `capability` until the relay answers, the
+    /// time is up, or the relay refuses for good.
     async fn present(
         &self,
+        reconnect: &Reconnect,
         capability: ResumeCapability,
         deadline: tokio::time::Instant,
-    ) -> Answer {
+    ) -> Result<Answer, ClientError> {
         while tokio::time::Instant::now() < deadline {
-            let Some(mut stream) = self.reconnect.connect().await else {
-                return Answer::TimeUp;
+            let mut stream = match reconnect.connect().await {
+                Ok(stream) => stream,
+                Err(e) if e.is_final() => return Err(e),
+                Err(_) => return Ok(Answer::TimeUp),
             };
             if stream.send(&Frame::Resume { capability }).await.is_err() {
                 continue;
             }
-            // An attempt that hears nothing is tried again, not waited on forever.
+            // An attempt that hears nothing is tried again, not waited on
+            // forever; the connection given up says RECONNECTING.
             match tokio::time::timeout(chat::ANSWER_TIMEOUT, stream.next()).await {
                 // Unknown, wrong and expired all look alike: it is over.
-                Ok(Ok(Some(Frame::ResumeFailed))) => return Answer::Refused,
-                Ok(Ok(Some(answer))) => return Answer::Back(stream, answer),
+                Ok(Ok(Some(Frame::ResumeFailed))) => return Ok(Answer::Refused),
+                Ok(Ok(Some(answer))) => return Ok(Answer::Back(stream, answer)),
+                Ok(Err(e)) if e.is_final() => return Err(e),
                 _ => continue,
             }
         }
-        Answer::TimeUp
+        Ok(Answer::TimeUp)
+    }
+}
+
+fn current_chat(state: &State) -> Option<ChatNumber> {
+    match state {
+        State::Handshaking { chat, .. } => Some(*chat),
+        State::Chatting(c, _) => Some(c.chat()),
+        State::Waiting { .. } => None,
     }
 }
 

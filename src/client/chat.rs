@@ -1,24 +1,38 @@
-//! What both chat roles share: the events a user sees ([`ChatEvent`]), the
-//! welcome exchange, and sealing and opening end-to-end messages.
+//! What both chat roles share: the events a user sees ([`ChatEvent`], the
+//! versioned list in `proto/EVENTS.md`), the welcome exchange, and one
+//! end-to-end conversation ([`Conversation`]): sealing, pacing, resending
+//! and delivery bookkeeping.
 //!
 //! The roles themselves are [`super::anonymous::run_client`] and
 //! [`super::counsellor::run_counsellor`]; each reads lines from an input
 //! channel (closed = end of input) and frames from the relay, and reports
-//! [`ChatEvent`]s on an output channel.
+//! [`ChatEvent`]s on an output channel. Every line a person types as a
+//! message gets an id and ends, always, as `delivered` or `not_delivered`.
+
+use std::collections::VecDeque;
 
 use serde::Serialize;
+
 use tokio::sync::mpsc;
 
 use super::{ClientError, RelayStream};
-use crate::core::content::{Content, Reassembler, split_text};
-use crate::core::frame::PowChallenge;
+use crate::core::content::{Content, ContentError, Reassembler, split_text};
 use crate::core::frame::{
-    Blob, ChatNumber, EndReason, Frame, Language, PROTOCOL_VERSION, Role, TopicId,
+    Blob, ChatNumber, EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence,
+    Role, TopicId,
 };
+use crate::core::limits::{
+    MAX_ACK_LOG, MAX_UNACKED_FRAMES, PACE_FORWARD_BURST, PACE_FORWARD_PER_SEC,
+};
+use crate::core::ratelimit::TokenBucket;
 use crate::crypto::e2e::{self, Received, Session};
 
 pub use super::anonymous::{ClientRequest, run_client};
 pub use super::counsellor::{CounsellorSettings, run_counsellor};
+
+/// The version of the event list (`proto/EVENTS.md`); every JSON event
+/// carries it as `"v"`.
+pub const EVENTS_VERSION: u32 = 1;
 
 /// One topic as the relay offers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,7 +49,97 @@ pub struct Waiting {
     pub count: u16,
 }
 
-/// Something the user should see. Serialised one per line with `--json`.
+/// Why a chat (or a wait in the queue) ended, as a user is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedReason {
+    /// You ended the chat.
+    YouEnded,
+    /// You left the queue before a counsellor was free.
+    LeftQueue,
+    /// The other side ended the chat.
+    PeerEnded,
+    /// The other side's connection went away for good.
+    PeerDisconnected,
+    /// An end-to-end check failed, here or on the other side.
+    SecurityFailure,
+    /// The relay is restarting.
+    RelayShutdown,
+    /// The helpline is too busy to take you now.
+    Busy,
+    /// You waited the longest time the helpline allows.
+    WaitExceeded,
+    /// Your connection was away too long: the chat ended meanwhile.
+    EndedWhileAway,
+    /// The counsellor ended the chat and blocked it.
+    Blocked,
+    /// The counsellor's access was withdrawn by the helpline.
+    CounsellorRevoked,
+    /// Counsellor: you ended the chat and blocked it.
+    YouBlocked,
+    /// Counsellor: the chat went to a colleague or back to the queue.
+    Transferred,
+    /// Counsellor: your sign-in was revoked; the helpline ended your chats.
+    Revoked,
+    /// Counsellor: your session ended (the relay refused you, or an error);
+    /// its chats ended with it.
+    SignedOut,
+}
+
+impl EndedReason {
+    /// How an END the peer (or the relay) sent is told to this side.
+    pub fn from_wire(reason: EndReason) -> EndedReason {
+        match reason {
+            EndReason::UserEnded => EndedReason::PeerEnded,
+            EndReason::SecurityFailure => EndedReason::SecurityFailure,
+            EndReason::Blocked => EndedReason::Blocked,
+            EndReason::PeerDisconnected => EndedReason::PeerDisconnected,
+            EndReason::RelayShutdown => EndedReason::RelayShutdown,
+            EndReason::Transferred => EndedReason::Transferred,
+            EndReason::CounsellorRevoked => EndedReason::CounsellorRevoked,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            EndedReason::YouEnded => "you ended the chat",
+            EndedReason::LeftQueue => "you left the queue",
+            EndedReason::PeerEnded => "the other side ended the chat",
+            EndedReason::PeerDisconnected => "the other side's connection is gone",
+            EndedReason::SecurityFailure => {
+                "a security check failed; nothing more was sent. Please start a new chat"
+            }
+            EndedReason::RelayShutdown => "the service is restarting; please try again in a moment",
+            EndedReason::Busy => "the helpline is very busy; please try again later",
+            EndedReason::WaitExceeded => {
+                "you waited the longest time we allow; please try again later"
+            }
+            EndedReason::EndedWhileAway => "your connection was away too long",
+            EndedReason::Blocked => "the counsellor ended the chat",
+            EndedReason::CounsellorRevoked => {
+                "this counsellor can no longer chat for the helpline. \
+                 You can start a new chat with another counsellor"
+            }
+            EndedReason::YouBlocked => "you ended and blocked the chat",
+            EndedReason::Transferred => "the chat was handed on",
+            EndedReason::Revoked => "your sign-in was revoked by the helpline",
+            EndedReason::SignedOut => "your session ended",
+        }
+    }
+}
+
+/// Why the client is reconnecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconnectReason {
+    /// The connection was lost.
+    Lost,
+    /// The relay is restarting (counsellors sign in again when it is back).
+    RelayRestarting,
+}
+
+/// Something the user should see. Serialised one per line with `--json`
+/// (`proto/EVENTS.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChatEvent {
@@ -55,18 +159,26 @@ pub enum ChatEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         next_open: Option<u64>,
     },
-    /// A chat began. The client sees the counsellor's verified pseudonym;
-    /// the counsellor sees the chat number.
+    /// A chat began. The client sees the counsellor's verified pseudonym.
+    /// The counsellor sees the chat number and what the young person chose,
+    /// at once, while the young person's handshake is still on its way.
     Paired {
         #[serde(skip_serializing_if = "Option::is_none")]
         counsellor: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
     },
+    /// Counsellor: the young person's handshake arrived and was answered;
+    /// messages can flow.
+    Ready { chat: u32 },
     /// Client: the chat moved to another counsellor, verified like the first.
     Transferred { counsellor: String },
     /// Our connection dropped; trying to take the chat up again.
-    Reconnecting,
+    Reconnecting { reason: ReconnectReason },
     /// We are back: in the chat with the same counsellor and keys, or, while
     /// waiting, at our old place in the queue.
     Resumed {
@@ -83,19 +195,19 @@ pub enum ChatEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
     },
-    /// Our message `id` (numbered from 1 per chat) left for the relay.
+    /// Our message `id` left for the relay.
     Sent {
         id: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
     },
-    /// The other side confirmed, end to end, that message `id` arrived.
+    /// The other side confirmed message `id` (inside the encryption).
     Delivered {
         id: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
     },
-    /// Message `id` was not confirmed before the chat ended.
+    /// Message `id` did not reach the other side and never will.
     NotDelivered {
         id: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,22 +221,33 @@ pub enum ChatEvent {
     },
     /// A chat is over, and why.
     Ended {
-        reason: String,
+        reason: EndedReason,
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
+        /// For a security failure found here: which check failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// Counsellor: a transfer did not happen; the chat stays.
     TransferRefused { chat: u32, reason: String },
     /// Counsellor: clients waiting, per topic.
     QueueStats { waiting: Vec<Waiting> },
+    /// Counsellor: a colleague signed in, changed status or left.
+    Colleague { name: String, presence: String },
     /// Counsellor: what it now takes.
     Status { available: bool, capacity: u8 },
     /// Counsellor: its open chats.
     Chats { chats: Vec<u32> },
     /// Counsellor: the line commands.
     Help { commands: Vec<String> },
-    /// Something went wrong; the text says what.
-    Error { message: String },
+    /// Something went wrong. `fatal`: the program ends; `code` names the
+    /// cause for scripts (`proto/EVENTS.md`).
+    Error {
+        message: String,
+        fatal: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
 }
 
 fn minutes(secs: u32) -> String {
@@ -142,8 +265,40 @@ fn utc(unix: u64) -> String {
 }
 
 impl ChatEvent {
+    /// The event as one JSON object with the list's version.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{\"event\":\"error\"}".into())
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("v".into(), EVENTS_VERSION.into());
+        }
+        value.to_string()
+    }
+
+    /// A non-fatal error with a message.
+    pub fn error(message: impl Into<String>) -> ChatEvent {
+        ChatEvent::Error {
+            message: message.into(),
+            fatal: false,
+            code: None,
+        }
+    }
+
+    /// The error that ends the program.
+    pub fn fatal(e: &ClientError) -> ChatEvent {
+        ChatEvent::Error {
+            message: e.to_string(),
+            fatal: true,
+            code: Some(e.code().into()),
+        }
+    }
+
+    /// A chat (or a wait) ended for `reason`.
+    pub fn ended(reason: EndedReason, chat: Option<u32>) -> ChatEvent {
+        ChatEvent::Ended {
+            reason,
+            chat,
+            detail: None,
+        }
     }
 
     /// A line (or lines) for a person to read.
@@ -171,14 +326,32 @@ impl ChatEvent {
             } => format!(
                 "You are now chatting with {name} (identity verified, end-to-end encrypted)."
             ),
-            ChatEvent::Paired { chat, .. } => format!("{}A new chat has started.", at(chat)),
+            ChatEvent::Paired {
+                chat,
+                topic,
+                language,
+                ..
+            } => {
+                let topic = topic.map_or("no topic".to_owned(), |t| format!("topic {t}"));
+                let language = language.as_deref().unwrap_or("any language");
+                format!(
+                    "{}A young person was paired with you ({topic}, {language}); waiting for them to connect.",
+                    at(chat)
+                )
+            }
+            ChatEvent::Ready { chat } => format!(
+                "[@{chat}] The young person is connected (end-to-end encrypted); you can type."
+            ),
             ChatEvent::Transferred { counsellor } => {
                 format!(
                     "You are now chatting with {counsellor} (identity verified, end-to-end encrypted)."
                 )
             }
             ChatEvent::Message { text, chat } => format!("{}> {text}", at(chat)),
-            ChatEvent::Reconnecting => "Connection lost; reconnecting…".into(),
+            ChatEvent::Reconnecting {
+                reason: ReconnectReason::RelayRestarting,
+            } => "The service is restarting; reconnecting…".into(),
+            ChatEvent::Reconnecting { .. } => "Connection lost; reconnecting…".into(),
             ChatEvent::Resumed { chat } => format!("{}Reconnected; the chat continues.", at(chat)),
             ChatEvent::PeerAway { chat } => format!(
                 "{}The other side lost their connection; waiting for them.",
@@ -188,18 +361,14 @@ impl ChatEvent {
             ChatEvent::Sent { id, chat } => format!("{}  (#{id} sent)", at(chat)),
             ChatEvent::Delivered { id, chat } => format!("{}  (#{id} delivered)", at(chat)),
             ChatEvent::NotDelivered { id, chat } => format!("{}  (#{id} NOT delivered)", at(chat)),
-            ChatEvent::Ended { reason, chat } if reason == "relay_shutdown" => format!(
-                "{}The service is restarting; the chat has ended. Please try again in a moment.",
-                at(chat)
-            ),
-            ChatEvent::Ended { reason, chat } if reason == "counsellor_revoked" => format!(
-                "{}This counsellor can no longer chat for the helpline; the chat has ended. \
-                 You can start a new chat with another counsellor.",
-                at(chat)
-            ),
-            ChatEvent::Ended { reason, chat } => {
-                format!("{}Chat ended ({}).", at(chat), reason.replace('_', " "))
-            }
+            ChatEvent::Ended {
+                reason,
+                chat,
+                detail,
+            } => match detail {
+                Some(detail) => format!("{}Chat ended: {} ({detail}).", at(chat), reason.text()),
+                None => format!("{}Chat ended: {}.", at(chat), reason.text()),
+            },
             ChatEvent::TransferRefused { chat, reason } => {
                 format!("[@{chat}] Transfer refused: {reason}.")
             }
@@ -214,6 +383,12 @@ impl ChatEvent {
                     .collect();
                 format!("Queue: {total} waiting ({}).", parts.join(", "))
             }
+            ChatEvent::Colleague { name, presence } => match presence.as_str() {
+                "signed_out" => format!("Colleague {name} signed out."),
+                "away" => format!("Colleague {name} is away."),
+                "full" => format!("Colleague {name} has no room for another chat."),
+                _ => format!("Colleague {name} is available."),
+            },
             ChatEvent::Status {
                 available,
                 capacity,
@@ -227,7 +402,7 @@ impl ChatEvent {
                 format!("Open chats: {}", list.join(" "))
             }
             ChatEvent::Help { commands } => commands.join("\n"),
-            ChatEvent::Error { message } => format!("Error: {message}"),
+            ChatEvent::Error { message, .. } => format!("Error: {message}"),
         }
     }
 }
@@ -236,11 +411,19 @@ pub(crate) async fn emit(events: &mpsc::Sender<ChatEvent>, event: ChatEvent) {
     let _ = events.send(event).await;
 }
 
+/// A counsellor's event for a colleague.
+pub(crate) fn colleague_event(name: &Label, presence: Presence) -> ChatEvent {
+    ChatEvent::Colleague {
+        name: name.to_string(),
+        presence: presence.as_str().into(),
+    }
+}
+
 pub(crate) use crate::org::now_unix;
 
 /// What the relay said in WELCOME and the TOPIC frames after it.
 pub(crate) struct Welcome {
-    pub topics: Vec<(TopicId, String, String)>,
+    pub topics: Vec<(TopicId, Label, Label)>,
     pub languages: Vec<Language>,
     pub pow: PowChallenge,
 }
@@ -253,8 +436,8 @@ impl Welcome {
                 .iter()
                 .map(|(id, nl, en)| TopicInfo {
                     id: id.get(),
-                    nl: nl.clone(),
-                    en: en.clone(),
+                    nl: nl.to_string(),
+                    en: en.to_string(),
                 })
                 .collect(),
             languages: self
@@ -325,37 +508,60 @@ async fn hello_unbounded(relay: &mut RelayStream, role: Role) -> Result<Welcome,
 /// How often owed acknowledgements go out. Acks ride a fixed tick, not the
 /// moment a message arrives, so their timing does not mirror typing.
 pub const ACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most sent messages kept for resending until acknowledged.
-pub const MAX_UNACKED: usize = 256;
-/// Most sent acknowledgements kept for resending (about a minute of ticks).
-pub const MAX_ACK_LOG: usize = 64;
 
-/// A message sent and not yet acknowledged, kept for resending.
+/// A message sealed and not yet acknowledged, kept for resending.
 struct Pending {
     id: u64,
-    last_seq: u64,
+    first_seq: u64,
     blobs: Vec<Blob>,
+    /// `sent` was reported for it.
+    announced: bool,
+}
+
+impl Pending {
+    fn last_seq(&self) -> u64 {
+        self.first_seq + self.blobs.len() as u64 - 1
+    }
+}
+
+/// A transport message waiting for its turn under the pacing rule.
+struct Outgoing {
+    blob: Blob,
+    /// The message id this blob completes, if it is a message's last chunk.
+    completes: Option<u64>,
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Longer than the protocol allows.
+    TooLong,
+    /// Too much is waiting for acknowledgement already.
+    Full,
 }
 
 /// One established chat: the end-to-end session, reassembly of incoming
-/// messages, and delivery bookkeeping for outgoing ones.
+/// messages, and delivery bookkeeping for outgoing ones. Sealed blobs go
+/// out through a pacer that follows the spec's sending rule (PROTOCOL.md
+/// §8.1), so the relay never has to slow this sender down.
 pub(crate) struct Conversation {
     chat: ChatNumber,
     /// The chat number as shown to the user (counsellors see it; clients not).
     shown: Option<u32>,
     session: Session,
     reassembler: Reassembler,
-    next_id: u64,
-    unacked: std::collections::VecDeque<Pending>,
+    unacked: VecDeque<Pending>,
+    /// Our own ACKs, by sequence number, until the peer's cumulative ACK
+    /// covers them. They take sequence numbers too: one lost with a dropped
+    /// connection would otherwise leave a gap the peer can never fill.
+    acks_sent: VecDeque<(u64, Blob)>,
+    outbox: VecDeque<Outgoing>,
+    pacer: TokenBucket,
     owe_ack: bool,
     /// The handshake message that opened this chat, until the first
     /// transport message: a repeat of it (after the peer was away) is not
     /// a transport message and is ignored.
     handshake_echo: Option<Blob>,
-    /// Our own ACKs, by sequence number, until the peer's cumulative ACK
-    /// covers them. They take sequence numbers too: one lost with a dropped
-    /// connection would otherwise leave a gap the peer can never fill.
-    acks_sent: std::collections::VecDeque<(u64, Blob)>,
 }
 
 impl Conversation {
@@ -367,11 +573,16 @@ impl Conversation {
             shown,
             session,
             reassembler: Reassembler::default(),
-            next_id: 1,
             unacked: Default::default(),
+            acks_sent: Default::default(),
+            outbox: Default::default(),
+            pacer: TokenBucket::new(
+                PACE_FORWARD_PER_SEC,
+                PACE_FORWARD_BURST,
+                std::time::Instant::now(),
+            ),
             owe_ack: false,
             handshake_echo: None,
-            acks_sent: Default::default(),
         }
     }
 
@@ -390,72 +601,129 @@ impl Conversation {
         self.chat = chat;
     }
 
-    /// Sends again every message not yet acknowledged (after a resume, or
-    /// when the peer is back); the receiver drops what it already has.
-    pub async fn resend(&self, relay: &mut RelayStream) -> Result<(), ClientError> {
-        for blob in self.unacked_blobs() {
-            relay
-                .send(&Frame::Forward {
-                    chat: self.chat,
-                    blob,
-                })
-                .await?;
+    fn unacked_frames(&self) -> usize {
+        self.unacked.iter().map(|p| p.blobs.len()).sum()
+    }
+
+    /// Splits and seals message `id` and queues it to be sent. It is kept
+    /// until acknowledged: if the connection is lost, it goes out again
+    /// after a resume (or is reported not delivered).
+    pub fn queue(&mut self, id: u64, text: &str) -> Result<(), Refused> {
+        let chunks = split_text(text).map_err(|_| Refused::TooLong)?;
+        if self.unacked_frames() + chunks.len() > MAX_UNACKED_FRAMES {
+            return Err(Refused::Full);
         }
+        let first_seq = self.session.next_seq();
+        let mut blobs = Vec::with_capacity(chunks.len());
+        for chunk in &chunks {
+            // Sealing fails only when 2^64 - 1 messages were sent.
+            blobs.push(self.session.seal(chunk).map_err(|_| Refused::Full)?);
+        }
+        let last = blobs.len() - 1;
+        for (i, blob) in blobs.iter().enumerate() {
+            self.outbox.push_back(Outgoing {
+                blob: blob.clone(),
+                completes: (i == last).then_some(id),
+            });
+        }
+        self.unacked.push_back(Pending {
+            id,
+            first_seq,
+            blobs,
+            announced: false,
+        });
         Ok(())
     }
 
-    /// Splits, seals and sends one message; reports it as sent. The message
-    /// is kept until acknowledged: if the connection is lost while sending,
-    /// it goes out again after a resume (or is reported not delivered).
-    pub async fn send(
+    /// Sends what the pacer allows now; reports each message whose last
+    /// chunk left as sent. A write that fails leaves the rest for the
+    /// resume, which sends everything unacknowledged again.
+    pub async fn flush(
         &mut self,
         relay: &mut RelayStream,
         events: &mpsc::Sender<ChatEvent>,
-        text: &str,
     ) -> Result<(), ClientError> {
-        if self.unacked.len() >= MAX_UNACKED {
-            return Err(ClientError::Request(
-                "too many messages are waiting for delivery; try again shortly".into(),
-            ));
-        }
-        let mut blobs = Vec::new();
-        for chunk in split_text(text).map_err(|_| ClientError::MessageTooLong)? {
-            blobs.push(self.session.seal(&chunk)?);
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.unacked.push_back(Pending {
-            id,
-            last_seq: self.session.next_seq() - 1,
-            blobs: blobs.clone(),
-        });
-        for blob in blobs {
-            let sent = relay
+        while !self.outbox.is_empty() && self.pacer.take(std::time::Instant::now(), 1.0) {
+            let Some(out) = self.outbox.pop_front() else {
+                break;
+            };
+            match relay
                 .send(&Frame::Forward {
                     chat: self.chat,
-                    blob,
+                    blob: out.blob,
                 })
-                .await;
-            match sent {
+                .await
+            {
                 Ok(()) => {}
-                // Kept for resending; the reading side notices the loss.
                 Err(ClientError::Lost(_) | ClientError::Closed(_)) => return Ok(()),
                 Err(e) => return Err(e),
             }
+            if let Some(id) = out.completes
+                && let Some(p) = self.unacked.iter_mut().find(|p| p.id == id)
+                && !p.announced
+            {
+                p.announced = true;
+                emit(
+                    events,
+                    ChatEvent::Sent {
+                        id,
+                        chat: self.shown,
+                    },
+                )
+                .await;
+            }
         }
-        emit(
-            events,
-            ChatEvent::Sent {
-                id,
-                chat: self.shown,
-            },
-        )
-        .await;
         Ok(())
     }
 
+    /// When [`Conversation::flush`] has more to send, if anything waits.
+    pub fn next_flush(&mut self) -> Option<tokio::time::Instant> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        Some(tokio::time::Instant::from_std(
+            self.pacer.ready_at(now, 1.0),
+        ))
+    }
+
+    /// Queues again everything not yet acknowledged, messages and our own
+    /// ACKs, in sequence order (after a resume, or when the peer is back);
+    /// the receiver drops what it already has.
+    pub fn resend(&mut self) {
+        let mut all: Vec<(u64, Outgoing)> = self
+            .acks_sent
+            .iter()
+            .map(|(seq, blob)| {
+                (
+                    *seq,
+                    Outgoing {
+                        blob: blob.clone(),
+                        completes: None,
+                    },
+                )
+            })
+            .collect();
+        for p in &self.unacked {
+            let last = p.blobs.len() - 1;
+            all.extend(p.blobs.iter().enumerate().map(|(j, blob)| {
+                (
+                    p.first_seq + j as u64,
+                    Outgoing {
+                        blob: blob.clone(),
+                        completes: (j == last).then_some(p.id),
+                    },
+                )
+            }));
+        }
+        all.sort_by_key(|(seq, _)| *seq);
+        self.outbox = all.into_iter().map(|(_, out)| out).collect();
+    }
+
     /// Opens one transport blob and reports what it completes: a message,
-    /// or deliveries it acknowledges.
+    /// or deliveries it acknowledges. Content that breaks §6.4 (malformed,
+    /// reserved flags, not UTF-8, too long, an ACK of what was never sent)
+    /// is an error: the chat must end as a security failure.
     pub async fn receive(
         &mut self,
         blob: &Blob,
@@ -469,10 +737,13 @@ impl Conversation {
         match received {
             Received::Duplicate | Received::Early => {}
             Received::Content(Content::Ack { up_to }) => {
+                if up_to > self.session.next_seq() {
+                    return Err(ContentError::AckBeyondSent.into());
+                }
                 while self.acks_sent.front().is_some_and(|(seq, _)| *seq < up_to) {
                     self.acks_sent.pop_front();
                 }
-                while self.unacked.front().is_some_and(|p| p.last_seq < up_to) {
+                while self.unacked.front().is_some_and(|p| p.last_seq() < up_to) {
                     if let Some(p) = self.unacked.pop_front() {
                         emit(
                             events,
@@ -503,8 +774,8 @@ impl Conversation {
         Ok(())
     }
 
-    /// Sends an acknowledgement if anything arrived since the last one.
-    pub async fn ack_if_owed(&mut self, relay: &mut RelayStream) -> Result<(), ClientError> {
+    /// Queues an acknowledgement if anything arrived since the last one.
+    pub fn ack_if_owed(&mut self) -> Result<(), ClientError> {
         if !self.owe_ack {
             return Ok(());
         }
@@ -517,12 +788,11 @@ impl Conversation {
             self.acks_sent.pop_front();
         }
         self.acks_sent.push_back((seq, blob.clone()));
-        relay
-            .send(&Frame::Forward {
-                chat: self.chat,
-                blob,
-            })
-            .await
+        self.outbox.push_back(Outgoing {
+            blob,
+            completes: None,
+        });
+        Ok(())
     }
 
     /// The chat is over: every message not acknowledged is reported as not
@@ -544,24 +814,6 @@ impl Conversation {
     pub fn has_unacked_messages(&self) -> bool {
         !self.unacked.is_empty()
     }
-
-    /// Everything sent that the peer has not acknowledged, messages and our
-    /// own ACKs alike, in sequence order (for resending).
-    pub fn unacked_blobs(&self) -> Vec<Blob> {
-        let mut all: Vec<(u64, Blob)> = self.acks_sent.iter().cloned().collect();
-        for p in &self.unacked {
-            let first = p.last_seq + 1 - p.blobs.len() as u64;
-            all.extend(
-                p.blobs
-                    .iter()
-                    .cloned()
-                    .enumerate()
-                    .map(|(j, b)| (first + j as u64, b)),
-            );
-        }
-        all.sort_by_key(|(seq, _)| *seq);
-        all.into_iter().map(|(_, b)| b).collect()
-    }
 }
 
 /// Ends a chat whose end-to-end check failed; the peer learns only that.
@@ -572,4 +824,16 @@ pub(crate) async fn abort(relay: &mut RelayStream, chat: ChatNumber) {
             reason: EndReason::SecurityFailure,
         })
         .await;
+}
+
+/// Reports lines that will never be sent (typed while the chat could not
+/// take them, or still unread when it ended) as not delivered.
+pub(crate) async fn not_delivered(
+    events: &mpsc::Sender<ChatEvent>,
+    ids: impl IntoIterator<Item = u64>,
+    chat: Option<u32>,
+) {
+    for id in ids {
+        emit(events, ChatEvent::NotDelivered { id, chat }).await;
+    }
 }

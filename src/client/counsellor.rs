@@ -6,19 +6,27 @@
 //! the client's handshake with the certified key. Lines are messages or
 //! commands: `@N text` addresses chat N, a plain line goes to the only open
 //! chat, and `/`-commands change status, list chats, end, block or transfer.
-//! Chats keep the number first shown for them; if the connection drops, the
+//! Chats keep the number first shown for them, and a PAIRED shows at once
+//! (with the young person's topic and language) while their handshake is on
+//! its way; `ready` follows when it arrives. If the connection drops, the
 //! counsellor reconnects, signs in again and resumes every open chat with
-//! its capability.
+//! its capability; when the relay restarts it signs in again when the relay
+//! is back. A revoked or refused sign-in, or a relay that stays away, ends
+//! every chat honestly: each message not confirmed is reported not
+//! delivered.
 
 use std::collections::BTreeMap;
 
 use rand_core::OsRng;
 use tokio::sync::mpsc;
 
-use super::chat::{self, ChatEvent, Conversation, Waiting, emit};
+use super::chat::{
+    self, ChatEvent, Conversation, EndedReason, ReconnectReason, Refused, Waiting, emit,
+};
 use super::{ClientError, Reconnect, RelayStream};
+use crate::core::CloseCode;
 use crate::core::frame::{
-    Blob, ChatNumber, EndReason, Frame, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId,
+    Blob, ChatNumber, EndReason, Frame, Label, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId,
     ResumeCapability, Role, TopicId, TransferTarget,
 };
 use crate::crypto::e2e::{self, CounsellorKeys};
@@ -34,6 +42,8 @@ pub struct CounsellorSettings {
     pub topics: Option<Vec<u16>>,
     /// Language codes; `None` = all the relay offers.
     pub languages: Option<Vec<String>>,
+    /// Becomes true to sign out at once, without waiting for confirmations.
+    pub quick_exit: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for CounsellorSettings {
@@ -44,6 +54,7 @@ impl Default for CounsellorSettings {
             capacity: 1,
             topics: None,
             languages: None,
+            quick_exit: None,
         }
     }
 }
@@ -82,6 +93,24 @@ struct Slot {
     /// `/end` was asked: the chat ends once what we sent is confirmed, or
     /// at this instant, whichever comes first. Nothing more can be sent.
     ending: Option<tokio::time::Instant>,
+    /// The id of the next message typed into this chat.
+    next_id: u64,
+}
+
+impl Slot {
+    fn conversation(&mut self) -> Option<&mut Conversation> {
+        match &mut self.state {
+            SlotState::Chatting(c, _) => Some(c),
+            SlotState::AwaitingHandshake(_) => None,
+        }
+    }
+
+    /// Reports every message not confirmed as not delivered.
+    async fn give_up(self, events: &mpsc::Sender<ChatEvent>) {
+        if let SlotState::Chatting(conversation, _) = self.state {
+            conversation.give_up(events).await;
+        }
+    }
 }
 
 /// A parsed input line.
@@ -162,10 +191,9 @@ fn parse(line: &str) -> Result<Command, String> {
             match name.trim() {
                 "" => Err("/transfer needs a colleague's name or \"queue\"".into()),
                 "queue" => Ok(Command::Transfer(chat, TransferTarget::Queue)),
-                name => Ok(Command::Transfer(
-                    chat,
-                    TransferTarget::Colleague(name.to_owned()),
-                )),
+                name => Label::new(name)
+                    .map(|name| Command::Transfer(chat, TransferTarget::Colleague(name)))
+                    .map_err(|e| format!("{name:?} cannot be a counsellor's name: it {e}")),
             }
         }
         _ => Err(format!("unknown command /{word}; /help lists them")),
@@ -189,13 +217,36 @@ struct Counsellor {
 
 impl Counsellor {
     async fn error(&self, message: impl Into<String>) {
-        emit(
-            &self.events,
-            ChatEvent::Error {
-                message: message.into(),
-            },
-        )
-        .await;
+        emit(&self.events, ChatEvent::error(message)).await;
+    }
+
+    /// Ends every open chat here, for `reason`: what was not confirmed is
+    /// reported not delivered.
+    async fn end_all(&mut self, reason: EndedReason) {
+        let slots = std::mem::take(&mut self.slots);
+        for (shown, slot) in slots {
+            slot.give_up(&self.events).await;
+            emit(&self.events, ChatEvent::ended(reason, Some(shown))).await;
+        }
+        self.resuming.clear();
+    }
+
+    /// Sends what each chat's pacer allows now.
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        for slot in self.slots.values_mut() {
+            if let Some(c) = slot.conversation() {
+                c.flush(&mut self.relay, &self.events).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When a chat's pacer has more to send.
+    fn next_flush(&mut self) -> Option<tokio::time::Instant> {
+        self.slots
+            .values_mut()
+            .filter_map(|s| s.conversation().and_then(Conversation::next_flush))
+            .min()
     }
 
     async fn send_status(&mut self) -> Result<(), ClientError> {
@@ -285,6 +336,8 @@ impl Counsellor {
                 chat,
                 pairing_id,
                 resume,
+                topic,
+                language,
             } => {
                 let shown = self.next_shown;
                 self.next_shown += 1;
@@ -295,12 +348,23 @@ impl Counsellor {
                         resume,
                         state: SlotState::AwaitingHandshake(pairing_id),
                         ending: None,
+                        next_id: 1,
                     },
                 );
+                emit(
+                    &self.events,
+                    ChatEvent::Paired {
+                        counsellor: None,
+                        chat: Some(shown),
+                        topic: topic.map(TopicId::get),
+                        language: language.map(|l| l.as_str().to_owned()),
+                    },
+                )
+                .await;
             }
             Frame::Forward { chat, blob } => {
                 // A chat this side already ended or aborted: frames sent
-                // before our END crossed it are dropped.
+                // before our END crossed it are dropped (§7.2).
                 let Some(shown) = self.shown(chat) else {
                     return Ok(());
                 };
@@ -318,14 +382,7 @@ impl Counsellor {
                                 self.relay
                                     .send(&Frame::Forward { chat, blob: reply })
                                     .await?;
-                                emit(
-                                    &self.events,
-                                    ChatEvent::Paired {
-                                        counsellor: None,
-                                        chat: Some(shown),
-                                    },
-                                )
-                                .await;
+                                emit(&self.events, ChatEvent::Ready { chat: shown }).await;
                                 Ok(())
                             }
                             Err(e) => Err(e),
@@ -347,31 +404,29 @@ impl Counsellor {
                     }
                 };
                 if let Err(e) = result {
-                    if let Some(Slot {
-                        state: SlotState::Chatting(conversation, _),
-                        ..
-                    }) = self.slots.remove(&shown)
-                    {
-                        conversation.give_up(&self.events).await;
+                    if let Some(slot) = self.slots.remove(&shown) {
+                        slot.give_up(&self.events).await;
                     }
                     chat::abort(&mut self.relay, chat).await;
-                    self.error(format!("@{shown}: {}", ClientError::Security(e)))
-                        .await;
+                    emit(
+                        &self.events,
+                        ChatEvent::Ended {
+                            reason: EndedReason::SecurityFailure,
+                            chat: Some(shown),
+                            detail: Some(e.to_string()),
+                        },
+                    )
+                    .await;
                 }
             }
             Frame::End { chat, reason } => {
                 if let Some(shown) = self.shown(chat)
                     && let Some(slot) = self.slots.remove(&shown)
                 {
-                    if let SlotState::Chatting(conversation, _) = slot.state {
-                        conversation.give_up(&self.events).await;
-                    }
+                    slot.give_up(&self.events).await;
                     emit(
                         &self.events,
-                        ChatEvent::Ended {
-                            reason: reason.as_str().into(),
-                            chat: Some(shown),
-                        },
+                        ChatEvent::ended(EndedReason::from_wire(reason), Some(shown)),
                     )
                     .await;
                 }
@@ -397,17 +452,21 @@ impl Counsellor {
                     .collect();
                 emit(&self.events, ChatEvent::QueueStats { waiting }).await;
             }
+            Frame::Colleague { name, presence } => {
+                emit(&self.events, chat::colleague_event(&name, presence)).await;
+            }
             Frame::Resumed { chat } => {
                 let Some(shown) = self.resuming.pop_front() else {
                     return Err(ClientError::UnexpectedFrame);
                 };
                 if let Some(slot) = self.slots.get_mut(&shown) {
                     slot.chat = chat;
-                    if let SlotState::Chatting(conversation, _) = &mut slot.state {
+                    if let Some(conversation) = slot.conversation() {
                         conversation.set_chat(chat);
-                        conversation.resend(&mut self.relay).await?;
+                        conversation.resend();
                     }
                     emit(&self.events, ChatEvent::Resumed { chat: Some(shown) }).await;
+                    self.flush().await?;
                 }
             }
             Frame::ResumeFailed => {
@@ -415,15 +474,10 @@ impl Counsellor {
                     return Err(ClientError::UnexpectedFrame);
                 };
                 if let Some(slot) = self.slots.remove(&shown) {
-                    if let SlotState::Chatting(conversation, _) = slot.state {
-                        conversation.give_up(&self.events).await;
-                    }
+                    slot.give_up(&self.events).await;
                     emit(
                         &self.events,
-                        ChatEvent::Ended {
-                            reason: "ended_while_away".into(),
-                            chat: Some(shown),
-                        },
+                        ChatEvent::ended(EndedReason::EndedWhileAway, Some(shown)),
                     )
                     .await;
                 }
@@ -435,14 +489,13 @@ impl Counsellor {
             }
             Frame::PeerBack { chat } => {
                 if let Some(shown) = self.shown(chat) {
-                    if let Some(Slot {
-                        state: SlotState::Chatting(conversation, _),
-                        ..
-                    }) = self.slots.get(&shown)
+                    if let Some(conversation) =
+                        self.slots.get_mut(&shown).and_then(Slot::conversation)
                     {
-                        conversation.resend(&mut self.relay).await?;
+                        conversation.resend();
                     }
                     emit(&self.events, ChatEvent::PeerBack { chat: Some(shown) }).await;
+                    self.flush().await?;
                 }
             }
             _ => return Err(ClientError::UnexpectedFrame),
@@ -451,48 +504,42 @@ impl Counsellor {
     }
 
     async fn end(&mut self, shown: u32, reason: EndReason) -> Result<(), ClientError> {
-        let Some(slot) = self.slots.remove(&shown) else {
+        let Some(mut slot) = self.slots.remove(&shown) else {
             return Ok(());
         };
-        if let SlotState::Chatting(mut conversation, _) = slot.state {
+        if let Some(conversation) = slot.conversation() {
             // Confirm what arrived before saying goodbye.
-            conversation.ack_if_owed(&mut self.relay).await?;
-            conversation.give_up(&self.events).await;
+            conversation.ack_if_owed()?;
+            conversation.flush(&mut self.relay, &self.events).await?;
         }
-        self.relay
-            .send(&Frame::End {
-                chat: slot.chat,
-                reason,
-            })
-            .await?;
+        let chat = slot.chat;
+        slot.give_up(&self.events).await;
+        self.relay.send(&Frame::End { chat, reason }).await?;
         let said = if reason == EndReason::Blocked {
-            "you_blocked"
+            EndedReason::YouBlocked
         } else {
-            "you_ended"
+            EndedReason::YouEnded
         };
-        emit(
-            &self.events,
-            ChatEvent::Ended {
-                reason: said.into(),
-                chat: Some(shown),
-            },
-        )
-        .await;
+        emit(&self.events, ChatEvent::ended(said, Some(shown))).await;
         Ok(())
     }
 
-    /// The connection dropped: reconnect, sign in again, and ask for every
-    /// chat back, those still in their handshake too.
-    async fn reconnect(&mut self, reconnect: &Reconnect) -> Result<(), ClientError> {
-        emit(&self.events, ChatEvent::Reconnecting).await;
+    /// The connection dropped (or the relay is restarting): reconnect, sign
+    /// in again, and ask for every chat back, those still in their
+    /// handshake too. A sign-in that cannot succeed ends everything at once.
+    async fn reconnect(
+        &mut self,
+        reconnect: &Reconnect,
+        reason: ReconnectReason,
+    ) -> Result<(), ClientError> {
+        emit(&self.events, ChatEvent::Reconnecting { reason }).await;
         let deadline = tokio::time::Instant::now() + reconnect.give_up_after;
         loop {
             match self.try_reconnect(reconnect).await {
                 Ok(()) => return Ok(()),
+                Err(e) if e.is_final() => return Err(e),
                 // A network that failed again mid-way: try again in time.
-                Err(
-                    ClientError::Lost(_) | ClientError::Closed(_) | ClientError::Unreachable { .. },
-                ) if tokio::time::Instant::now() < deadline => {
+                Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
@@ -501,10 +548,7 @@ impl Counsellor {
     }
 
     async fn try_reconnect(&mut self, reconnect: &Reconnect) -> Result<(), ClientError> {
-        let mut relay = reconnect
-            .connect()
-            .await
-            .ok_or_else(|| ClientError::Lost("could not reconnect to the relay".into()))?;
+        let mut relay = reconnect.connect().await?;
         chat::hello(&mut relay, Role::Counsellor).await?;
         self.relay = relay;
         self.send_status().await?;
@@ -552,23 +596,36 @@ impl Counsellor {
                 self.send_status().await?;
             }
             Command::Say(chat, text) => match self.pick(chat) {
-                Ok(n) => match self.slots.get_mut(&n) {
-                    Some(Slot {
-                        state: SlotState::Chatting(conversation, _),
-                        ..
-                    }) => {
-                        if let Err(e) = conversation
-                            .send(&mut self.relay, &self.events, &text)
-                            .await
-                        {
-                            self.error(e.to_string()).await;
+                Ok(n) => {
+                    let Some(slot) = self.slots.get_mut(&n) else {
+                        return Ok(());
+                    };
+                    if !matches!(slot.state, SlotState::Chatting(..)) {
+                        self.error(format!(
+                            "@{n}: the young person is not connected yet; the line was not sent"
+                        ))
+                        .await;
+                        return Ok(());
+                    }
+                    let id = slot.next_id;
+                    slot.next_id += 1;
+                    let Some(conversation) = slot.conversation() else {
+                        return Ok(());
+                    };
+                    match conversation.queue(id, &text) {
+                        Ok(()) => conversation.flush(&mut self.relay, &self.events).await?,
+                        Err(refused) => {
+                            emit(&self.events, ChatEvent::NotDelivered { id, chat: Some(n) }).await;
+                            self.error(match refused {
+                                Refused::TooLong => ClientError::MessageTooLong.to_string(),
+                                Refused::Full => "too many messages are waiting for delivery; \
+                                                  this one was not sent, try again shortly"
+                                    .into(),
+                            })
+                            .await;
                         }
                     }
-                    _ => {
-                        self.error(format!("@{n}: the chat is still being set up; not sent"))
-                            .await
-                    }
-                },
+                }
                 Err(message) => {
                     self.error(format!("{message}; the line was not sent"))
                         .await
@@ -656,66 +713,106 @@ pub async fn run_counsellor(
         topics,
         languages,
     };
-    me.send_status().await?;
-    let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
-    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut signing_out = false;
-    loop {
-        let step: Result<(), ClientError> = tokio::select! {
-            _ = ack_tick.tick() => {
-                let mut result = Ok(());
-                for slot in me.slots.values_mut() {
-                    if let SlotState::Chatting(conversation, _) = &mut slot.state
-                        && let Err(e) = conversation.ack_if_owed(&mut me.relay).await
-                    {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                match result {
-                    Ok(()) => me.end_confirmed().await,
-                    Err(e) => Err(e),
-                }
-            }
-            frame = me.relay.next() => match frame {
-                Ok(Some(frame)) => me.handle_frame(frame).await,
-                Ok(None) => Err(ClientError::Lost("the relay ended the stream".into())),
-                Err(e) => Err(e),
-            },
-            line = input.recv(), if !signing_out => {
-                match line {
-                    // Sign out: every chat ends once what was sent in it is
-                    // confirmed (or after the short wait).
-                    None => {
-                        signing_out = true;
-                        // No new chats from now on.
-                        me.available = false;
-                        me.send_status().await
-                    }
-                    Some(line) => me.handle_line(&line).await,
-                }
-            }
+    let outcome = me.run(&settings, &mut input).await;
+    if let Err(e) = &outcome {
+        // Whatever ended the session ends every chat still open, honestly.
+        let reason = match e {
+            ClientError::Closed(CloseCode::Revoked) => EndedReason::Revoked,
+            e if e.is_final() => EndedReason::SignedOut,
+            _ => EndedReason::EndedWhileAway,
         };
-        if signing_out {
-            // Every chat, one that was paired just before the relay heard
-            // we were leaving too.
-            let open: Vec<u32> = me.slots.keys().copied().collect();
-            for n in open {
-                me.end_when_confirmed(n);
+        me.end_all(reason).await;
+    }
+    outcome
+}
+
+impl Counsellor {
+    async fn run(
+        &mut self,
+        settings: &CounsellorSettings,
+        input: &mut mpsc::Receiver<String>,
+    ) -> Result<(), ClientError> {
+        self.send_status().await?;
+        let mut ack_tick = tokio::time::interval(chat::ACK_INTERVAL);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signing_out = false;
+        let mut quick_exit = settings.quick_exit.clone();
+        loop {
+            let flush_at = self.next_flush();
+            let step: Result<(), ClientError> = tokio::select! {
+                _ = ack_tick.tick() => {
+                    let mut owed = Ok(());
+                    for slot in self.slots.values_mut() {
+                        if let Some(conversation) = slot.conversation()
+                            && let Err(e) = conversation.ack_if_owed()
+                        {
+                            owed = Err(e);
+                        }
+                    }
+                    match owed {
+                        Ok(()) => match self.flush().await {
+                            Ok(()) => self.end_confirmed().await,
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                    self.flush().await
+                }
+                frame = self.relay.next() => match frame {
+                    Ok(Some(frame)) => self.handle_frame(frame).await,
+                    Ok(None) => Err(ClientError::Lost("the relay ended the stream".into())),
+                    Err(e) => Err(e),
+                },
+                line = input.recv(), if !signing_out => {
+                    match line {
+                        // Sign out: every chat ends once what was sent in it is
+                        // confirmed (or after the short wait).
+                        None => {
+                            signing_out = true;
+                            // No new chats from now on.
+                            self.available = false;
+                            self.send_status().await
+                        }
+                        Some(line) => self.handle_line(&line).await,
+                    }
+                }
+                _ = async { quick_exit.as_mut()?.wait_for(|exit| *exit).await.ok().map(|_| ()) }, if quick_exit.is_some() => {
+                    self.relay.quick_exit().await;
+                    self.end_all(EndedReason::YouEnded).await;
+                    return Ok(());
+                }
+            };
+            if signing_out {
+                // Every chat, one that was paired just before the relay heard
+                // we were leaving too.
+                let open: Vec<u32> = self.slots.keys().copied().collect();
+                for n in open {
+                    self.end_when_confirmed(n);
+                }
+                self.end_confirmed().await?;
+                if self.slots.is_empty() {
+                    self.relay.leave().await;
+                    return Ok(());
+                }
             }
-            me.end_confirmed().await?;
-            if me.slots.is_empty() {
-                me.relay.close().await;
-                return Ok(());
+            match (step, settings.reconnect.as_ref()) {
+                (Ok(()), _) => {}
+                (Err(e), _) if e.is_final() => return Err(e),
+                // The relay is restarting: its chats have ended (END
+                // RELAY_SHUTDOWN); sign in again when it is back.
+                (Err(ClientError::Closed(CloseCode::ShuttingDown)), Some(reconnect)) => {
+                    self.end_all(EndedReason::RelayShutdown).await;
+                    self.reconnect(reconnect, ReconnectReason::RelayRestarting)
+                        .await?;
+                }
+                // The connection is gone, whichever step noticed: resume.
+                (Err(_), Some(reconnect)) => {
+                    self.reconnect(reconnect, ReconnectReason::Lost).await?;
+                }
+                (Err(e), None) => return Err(e),
             }
-        }
-        match (step, settings.reconnect.as_ref()) {
-            (Ok(()), _) => {}
-            // The connection is gone, whichever step noticed: resume.
-            (Err(ClientError::Lost(_) | ClientError::Closed(_)), Some(reconnect)) => {
-                me.reconnect(reconnect).await?;
-            }
-            (Err(e), _) => return Err(e),
         }
     }
 }
@@ -737,9 +834,12 @@ mod tests {
             parse("/transfer @1 Noor"),
             Ok(Command::Transfer(
                 Some(1),
-                TransferTarget::Colleague("Noor".into())
+                TransferTarget::Colleague(Label::new("Noor").unwrap())
             ))
         );
+        // A name that cannot be a pseudonym never reaches the wire.
+        assert!(parse("/transfer No\tor").is_err());
+        assert!(parse(&format!("/transfer {}", "é".repeat(33))).is_err());
         assert_eq!(
             parse("/transfer queue"),
             Ok(Command::Transfer(None, TransferTarget::Queue))

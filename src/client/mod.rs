@@ -17,8 +17,8 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 
-use crate::core::CloseCode;
 use crate::core::frame::{Frame, FrameDecoder, FrameError, MAX_FRAME_LEN};
+use crate::core::{CloseCode, EndpointClose};
 use crate::relay::tls::{self, TlsError};
 
 /// Why talking to the relay failed. The texts are what a user sees.
@@ -33,10 +33,25 @@ pub enum ClientError {
     /// TLS material (CA, credential) is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The relay closed the connection with a protocol close code.
-    #[error("relay closed the connection: {0}")]
-    Closed(String),
-    /// The connection broke.
+    /// The relay closed the connection with one of the protocol's close
+    /// codes (PROTOCOL.md §3.3); the text is what a frontend shows.
+    #[error("{}", close_text(*.0))]
+    Closed(CloseCode),
+    /// The relay closed the connection with a code this version does not know.
+    #[error("the relay closed the connection (code {0})")]
+    ClosedUnknown(u64),
+    /// The relay refused this counsellor's sign-in credential during the
+    /// TLS handshake.
+    #[error("the relay refused your sign-in: {0}")]
+    CredentialRefused(&'static str),
+    /// The relay's certificate did not verify: a wrong `--ca`, or not the
+    /// real relay.
+    #[error("the relay's certificate was not accepted ({0}); check --ca and the relay address")]
+    RelayNotTrusted(String),
+    /// The relay speaks no protocol version this client speaks.
+    #[error("the relay does not speak protocol fluister/1; please update Fluister")]
+    NoCommonVersion,
+    /// The connection broke (timeout, reset, network).
     #[error("connection to relay lost: {0}")]
     Lost(String),
     /// The relay sent bytes that are not a valid frame.
@@ -57,9 +72,80 @@ pub enum ClientError {
         crate::core::content::MAX_MESSAGE_BYTES
     )]
     MessageTooLong,
-    /// The end-to-end check of the counsellor failed; nothing was sent.
-    #[error("security check failed, chat aborted before sending anything: {0}")]
+    /// An end-to-end check failed; the chat was aborted.
+    #[error("security check failed, chat aborted: {0}")]
     Security(#[from] crate::crypto::e2e::E2eError),
+}
+
+/// What a frontend shows for a close code (PROTOCOL.md §3.3).
+pub fn close_text(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::NoError => "the relay closed the connection",
+        CloseCode::MalformedFrame
+        | CloseCode::FrameTooLarge
+        | CloseCode::UnexpectedFrame
+        | CloseCode::SlowConsumer => "connection error",
+        CloseCode::UnsupportedVersion => "please update Fluister: the relay speaks a newer version",
+        CloseCode::NotAuthorized => "sign-in refused",
+        CloseCode::Busy => "the helpline is very busy; try again later",
+        CloseCode::Timeout => "connection error (timeout); try again",
+        CloseCode::ShuttingDown => "the service is restarting; try again in a moment",
+        CloseCode::InternalError => "the relay had a problem; try again",
+        CloseCode::ProofOfWorkFailed => "connection error (proof of work); try again",
+        CloseCode::Revoked => "your sign-in was revoked by the helpline",
+    }
+}
+
+impl ClientError {
+    /// Whether trying again cannot help: the relay or the helpline said no,
+    /// or this client cannot talk to it. Such an error ends the client at
+    /// once with its own message.
+    pub fn is_final(&self) -> bool {
+        match self {
+            ClientError::Closed(code) => matches!(
+                code,
+                CloseCode::Revoked
+                    | CloseCode::NotAuthorized
+                    | CloseCode::UnsupportedVersion
+                    | CloseCode::ProofOfWorkFailed
+                    | CloseCode::MalformedFrame
+                    | CloseCode::FrameTooLarge
+                    | CloseCode::UnexpectedFrame
+            ),
+            ClientError::CredentialRefused(_)
+            | ClientError::RelayNotTrusted(_)
+            | ClientError::NoCommonVersion
+            | ClientError::Tls(_)
+            | ClientError::Resolve(_)
+            | ClientError::BadFrame(_)
+            | ClientError::UnexpectedFrame
+            | ClientError::Version(_)
+            | ClientError::Request(_)
+            | ClientError::Security(_) => true,
+            ClientError::ClosedUnknown(_)
+            | ClientError::Unreachable { .. }
+            | ClientError::Lost(_)
+            | ClientError::MessageTooLong => false,
+        }
+    }
+
+    /// A stable snake_case name for `--json` error events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Closed(code) => code.name(),
+            ClientError::ClosedUnknown(_) => "closed",
+            ClientError::CredentialRefused(_) => "credential_refused",
+            ClientError::RelayNotTrusted(_) => "relay_not_trusted",
+            ClientError::NoCommonVersion | ClientError::Version(_) => "unsupported_version",
+            ClientError::Resolve(_) | ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Tls(_) => "tls",
+            ClientError::Lost(_) => "lost",
+            ClientError::BadFrame(_) | ClientError::UnexpectedFrame => "protocol_error",
+            ClientError::Request(_) => "request",
+            ClientError::MessageTooLong => "message_too_long",
+            ClientError::Security(_) => "security_failure",
+        }
+    }
 }
 
 /// What to connect to and how to prove who we are.
@@ -106,33 +192,71 @@ impl std::fmt::Debug for Reconnect {
 }
 
 impl Reconnect {
-    /// Tries to connect until it works or the time is up.
-    pub async fn connect(&self) -> Option<RelayStream> {
+    /// Tries to connect until it works, the time is up, or the relay says
+    /// something that trying again cannot change ([`ClientError::is_final`]).
+    pub async fn connect(&self) -> Result<RelayStream, ClientError> {
         let deadline = tokio::time::Instant::now() + self.give_up_after;
+        let mut last = ClientError::Lost("could not reconnect in time".into());
         while tokio::time::Instant::now() < deadline {
             match connect(self.options.clone()).await {
-                Ok(stream) => return Some(stream),
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.is_final() => return Err(e),
+                Err(e) => last = e,
             }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
-        None
+        Err(last)
     }
+}
+
+/// Pause between two attempts to reach the relay.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long a leaving endpoint waits for the relay's close after it
+/// finished its stream (PROTOCOL.md §7.1).
+pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
+
+/// TLS alerts (RFC 8446 §6) a relay sends when it refuses a client
+/// certificate, and what they mean to a counsellor.
+fn credential_alert(alert: u8) -> Option<&'static str> {
+    Some(match alert {
+        44 => "your credential was revoked by the helpline",
+        45 => "your credential has expired; ask the helpline to renew it",
+        42 | 43 | 46 | 48 | 49 | 116 => {
+            "your credential was not accepted (not issued by this helpline, or damaged)"
+        }
+        _ => return None,
+    })
 }
 
 fn describe_close(reason: &quinn::ConnectionError) -> ClientError {
     match reason {
         quinn::ConnectionError::ApplicationClosed(close) => {
-            let text = CloseCode::from_code(close.error_code.into_inner())
-                .map(|c| c.reason().to_owned())
-                .unwrap_or_else(|| format!("code {}", close.error_code));
-            ClientError::Closed(text)
+            let code = close.error_code.into_inner();
+            CloseCode::from_code(code).map_or(ClientError::ClosedUnknown(code), ClientError::Closed)
         }
-        quinn::ConnectionError::ConnectionClosed(c)
-            if c.error_code == quinn::TransportErrorCode::crypto(120) =>
+        // The relay's TLS stack refused what we presented.
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            let raw = u64::from(c.error_code);
+            if c.error_code == quinn::TransportErrorCode::crypto(120) {
+                ClientError::NoCommonVersion
+            } else if let Some(text) = (0x100..0x200)
+                .contains(&raw)
+                .then(|| credential_alert((raw - 0x100) as u8))
+                .flatten()
+            {
+                ClientError::CredentialRefused(text)
+            } else {
+                ClientError::Lost(c.to_string())
+            }
+        }
+        // Our TLS stack refused the relay's certificate.
+        quinn::ConnectionError::TransportError(e)
+            if (0x100..0x200).contains(&u64::from(e.code)) =>
         {
-            ClientError::Closed(
-                "the relay does not speak protocol fluister/1; please update Fluister".into(),
-            )
+            ClientError::RelayNotTrusted(e.reason.clone())
+        }
+        quinn::ConnectionError::Reset => {
+            ClientError::Lost("the relay restarted and no longer knows this connection".into())
         }
         other => ClientError::Lost(other.to_string()),
     }
@@ -191,10 +315,12 @@ pub async fn connect(options: ConnectOptions) -> Result<RelayStream, ClientError
         .map_err(|e| unreachable(e.to_string()))?;
     let connection = match tokio::time::timeout(options.connect_timeout, connecting).await {
         Err(_) => return Err(unreachable("timed out".into())),
-        Ok(Err(quinn::ConnectionError::TransportError(e))) => {
-            return Err(unreachable(e.to_string()));
+        Ok(Err(e)) => {
+            return Err(match describe_close(&e) {
+                ClientError::Lost(reason) => unreachable(reason),
+                other => other,
+            });
         }
-        Ok(Err(e)) => return Err(describe_close(&e)),
         Ok(Ok(c)) => c,
     };
     open_control_stream(endpoint, connection).await
@@ -218,8 +344,12 @@ pub async fn connect_on(
     }
     .map_err(|e| unreachable(e.to_string()))?;
     let connection = match connecting.await {
-        Err(quinn::ConnectionError::TransportError(e)) => return Err(unreachable(e.to_string())),
-        Err(e) => return Err(describe_close(&e)),
+        Err(e) => {
+            return Err(match describe_close(&e) {
+                ClientError::Lost(reason) => unreachable(reason),
+                other => other,
+            });
+        }
         Ok(c) => c,
     };
     open_control_stream(endpoint.clone(), connection).await
@@ -272,10 +402,8 @@ impl RelayStream {
                 })?;
             let Some(chunk) = chunk else {
                 // The relay finishes the stream just before it closes the
-                // connection; report the close reason if it comes promptly.
-                return match tokio::time::timeout(Duration::from_secs(3), self.connection.closed())
-                    .await
-                {
+                // connection (§3.3): report the close code, not a loss.
+                return match tokio::time::timeout(LEAVE_WAIT, self.connection.closed()).await {
                     Ok(reason) => Err(describe_close(&reason)),
                     Err(_) => Ok(None),
                 };
@@ -291,14 +419,34 @@ impl RelayStream {
         self.pending.push_front(frame);
     }
 
-    /// Finishes the stream and closes the connection cleanly, giving the
-    /// relay a moment to receive what was sent.
-    pub async fn close(mut self) {
+    /// Leaves on purpose and without losing what was sent (PROTOCOL.md
+    /// §7.1): finishes the stream, waits (at most [`LEAVE_WAIT`]) for the
+    /// relay, which acts on everything before the end of the stream and
+    /// then closes, and closes with NO_ERROR ("left") in any case.
+    pub async fn leave(&mut self) {
         let _ = self.send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
-        self.connection
-            .close(CloseCode::NoError.code().into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(LEAVE_WAIT, self.connection.closed()).await;
+        self.close_now(EndpointClose::Left).await;
+    }
+
+    /// Leaves at once (a quick exit): closes with NO_ERROR, which the relay
+    /// takes as "left" even if frames sent just before are lost with it.
+    pub async fn quick_exit(&mut self) {
+        self.close_now(EndpointClose::Left).await;
+    }
+
+    /// Aborts after an end-to-end check failed: END(SECURITY_FAILURE) has
+    /// been sent; the close code says the same should END be lost.
+    pub async fn abort_security(&mut self) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(LEAVE_WAIT, self.connection.closed()).await;
+        self.close_now(EndpointClose::SecurityFailure).await;
+    }
+
+    async fn close_now(&self, how: EndpointClose) {
+        self.connection.close(how.code().into(), b"bye");
+        // Give the endpoint a moment to send the close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     /// The QUIC connection, for tests that inspect close codes.
@@ -311,5 +459,15 @@ impl RelayStream {
     /// changes network.
     pub fn endpoint(&self) -> quinn::Endpoint {
         self.endpoint.clone()
+    }
+}
+
+/// A connection dropped without [`RelayStream::leave`] or a quick exit is
+/// given up for another one: RECONNECTING tells the relay to keep its chats
+/// for a RESUME (PROTOCOL.md §3.3). On a closed connection this does nothing.
+impl Drop for RelayStream {
+    fn drop(&mut self) {
+        self.connection
+            .close(EndpointClose::Reconnecting.code().into(), b"reconnecting");
     }
 }

@@ -5,7 +5,11 @@
 //! fixed-size transport message. Receiving: [`Content::decode`] parses one
 //! chunk and [`Reassembler`] joins chunks until the one marked final.
 //! Unknown content kinds decode as [`Content::Unknown`] and are ignored, so
-//! later versions can add kinds without breaking old clients.
+//! later versions can add kinds without breaking old clients. Content that
+//! breaks the rules (an ACK that is not 9 bytes, reserved TEXT flags, a
+//! chunk that is not UTF-8 on its own, a message over the limit) is a
+//! [`ContentError`]: it came from the authenticated peer, so the receiver
+//! ends the chat as a security failure (PROTOCOL.md §6.4).
 
 use thiserror::Error;
 
@@ -59,6 +63,9 @@ pub enum ContentError {
     /// A message longer than [`MAX_MESSAGE_BYTES`].
     #[error("message longer than {MAX_MESSAGE_BYTES} bytes")]
     TooLong,
+    /// An ACK of sequence numbers the receiver never sent.
+    #[error("acknowledgement of messages that were never sent")]
+    AckBeyondSent,
 }
 
 impl Content {

@@ -60,14 +60,19 @@ pub mod kind {
     pub const PEER_AWAY: u8 = 0x11;
     pub const PEER_BACK: u8 = 0x12;
     pub const JOINED: u8 = 0x13;
+    pub const COLLEAGUE: u8 = 0x14;
+    pub const CHALLENGE: u8 = 0x15;
+    pub const PROOF: u8 = 0x16;
 }
 
 /// Most topics a relay offers and a counsellor serves.
 pub const MAX_TOPICS: usize = 16;
 /// Most languages a relay offers and a counsellor serves.
 pub const MAX_LANGUAGES: usize = 8;
-/// Highest proof-of-work difficulty a WELCOME may ask (bits).
-pub const MAX_POW_DIFFICULTY: u8 = 32;
+/// Highest proof-of-work difficulty a WELCOME or CHALLENGE may ask (bits):
+/// about 2^20 hashes, which a slow phone's browser solves in seconds, not
+/// minutes (PROTOCOL.md §8.1).
+pub const MAX_POW_DIFFICULTY: u8 = 20;
 /// Longest topic label or pseudonym in a frame, in UTF-8 bytes.
 pub const MAX_LABEL_LEN: usize = 64;
 
@@ -292,9 +297,107 @@ impl std::fmt::Debug for Language {
     }
 }
 
-/// Whether `s` may be a topic label or pseudonym in a frame.
+/// Whether `s` may be a topic label or pseudonym (PROTOCOL.md §4.1): 1 to
+/// 64 bytes of UTF-8, no character of General_Category Cc (controls), Cf
+/// (format: zero-width characters, direction overrides), Zl or Zp (line and
+/// paragraph separators), and no White_Space character at either end.
 pub fn valid_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_LABEL_LEN && s.trim() == s && !s.chars().any(char::is_control)
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    let forbidden = |c: char| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    };
+    !s.is_empty()
+        && s.len() <= MAX_LABEL_LEN
+        && !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s.chars().any(forbidden)
+}
+
+/// A topic label or a pseudonym, checked by [`valid_label`]: nothing else
+/// can be put in a label slot, so every label the encoder writes is one the
+/// decoder accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label(String);
+
+/// A string that is not a valid label.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error(
+    "must be 1 to 64 bytes of UTF-8 without control, format or line-separator characters, \
+     and without spaces at either end"
+)]
+pub struct InvalidLabel;
+
+impl Label {
+    pub fn new(s: impl Into<String>) -> Result<Label, InvalidLabel> {
+        let s = s.into();
+        if valid_label(&s) {
+            Ok(Label(s))
+        } else {
+            Err(InvalidLabel)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Label {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+/// Whether a colleague can take a transfer (COLLEAGUE, PROTOCOL.md §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Presence {
+    /// The colleague's last connection is gone.
+    SignedOut,
+    /// Signed in, takes no new chats.
+    Away,
+    /// Available, but at capacity.
+    Full,
+    /// Available with room for another chat.
+    Available,
+}
+
+impl Presence {
+    fn to_byte(self) -> u8 {
+        match self {
+            Presence::SignedOut => 0x00,
+            Presence::Away => 0x01,
+            Presence::Full => 0x02,
+            Presence::Available => 0x03,
+        }
+    }
+    fn from_byte(b: u8) -> Result<Self, FrameError> {
+        match b {
+            0x00 => Ok(Presence::SignedOut),
+            0x01 => Ok(Presence::Away),
+            0x02 => Ok(Presence::Full),
+            0x03 => Ok(Presence::Available),
+            _ => Err(FrameError::BadField("presence")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::SignedOut => "signed_out",
+            Presence::Away => "away",
+            Presence::Full => "full",
+            Presence::Available => "available",
+        }
+    }
 }
 
 /// The relay-assigned pairing id bound into the Noise prologue (PROTOCOL.md §6.1).
@@ -357,7 +460,7 @@ impl std::fmt::Debug for PowChallenge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferTarget {
     /// A named colleague, by pseudonym.
-    Colleague(String),
+    Colleague(Label),
     /// Back to the queue, ahead of newcomers.
     Queue,
 }
@@ -382,11 +485,15 @@ pub enum Frame {
         estimated_wait_secs: Option<u32>,
     },
     /// Relay → both: a chat begins. `resume` is this side's capability to
-    /// take the chat up again on a new connection (PROTOCOL.md §7.4).
+    /// take the chat up again on a new connection (PROTOCOL.md §7.4). The
+    /// counsellor learns the topic and language the young person chose;
+    /// the young person's PAIRED carries neither.
     Paired {
         chat: ChatNumber,
         pairing_id: PairingId,
         resume: ResumeCapability,
+        topic: Option<TopicId>,
+        language: Option<Language>,
     },
     /// Both directions: an end-to-end blob for the peer of `chat`.
     Forward { chat: ChatNumber, blob: Blob },
@@ -395,8 +502,8 @@ pub enum Frame {
     /// Relay → endpoint, after WELCOME: one topic of the service.
     Topic {
         id: TopicId,
-        label_nl: String,
-        label_en: String,
+        label_nl: Label,
+        label_en: Label,
     },
     /// Client → relay, after WELCOME: join the queue, with the solution to
     /// the WELCOME's proof-of-work challenge.
@@ -442,6 +549,13 @@ pub enum Frame {
     /// Relay → client: the JOIN is accepted. `resume` keeps the client's
     /// place in the queue if its connection drops (PROTOCOL.md §7.4).
     Joined { resume: ResumeCapability },
+    /// Relay → counsellor: a colleague signed in, changed status or left.
+    Colleague { name: Label, presence: Presence },
+    /// Relay → waiting client: prove work again to keep the place in a
+    /// crowded queue (PROTOCOL.md §8.1).
+    Challenge { pow: PowChallenge },
+    /// Client → relay: the solution to the last CHALLENGE.
+    Proof { solution: [u8; 8] },
 }
 
 /// A random 32-byte capability to resume one side of a chat. The relay
@@ -494,7 +608,7 @@ fn body_len(kind: u8) -> Option<usize> {
         kind::HELLO => 2,
         kind::WELCOME => 4 + 2 * MAX_LANGUAGES + 1 + 16,
         kind::QUEUED => 8,
-        kind::PAIRED => 4 + 16 + 32,
+        kind::PAIRED => 4 + 16 + 32 + 2 + 2,
         kind::FORWARD => 4 + BLOB_LEN,
         kind::END => 4 + 1,
         kind::TOPIC => 2 + 2 * LABEL_SLOT,
@@ -507,6 +621,9 @@ fn body_len(kind: u8) -> Option<usize> {
         kind::RESUME | kind::JOINED => 32,
         kind::RESUMED | kind::PEER_AWAY | kind::PEER_BACK => 4,
         kind::RESUME_FAILED => 1,
+        kind::COLLEAGUE => 1 + LABEL_SLOT,
+        kind::CHALLENGE => 1 + 16,
+        kind::PROOF => 8,
         _ => return None,
     })
 }
@@ -533,13 +650,16 @@ impl Writer<'_> {
     fn zeros(&mut self, n: usize) {
         self.0.resize(self.0.len() + n, 0);
     }
-    /// Length u8 and the label, zero-padded to [`MAX_LABEL_LEN`]. Labels are
-    /// checked at construction; an over-long one is cut, never overflows.
-    fn label(&mut self, s: &str) {
-        let b = &s.as_bytes()[..s.len().min(MAX_LABEL_LEN)];
+    /// Length u8 and the label, zero-padded to [`MAX_LABEL_LEN`]; a
+    /// [`Label`] always fits.
+    fn label(&mut self, label: &Label) {
+        let b = label.as_str().as_bytes();
         self.u8(b.len() as u8);
         self.bytes(b);
         self.zeros(MAX_LABEL_LEN - b.len());
+    }
+    fn language(&mut self, language: Option<Language>) {
+        self.bytes(&language.map_or([0, 0], |l| l.0));
     }
     fn languages(&mut self, langs: &[Language]) {
         let n = langs.len().min(MAX_LANGUAGES);
@@ -587,22 +707,38 @@ impl Reader<'_> {
             false => Err(FrameError::BadField(field)),
         }
     }
-    fn label(&mut self, field: &'static str) -> Result<String, FrameError> {
+    fn label(&mut self, field: &'static str) -> Result<Label, FrameError> {
         let len = self.u8()? as usize;
         if len > MAX_LABEL_LEN {
             return Err(FrameError::BadField(field));
         }
         let text = std::str::from_utf8(self.take(len)?).map_err(|_| FrameError::BadField(field))?;
-        if !valid_label(text) {
-            return Err(FrameError::BadField(field));
-        }
-        let text = text.to_owned();
+        let label = Label::new(text).map_err(|_| FrameError::BadField(field))?;
         self.zeros(MAX_LABEL_LEN - len, field)?;
-        Ok(text)
+        Ok(label)
     }
     fn language(&mut self) -> Result<Language, FrameError> {
         let b = self.take(2)?;
         Language::new([b[0], b[1]]).ok_or(FrameError::BadField("language"))
+    }
+    /// A language slot that may be `00 00` (none).
+    fn optional_language(&mut self) -> Result<Option<Language>, FrameError> {
+        let b = self.take(2)?;
+        match [b[0], b[1]] {
+            [0, 0] => Ok(None),
+            pair => Ok(Some(
+                Language::new(pair).ok_or(FrameError::BadField("language"))?,
+            )),
+        }
+    }
+    fn pow(&mut self) -> Result<PowChallenge, FrameError> {
+        let difficulty = self.u8()?;
+        if difficulty > MAX_POW_DIFFICULTY {
+            return Err(FrameError::BadField("difficulty"));
+        }
+        let mut nonce = [0u8; 16];
+        nonce.copy_from_slice(self.take(16)?);
+        Ok(PowChallenge { difficulty, nonce })
     }
     /// `count` languages, then zeroed slots up to [`MAX_LANGUAGES`].
     fn languages(&mut self, count: usize) -> Result<Vec<Language>, FrameError> {
@@ -642,6 +778,9 @@ impl Frame {
             Frame::PeerAway { .. } => kind::PEER_AWAY,
             Frame::PeerBack { .. } => kind::PEER_BACK,
             Frame::Joined { .. } => kind::JOINED,
+            Frame::Colleague { .. } => kind::COLLEAGUE,
+            Frame::Challenge { .. } => kind::CHALLENGE,
+            Frame::Proof { .. } => kind::PROOF,
         }
     }
 
@@ -690,10 +829,14 @@ impl Frame {
                 chat,
                 pairing_id,
                 resume,
+                topic,
+                language,
             } => {
                 w.u32(chat.0);
                 w.bytes(&pairing_id.0);
                 w.bytes(&resume.0);
+                w.u16(topic.map_or(0, |t| t.0));
+                w.language(*language);
             }
             Frame::Forward { chat, blob } => {
                 w.u32(chat.0);
@@ -718,7 +861,7 @@ impl Frame {
                 pow_solution,
             } => {
                 w.u16(topic.map_or(0, |t| t.0));
-                w.bytes(&language.map_or([0, 0], |l| l.0));
+                w.language(*language);
                 w.bytes(pow_solution);
             }
             Frame::Unavailable { reason, next_open } => {
@@ -776,6 +919,15 @@ impl Frame {
             }
             // One reason for every failure, so a probe learns nothing.
             Frame::ResumeFailed => w.u8(0),
+            Frame::Colleague { name, presence } => {
+                w.u8(presence.to_byte());
+                w.label(name);
+            }
+            Frame::Challenge { pow } => {
+                w.u8(pow.difficulty);
+                w.bytes(&pow.nonce);
+            }
+            Frame::Proof { solution } => w.bytes(solution),
         }
         debug_assert_eq!(out.len() - start, self.encoded_len());
     }
@@ -813,18 +965,12 @@ impl Frame {
                 }
                 let count = r.u8()? as usize;
                 let languages = r.languages(count)?;
-                let difficulty = r.u8()?;
-                if difficulty > MAX_POW_DIFFICULTY {
-                    return Err(FrameError::BadField("difficulty"));
-                }
-                let mut nonce = [0u8; 16];
-                nonce.copy_from_slice(r.take(16)?);
                 Frame::Welcome {
                     version,
                     role,
                     topics,
                     languages,
-                    pow: PowChallenge { difficulty, nonce },
+                    pow: r.pow()?,
                 }
             }
             kind::QUEUED => {
@@ -848,6 +994,8 @@ impl Frame {
                     chat,
                     pairing_id: PairingId(id),
                     resume: ResumeCapability(resume),
+                    topic: r.topic()?,
+                    language: r.optional_language()?,
                 }
             }
             kind::FORWARD => Frame::Forward {
@@ -865,11 +1013,7 @@ impl Frame {
             },
             kind::JOIN => {
                 let topic = r.topic()?;
-                let lang = r.take(2)?;
-                let language = match [lang[0], lang[1]] {
-                    [0, 0] => None,
-                    pair => Some(Language::new(pair).ok_or(FrameError::BadField("language"))?),
-                };
+                let language = r.optional_language()?;
                 let mut pow_solution = [0u8; 8];
                 pow_solution.copy_from_slice(r.take(8)?);
                 Frame::Join {
@@ -957,6 +1101,16 @@ impl Frame {
                 0 => Frame::ResumeFailed,
                 _ => return Err(FrameError::BadField("reason")),
             },
+            kind::COLLEAGUE => Frame::Colleague {
+                presence: Presence::from_byte(r.u8()?)?,
+                name: r.label("name")?,
+            },
+            kind::CHALLENGE => Frame::Challenge { pow: r.pow()? },
+            kind::PROOF => {
+                let mut solution = [0u8; 8];
+                solution.copy_from_slice(r.take(8)?);
+                Frame::Proof { solution }
+            }
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(frame)
@@ -1033,6 +1187,7 @@ mod tests {
             Just(EndReason::PeerDisconnected),
             Just(EndReason::RelayShutdown),
             Just(EndReason::Transferred),
+            Just(EndReason::CounsellorRevoked),
         ]
     }
     fn arb_chat() -> impl Strategy<Value = ChatNumber> {
@@ -1044,8 +1199,9 @@ mod tests {
     fn arb_language() -> impl Strategy<Value = Language> {
         (b'a'..=b'z', b'a'..=b'z').prop_map(|(a, b)| Language::new([a, b]).unwrap())
     }
-    fn arb_label() -> impl Strategy<Value = String> {
-        "[A-Za-z0-9][A-Za-z0-9 ()éë.-]{0,40}[A-Za-z0-9)]".prop_filter("valid", |s| valid_label(s))
+    fn arb_label() -> impl Strategy<Value = Label> {
+        "[A-Za-z0-9][A-Za-z0-9 ()éë.-]{0,40}[A-Za-z0-9)]"
+            .prop_filter_map("valid", |s| Label::new(s).ok())
     }
     fn arb_languages() -> impl Strategy<Value = Vec<Language>> {
         proptest::collection::vec(arb_language(), 0..=MAX_LANGUAGES)
@@ -1078,13 +1234,36 @@ mod tests {
                     }
                 }
             ),
-            (arb_chat(), any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(|(chat, id, cap)| {
-                Frame::Paired {
+            (
+                arb_chat(),
+                any::<[u8; 16]>(),
+                any::<[u8; 32]>(),
+                proptest::option::of(arb_topic()),
+                proptest::option::of(arb_language())
+            )
+                .prop_map(|(chat, id, cap, topic, language)| Frame::Paired {
                     chat,
                     pairing_id: PairingId(id),
                     resume: ResumeCapability(cap),
+                    topic,
+                    language,
+                }),
+            (
+                arb_label(),
+                prop_oneof![
+                    Just(Presence::SignedOut),
+                    Just(Presence::Away),
+                    Just(Presence::Full),
+                    Just(Presence::Available)
+                ]
+            )
+                .prop_map(|(name, presence)| Frame::Colleague { name, presence }),
+            (0..=MAX_POW_DIFFICULTY, any::<[u8; 16]>()).prop_map(|(difficulty, nonce)| {
+                Frame::Challenge {
+                    pow: PowChallenge { difficulty, nonce },
                 }
             }),
+            any::<[u8; 8]>().prop_map(|solution| Frame::Proof { solution }),
             any::<[u8; 32]>().prop_map(|c| Frame::Resume {
                 capability: ResumeCapability(c)
             }),
@@ -1158,7 +1337,8 @@ mod tests {
                 prop_oneof![
                     Just(Refusal::UnknownColleague),
                     Just(Refusal::ColleagueAway),
-                    Just(Refusal::ColleagueFull)
+                    Just(Refusal::ColleagueFull),
+                    Just(Refusal::ClientAway)
                 ]
             )
                 .prop_map(|(chat, reason)| Frame::TransferRefused { chat, reason }),
@@ -1235,9 +1415,25 @@ mod tests {
                     chat,
                     pairing_id: PairingId([0; 16]),
                     resume: ResumeCapability([0; 32]),
+                    topic: None,
+                    language: None,
                 },
-                55,
+                59,
             ),
+            (
+                Frame::Colleague {
+                    name: Label::new("Noor").unwrap(),
+                    presence: Presence::Available,
+                },
+                69,
+            ),
+            (
+                Frame::Challenge {
+                    pow: PowChallenge::NONE,
+                },
+                20,
+            ),
+            (Frame::Proof { solution: [0; 8] }, 11),
             (
                 Frame::Resume {
                     capability: ResumeCapability([0; 32]),
@@ -1271,8 +1467,8 @@ mod tests {
             (
                 Frame::Topic {
                     id: topic,
-                    label_nl: "a".into(),
-                    label_en: "b".into(),
+                    label_nl: Label::new("a").unwrap(),
+                    label_en: Label::new("b").unwrap(),
                 },
                 135,
             ),
@@ -1370,8 +1566,8 @@ mod tests {
         assert_eq!(Frame::decode(&bad), Err(FrameError::BadField("topics")));
         let mut topic = Frame::Topic {
             id: TopicId::new(1).unwrap(),
-            label_nl: "a".into(),
-            label_en: "b".into(),
+            label_nl: Label::new("a").unwrap(),
+            label_en: Label::new("b").unwrap(),
         }
         .encode();
         topic[6] = b'\n';
@@ -1388,5 +1584,43 @@ mod tests {
             Frame::decode(&[kind::END, 0, 5, 0, 0, 0, 1, 0x55]),
             Err(FrameError::BadField("reason"))
         );
+        let mut welcome = Frame::Welcome {
+            version: 1,
+            role: Role::Client,
+            topics: 0,
+            languages: vec![],
+            pow: PowChallenge::NONE,
+        }
+        .encode();
+        welcome[3 + 4 + 16] = MAX_POW_DIFFICULTY + 1;
+        assert_eq!(
+            Frame::decode(&welcome),
+            Err(FrameError::BadField("difficulty"))
+        );
+    }
+
+    #[test]
+    fn labels_follow_the_unicode_rules() {
+        for good in ["Sam", "Noor el Amrani", "é", "秘密", "a b", &"x".repeat(64)] {
+            assert!(Label::new(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            " Sam",
+            "Sam ",
+            "Sam\u{a0}",   // no-break space: White_Space at the end
+            "\u{3000}Sam", // ideographic space at the start
+            "Sa\tm",       // Cc
+            "Sa\u{7f}m",   // Cc (DEL)
+            "\u{200b}",    // zero-width space: Cf
+            "Sa\u{202e}m", // right-to-left override: Cf
+            "Sa\u{2066}m", // isolate: Cf
+            "Sa\u{feff}m", // byte order mark: Cf
+            "Sa\u{2028}m", // line separator: Zl
+            "Sa\u{2029}m", // paragraph separator: Zp
+            &"x".repeat(65),
+        ] {
+            assert!(Label::new(bad).is_err(), "{bad:?}");
+        }
     }
 }

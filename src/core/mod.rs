@@ -36,8 +36,11 @@ impl Now {
     }
 }
 
-/// QUIC application close codes (PROTOCOL.md §3.3). A peer gets one of these,
-/// never our internal error text.
+/// QUIC application close codes the relay sends (PROTOCOL.md §3.3). A peer
+/// gets one of these, never our internal error text. 0x09 and 0x0c are
+/// reserved: earlier drafts used them for a second stream (QUIC's stream
+/// limits stop that first) and for rate limits (the relay now slows a fast
+/// sender with flow control instead of closing it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum CloseCode {
@@ -51,56 +54,53 @@ pub enum CloseCode {
     UnexpectedFrame = 0x03,
     /// HELLO named a protocol version this relay does not speak: "please update".
     UnsupportedVersion = 0x04,
-    /// The counsellor role was requested without a valid relay credential.
+    /// The counsellor role was requested without a valid relay credential,
+    /// or a counsellor credential asked for the anonymous role.
     NotAuthorized = 0x05,
-    /// The relay is full (queue or connections); try again later.
+    /// The relay has no room for another connection; try again later.
     Busy = 0x06,
-    /// No HELLO arrived within the hello timeout.
-    HelloTimeout = 0x07,
+    /// The peer did not take its next step in time: control stream, HELLO,
+    /// JOIN, PROOF or handshake message 1 (PROTOCOL.md §8).
+    Timeout = 0x07,
     /// The relay is shutting down.
     ShuttingDown = 0x08,
-    /// The peer opened a stream other than the one control stream.
-    UnexpectedStream = 0x09,
     /// The peer did not read; the relay's buffer for it overflowed.
     SlowConsumer = 0x0a,
     /// Something failed inside the relay; not the peer's fault.
     InternalError = 0x0b,
-    /// The peer sent more frames or bytes per second than allowed.
-    RateLimited = 0x0c,
-    /// JOIN carried a wrong proof-of-work solution.
+    /// JOIN or PROOF carried a wrong proof-of-work solution.
     ProofOfWorkFailed = 0x0d,
     /// The counsellor's relay credential was revoked by the organisation.
     Revoked = 0x0e,
 }
 
 impl CloseCode {
+    /// Every code, for tests and metrics.
+    pub const ALL: [CloseCode; 13] = [
+        CloseCode::NoError,
+        CloseCode::MalformedFrame,
+        CloseCode::FrameTooLarge,
+        CloseCode::UnexpectedFrame,
+        CloseCode::UnsupportedVersion,
+        CloseCode::NotAuthorized,
+        CloseCode::Busy,
+        CloseCode::Timeout,
+        CloseCode::ShuttingDown,
+        CloseCode::SlowConsumer,
+        CloseCode::InternalError,
+        CloseCode::ProofOfWorkFailed,
+        CloseCode::Revoked,
+    ];
+
     pub fn code(self) -> u32 {
         self as u32
     }
 
     pub fn from_code(code: u64) -> Option<CloseCode> {
-        use CloseCode::*;
-        Some(match code {
-            0x00 => NoError,
-            0x01 => MalformedFrame,
-            0x02 => FrameTooLarge,
-            0x03 => UnexpectedFrame,
-            0x04 => UnsupportedVersion,
-            0x05 => NotAuthorized,
-            0x06 => Busy,
-            0x07 => HelloTimeout,
-            0x08 => ShuttingDown,
-            0x09 => UnexpectedStream,
-            0x0a => SlowConsumer,
-            0x0b => InternalError,
-            0x0c => RateLimited,
-            0x0d => ProofOfWorkFailed,
-            0x0e => Revoked,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|c| u64::from(c.code()) == code)
     }
 
-    /// A stable snake_case name, for metrics labels.
+    /// A stable snake_case name, for metrics labels and `--json` output.
     pub fn name(self) -> &'static str {
         use CloseCode::*;
         match self {
@@ -111,12 +111,10 @@ impl CloseCode {
             UnsupportedVersion => "unsupported_version",
             NotAuthorized => "not_authorized",
             Busy => "busy",
-            HelloTimeout => "hello_timeout",
+            Timeout => "timeout",
             ShuttingDown => "shutting_down",
-            UnexpectedStream => "unexpected_stream",
             SlowConsumer => "slow_consumer",
             InternalError => "internal_error",
-            RateLimited => "rate_limited",
             ProofOfWorkFailed => "proof_of_work_failed",
             Revoked => "revoked",
         }
@@ -133,14 +131,59 @@ impl CloseCode {
             UnsupportedVersion => "unsupported protocol version, please update",
             NotAuthorized => "not authorized",
             Busy => "relay busy, try again later",
-            HelloTimeout => "hello timeout",
+            Timeout => "timeout",
             ShuttingDown => "relay shutting down",
-            UnexpectedStream => "unexpected stream",
             SlowConsumer => "peer too slow",
             InternalError => "internal error",
-            RateLimited => "too many frames, slow down",
             ProofOfWorkFailed => "proof of work failed",
             Revoked => "your sign-in was revoked by the helpline",
+        }
+    }
+}
+
+/// QUIC application close codes an endpoint sends (PROTOCOL.md §3.3). They
+/// tell the relay whether the endpoint left on purpose or will be back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum EndpointClose {
+    /// The person left: their chats end with USER_ENDED, a waiting client
+    /// leaves the queue for good.
+    Left = 0x00,
+    /// Left after an end-to-end check failed: chats end with SECURITY_FAILURE.
+    SecurityFailure = 0x10,
+    /// This connection is given up, another one will resume (§7.4).
+    Reconnecting = 0x11,
+}
+
+impl EndpointClose {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+}
+
+/// How a connection ended, as the relay tells it from the way it closed
+/// (PROTOCOL.md §3.3, §7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The endpoint left on purpose (an application close, or the end of
+    /// its stream): its chats end at once with this reason, a waiting
+    /// client's place and ticket are gone.
+    Left(frame::EndReason),
+    /// The connection was lost (timeout, reset, or RECONNECTING): its chats
+    /// and a waiting client's place wait `resume_window` for a RESUME.
+    Lost,
+}
+
+impl Departure {
+    /// The departure an endpoint's application close code means. Codes
+    /// other than those of [`EndpointClose`] mean it gave up for an error
+    /// of its own: it left, and its chats end as PEER_DISCONNECTED.
+    pub fn from_application_close(code: u64) -> Departure {
+        match code {
+            0x00 => Departure::Left(frame::EndReason::UserEnded),
+            0x10 => Departure::Left(frame::EndReason::SecurityFailure),
+            0x11 => Departure::Lost,
+            _ => Departure::Left(frame::EndReason::PeerDisconnected),
         }
     }
 }

@@ -35,7 +35,7 @@ impl std::fmt::Debug for ConnId {
 pub struct QueueFull;
 
 /// What a waiting client asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub topic: Option<TopicId>,
     pub language: Option<Language>,
@@ -97,6 +97,10 @@ pub trait PairingBackend {
     fn next_pair(&mut self, now: Instant, topic_fallback: Duration) -> Option<(ConnId, ConnId)>;
     /// Waiting clients in queue order, first = position 1.
     fn waiting(&self) -> Vec<(ConnId, Request)>;
+    /// Whether a signed-in, available counsellor speaks the request's
+    /// language (its topic can always fall back): if not, nobody can give
+    /// the client an estimate of its wait.
+    fn could_serve(&self, request: &Request) -> bool;
 }
 
 /// One relay's in-memory queue.
@@ -195,6 +199,12 @@ impl PairingBackend for LocalQueue {
 
     fn waiting(&self) -> Vec<(ConnId, Request)> {
         self.clients.clone()
+    }
+
+    fn could_serve(&self, request: &Request) -> bool {
+        self.counsellors
+            .iter()
+            .any(|(_, o, _)| o.available && o.speaks(request.language))
     }
 }
 

@@ -34,17 +34,57 @@ impl TokenBucket {
         }
     }
 
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
     /// Takes `n` tokens if there are enough; false (and nothing taken) if not.
     pub fn take(&mut self, now: Instant, n: f64) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refill(now);
         if self.tokens >= n {
             self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// The earliest instant at which `n` tokens will be there.
+    pub fn ready_at(&mut self, now: Instant, n: f64) -> Instant {
+        self.refill(now);
+        if self.tokens >= n || self.rate <= 0.0 {
+            return now;
+        }
+        now + Duration::from_secs_f64((n - self.tokens) / self.rate)
+    }
+}
+
+/// How long a proof-of-work challenge of `difficulty` bits stays valid
+/// (PROTOCOL.md §8.1): 10 s for the network, plus six times the expected
+/// solving time on the reference slow device ([`SLOW_DEVICE_HASHES_PER_SEC`]),
+/// so that fewer than 1 in 400 of the slowest phones run out of time, while
+/// a cheap challenge cannot be banked for later.
+pub fn challenge_lifetime(difficulty: u8) -> Duration {
+    let hashes = 2f64.powi(i32::from(difficulty.min(super::frame::MAX_POW_DIFFICULTY)));
+    Duration::from_secs(10) + Duration::from_secs_f64(6.0 * hashes / SLOW_DEVICE_HASHES_PER_SEC)
+}
+
+/// Hashes per second of the reference solver in a slow phone's browser:
+/// a fifth of what headless Chromium reaches on the project's 2-core
+/// machines (about 0.6 million; PROTOCOL.md §8.1).
+pub const SLOW_DEVICE_HASHES_PER_SEC: f64 = 100_000.0;
+
+/// An opaque tag for a connection's source (its address or address block)
+/// under the keyed limiter's current key; it cannot be turned back into an
+/// address and means nothing after the key is replaced.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceTag(pub [u8; 16]);
+
+impl std::fmt::Debug for SourceTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceTag(..)")
     }
 }
 
@@ -86,9 +126,11 @@ pub fn pow_solve(challenge: &[u8; 16], difficulty: u8) -> [u8; 8] {
     }
 }
 
-/// The proof-of-work difficulty, driven by the rate of anonymous arrivals:
-/// each window with more arrivals than the target raises it by one bit, each
-/// window with fewer than half the target lowers it by one, within bounds.
+/// The load part of the proof-of-work difficulty, driven by the rate of
+/// solved JOINs (arrivals the sender paid for, so that nobody can raise the
+/// price for everyone for free): each window with more arrivals than the
+/// target raises it by one bit, each window with fewer than half the target
+/// lowers it by one, within bounds.
 #[derive(Debug, Clone)]
 pub struct Pow {
     min: u8,
@@ -197,16 +239,17 @@ impl KeyedLimiter {
         }
     }
 
-    /// Counts one attempt from `source`; false if it is over the limit.
-    pub fn allow(
+    /// Counts one attempt from `source`; its tag for this epoch, and false
+    /// if it is over the limit.
+    pub fn check(
         &mut self,
         source: &[u8],
         now: Instant,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> bool {
+    ) -> (SourceTag, bool) {
         self.rotate_if_due(now, rng);
         let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref()) else {
-            return false;
+            return (SourceTag([0; 16]), false);
         };
         mac.update(source);
         let digest = mac.finalize().into_bytes();
@@ -214,7 +257,17 @@ impl KeyedLimiter {
         id.copy_from_slice(&digest[..16]);
         let n = self.counts.entry(id).or_insert(0);
         *n = n.saturating_add(1);
-        *n <= self.limit
+        (SourceTag(id), *n <= self.limit)
+    }
+
+    /// As [`KeyedLimiter::check`], the verdict alone.
+    pub fn allow(
+        &mut self,
+        source: &[u8],
+        now: Instant,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> bool {
+        self.check(source, now, rng).1
     }
 
     /// Sources tracked in the current epoch (for tests and metrics).

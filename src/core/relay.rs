@@ -3,40 +3,55 @@
 //!
 //! Inputs: [`Relay::handle_connect`] when a QUIC connection with its control
 //! stream is up, [`Relay::handle_data`] with bytes read from that stream,
-//! [`Relay::handle_disconnect`] when it is gone, [`Relay::handle_timeout`]
-//! when [`Relay::poll_timeout`]'s instant has passed, and
-//! [`Relay::handle_shutdown`]. Outputs: [`Relay::poll_output`] yields bytes to
-//! write to a connection and connections to close.
+//! [`Relay::handle_finish`] when the peer finished its stream,
+//! [`Relay::handle_disconnect`] when the connection is gone (and how: left
+//! or lost), [`Relay::handle_timeout`] when [`Relay::poll_timeout`]'s instant
+//! has passed, and [`Relay::handle_shutdown`]. Outputs:
+//! [`Relay::poll_output`] yields bytes to write to a connection,
+//! connections to close, and paused connections that may be read again.
+//!
+//! Bytes are decoded into a small per-connection backlog and acted on at
+//! the rate the connection's budgets allow: FORWARD frames against a budget
+//! per chat, everything else against one per connection. A frame over
+//! budget waits; [`Relay::handle_data`] then tells the shell to stop reading
+//! ([`Flow::Pause`]) until [`Output::Unblock`], so QUIC flow control holds a
+//! fast sender back instead of the relay cutting it off (§8.1).
 //!
 //! A client says HELLO, learns the topics and languages (WELCOME, TOPIC),
-//! and JOINs the queue unless the service is closed or full. While it waits
-//! it hears its position and estimated wait (QUEUED) whenever they change
-//! and at least every 30 s. Counsellors say what they take (STATUS). The
-//! [`PairingBackend`] chooses pairs; the core announces them (PAIRED),
-//! forwards FORWARD blobs without interpreting them, and carries out END,
-//! block and TRANSFER. A client whose connection drops keeps its place in
-//! the queue, and a side whose connection drops keeps its chat, for the
-//! resume window: the capability it holds (JOINED, PAIRED) brings it back on
-//! a new connection (RESUME). A bad frame closes only the connection that sent it;
-//! its chat partners are told with END and carry on. When a chat ends every
-//! trace of it is dropped; the wait estimate is one running average.
+//! and JOINs the queue with a proof of work unless the service is closed or
+//! full. While it waits it hears its position and estimated wait (QUEUED),
+//! and in a crowded queue it proves work again from time to time
+//! (CHALLENGE, PROOF). Counsellors say what they take (STATUS) and hear of
+//! their colleagues (COLLEAGUE). The [`PairingBackend`] chooses pairs; the
+//! core announces them (PAIRED), forwards FORWARD blobs without
+//! interpreting them, and carries out END, block and TRANSFER. Every state
+//! an anonymous connection can be in has a deadline, and a pairing whose
+//! young person never starts the handshake is undone.
+//!
+//! A connection that ends on purpose (an application close, or the end of
+//! its stream) has left: its chats end at once. One that is lost keeps its
+//! chats, and a waiting client its place, for the resume window: the
+//! capability it holds (JOINED, PAIRED) brings it back on a new connection
+//! (RESUME). A bad frame closes only the connection that sent it; its chat
+//! partners are told with END and carry on. When a chat ends every trace of
+//! it is dropped; the wait estimate is one running average.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand_core::{CryptoRng, RngCore};
 
 use super::frame::{
-    ChatNumber, EndReason, Frame, FrameDecoder, Language, MAX_LANGUAGES, MAX_TOPICS,
-    PROTOCOL_VERSION, PairingId, PowChallenge, Refusal, ResumeCapability, Role, TopicId,
+    Blob, ChatNumber, EndReason, Frame, FrameDecoder, Label, Language, MAX_LANGUAGES, MAX_TOPICS,
+    PROTOCOL_VERSION, PairingId, PowChallenge, Presence, Refusal, ResumeCapability, Role, TopicId,
     TransferTarget, Unavailable,
 };
 use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
 use super::pairing::{LocalQueue, Offer, PairingBackend, Request};
-use super::ratelimit::{Pow, TokenBucket, pow_valid};
+use super::ratelimit::{Pow, SourceTag, TokenBucket, challenge_lifetime, pow_valid};
 use super::stats::{Gauges, Stats};
-use super::{CloseCode, Now};
+use super::{CloseCode, Departure, Now};
 use sha2::{Digest, Sha256};
 
 /// An RNG fit for pairing ids: cryptographically strong, owned by the core.
@@ -74,12 +89,26 @@ pub enum Output {
         code: CloseCode,
         flush: bool,
     },
+    /// A connection whose reading was paused may be read again.
+    Unblock { conn: ConnId },
+}
+
+/// Whether the shell may go on reading a connection after
+/// [`Relay::handle_data`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read on.
+    Read,
+    /// Stop reading until [`Output::Unblock`]: the connection is over its
+    /// budget and the frames already read wait their turn.
+    Pause,
 }
 
 /// The relay refused a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
-    /// `max_connections` are already open, or the relay is shutting down.
+    /// `max_connections` or `max_anonymous_connections` are reached and no
+    /// idle connection could make room, or the relay is shutting down.
     #[error("too many connections")]
     TooManyConnections,
 }
@@ -103,21 +132,33 @@ enum Peer {
     Away(CapHash),
 }
 
-/// One side of a live chat: where its frames go, and the hash of this
-/// side's own resume capability.
+/// A client's side of a chat before it was heard from in the chat: what a
+/// client whose PAIRED was lost with its connection needs to get the chat
+/// (its ticket, the pairing id) or its place back (its request).
 #[derive(Debug, Clone, Copy)]
+struct Unconfirmed {
+    ticket: CapHash,
+    pairing_id: PairingId,
+    request: Request,
+    source: Option<SourceTag>,
+}
+
+/// One side of a live chat: where its frames go, the hash of this side's
+/// own resume capability, and its budget of FORWARD frames.
+#[derive(Debug, Clone)]
 struct Link {
     peer: Peer,
     mine: CapHash,
-    /// A client's side until it is heard from in the chat: its queue
-    /// ticket and the pairing id, so that a client whose PAIRED was lost
-    /// with its connection can still be given the chat.
-    unconfirmed: Option<(CapHash, PairingId)>,
+    unconfirmed: Option<Unconfirmed>,
+    forward: TokenBucket,
+    /// A client's side until its handshake message 1: when the pairing is
+    /// undone if that message has not come.
+    handshake_due: Option<Instant>,
 }
 
 impl Link {
     fn paired_by_ticket(&self, ticket: CapHash) -> bool {
-        self.unconfirmed.is_some_and(|(t, _)| t == ticket)
+        self.unconfirmed.is_some_and(|u| u.ticket == ticket)
     }
 }
 
@@ -129,19 +170,32 @@ struct Detached {
     peer: Peer,
     deadline: Instant,
     /// Frames from the other side, held until this side is back.
-    held: VecDeque<super::frame::Blob>,
-    unconfirmed: Option<(CapHash, PairingId)>,
+    held: VecDeque<Blob>,
+    unconfirmed: Option<Unconfirmed>,
+    handshake_due: Option<Instant>,
 }
 
 /// A waiting client whose connection dropped: its place, kept until `until`.
 struct AwayFromQueue {
-    request: Request,
     waiting: Waiting,
     until: Instant,
+    source: Option<SourceTag>,
 }
 
-#[derive(Debug)]
+/// The periodic proof of work a waiting client owes in a crowded queue.
+#[derive(Debug, Clone, Copy)]
+struct Rent {
+    /// When the next CHALLENGE may be due; `None`: this client pays none
+    /// (transferred back to the queue, or rent is off).
+    next_at: Option<Instant>,
+    /// A CHALLENGE sent and not yet answered, and its deadline.
+    owed: Option<(PowChallenge, Instant)>,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Waiting {
+    /// What it asked for, and its turn: its place in the queue.
+    request: Request,
     /// When the client joined the queue.
     since: Instant,
     /// Wait over at this instant: the client is let go.
@@ -151,18 +205,20 @@ struct Waiting {
     /// When the client must next hear from the relay.
     next_update: Instant,
     last_sent: Option<(u32, Option<u32>)>,
+    rent: Rent,
 }
 
 #[derive(Debug)]
 enum ClientStage {
-    /// WELCOME sent with this challenge; JOIN expected.
-    Welcomed(PowChallenge),
+    /// WELCOME sent with this challenge; JOIN expected by `deadline`.
+    Welcomed {
+        challenge: PowChallenge,
+        deadline: Instant,
+    },
     /// In the queue.
     Waiting(Waiting),
     /// In a chat (or between the two halves of a transfer).
     InChat,
-    /// The chat is over; only late frames for it may still arrive.
-    Done,
 }
 
 #[derive(Debug)]
@@ -181,16 +237,36 @@ enum State {
     Counsellor(CounsellorState),
 }
 
+/// Something read from a connection and not yet acted on.
+enum Pending {
+    Frame(Frame),
+    /// The bytes after the frames before it were not a valid frame.
+    Invalid(CloseCode),
+    /// The peer finished its stream: it leaves.
+    Finished,
+}
+
 struct Conn {
     credential: Credential,
+    /// The source tag the shell gave, when it tags sources.
+    source: Option<SourceTag>,
+    connected_at: Instant,
     decoder: FrameDecoder,
-    frames: TokenBucket,
-    bytes: TokenBucket,
+    /// Budget for frames other than FORWARD.
+    control: TokenBucket,
+    /// Decoded frames waiting for budget, in order.
+    backlog: VecDeque<Pending>,
+    /// When the frame at the front of the backlog has budget.
+    blocked_until: Option<Instant>,
+    /// The shell was told to stop reading.
+    paused: bool,
     state: State,
     /// Live chats of this connection by its own chat number.
     links: BTreeMap<ChatNumber, Link>,
     /// A client's queue ticket (the hash of what JOINED gave it).
     ticket: Option<CapHash>,
+    /// The topic and language a client chose in JOIN.
+    choice: (Option<TopicId>, Option<Language>),
     /// Chat numbers below this were issued; those not in `links` have ended.
     next_chat: u32,
 }
@@ -198,6 +274,21 @@ struct Conn {
 impl Conn {
     fn is_ended_chat(&self, chat: ChatNumber) -> bool {
         chat.get() < self.next_chat && !self.links.contains_key(&chat)
+    }
+
+    fn is_unjoined_client(&self) -> bool {
+        self.credential == Credential::Anonymous
+            && matches!(
+                self.state,
+                State::AwaitingHello { .. } | State::Client(ClientStage::Welcomed { .. })
+            )
+    }
+
+    fn pseudonym(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Counsellor { pseudonym } => Some(pseudonym),
+            Credential::Anonymous => None,
+        }
     }
 }
 
@@ -224,9 +315,11 @@ impl WaitEstimate {
         self.last_pairing = Some(now);
     }
 
+    /// At least a second per place ahead: an estimate of 0 would promise
+    /// what nobody can keep.
     fn for_position(&self, position: u32) -> Option<u32> {
         let secs = self.average_gap_secs? * f64::from(position);
-        Some(secs.round().min(f64::from(u32::MAX - 1)) as u32)
+        Some(secs.round().clamp(1.0, f64::from(u32::MAX - 1)) as u32)
     }
 }
 
@@ -238,6 +331,8 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     pairing: P,
     conns: HashMap<ConnId, Conn>,
     next_conn: u64,
+    /// Anonymous connections open now.
+    anonymous: usize,
     out: VecDeque<Output>,
     estimate: WaitEstimate,
     admissions: TokenBucket,
@@ -248,6 +343,10 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     away_from_queue: HashMap<CapHash, AwayFromQueue>,
     /// The next [`Request::turn`].
     turns: u64,
+    /// Signed-in counsellor connections by pseudonym, and what their
+    /// colleagues were last told about each pseudonym.
+    by_name: HashMap<String, BTreeSet<ConnId>>,
+    presence: BTreeMap<String, Presence>,
     stats: Stats,
     shutting_down: bool,
 }
@@ -282,11 +381,14 @@ impl<P: PairingBackend> Relay<P> {
             pairing,
             conns: HashMap::new(),
             next_conn: 1,
+            anonymous: 0,
             out: VecDeque::new(),
             estimate: WaitEstimate::default(),
             detached: HashMap::new(),
             away_from_queue: HashMap::new(),
             turns: 0,
+            by_name: HashMap::new(),
+            presence: BTreeMap::new(),
             stats: Stats::default(),
             shutting_down: false,
         }
@@ -299,82 +401,164 @@ impl<P: PairingBackend> Relay<P> {
         now: Now,
         credential: Credential,
     ) -> Result<ConnId, ConnectError> {
-        if self.shutting_down || self.conns.len() >= self.limits.max_connections {
+        self.handle_connect_from(now, credential, None)
+    }
+
+    /// As [`Relay::handle_connect`], with the tag of the connection's source
+    /// when the shell tags sources (PROTOCOL.md §8.1, per-address limits).
+    /// At the anonymous cap the oldest anonymous connection that has not
+    /// joined the queue makes room, so that connections which never join
+    /// cannot keep out those that will.
+    pub fn handle_connect_from(
+        &mut self,
+        now: Now,
+        credential: Credential,
+        source: Option<SourceTag>,
+    ) -> Result<ConnId, ConnectError> {
+        if self.shutting_down {
             return Err(ConnectError::TooManyConnections);
         }
-        if credential == Credential::Anonymous
-            && self
+        let anonymous = credential == Credential::Anonymous;
+        if anonymous && self.anonymous >= self.limits.max_anonymous_connections {
+            let oldest = self
                 .conns
-                .values()
-                .filter(|c| c.credential == Credential::Anonymous)
-                .count()
-                >= self.limits.max_anonymous_connections
-        {
+                .iter()
+                .filter(|(_, c)| {
+                    c.is_unjoined_client()
+                        && now.mono.saturating_duration_since(c.connected_at)
+                            >= Limits::EVICT_MIN_AGE
+                })
+                .min_by_key(|(id, c)| (c.connected_at, **id))
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(id) => self.close(id, CloseCode::Busy, true),
+                None => return Err(ConnectError::TooManyConnections),
+            }
+        }
+        if self.conns.len() >= self.limits.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
+        if anonymous {
+            self.anonymous += 1;
+        }
         self.conns.insert(
             id,
             Conn {
                 credential,
+                source,
+                connected_at: now.mono,
                 decoder: FrameDecoder::default(),
-                frames: TokenBucket::new(
-                    self.limits.frames_per_sec,
-                    self.limits.frames_burst,
+                control: TokenBucket::new(
+                    self.limits.control_frames_per_sec,
+                    self.limits.control_frames_burst,
                     now.mono,
                 ),
-                bytes: TokenBucket::new(
-                    self.limits.bytes_per_sec,
-                    self.limits.bytes_burst,
-                    now.mono,
-                ),
+                backlog: VecDeque::new(),
+                blocked_until: None,
+                paused: false,
                 state: State::AwaitingHello {
                     deadline: now.mono + self.limits.hello_timeout,
                 },
                 links: BTreeMap::new(),
                 ticket: None,
+                choice: (None, None),
                 next_chat: 1,
             },
         );
         Ok(id)
     }
 
-    /// Bytes arrived on the connection's control stream.
-    pub fn handle_data(&mut self, now: Now, conn: ConnId, bytes: &[u8]) {
-        let mut frames = Vec::new();
+    /// Bytes arrived on the connection's control stream. The frames in them
+    /// are acted on as far as the connection's budgets allow; the rest wait.
+    pub fn handle_data(&mut self, now: Now, conn: ConnId, bytes: &[u8]) -> Flow {
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return Flow::Read;
         };
-        if !c.bytes.take(now.mono, bytes.len() as f64) {
-            self.close(conn, CloseCode::RateLimited, true);
-            return;
-        }
+        let mut frames = Vec::new();
         let result = c.decoder.push(bytes, &mut frames);
         // Frames decoded before a bad one are still acted on, in order.
-        for frame in frames {
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return;
-            };
-            if !c.frames.take(now.mono, 1.0) {
-                self.close(conn, CloseCode::RateLimited, true);
-                return;
-            }
-            if let Err(code) = self.handle_frame(now, conn, frame) {
-                self.close(conn, code, true);
-                return;
-            }
-        }
+        c.backlog.extend(frames.into_iter().map(Pending::Frame));
         if let Err(e) = result {
-            self.close(conn, e.close_code(), true);
+            c.backlog.push_back(Pending::Invalid(e.close_code()));
         }
+        self.drain_backlog(now, conn, true)
     }
 
-    /// The connection is gone (closed by the peer, timed out, reset).
-    /// Its chats wait `resume_window` for it to come back (PROTOCOL.md §7.4).
-    pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
-        self.detach(now, conn);
+    /// The peer finished its side of the stream: after the frames it sent,
+    /// it leaves (PROTOCOL.md §3.2), and the relay closes the connection.
+    pub fn handle_finish(&mut self, now: Now, conn: ConnId) -> Flow {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Flow::Read;
+        };
+        c.backlog.push_back(Pending::Finished);
+        self.drain_backlog(now, conn, true)
+    }
+
+    /// The connection is gone. Frames already read are acted on first.
+    /// [`Departure::Left`]: its chats end at once, a waiting client leaves
+    /// the queue for good. [`Departure::Lost`]: its chats, and a waiting
+    /// client's place, wait `resume_window` for it (PROTOCOL.md §7.4).
+    pub fn handle_disconnect(&mut self, now: Now, conn: ConnId, departure: Departure) {
+        self.drain_backlog(now, conn, false);
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match departure {
+            Departure::Lost => self.detach(now, conn),
+            Departure::Left(reason) => self.leave(conn, reason),
+        }
         self.forget(now, conn);
+    }
+
+    /// Acts on the backlog while budget allows (or all of it, when the
+    /// connection is gone and `paced` is false).
+    fn drain_backlog(&mut self, now: Now, conn: ConnId, paced: bool) -> Flow {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return Flow::Read;
+            };
+            let Some(front) = c.backlog.front() else {
+                c.blocked_until = None;
+                if std::mem::take(&mut c.paused) {
+                    self.out.push_back(Output::Unblock { conn });
+                }
+                return Flow::Read;
+            };
+            if paced {
+                let bucket = match front {
+                    Pending::Frame(Frame::Forward { chat, .. }) => {
+                        c.links.get_mut(chat).map(|l| &mut l.forward)
+                    }
+                    Pending::Frame(_) => Some(&mut c.control),
+                    Pending::Invalid(_) | Pending::Finished => None,
+                };
+                if let Some(bucket) = bucket
+                    && !bucket.take(now.mono, 1.0)
+                {
+                    c.blocked_until = Some(bucket.ready_at(now.mono, 1.0));
+                    c.paused = true;
+                    return Flow::Pause;
+                }
+            }
+            let Some(item) = c.backlog.pop_front() else {
+                continue;
+            };
+            match item {
+                Pending::Frame(frame) => {
+                    if let Err(code) = self.handle_frame(now, conn, frame) {
+                        self.close(conn, code, true);
+                    }
+                }
+                Pending::Invalid(code) => self.close(conn, code, true),
+                Pending::Finished => {
+                    self.leave(conn, EndReason::UserEnded);
+                    self.close(conn, CloseCode::NoError, true);
+                    self.pair_waiting(now);
+                }
+            }
+        }
     }
 
     /// Acts on every deadline at or before `now`.
@@ -390,15 +574,48 @@ impl<P: PairingBackend> Relay<P> {
         for h in expired {
             self.expire(h);
         }
+        let mut unstarted: Vec<CapHash> = self
+            .detached
+            .iter()
+            .filter(|(_, d)| d.handshake_due.is_some_and(|t| t <= now.mono))
+            .map(|(h, _)| *h)
+            .collect();
+        unstarted.sort();
+        for h in unstarted {
+            self.undo_unstarted_pairing(now, h);
+        }
         self.away_from_queue.retain(|_, a| a.until > now.mono);
-        let mut hello_late = Vec::new();
+
+        let mut late = Vec::new();
         let mut wait_over = Vec::new();
+        let mut rent_due = Vec::new();
+        let mut rent_unpaid = Vec::new();
+        let mut unblocked = Vec::new();
         for (id, c) in &mut self.conns {
+            if c.blocked_until.is_some_and(|t| t <= now.mono) {
+                unblocked.push(*id);
+            }
+            if c.links
+                .values()
+                .any(|l| l.handshake_due.is_some_and(|t| t <= now.mono))
+            {
+                late.push(*id);
+            }
             match &mut c.state {
-                State::AwaitingHello { deadline } if *deadline <= now.mono => hello_late.push(*id),
+                State::AwaitingHello { deadline }
+                | State::Client(ClientStage::Welcomed { deadline, .. })
+                    if *deadline <= now.mono =>
+                {
+                    late.push(*id)
+                }
                 State::Client(ClientStage::Waiting(w)) => {
                     if w.deadline <= now.mono {
                         wait_over.push(*id);
+                    } else if w.rent.owed.is_some_and(|(_, t)| t <= now.mono) {
+                        rent_unpaid.push(*id);
+                    } else if w.rent.owed.is_none() && w.rent.next_at.is_some_and(|t| t <= now.mono)
+                    {
+                        rent_due.push(*id);
                     }
                     // The pairing pass below pairs anyone the fallback now allows.
                     if w.fallback_at.is_some_and(|at| at <= now.mono) {
@@ -412,10 +629,22 @@ impl<P: PairingBackend> Relay<P> {
                 _ => {}
             }
         }
-        hello_late.sort();
-        wait_over.sort();
-        for id in hello_late {
-            self.close(id, CloseCode::HelloTimeout, true);
+        for list in [
+            &mut late,
+            &mut wait_over,
+            &mut rent_due,
+            &mut rent_unpaid,
+            &mut unblocked,
+        ] {
+            list.sort();
+        }
+        for id in unblocked {
+            self.drain_backlog(now, id, true);
+        }
+        // A client too late for HELLO, JOIN, PROOF or its handshake: its
+        // pairing, if any, ends for the counsellor, who is free again.
+        for id in late.into_iter().chain(rent_unpaid) {
+            self.close(id, CloseCode::Timeout, true);
         }
         for id in wait_over {
             self.pairing.remove_client(id);
@@ -428,6 +657,9 @@ impl<P: PairingBackend> Relay<P> {
             );
             self.close(id, CloseCode::NoError, true);
         }
+        for id in rent_due {
+            self.charge_rent(now, id);
+        }
         self.pair_waiting(now);
     }
 
@@ -436,22 +668,32 @@ impl<P: PairingBackend> Relay<P> {
         let conns = self
             .conns
             .values()
-            .filter_map(|c| match &c.state {
-                State::AwaitingHello { deadline } => Some(*deadline),
-                State::Client(ClientStage::Waiting(w)) => {
-                    let mut t = w.deadline.min(w.next_update);
-                    if let Some(f) = w.fallback_at {
-                        t = t.min(f);
+            .flat_map(|c| {
+                let state = match &c.state {
+                    State::AwaitingHello { deadline }
+                    | State::Client(ClientStage::Welcomed { deadline, .. }) => Some(*deadline),
+                    State::Client(ClientStage::Waiting(w)) => {
+                        let mut t = w.deadline.min(w.next_update);
+                        for at in [w.fallback_at, w.rent.next_at, w.rent.owed.map(|o| o.1)]
+                            .into_iter()
+                            .flatten()
+                        {
+                            t = t.min(at);
+                        }
+                        Some(t)
                     }
-                    Some(t)
-                }
-                _ => None,
+                    _ => None,
+                };
+                let handshakes = c.links.values().filter_map(|l| l.handshake_due).min();
+                [state, handshakes, c.blocked_until]
             })
+            .flatten()
             .min();
         let resumes = self
             .detached
             .values()
-            .map(|d| d.deadline)
+            .flat_map(|d| [Some(d.deadline), d.handshake_due])
+            .flatten()
             .chain(self.away_from_queue.values().map(|a| a.until))
             .min();
         [conns, self.pow.next_tick(), resumes]
@@ -460,9 +702,39 @@ impl<P: PairingBackend> Relay<P> {
             .min()
     }
 
-    /// The proof-of-work difficulty asked of new clients now.
+    /// The proof-of-work difficulty asked of new clients now: the load part
+    /// (solved JOINs per second) or the queue part (how full it is),
+    /// whichever is higher.
     pub fn pow_difficulty(&self) -> u8 {
-        self.pow.difficulty()
+        self.pow.difficulty().max(self.queue_difficulty())
+    }
+
+    /// The difficulty the queue's fullness asks (PROTOCOL.md §8.1): the
+    /// minimum up to half full, then rising evenly to the maximum when full.
+    fn queue_difficulty(&self) -> u8 {
+        let (min, max) = (
+            self.limits.pow_min_difficulty,
+            self.limits
+                .pow_max_difficulty
+                .max(self.limits.pow_min_difficulty),
+        );
+        let fill = self.queue_fill();
+        if fill <= 0.5 {
+            return min;
+        }
+        let extra = (f64::from(max - min) * (2.0 * fill - 1.0)).ceil();
+        min.saturating_add(extra.clamp(0.0, f64::from(max - min)) as u8)
+    }
+
+    /// Waiting newcomers as a share of `max_queue` (0 to 1).
+    fn queue_fill(&self) -> f64 {
+        let waiting = self
+            .pairing
+            .waiting()
+            .iter()
+            .filter(|(_, r)| !r.priority)
+            .count();
+        (waiting as f64 / self.limits.max_queue.max(1) as f64).min(1.0)
     }
 
     /// Ends every chat with `RelayShutdown` and closes every connection.
@@ -505,13 +777,15 @@ impl<P: PairingBackend> Relay<P> {
             }
             self.pairing.remove_client(id);
             self.pairing.remove_counsellor(id);
-            self.conns.remove(&id);
+            self.remove_conn(id);
             self.out.push_back(Output::Close {
                 conn: id,
                 code: CloseCode::ShuttingDown,
                 flush: true,
             });
         }
+        self.by_name.clear();
+        self.presence.clear();
     }
 
     /// The next thing the shell must do, if any.
@@ -541,7 +815,12 @@ impl<P: PairingBackend> Relay<P> {
         for c in self.conns.values() {
             match &c.state {
                 State::AwaitingHello { .. } => g.unidentified += 1,
-                State::Client(_) => g.clients += 1,
+                State::Client(stage) => {
+                    g.clients += 1;
+                    if matches!(stage, ClientStage::Welcomed { .. }) {
+                        g.clients_not_joined += 1;
+                    }
+                }
                 State::Counsellor(s) => {
                     g.counsellors += 1;
                     g.chats += c.links.len();
@@ -603,42 +882,8 @@ impl<P: PairingBackend> Relay<P> {
                     pow_solution,
                 },
             ) => self.handle_join(now, conn, topic, language, pow_solution),
-            (_, Frame::Forward { chat, blob }) => {
-                let link = self
-                    .conns
-                    .get_mut(&conn)
-                    .and_then(|c| c.links.get_mut(&chat))
-                    .map(|link| {
-                        // The client has its PAIRED: the ticket no longer leads here.
-                        link.unconfirmed = None;
-                        *link
-                    });
-                let Some(link) = link else {
-                    let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
-                    // A frame racing the end of its chat is not an error.
-                    return if c.is_ended_chat(chat) {
-                        Ok(())
-                    } else {
-                        Err(CloseCode::UnexpectedFrame)
-                    };
-                };
-                self.stats.frames_forwarded += 1;
-                self.stats.bytes_forwarded += FORWARD_FRAME_LEN;
-                match link.peer {
-                    Peer::Live {
-                        conn: peer,
-                        chat: peer_chat,
-                    } => self.send(
-                        peer,
-                        &Frame::Forward {
-                            chat: peer_chat,
-                            blob,
-                        },
-                    ),
-                    Peer::Away(h) => self.hold(conn, chat, h, blob),
-                }
-                Ok(())
-            }
+            (Role::Client, Frame::Proof { solution }) => self.handle_proof(conn, solution),
+            (_, Frame::Forward { chat, blob }) => self.handle_forward(conn, chat, blob),
             (Role::Counsellor, Frame::Resume { capability }) => {
                 self.handle_resume(now, conn, capability)
             }
@@ -711,6 +956,50 @@ impl<P: PairingBackend> Relay<P> {
         }
     }
 
+    fn handle_forward(
+        &mut self,
+        conn: ConnId,
+        chat: ChatNumber,
+        blob: Blob,
+    ) -> Result<(), CloseCode> {
+        let link = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.links.get_mut(&chat))
+            .map(|link| {
+                // The client has its PAIRED and started the handshake: the
+                // ticket no longer leads here, and the pairing stands.
+                link.unconfirmed = None;
+                link.handshake_due = None;
+                link.peer
+            });
+        let Some(peer) = link else {
+            let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
+            // A frame racing the end of its chat is not an error.
+            return if c.is_ended_chat(chat) {
+                Ok(())
+            } else {
+                Err(CloseCode::UnexpectedFrame)
+            };
+        };
+        self.stats.frames_forwarded += 1;
+        self.stats.bytes_forwarded += FORWARD_FRAME_LEN;
+        match peer {
+            Peer::Live {
+                conn: peer,
+                chat: peer_chat,
+            } => self.send(
+                peer,
+                &Frame::Forward {
+                    chat: peer_chat,
+                    blob,
+                },
+            ),
+            Peer::Away(h) => self.hold(conn, chat, h, blob),
+        }
+        Ok(())
+    }
+
     fn welcome(&mut self, conn: ConnId, role: Role, pow: PowChallenge) {
         let languages: Vec<Language> = self
             .service
@@ -748,6 +1037,15 @@ impl<P: PairingBackend> Relay<P> {
         }
     }
 
+    fn fresh_challenge(&mut self) -> PowChallenge {
+        let mut pow = PowChallenge {
+            difficulty: self.pow_difficulty(),
+            nonce: [0; 16],
+        };
+        self.rng.fill_bytes(&mut pow.nonce);
+        pow
+    }
+
     fn handle_hello(
         &mut self,
         now: Now,
@@ -758,19 +1056,28 @@ impl<P: PairingBackend> Relay<P> {
         if version != PROTOCOL_VERSION {
             return Err(CloseCode::UnsupportedVersion);
         }
-        let mut pow = PowChallenge::NONE;
-        if role == Role::Client {
-            self.pow.record_arrival(now.mono);
-            pow.difficulty = self.pow.difficulty();
-            self.rng.fill_bytes(&mut pow.nonce);
+        let anonymous = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.credential == Credential::Anonymous);
+        // The anonymous role takes no credential (§3.1); a counsellor's
+        // connection counts only against the cap for counsellors.
+        if anonymous != (role == Role::Client) {
+            return Err(CloseCode::NotAuthorized);
         }
+        let pow = match role {
+            Role::Client => self.fresh_challenge(),
+            Role::Counsellor => PowChallenge::NONE,
+        };
         let c = self.conns.get_mut(&conn).ok_or(CloseCode::InternalError)?;
         match role {
-            Role::Client => c.state = State::Client(ClientStage::Welcomed(pow)),
+            Role::Client => {
+                c.state = State::Client(ClientStage::Welcomed {
+                    challenge: pow,
+                    deadline: now.mono + challenge_lifetime(pow.difficulty),
+                })
+            }
             Role::Counsellor => {
-                if !matches!(c.credential, Credential::Counsellor { .. }) {
-                    return Err(CloseCode::NotAuthorized);
-                }
                 // Away until the counsellor says what it takes.
                 c.state = State::Counsellor(CounsellorState {
                     available: false,
@@ -783,6 +1090,24 @@ impl<P: PairingBackend> Relay<P> {
         }
         self.welcome(conn, role, pow);
         if role == Role::Counsellor {
+            if let Some(name) = self.conns.get(&conn).and_then(|c| c.pseudonym()) {
+                let name = name.to_owned();
+                self.by_name.entry(name.clone()).or_default().insert(conn);
+                let colleagues: Vec<Frame> = self
+                    .presence
+                    .iter()
+                    .filter(|(other, _)| **other != name)
+                    .filter_map(|(other, presence)| {
+                        Some(Frame::Colleague {
+                            name: Label::new(other.as_str()).ok()?,
+                            presence: *presence,
+                        })
+                    })
+                    .collect();
+                for frame in colleagues {
+                    self.send(conn, &frame);
+                }
+            }
             self.refresh_offer(conn);
             self.send_queue_stats(Some(conn));
         }
@@ -798,9 +1123,16 @@ impl<P: PairingBackend> Relay<P> {
         pow_solution: [u8; 8],
     ) -> Result<(), CloseCode> {
         let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
-        let State::Client(ClientStage::Welcomed(challenge)) = &c.state else {
+        let State::Client(ClientStage::Welcomed {
+            challenge,
+            deadline,
+        }) = &c.state
+        else {
             return Err(CloseCode::UnexpectedFrame);
         };
+        if *deadline <= now.mono {
+            return Err(CloseCode::Timeout);
+        }
         if topic.is_some_and(|t| !self.service.knows_topic(t))
             || language.is_some_and(|l| !self.service.knows_language(l))
         {
@@ -811,6 +1143,8 @@ impl<P: PairingBackend> Relay<P> {
         if !pow_valid(&challenge.nonce, challenge.difficulty, &pow_solution) {
             return Err(CloseCode::ProofOfWorkFailed);
         }
+        // Paid-for arrivals, and only those, drive the load difficulty.
+        self.pow.record_arrival(now.mono);
         if !self.service.hours.is_open(now.unix) {
             let next_open = self
                 .service
@@ -827,6 +1161,7 @@ impl<P: PairingBackend> Relay<P> {
             self.close(conn, CloseCode::NoError, true);
             return Ok(());
         }
+        let source = c.source;
         let request = Request {
             topic,
             language,
@@ -834,7 +1169,12 @@ impl<P: PairingBackend> Relay<P> {
             turn: self.next_turn(),
             priority: false,
         };
-        if !self.admissions.take(now.mono, 1.0) || self.pairing.enqueue(conn, request).is_err() {
+        let over_source_limit =
+            source.is_some_and(|tag| self.places_held_by(tag) >= self.limits.per_source_places);
+        if over_source_limit
+            || !self.admissions.take(now.mono, 1.0)
+            || self.pairing.enqueue(conn, request).is_err()
+        {
             self.send(
                 conn,
                 &Frame::Unavailable {
@@ -845,10 +1185,71 @@ impl<P: PairingBackend> Relay<P> {
             self.close(conn, CloseCode::NoError, true);
             return Ok(());
         }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.choice = (topic, language);
+        }
         self.issue_ticket(conn);
-        self.set_waiting(now, conn, topic.is_some());
+        self.set_waiting(now, conn, request);
         self.pair_waiting(now);
         Ok(())
+    }
+
+    /// Places in the queue held by connections from `source`, waiting or
+    /// away, in this epoch of the shell's source key.
+    fn places_held_by(&self, source: SourceTag) -> usize {
+        let waiting = self
+            .pairing
+            .waiting()
+            .iter()
+            .filter(|(id, _)| self.conns.get(id).is_some_and(|c| c.source == Some(source)))
+            .count();
+        let away = self
+            .away_from_queue
+            .values()
+            .filter(|a| a.source == Some(source))
+            .count();
+        waiting + away
+    }
+
+    /// A waiting client's rent is due: while the queue is more than half
+    /// full it must solve a fresh challenge in time to keep its place.
+    fn charge_rent(&mut self, now: Now, conn: ConnId) {
+        let Some(interval) = self.limits.queue_rent_interval else {
+            return;
+        };
+        let challenge = (self.queue_fill() > 0.5).then(|| self.fresh_challenge());
+        let Some(Conn {
+            state: State::Client(ClientStage::Waiting(w)),
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            return;
+        };
+        w.rent.next_at = Some(now.mono + interval);
+        if let Some(pow) = challenge {
+            w.rent.owed = Some((pow, now.mono + challenge_lifetime(pow.difficulty)));
+            self.stats.rent_challenges += 1;
+            self.send(conn, &Frame::Challenge { pow });
+        }
+    }
+
+    /// PROOF: the answer to the last CHALLENGE. One that raced a pairing,
+    /// or came without a CHALLENGE owed, is dropped.
+    fn handle_proof(&mut self, conn: ConnId, solution: [u8; 8]) -> Result<(), CloseCode> {
+        let c = self.conns.get_mut(&conn).ok_or(CloseCode::InternalError)?;
+        match &mut c.state {
+            State::Client(ClientStage::Waiting(w)) => {
+                if let Some((pow, _)) = w.rent.owed {
+                    if !pow_valid(&pow.nonce, pow.difficulty, &solution) {
+                        return Err(CloseCode::ProofOfWorkFailed);
+                    }
+                    w.rent.owed = None;
+                }
+                Ok(())
+            }
+            State::Client(ClientStage::InChat) => Ok(()),
+            _ => Err(CloseCode::UnexpectedFrame),
+        }
     }
 
     fn next_turn(&mut self) -> u64 {
@@ -870,15 +1271,27 @@ impl<P: PairingBackend> Relay<P> {
         self.send(conn, &Frame::Joined { resume: ticket });
     }
 
-    fn set_waiting(&mut self, now: Now, conn: ConnId, has_topic: bool) {
-        let fallback_at = has_topic.then(|| now.mono + self.limits.topic_fallback);
+    /// Puts a client in the waiting state. Newcomers pay rent in a crowded
+    /// queue; clients handed back by a counsellor do not.
+    fn set_waiting(&mut self, now: Now, conn: ConnId, request: Request) {
+        let fallback_at = request.topic.map(|_| now.mono + self.limits.topic_fallback);
+        let rent_at = self
+            .limits
+            .queue_rent_interval
+            .filter(|_| !request.priority)
+            .map(|interval| now.mono + interval);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = State::Client(ClientStage::Waiting(Waiting {
+                request,
                 since: now.mono,
                 deadline: now.mono + self.limits.max_wait,
                 fallback_at,
                 next_update: now.mono,
                 last_sent: None,
+                rent: Rent {
+                    next_at: rent_at,
+                    owed: None,
+                },
             }));
         }
     }
@@ -902,7 +1315,8 @@ impl<P: PairingBackend> Relay<P> {
         match (role, reason, peer) {
             // The client's end is immediate: nothing more goes to it.
             (Role::Client, _, _) => self.close(conn, CloseCode::NoError, false),
-            // A blocked client can never send again: its connection goes.
+            // A blocked client can never send again: its connection goes
+            // (it was closed, after its END, when its chat ended).
             (Role::Counsellor, EndReason::Blocked, Some(client)) => {
                 self.close(client, CloseCode::NoError, true)
             }
@@ -922,7 +1336,7 @@ impl<P: PairingBackend> Relay<P> {
             .conns
             .get(&conn)
             .and_then(|c| c.links.get(&chat))
-            .copied()
+            .cloned()
         else {
             return;
         };
@@ -964,16 +1378,22 @@ impl<P: PairingBackend> Relay<P> {
                 self.start_chat(now, client, colleague);
             }
             None => {
+                // Back in the queue with what the young person chose.
+                let (topic, language) = self
+                    .conns
+                    .get(&client)
+                    .map(|c| c.choice)
+                    .unwrap_or_default();
                 let request = Request {
-                    topic: None,
-                    language: None,
+                    topic,
+                    language,
                     since: now.mono,
                     turn: self.next_turn(),
                     priority: true,
                 };
                 if self.pairing.enqueue(client, request).is_ok() {
                     self.issue_ticket(client);
-                    self.set_waiting(now, client, false);
+                    self.set_waiting(now, client, request);
                 }
             }
         }
@@ -981,25 +1401,15 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// A signed-in colleague named `name` with room, or why not.
-    fn find_colleague(&self, from: ConnId, name: &str) -> Result<ConnId, Refusal> {
-        let mut ids: Vec<_> = self
-            .conns
-            .keys()
-            .copied()
-            .filter(|id| *id != from)
-            .collect();
-        ids.sort();
+    fn find_colleague(&self, from: ConnId, name: &Label) -> Result<ConnId, Refusal> {
         let mut refusal = Refusal::UnknownColleague;
-        for id in ids {
-            let c = &self.conns[&id];
-            let (Credential::Counsellor { pseudonym }, State::Counsellor(s)) =
-                (&c.credential, &c.state)
-            else {
+        for id in self.by_name.get(name.as_str()).into_iter().flatten() {
+            let Some(c) = self.conns.get(id).filter(|_| *id != from) else {
                 continue;
             };
-            if pseudonym != name {
+            let State::Counsellor(s) = &c.state else {
                 continue;
-            }
+            };
             if !s.available {
                 if refusal == Refusal::UnknownColleague {
                     refusal = Refusal::ColleagueAway;
@@ -1007,7 +1417,7 @@ impl<P: PairingBackend> Relay<P> {
             } else if c.links.len() >= s.capacity {
                 refusal = Refusal::ColleagueFull;
             } else {
-                return Ok(id);
+                return Ok(*id);
             }
         }
         Err(refusal)
@@ -1023,9 +1433,14 @@ impl<P: PairingBackend> Relay<P> {
             self.estimate.record_pairing(now.mono);
             self.start_chat(now, client, counsellor);
         }
-        for (index, (client, _)) in self.pairing.waiting().into_iter().enumerate() {
+        for (index, (client, request)) in self.pairing.waiting().into_iter().enumerate() {
             let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
-            let estimate = self.estimate.for_position(position);
+            // Nobody signed in who could take this client: no estimate.
+            let estimate = self
+                .pairing
+                .could_serve(&request)
+                .then(|| self.estimate.for_position(position))
+                .flatten();
             let due = match self.conns.get_mut(&client) {
                 Some(Conn {
                     state: State::Client(ClientStage::Waiting(w)),
@@ -1072,25 +1487,39 @@ impl<P: PairingBackend> Relay<P> {
             conn: client,
             chat: client_chat,
         };
-        let ticket = self.conns.get(&client).and_then(|c| c.ticket);
+        let Some(c) = self.conns.get(&client) else {
+            return;
+        };
+        let (topic, language) = c.choice;
+        let (ticket, source) = (c.ticket, c.source);
+        // The place it had, should the pairing be undone.
+        let request = match &c.state {
+            State::Client(ClientStage::Waiting(w)) => w.request,
+            _ => Request {
+                topic,
+                language,
+                since: now.mono,
+                turn: 0,
+                priority: true,
+            },
+        };
+        let unconfirmed = ticket.map(|ticket| Unconfirmed {
+            ticket,
+            pairing_id,
+            request,
+            source,
+        });
+        let client_link = self.new_link(now, to_counsellor, cap_hash(&client_cap), unconfirmed);
         self.link(
             client,
             client_chat,
             Link {
-                peer: to_counsellor,
-                mine: cap_hash(&client_cap),
-                unconfirmed: ticket.map(|t| (t, pairing_id)),
+                handshake_due: Some(now.mono + self.limits.handshake_timeout),
+                ..client_link
             },
         );
-        self.link(
-            counsellor,
-            counsellor_chat,
-            Link {
-                peer: to_client,
-                mine: cap_hash(&counsellor_cap),
-                unconfirmed: None,
-            },
-        );
+        let counsellor_link = self.new_link(now, to_client, cap_hash(&counsellor_cap), None);
+        self.link(counsellor, counsellor_chat, counsellor_link);
         if let Some(c) = self.conns.get_mut(&client) {
             if let State::Client(ClientStage::Waiting(w)) = &c.state {
                 self.stats
@@ -1107,6 +1536,8 @@ impl<P: PairingBackend> Relay<P> {
                 chat: client_chat,
                 pairing_id,
                 resume: client_cap,
+                topic: None,
+                language: None,
             },
         );
         self.send(
@@ -1115,11 +1546,34 @@ impl<P: PairingBackend> Relay<P> {
                 chat: counsellor_chat,
                 pairing_id,
                 resume: counsellor_cap,
+                topic,
+                language,
             },
         );
     }
 
-    /// Tells the backend what a counsellor can take now.
+    fn new_link(
+        &self,
+        now: Now,
+        peer: Peer,
+        mine: CapHash,
+        unconfirmed: Option<Unconfirmed>,
+    ) -> Link {
+        Link {
+            peer,
+            mine,
+            unconfirmed,
+            forward: TokenBucket::new(
+                self.limits.forward_frames_per_sec,
+                self.limits.forward_frames_burst,
+                now.mono,
+            ),
+            handshake_due: None,
+        }
+    }
+
+    /// Tells the backend what a counsellor can take now, and its
+    /// colleagues whether it can take a transfer.
     fn refresh_offer(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -1134,7 +1588,65 @@ impl<P: PairingBackend> Relay<P> {
             topics: s.topics.clone(),
             languages: s.languages.clone(),
         };
+        let name = c.pseudonym().map(str::to_owned);
         self.pairing.offer(conn, offer);
+        if let Some(name) = name {
+            self.update_presence(&name);
+        }
+    }
+
+    /// Works out what colleagues should see of `name` (the best of its
+    /// connections) and tells them if that changed.
+    fn update_presence(&mut self, name: &str) {
+        let now = self
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(
+                |id| match self.conns.get(id).map(|c| (&c.state, c.links.len())) {
+                    Some((State::Counsellor(s), load)) => Some(if !s.available {
+                        Presence::Away
+                    } else if load >= s.capacity {
+                        Presence::Full
+                    } else {
+                        Presence::Available
+                    }),
+                    _ => None,
+                },
+            )
+            .max()
+            .unwrap_or(Presence::SignedOut);
+        let before = self
+            .presence
+            .get(name)
+            .copied()
+            .unwrap_or(Presence::SignedOut);
+        if now == before {
+            return;
+        }
+        if now == Presence::SignedOut {
+            self.presence.remove(name);
+        } else {
+            self.presence.insert(name.to_owned(), now);
+        }
+        let Ok(label) = Label::new(name) else {
+            return;
+        };
+        let mut others: Vec<ConnId> = self
+            .by_name
+            .iter()
+            .filter(|(other, _)| other.as_str() != name)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        others.sort();
+        let frame = Frame::Colleague {
+            name: label,
+            presence: now,
+        };
+        for id in others {
+            self.send(id, &frame);
+        }
     }
 
     /// Sends QUEUE_STATS to counsellors whose view changed (or to `only`).
@@ -1147,7 +1659,7 @@ impl<P: PairingBackend> Relay<P> {
         let stats: Vec<(Option<TopicId>, u16)> = counts.into_iter().take(MAX_TOPICS + 1).collect();
         let mut ids: Vec<ConnId> = match only {
             Some(id) => vec![id],
-            None => self.conns.keys().copied().collect(),
+            None => self.by_name.values().flatten().copied().collect(),
         };
         ids.sort();
         for id in ids {
@@ -1207,7 +1719,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Keeps a frame for a side that is away; if it cannot take more, the
     /// chat ends for the side that is here.
-    fn hold(&mut self, conn: ConnId, chat: ChatNumber, away: CapHash, blob: super::frame::Blob) {
+    fn hold(&mut self, conn: ConnId, chat: ChatNumber, away: CapHash, blob: Blob) {
         let max = self.limits.max_held_frames;
         if let Some(d) = self.detached.get_mut(&away)
             && d.held.len() < max
@@ -1235,7 +1747,7 @@ impl<P: PairingBackend> Relay<P> {
                     reason: EndReason::PeerDisconnected,
                 },
             );
-            self.after_chat_left(conn, EndReason::PeerDisconnected);
+            self.chat_over(conn, EndReason::PeerDisconnected);
         }
     }
 
@@ -1254,10 +1766,7 @@ impl<P: PairingBackend> Relay<P> {
             State::Counsellor(_) => Role::Counsellor,
             State::AwaitingHello { .. } => return,
         };
-        let pseudonym = match &c.credential {
-            Credential::Counsellor { pseudonym } => Some(pseudonym.clone()),
-            Credential::Anonymous => None,
-        };
+        let pseudonym = c.pseudonym().map(str::to_owned);
         let links: Vec<Link> = std::mem::take(&mut c.links).into_values().collect();
         for link in links {
             self.detach_link(now, role, pseudonym.clone(), link);
@@ -1278,8 +1787,23 @@ impl<P: PairingBackend> Relay<P> {
                 deadline: now.mono + self.limits.resume_window,
                 held: VecDeque::new(),
                 unconfirmed: link.unconfirmed,
+                handshake_due: link.handshake_due,
             },
         );
+    }
+
+    /// The connection left on purpose: its chats end with `reason`, and a
+    /// waiting client's place and ticket are gone (the caller forgets it).
+    fn leave(&mut self, conn: ConnId, reason: EndReason) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.ticket = None;
+        let chats: Vec<ChatNumber> = c.links.keys().copied().collect();
+        for chat in chats {
+            self.end_chat(conn, chat, reason);
+        }
+        self.pairing.remove_client(conn);
     }
 
     /// Takes a waiting client out of the queue but keeps its place, under
@@ -1291,22 +1815,69 @@ impl<P: PairingBackend> Relay<P> {
         let Some(ticket) = c.ticket else {
             return;
         };
-        let State::Client(ClientStage::Waiting(waiting)) =
-            std::mem::replace(&mut c.state, State::Client(ClientStage::Done))
-        else {
+        let source = c.source;
+        let State::Client(ClientStage::Waiting(waiting)) = c.state else {
             return;
         };
-        if let Some(request) = self.pairing.remove_client(conn) {
+        c.state = State::Client(ClientStage::InChat);
+        if self.pairing.remove_client(conn).is_some() {
             let until = waiting.deadline.min(now.mono + self.limits.resume_window);
             self.away_from_queue.insert(
                 ticket,
                 AwayFromQueue {
-                    request,
                     waiting,
                     until,
+                    source,
                 },
             );
         }
+    }
+
+    /// A pairing whose young person never sent handshake message 1 while
+    /// away: the counsellor is freed, and the young person's place in the
+    /// queue is kept under its ticket for the rest of its resume window.
+    fn undo_unstarted_pairing(&mut self, now: Now, h: CapHash) {
+        let Some(d) = self.detached.remove(&h) else {
+            return;
+        };
+        if let Peer::Live { conn, chat } = d.peer {
+            self.peer_gone(conn, chat);
+        }
+        if let Some(u) = d.unconfirmed {
+            self.requeue_away(now, u, d.deadline);
+        }
+    }
+
+    /// Keeps the place of a client that is away, from the request it had.
+    fn requeue_away(&mut self, now: Now, u: Unconfirmed, until: Instant) {
+        let deadline = u.request.since + self.limits.max_wait;
+        let waiting = Waiting {
+            request: u.request,
+            since: u.request.since,
+            deadline,
+            fallback_at: u
+                .request
+                .topic
+                .map(|_| u.request.since + self.limits.topic_fallback)
+                .filter(|at| *at > now.mono),
+            next_update: now.mono,
+            last_sent: None,
+            rent: Rent {
+                next_at: (!u.request.priority)
+                    .then_some(self.limits.queue_rent_interval)
+                    .flatten()
+                    .map(|interval| now.mono + interval),
+                owed: None,
+            },
+        };
+        self.away_from_queue.insert(
+            u.ticket,
+            AwayFromQueue {
+                waiting,
+                until: until.min(deadline),
+                source: u.source,
+            },
+        );
     }
 
     /// RESUME with a queue ticket on a new connection. The client gets its
@@ -1328,15 +1899,20 @@ impl<P: PairingBackend> Relay<P> {
             self.close(old, CloseCode::NoError, false);
         }
         if let Some(away) = self.away_from_queue.remove(&ticket) {
+            let mut waiting = away.waiting;
+            waiting.next_update = now.mono;
+            waiting.last_sent = None;
+            // A challenge owed went with the old connection: a fresh one
+            // is due at once (if the queue is still crowded).
+            if waiting.rent.owed.take().is_some() {
+                waiting.rent.next_at = Some(now.mono);
+            }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.ticket = Some(ticket);
-                c.state = State::Client(ClientStage::Waiting(Waiting {
-                    next_update: now.mono,
-                    last_sent: None,
-                    ..away.waiting
-                }));
+                c.choice = (waiting.request.topic, waiting.request.language);
+                c.state = State::Client(ClientStage::Waiting(waiting));
             }
-            self.pairing.requeue(conn, away.request);
+            self.pairing.requeue(conn, waiting.request);
             self.pair_waiting(now);
             return true;
         }
@@ -1366,7 +1942,7 @@ impl<P: PairingBackend> Relay<P> {
         let Some(key) = self
             .detached
             .iter()
-            .find(|(_, d)| d.unconfirmed.is_some_and(|(t, _)| t == ticket))
+            .find(|(_, d)| d.unconfirmed.is_some_and(|u| u.ticket == ticket))
             .map(|(key, _)| *key)
         else {
             return false;
@@ -1377,19 +1953,19 @@ impl<P: PairingBackend> Relay<P> {
         let Some(d) = self.detached.remove(&key) else {
             return false;
         };
-        let Some((_, pairing_id)) = d.unconfirmed else {
+        let Some(u) = d.unconfirmed else {
             return false;
         };
         let mut resume = ResumeCapability([0; 32]);
         self.rng.fill_bytes(&mut resume.0);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.ticket = Some(ticket);
+            c.choice = (u.request.topic, u.request.language);
             c.state = State::Client(ClientStage::InChat);
         }
         let link = Link {
-            peer: d.peer,
-            mine: cap_hash(&resume),
-            unconfirmed: d.unconfirmed,
+            handshake_due: d.handshake_due,
+            ..self.new_link(now, d.peer, cap_hash(&resume), d.unconfirmed)
         };
         self.link(conn, chat, link);
         self.repoint(d.peer, Peer::Live { conn, chat });
@@ -1397,8 +1973,10 @@ impl<P: PairingBackend> Relay<P> {
             conn,
             &Frame::Paired {
                 chat,
-                pairing_id,
+                pairing_id: u.pairing_id,
                 resume,
+                topic: None,
+                language: None,
             },
         );
         self.after_resume(conn, chat, d);
@@ -1423,20 +2001,14 @@ impl<P: PairingBackend> Relay<P> {
         let (Some(o), Some(n)) = (self.conns.get(&old), self.conns.get(&new)) else {
             return;
         };
-        let role = match (&o.state, &n.state, &o.credential, &n.credential) {
-            (State::Client(_), State::AwaitingHello { .. }, _, _) => Role::Client,
-            (
-                State::Counsellor(_),
-                State::Counsellor(_),
-                Credential::Counsellor { pseudonym: a },
-                Credential::Counsellor { pseudonym: b },
-            ) if a == b => Role::Counsellor,
+        let role = match (&o.state, &n.state, o.pseudonym(), n.pseudonym()) {
+            (State::Client(_), State::AwaitingHello { .. }, None, None) => Role::Client,
+            (State::Counsellor(_), State::Counsellor(_), Some(a), Some(b)) if a == b => {
+                Role::Counsellor
+            }
             _ => return,
         };
-        let pseudonym = match &o.credential {
-            Credential::Counsellor { pseudonym } => Some(pseudonym.clone()),
-            Credential::Anonymous => None,
-        };
+        let pseudonym = o.pseudonym().map(str::to_owned);
         let Some(link) = self.conns.get_mut(&old).and_then(|c| c.links.remove(&chat)) else {
             return;
         };
@@ -1465,7 +2037,9 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// RESUME: an unknown, wrong or expired capability, or one presented by
-    /// the wrong kind of connection, all get the same RESUME_FAILED.
+    /// the wrong kind of connection, all get the same RESUME_FAILED. A
+    /// capability stays valid while its chat (or place) lives: presenting it
+    /// again moves the chat to the newer connection (PROTOCOL.md §7.4).
     fn handle_resume(
         &mut self,
         now: Now,
@@ -1477,6 +2051,15 @@ impl<P: PairingBackend> Relay<P> {
             self.conns.get(&conn).map(|c| &c.state),
             Some(State::AwaitingHello { .. })
         );
+        if first_frame
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.credential != Credential::Anonymous)
+        {
+            // RESUME as the first frame is the anonymous role's (§7.4).
+            return Err(CloseCode::NotAuthorized);
+        }
         if first_frame && !self.detached.contains_key(&h) && self.resume_ticket(now, conn, h) {
             return Ok(());
         }
@@ -1485,10 +2068,10 @@ impl<P: PairingBackend> Relay<P> {
         }
         let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
         let acceptable = match self.detached.get(&h) {
-            Some(d) => match (d.role, &c.state, &c.credential) {
-                (Role::Client, State::AwaitingHello { .. }, _) => true,
-                (Role::Counsellor, State::Counsellor(_), Credential::Counsellor { pseudonym }) => {
-                    d.pseudonym.as_ref() == Some(pseudonym)
+            Some(d) => match (d.role, &c.state, c.pseudonym()) {
+                (Role::Client, State::AwaitingHello { .. }, None) => true,
+                (Role::Counsellor, State::Counsellor(_), Some(pseudonym)) => {
+                    d.pseudonym.as_deref() == Some(pseudonym)
                 }
                 _ => false,
             },
@@ -1516,9 +2099,8 @@ impl<P: PairingBackend> Relay<P> {
         }
         // Whoever holds the chat's own capability has had its PAIRED.
         let link = Link {
-            peer: d.peer,
-            mine: h,
-            unconfirmed: None,
+            handshake_due: d.handshake_due,
+            ..self.new_link(now, d.peer, h, None)
         };
         self.link(conn, chat, link);
         self.repoint(d.peer, Peer::Live { conn, chat });
@@ -1544,7 +2126,6 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// Ends one chat from `conn`'s side: both links go, the peer is told.
-    /// A client left without a chat is done, unless it is being transferred.
     fn end_chat(&mut self, conn: ConnId, chat: ChatNumber, reason: EndReason) {
         let Some(link) = self
             .conns
@@ -1554,7 +2135,7 @@ impl<P: PairingBackend> Relay<P> {
             return;
         };
         self.stats.ended(reason);
-        self.after_chat_left(conn, reason);
+        self.refresh_offer(conn);
         match link.peer {
             Peer::Live {
                 conn: peer,
@@ -1573,7 +2154,7 @@ impl<P: PairingBackend> Relay<P> {
                             reason,
                         },
                     );
-                    self.after_chat_left(peer, reason);
+                    self.chat_over(peer, reason);
                 }
             }
             // The absent side learns when it tries to resume.
@@ -1583,13 +2164,16 @@ impl<P: PairingBackend> Relay<P> {
         }
     }
 
-    fn after_chat_left(&mut self, conn: ConnId, reason: EndReason) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    /// The side that was told its chat ended. A young person's chat is
+    /// over (unless it moves on): the relay closes the connection after
+    /// the END, as the client needs it no longer (§7.1).
+    fn chat_over(&mut self, conn: ConnId, reason: EndReason) {
+        let Some(c) = self.conns.get(&conn) else {
             return;
         };
         match &c.state {
             State::Client(ClientStage::InChat) if reason != EndReason::Transferred => {
-                c.state = State::Client(ClientStage::Done);
+                self.close(conn, CloseCode::NoError, true);
             }
             State::Counsellor(_) => self.refresh_offer(conn),
             _ => {}
@@ -1622,7 +2206,27 @@ impl<P: PairingBackend> Relay<P> {
         }
         self.pairing.remove_client(conn);
         self.pairing.remove_counsellor(conn);
-        self.conns.remove(&conn);
+        self.remove_conn(conn);
+    }
+
+    /// Removes a connection from the tables and the indexes.
+    fn remove_conn(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.credential == Credential::Anonymous {
+            self.anonymous = self.anonymous.saturating_sub(1);
+        }
+        if let Some(name) = c.pseudonym()
+            && let Some(ids) = self.by_name.get_mut(name)
+        {
+            ids.remove(&conn);
+            if ids.is_empty() {
+                self.by_name.remove(name);
+            }
+            let name = name.to_owned();
+            self.update_presence(&name);
+        }
     }
 
     fn send(&mut self, conn: ConnId, frame: &Frame) {

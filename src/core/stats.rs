@@ -30,6 +30,8 @@ pub struct Stats {
     pub closes: BTreeMap<&'static str, u64>,
     /// How long each client that was paired had waited in the queue.
     pub waits: Vec<Duration>,
+    /// CHALLENGE frames sent to waiting clients in a crowded queue.
+    pub rent_challenges: u64,
 }
 
 impl Stats {
@@ -50,6 +52,11 @@ pub struct Gauges {
     pub clients: usize,
     pub counsellors: usize,
     pub unidentified: usize,
+    /// Clients that said HELLO and have not joined the queue (yet).
+    pub clients_not_joined: usize,
+    /// Connections in their QUIC handshake or before their control stream
+    /// (the shell counts these; the core never sees them).
+    pub handshaking: usize,
     /// Counsellors available with room for another chat.
     pub counsellors_with_room: usize,
     /// Waiting clients per chosen topic (`None` = no topic chosen).

@@ -104,11 +104,9 @@ pub struct CertificateBody {
     pub pseudonym: String,
 }
 
+/// A pseudonym follows the rules of every label (PROTOCOL.md §4.1).
 fn valid_pseudonym(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= MAX_PSEUDONYM_LEN
-        && p.trim() == p
-        && !p.chars().any(char::is_control)
+    crate::core::frame::valid_label(p)
 }
 
 impl CertificateBody {
@@ -197,6 +195,15 @@ impl VerifiedCertificate {
     }
 }
 
+/// Whether 32 bytes are the canonical encoding of a curve point that is
+/// not of small order.
+fn strict_point(bytes: &[u8; 32]) -> bool {
+    let compressed = curve25519_dalek::edwards::CompressedEdwardsY(*bytes);
+    compressed
+        .decompress()
+        .is_some_and(|p| p.compress() == compressed && !p.is_small_order())
+}
+
 /// Checks a certificate, in this order: format, version, organisation,
 /// signature (canonical, then strict Ed25519), validity at `now_unix` (with
 /// [`CLOCK_SKEW_SECS`]), and that it certifies `handshake_static`.
@@ -214,6 +221,14 @@ pub fn verify(
     s.copy_from_slice(&sig_bytes[32..]);
     if bool::from(curve25519_dalek::Scalar::from_canonical_bytes(s).is_none()) {
         return Err(CertError::NonCanonicalSignature);
+    }
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&sig_bytes[..32]);
+    // R and A must decode canonically and must not be of small order
+    // (PROTOCOL.md §6.2 step 4); the equation is then compared on
+    // encodings, without the cofactor.
+    if !strict_point(&r) || !strict_point(org.as_bytes()) {
+        return Err(CertError::BadSignature);
     }
     let signature = Signature::from_bytes(&sig_bytes);
     let mut message = SIGNING_CONTEXT.to_vec();

@@ -55,6 +55,9 @@ pub enum E2eError {
     /// tampered with.
     #[error("the counsellor's handshake did not verify (wrong organisation key, or tampering)")]
     HandshakeFailed,
+    /// Handshake message 1 carried content; version 1 allows none (§6.1).
+    #[error("the young person's handshake carried content, which version 1 does not allow")]
+    HelloNotEmpty,
 }
 
 fn random_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSecret {
@@ -140,8 +143,10 @@ pub fn counsellor_respond_with_ephemeral(
     e: StaticSecret,
 ) -> Result<(Session, Blob), E2eError> {
     let (ready, payload) = NxResponder::accept(&prologue(&keys.org, pairing_id), blob.as_bytes())?;
-    // Message 1's payload is reserved: it must be well-formed padding.
-    padding::unpad(&payload)?;
+    // Message 1's payload is reserved: well-formed padding around nothing.
+    if !padding::unpad(&payload)?.is_empty() {
+        return Err(E2eError::HelloNotEmpty);
+    }
     let padded_cert = padding::pad(&keys.certificate, HS2_PAYLOAD_LEN)?;
     let (msg, transport) = ready.reply(&keys.static_secret, e, &padded_cert)?;
     let blob = Blob::from_slice(&msg).ok_or(PaddingError::Malformed)?;

@@ -64,12 +64,15 @@ impl Register {
     /// Reads `DIR/issued.toml`; a folder without one has issued nothing.
     pub fn load(dir: &Path) -> Result<Register, OrgError> {
         let path = dir.join(REGISTER_FILE);
-        match std::fs::read_to_string(&path) {
+        match crate::files::read_text(&path, crate::files::MAX_LIST_BYTES) {
             Ok(text) => {
                 toml::from_str(&text).map_err(|e| malformed(&path, e.message().to_string()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Register::default()),
-            Err(e) => Err(io_err(&path)(e)),
+            Err(crate::files::FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Register::default())
+            }
+            Err(crate::files::FileError::Io(e)) => Err(io_err(&path)(e)),
+            Err(other) => Err(malformed(&path, other.to_string())),
         }
     }
 

@@ -108,10 +108,18 @@ pub fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), OrgEr
     file.sync_all().map_err(io_err(path))
 }
 
+/// Reads a key file or certificate, refusing one larger than any of its
+/// kind can be.
 fn read_text(path: &Path) -> Result<Zeroizing<String>, OrgError> {
-    std::fs::read_to_string(path)
+    crate::files::read_text(path, crate::files::MAX_PEM_BYTES)
         .map(Zeroizing::new)
-        .map_err(io_err(path))
+        .map_err(|e| match e {
+            crate::files::FileError::Io(source) => OrgError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            other => malformed(path, other.to_string()),
+        })
 }
 
 fn malformed(path: &Path, reason: impl Into<String>) -> OrgError {
@@ -272,15 +280,42 @@ pub fn init(
     })
 }
 
-/// Reads the organisation signing key from an organisation folder.
+/// Reads the organisation signing key from an organisation folder and
+/// checks it: its public half must be the `public_key` it was written with
+/// and the key in `org.pub`, which frontends pin. A damaged key would issue
+/// certificates that no young person's frontend accepts.
 pub fn load_org_key(dir: &Path) -> Result<SigningKey, OrgError> {
     let path = dir.join(ORG_KEY_FILE);
     let text = read_text(&path)?;
     let file: OrgKeyFile =
         toml::from_str(&text).map_err(|e| malformed(&path, e.message().to_string()))?;
+    if file.kind != ORG_KEY_KIND {
+        return Err(malformed(
+            &path,
+            format!("not an organisation key (kind = {:?})", file.kind),
+        ));
+    }
     let secret_hex = Zeroizing::new(file.secret_key);
     let secret = hex32(&path, "secret_key", &secret_hex)?;
-    Ok(SigningKey::from_bytes(&secret))
+    let key = SigningKey::from_bytes(&secret);
+    let public = OrgPublicKey::from_signing_key(&key);
+    let damaged = |what: &str| {
+        malformed(
+            &path,
+            format!(
+                "the secret key does not match {what}: the file is damaged or from another \
+                 organisation; restore it from your backup"
+            ),
+        )
+    };
+    if OrgPublicKey::from_hex(&file.public_key).ok() != Some(public) {
+        return Err(damaged("its own public_key"));
+    }
+    let pub_path = dir.join(ORG_PUB_FILE);
+    if pub_path.exists() && read_org_public(&pub_path)? != public {
+        return Err(damaged(ORG_PUB_FILE));
+    }
+    Ok(key)
 }
 
 /// Reads a one-line organisation public key file (or the key itself).
@@ -321,10 +356,39 @@ fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), OrgError> {
     let ca_key_path = dir.join(CA_KEY_FILE);
     let ca_key = KeyPair::from_pem(&read_text(&ca_key_path)?)
         .map_err(|e| malformed(&ca_key_path, e.to_string()))?;
-    let ca_params = CertificateParams::from_ca_cert_pem(&read_text(&ca_cert_path)?)
+    let ca_pem = read_text(&ca_cert_path)?;
+    // The key must be the certificate's: credentials signed by any other
+    // key would be refused by every relay that trusts the certificate.
+    let der = crate::relay::tls::certs_from_pem("counsellor CA", &ca_pem)
+        .map_err(|e| malformed(&ca_cert_path, e.to_string()))?;
+    crate::relay::tls::check_chain(&der, now_unix() as i64)
+        .map_err(|reason| malformed(&ca_cert_path, reason))?;
+    let matches = der.first().is_some_and(|cert| {
+        x509_parser::parse_x509_certificate(cert.as_ref())
+            .is_ok_and(|(_, cert)| cert.public_key().raw == ca_key.public_key_der().as_slice())
+    });
+    if !matches {
+        return Err(malformed(
+            &ca_key_path,
+            format!(
+                "does not belong to {CA_CERT_FILE}: the file is damaged or from another \
+                 organisation; restore it from your backup"
+            ),
+        ));
+    }
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca_pem)
         .map_err(|e| malformed(&ca_cert_path, e.to_string()))?;
     let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
     Ok((ca_cert, ca_key))
+}
+
+/// Checks the organisation's signing key and counsellor CA before any
+/// `org` command acts: a damaged key is named at once, before it issues
+/// anything that clients or the relay would refuse.
+pub fn check_keys(dir: &Path) -> Result<(), OrgError> {
+    load_org_key(dir)?;
+    load_ca(dir)?;
+    Ok(())
 }
 
 /// Signs a counsellor's end-to-end certificate and relay credential for

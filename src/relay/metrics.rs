@@ -75,6 +75,9 @@ pub struct Metrics {
     closes: Family<Code, Counter>,
     tls_reloads: Family<Reason, Counter>,
     revocations: Counter,
+    clients_not_joined: Gauge,
+    rent_challenges: Counter,
+    refused_attempts: Counter,
 }
 
 impl Metrics {
@@ -99,12 +102,15 @@ impl Metrics {
             closes: Family::default(),
             tls_reloads: Family::default(),
             revocations: Counter::default(),
+            clients_not_joined: Gauge::default(),
+            rent_challenges: Counter::default(),
+            refused_attempts: Counter::default(),
             registry: Registry::with_prefix("fluister"),
             topics: std::iter::once(None)
                 .chain(topics.iter().copied().map(Some))
                 .collect(),
         };
-        for role in ["client", "counsellor", "unidentified"] {
+        for role in ["client", "counsellor", "unidentified", "handshake"] {
             let _ = m.connections.get_or_create(&Role { role });
         }
         for topic in &m.topics {
@@ -113,7 +119,7 @@ impl Metrics {
         let r = &mut m.registry;
         r.register(
             "connections",
-            "Open connections by role (unidentified: before HELLO)",
+            "Open connections by role (handshake: QUIC handshake or no control stream yet; unidentified: before HELLO)",
             m.connections.clone(),
         );
         r.register(
@@ -193,6 +199,21 @@ impl Metrics {
             "Signed-in counsellors cut off because their credential was revoked",
             m.revocations.clone(),
         );
+        r.register(
+            "clients_not_joined",
+            "Clients that said HELLO and have not joined the queue (solving the proof of work, or idle)",
+            m.clients_not_joined.clone(),
+        );
+        r.register(
+            "queue_rent_challenges",
+            "Proof-of-work challenges sent to waiting clients to keep their place in a crowded queue",
+            m.rent_challenges.clone(),
+        );
+        r.register(
+            "attempts_refused",
+            "Connection attempts refused by the per-address limit",
+            m.refused_attempts.clone(),
+        );
         m
     }
 
@@ -202,6 +223,7 @@ impl Metrics {
         self.transfers.inc_by(stats.transfers);
         self.frames_forwarded.inc_by(stats.frames_forwarded);
         self.bytes_forwarded.inc_by(stats.bytes_forwarded);
+        self.rent_challenges.inc_by(stats.rent_challenges);
         for (reason, n) in stats.chats_ended {
             self.chats_ended.get_or_create(&Reason { reason }).inc_by(n);
         }
@@ -220,6 +242,11 @@ impl Metrics {
 
     pub fn revoked(&self) {
         self.revocations.inc();
+    }
+
+    /// An attempt over the per-address limit, refused before its handshake.
+    pub fn refused_attempt(&self) {
+        self.refused_attempts.inc();
     }
 
     pub fn reloaded(&self, ok: bool) {
@@ -250,6 +277,11 @@ impl Metrics {
             }),
             g.unidentified,
         );
+        set(
+            &self.connections.get_or_create(&Role { role: "handshake" }),
+            g.handshaking,
+        );
+        set(&self.clients_not_joined, g.clients_not_joined);
         set(&self.counsellors_with_room, g.counsellors_with_room);
         for topic in &self.topics {
             let n = g.waiting.get(topic).copied().unwrap_or(0);

@@ -6,7 +6,12 @@
 //! - a connection task completes the handshake, reads the counsellor
 //!   credential (if any) from TLS, accepts the one control stream, registers
 //!   with the driver, then forwards every chunk it reads as an [`Event`] and
-//!   runs a writer that drains the connection's bounded outbound queue;
+//!   runs a writer that drains the connection's bounded outbound queue. It
+//!   reads only while it holds a read permit: the driver gives one back
+//!   for each chunk the core has taken, and holds them while the core has
+//!   paused the connection (over its budget), so QUIC flow control slows
+//!   the sender down. When the connection ends it says how: the peer left
+//!   (an application close or the end of its stream) or was lost;
 //! - the **driver** owns the core. It feeds events in, drains the core's
 //!   outputs to the outbound queues, and wakes for the core's timers. A
 //!   connection whose queue is full is closed as a slow consumer; nobody
@@ -35,20 +40,26 @@ use std::time::Duration;
 
 use rand_core::OsRng;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, RelayConfig};
+use crate::core::frame::EndReason;
 use crate::core::frame::MAX_FRAME_LEN;
-use crate::core::ratelimit::KeyedLimiter;
-use crate::core::relay::{ConnId, Credential, Output, Relay};
-use crate::core::{CloseCode, Now};
+use crate::core::ratelimit::{KeyedLimiter, SourceTag};
+use crate::core::relay::{ConnId, Credential, Flow, Output, Relay};
+use crate::core::{CloseCode, Departure, Now};
 
 /// Capacity of the channel from connection tasks to the driver.
 const DRIVER_QUEUE: usize = 1024;
 /// How long a closing connection may take to flush its last frames.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Chunks one connection may have read and not yet handed to the core: a
+/// bound on what the relay holds for it, whatever it sends.
+const READ_AHEAD: usize = 4;
+/// How long a connection may take to open its control stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -99,9 +110,12 @@ pub struct RelayOptions {
 enum Event {
     Connected {
         credential: Credential,
+        /// The source's tag, when the per-address limit is on.
+        source: Option<SourceTag>,
         /// A counsellor credential's serial number, to match revocations.
         serial: Option<Vec<u8>>,
         outbound: mpsc::Sender<Outbound>,
+        permits: Arc<Semaphore>,
         connection: quinn::Connection,
         reply: oneshot::Sender<Option<ConnId>>,
     },
@@ -109,8 +123,13 @@ enum Event {
         conn: ConnId,
         bytes: bytes::Bytes,
     },
+    /// The peer finished its side of the stream.
+    Finished {
+        conn: ConnId,
+    },
     Disconnected {
         conn: ConnId,
+        departure: Departure,
     },
     /// The revocation list now holds these serial numbers.
     Revoked {
@@ -201,11 +220,19 @@ pub async fn start(
     let transport = move || tls::transport_config(sizes);
     let mut server = tls::server_config(&files, transport())?;
     server.max_incoming(config.limits.max_connections);
+    let bind_err = |source| RelayError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+    // A reset key that survives a restart: a relay that restarts answers
+    // packets of connections it no longer knows with a stateless reset, so
+    // their peers learn at once that they must reconnect.
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(files.stateless_reset_key()));
     let endpoint =
-        quinn::Endpoint::server(server, config.listen).map_err(|source| RelayError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
     let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
         addr: config.listen,
         source,
@@ -243,12 +270,15 @@ pub async fn start(
         Box::new(OsRng),
         std::time::Instant::now(),
     );
+    // Connections in their QUIC handshake or before their control stream.
+    let handshakes = Arc::new(AtomicUsize::new(0));
     let driver = Driver {
         core,
         conns: HashMap::new(),
         observer: options.observer,
         metrics: metrics.clone(),
         revoked: files.revoked.iter().cloned().collect(),
+        handshakes: handshakes.clone(),
     };
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx));
     let reloader = reload::Reloader {
@@ -271,7 +301,8 @@ pub async fn start(
         max_buffered: config.limits.max_buffered_frames,
         max_capacity: usize::from(config.limits.max_capacity),
         retry_above_handshakes: config.limits.retry_above_handshakes,
-        handshakes: Arc::new(AtomicUsize::new(0)),
+        handshakes,
+        metrics: metrics.clone(),
         per_address: (config.limits.per_address_attempts > 0).then(|| {
             KeyedLimiter::new(
                 config.limits.per_address_attempts,
@@ -317,25 +348,41 @@ struct Admission {
     /// A counsellor's buffer holds `max_buffered` writes per chat it may take.
     max_capacity: usize,
     retry_above_handshakes: usize,
-    /// Handshakes in progress.
+    /// Connections in their handshake or before their control stream.
     handshakes: Arc<AtomicUsize>,
+    metrics: Arc<metrics::Metrics>,
     /// Attempts per source address, keyed and forgotten each epoch.
     per_address: Option<KeyedLimiter>,
 }
 
+/// The part of an address that names one source: the whole IPv4 address,
+/// or the /64 block of an IPv6 one (one subscriber usually has a whole /64).
+fn source_bytes(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    }
+}
+
 impl Admission {
-    /// Refuses, retries or lets through one incoming connection. The
-    /// address is used here, in memory, and goes nowhere else.
-    fn admit(&mut self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
+    /// Refuses, retries or lets through one incoming connection, with its
+    /// source's tag when the per-address limit is on. The address is used
+    /// here, in memory, and goes nowhere else.
+    fn admit(&mut self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Option<SourceTag>)> {
+        let mut tag = None;
         if let Some(limiter) = &mut self.per_address {
-            let ip = match incoming.remote_address().ip() {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                std::net::IpAddr::V6(v6) => v6.octets(),
-            };
-            if !limiter.allow(&ip, std::time::Instant::now(), &mut OsRng) {
+            let source = source_bytes(incoming.remote_address().ip());
+            let (source_tag, allowed) =
+                limiter.check(&source, std::time::Instant::now(), &mut OsRng);
+            if !allowed {
+                self.metrics.refused_attempt();
                 incoming.refuse();
                 return None;
             }
+            tag = Some(source_tag);
         }
         // Under a handshake flood, make unvalidated peers prove their
         // address with a stateless retry before we spend a handshake on them.
@@ -346,7 +393,7 @@ impl Admission {
             let _ = incoming.retry();
             return None;
         }
-        Some(incoming)
+        Some((incoming, tag))
     }
 }
 
@@ -360,13 +407,14 @@ async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { return };
-                let Some(incoming) = admission.admit(incoming) else { continue };
+                let Some((incoming, source)) = admission.admit(incoming) else { continue };
                 tokio::spawn(connection_task(
                     incoming,
+                    source,
                     events.clone(),
                     shutdown.clone(),
                     (admission.max_buffered, admission.max_capacity),
-                    admission.handshakes.clone(),
+                    (admission.handshakes.clone(), admission.metrics.clone()),
                 ));
             }
             _ = shutdown.changed() => {
@@ -381,23 +429,47 @@ fn close(connection: &quinn::Connection, code: CloseCode) {
     connection.close(code.code().into(), code.reason().as_bytes());
 }
 
+/// How a connection ended, from the error its stream read gave (§3.3).
+fn departure_of(error: &quinn::ReadError) -> Departure {
+    match error {
+        quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(close)) => {
+            Departure::from_application_close(close.error_code.into_inner())
+        }
+        // A peer that abandons its stream has given up on the chat.
+        quinn::ReadError::Reset(_) => Departure::Left(EndReason::PeerDisconnected),
+        _ => Departure::Lost,
+    }
+}
+
 async fn connection_task(
     incoming: quinn::Incoming,
+    source: Option<SourceTag>,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
     (max_buffered, max_capacity): (usize, usize),
-    handshakes: Arc<AtomicUsize>,
+    (handshakes, metrics): (Arc<AtomicUsize>, Arc<metrics::Metrics>),
 ) {
     if *shutdown.borrow() {
         incoming.refuse();
         return;
     }
-    // A failed handshake says nothing useful and its error may carry an
-    // address: drop it silently.
+    // Counted from the handshake until the control stream is up. A failed
+    // handshake says nothing useful and its error may carry an address:
+    // drop it silently.
     handshakes.fetch_add(1, Ordering::Relaxed);
-    let connecting = incoming.await;
+    let opened = async {
+        let connection = incoming.await.ok()?;
+        let stream = tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await;
+        Some((connection, stream))
+    }
+    .await;
     handshakes.fetch_sub(1, Ordering::Relaxed);
-    let Ok(connection) = connecting else {
+    let Some((connection, stream)) = opened else {
+        return;
+    };
+    let Ok(Ok((mut send, mut recv))) = stream else {
+        close(&connection, CloseCode::Timeout);
+        metrics.closed(CloseCode::Timeout);
         return;
     };
     let (credential, serial) = match tls::counsellor_credential(&connection) {
@@ -409,24 +481,21 @@ async fn connection_task(
         ),
         None => (Credential::Anonymous, None),
     };
-    // The control stream must open promptly; HELLO's own deadline is the core's.
-    let stream = tokio::time::timeout(Duration::from_secs(10), connection.accept_bi()).await;
-    let Ok(Ok((mut send, mut recv))) = stream else {
-        close(&connection, CloseCode::HelloTimeout);
-        return;
-    };
     // A counsellor carries up to max_capacity chats on one connection.
     let buffered = match credential {
         Credential::Counsellor { .. } => max_buffered * max_capacity.max(1),
         Credential::Anonymous => max_buffered,
     };
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(buffered);
+    let permits = Arc::new(Semaphore::new(READ_AHEAD));
     let (reply_tx, reply_rx) = oneshot::channel();
     let registered = events
         .send(Event::Connected {
             credential,
+            source,
             serial,
             outbound: out_tx,
+            permits: permits.clone(),
             connection: connection.clone(),
             reply: reply_tx,
         })
@@ -435,6 +504,7 @@ async fn connection_task(
         (Ok(()), Ok(Some(conn))) => conn,
         _ => {
             close(&connection, CloseCode::Busy);
+            metrics.closed(CloseCode::Busy);
             return;
         }
     };
@@ -449,6 +519,7 @@ async fn connection_task(
                     }
                 }
                 Outbound::Close(code) => {
+                    // The end of the stream tells the peer the close follows.
                     let _ = send.finish();
                     let _ = tokio::time::timeout(FLUSH_ON_CLOSE, send.stopped()).await;
                     close(&writer_conn, code);
@@ -458,38 +529,39 @@ async fn connection_task(
         }
     });
 
-    // Any further stream is a protocol violation.
-    let extra_streams = {
-        let connection = connection.clone();
-        async move {
-            tokio::select! {
-                _ = connection.accept_bi() => {}
-                _ = connection.accept_uni() => {}
+    let departure = loop {
+        // Read only with a permit: the driver holds them back while the
+        // core has paused this connection.
+        tokio::select! {
+            permit = permits.acquire() => match permit {
+                Ok(permit) => permit.forget(),
+                Err(_) => break Departure::Lost,
+            },
+            _ = connection.closed() => break Departure::Lost,
+        }
+        match recv.read_chunk(MAX_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => {
+                if events
+                    .send(Event::Data {
+                        conn,
+                        bytes: chunk.bytes,
+                    })
+                    .await
+                    .is_err()
+                {
+                    break Departure::Lost;
+                }
             }
+            Ok(None) => {
+                // The peer leaves; the core acts on what it sent, then closes.
+                let _ = events.send(Event::Finished { conn }).await;
+                connection.closed().await;
+                break Departure::Lost;
+            }
+            Err(e) => break departure_of(&e),
         }
     };
-    tokio::pin!(extra_streams);
-    loop {
-        tokio::select! {
-            chunk = recv.read_chunk(MAX_FRAME_LEN, true) => {
-                match chunk {
-                    Ok(Some(chunk)) => {
-                        if events.send(Event::Data { conn, bytes: chunk.bytes }).await.is_err() {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            _ = &mut extra_streams => {
-                if connection.close_reason().is_none() {
-                    close(&connection, CloseCode::UnexpectedStream);
-                }
-                break;
-            }
-        }
-    }
-    let _ = events.send(Event::Disconnected { conn }).await;
+    let _ = events.send(Event::Disconnected { conn, departure }).await;
     // Let the writer flush a close it was told to make; then it is done.
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE * 2, writer).await;
 }
@@ -510,6 +582,10 @@ struct ConnEntry {
     outbound: mpsc::Sender<Outbound>,
     connection: quinn::Connection,
     serial: Option<Vec<u8>>,
+    /// The connection task's read permits, and how many the core owes it
+    /// while it is paused.
+    permits: Arc<Semaphore>,
+    owed: usize,
 }
 
 struct Driver {
@@ -519,6 +595,8 @@ struct Driver {
     metrics: Arc<metrics::Metrics>,
     /// Serial numbers on the current revocation list.
     revoked: std::collections::HashSet<Vec<u8>>,
+    /// Connections in their handshake or before their control stream.
+    handshakes: Arc<AtomicUsize>,
 }
 
 impl Driver {
@@ -536,7 +614,7 @@ impl Driver {
                     self.handle(event);
                 }
                 Some(done) = refresh.recv() => {
-                    self.metrics.set_gauges(&self.core.gauges(now()));
+                    self.set_gauges();
                     let _ = done.send(());
                 }
                 _ = async { tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)).await }, if timer.is_some() => {
@@ -551,11 +629,28 @@ impl Driver {
                     self.core.handle_shutdown(now());
                     self.dispatch();
                     self.metrics.set_ready(false);
-                    self.metrics.set_gauges(&self.core.gauges(now()));
+                    self.set_gauges();
                     return;
                 }
             }
             self.dispatch();
+        }
+    }
+
+    fn set_gauges(&self) {
+        let mut gauges = self.core.gauges(now());
+        gauges.handshaking = self.handshakes.load(Ordering::Relaxed);
+        self.metrics.set_gauges(&gauges);
+    }
+
+    /// The core took a chunk (or the end of the stream): the connection
+    /// task may read the next one, unless the core paused it.
+    fn after_read(&mut self, conn: ConnId, flow: Flow) {
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            match flow {
+                Flow::Read => entry.permits.add_permits(1),
+                Flow::Pause => entry.owed += 1,
+            }
         }
     }
 
@@ -564,8 +659,10 @@ impl Driver {
         match event {
             Event::Connected {
                 credential,
+                source,
                 serial,
                 outbound,
+                permits,
                 connection,
                 reply,
             } => {
@@ -576,7 +673,7 @@ impl Driver {
                     let _ = reply.send(None);
                     return;
                 }
-                let id = self.core.handle_connect(now, credential).ok();
+                let id = self.core.handle_connect_from(now, credential, source).ok();
                 if let Some(id) = id {
                     self.conns.insert(
                         id,
@@ -584,6 +681,8 @@ impl Driver {
                             outbound,
                             connection,
                             serial,
+                            permits,
+                            owed: 0,
                         },
                     );
                 }
@@ -607,11 +706,16 @@ impl Driver {
                 if let Some(observe) = &self.observer {
                     observe(Direction::In, &bytes);
                 }
-                self.core.handle_data(now, conn, &bytes);
+                let flow = self.core.handle_data(now, conn, &bytes);
+                self.after_read(conn, flow);
             }
-            Event::Disconnected { conn } => {
+            Event::Finished { conn } => {
+                let flow = self.core.handle_finish(now, conn);
+                self.after_read(conn, flow);
+            }
+            Event::Disconnected { conn, departure } => {
                 self.conns.remove(&conn);
-                self.core.handle_disconnect(now, conn);
+                self.core.handle_disconnect(now, conn, departure);
             }
         }
     }
@@ -628,12 +732,22 @@ impl Driver {
                         observe(Direction::Out, &bytes);
                     }
                     // The queue holds `max_buffered_frames` writes; a peer that
-                    // lets it fill is not reading.
-                    if entry.outbound.try_send(Outbound::Bytes(bytes)).is_err() {
+                    // lets it fill is not reading. Its chats wait for it to
+                    // come back on a better connection. A writer that is
+                    // gone belongs to a connection that is going: its reader
+                    // reports how it ended.
+                    if let Err(mpsc::error::TrySendError::Full(_)) =
+                        entry.outbound.try_send(Outbound::Bytes(bytes))
+                    {
                         close(&entry.connection, CloseCode::SlowConsumer);
                         self.metrics.closed(CloseCode::SlowConsumer);
                         self.conns.remove(&conn);
-                        self.core.handle_disconnect(now(), conn);
+                        self.core.handle_disconnect(now(), conn, Departure::Lost);
+                    }
+                }
+                Output::Unblock { conn } => {
+                    if let Some(entry) = self.conns.get_mut(&conn) {
+                        entry.permits.add_permits(std::mem::take(&mut entry.owed));
                     }
                 }
                 Output::Close { conn, code, flush } => {

@@ -8,11 +8,15 @@
 //! [`counsellor_pseudonym`] reads the name from a verified credential.
 //!
 //! [`ServerFiles::load`] reads the files a config names (certificate, key,
-//! counsellor CA, revocation list) and checks that they belong together;
-//! the relay calls it at start, on SIGHUP and when the files change, and
-//! `--check-config` calls it to validate. Revoked counsellor credentials
-//! are refused during the TLS handshake; [`ServerFiles::revoked`] lists
-//! their serial numbers so the relay can also end live sign-ins.
+//! counsellor CA, revocation list), each with a size limit, parses every
+//! certificate in full, checks its signature and validity, and checks that
+//! the files belong together; the relay calls it at start, on SIGHUP and
+//! when the files change, and `--check-config` calls it to validate, so a
+//! corrupted certificate is refused before any client meets it. Revoked
+//! counsellor credentials are refused during the TLS handshake;
+//! [`ServerFiles::revoked`] lists their serial numbers so the relay can also
+//! end live sign-ins. [`ServerFiles::stateless_reset_key`] derives the QUIC
+//! stateless-reset key from the relay's TLS key, so it survives a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +71,95 @@ pub fn key_from_pem(what: &str, pem: &str) -> Result<PrivateKeyDer<'static>, Tls
         .map_err(|e| TlsError::Pem(format!("{what}: no private key found ({e})")))
 }
 
-/// Reads a PEM file to text.
+/// Reads a PEM file to text, refusing one larger than any PEM file can be.
 pub fn read_pem(path: &std::path::Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+    crate::files::read_text(path, crate::files::MAX_PEM_BYTES).map_err(|e| TlsError::Read {
         path: path.display().to_string(),
-        source,
+        source: match e {
+            crate::files::FileError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        },
     })
+}
+
+/// Parses every certificate of a chain in full and checks each one's
+/// validity at `now_unix` and each signature whose issuer is in the chain
+/// (a self-signed certificate by its own key). A flipped bit anywhere in a
+/// certificate fails here rather than in a client's handshake.
+pub fn check_chain(chain: &[CertificateDer<'static>], now_unix: i64) -> Result<(), String> {
+    let parsed = chain
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .map(|(_, cert)| cert)
+                .map_err(|e| format!("certificate {} does not parse ({e})", i + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, cert) in parsed.iter().enumerate() {
+        let validity = cert.validity();
+        if validity.not_before.timestamp() > now_unix {
+            return Err(format!("certificate {} is not valid yet", i + 1));
+        }
+        if validity.not_after.timestamp() <= now_unix {
+            return Err(format!("certificate {} has expired", i + 1));
+        }
+        let issuer = parsed
+            .get(i + 1)
+            .filter(|next| next.subject() == cert.issuer())
+            .or_else(|| (cert.subject() == cert.issuer()).then_some(cert));
+        if let Some(issuer) = issuer {
+            cert.verify_signature(Some(issuer.public_key()))
+                .map_err(|_| format!("certificate {} has a bad signature", i + 1))?;
+        }
+    }
+    Ok(())
+}
+
+/// The QUIC stateless-reset key: an HMAC-SHA256 key derived from the
+/// relay's TLS private key, so that it is the same after a restart and
+/// secret like that key.
+pub struct ResetKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl ResetKey {
+    fn derive(tls_key: &PrivateKeyDer<'_>) -> ResetKey {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's limit, so this cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(
+            Some(b"fluister stateless reset v1"),
+            tls_key.secret_der(),
+        )
+        .expand(&[], key.as_mut());
+        ResetKey(key)
+    }
+
+    fn mac(&self, data: &[u8]) -> Option<[u8; 32]> {
+        use hkdf::hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_ref()).ok()?;
+        mac.update(data);
+        Some(mac.finalize().into_bytes().into())
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = self.mac(data).unwrap_or_default();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hkdf::hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_ref())
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        mac.update(data);
+        mac.verify_slice(signature)
+            .map_err(|_| quinn::crypto::CryptoError)
+    }
 }
 
 fn rustls_err(e: impl std::fmt::Display) -> TlsError {
@@ -103,8 +190,13 @@ impl ServerFiles {
                 reason,
             };
         let read = |key: &'static str, path: &std::path::Path| {
-            std::fs::read_to_string(path).map_err(|e| file_err(key, path, e.to_string()))
+            let limit = match key {
+                "counsellor_crl" => crate::files::MAX_LIST_BYTES,
+                _ => crate::files::MAX_PEM_BYTES,
+            };
+            crate::files::read_text(path, limit).map_err(|e| file_err(key, path, e.to_string()))
         };
+        let now_unix = crate::org::now_unix() as i64;
         let (chain_pem, key_pem) = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => (
                 read("tls_cert", cert)?,
@@ -121,6 +213,7 @@ impl ServerFiles {
         let key_path = config.tls_key.clone().unwrap_or_default();
         let chain = certs_from_pem("certificate", &chain_pem)
             .map_err(|e| file_err("tls_cert", &cert_path, e.to_string()))?;
+        check_chain(&chain, now_unix).map_err(|reason| file_err("tls_cert", &cert_path, reason))?;
         let key = key_from_pem("key", &key_pem)
             .map_err(|e| file_err("tls_key", &key_path, e.to_string()))?;
         rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(
@@ -133,10 +226,13 @@ impl ServerFiles {
             },
         )?;
         let counsellor_ca = match &config.counsellor_ca {
-            Some(path) => Some(
-                certs_from_pem("counsellor CA", &read("counsellor_ca", path)?)
-                    .map_err(|e| file_err("counsellor_ca", path, e.to_string()))?,
-            ),
+            Some(path) => {
+                let ca = certs_from_pem("counsellor CA", &read("counsellor_ca", path)?)
+                    .map_err(|e| file_err("counsellor_ca", path, e.to_string()))?;
+                check_chain(&ca, now_unix)
+                    .map_err(|reason| file_err("counsellor_ca", path, reason))?;
+                Some(ca)
+            }
             None => None,
         };
         let (crls, revoked) = match (&config.counsellor_crl, &counsellor_ca) {
@@ -156,6 +252,11 @@ impl ServerFiles {
             crls,
             revoked,
         })
+    }
+
+    /// The stateless-reset key for the endpoint, derived from the TLS key.
+    pub fn stateless_reset_key(&self) -> ResetKey {
+        ResetKey::derive(&self.key)
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fluister::client::chat::{self, ChatEvent, ClientRequest, CounsellorSettings};
+use fluister::client::chat::{self, ChatEvent, ClientRequest, CounsellorSettings, EndedReason};
 use fluister::client::{self, ClientError, ConnectOptions, RelayStream};
 use fluister::config::RelayConfig;
 use fluister::crypto::cert::OrgPublicKey;
@@ -224,6 +224,16 @@ pub fn counsellor_party_with(
     }
 }
 
+/// The client's "paired" event with a verified counsellor.
+pub fn paired_with(name: &str) -> ChatEvent {
+    ChatEvent::Paired {
+        counsellor: Some(name.into()),
+        chat: None,
+        topic: None,
+        language: None,
+    }
+}
+
 /// A message as the client sees it.
 pub fn message(text: &str) -> ChatEvent {
     ChatEvent::Message {
@@ -240,34 +250,37 @@ pub fn message_in(chat: u32, text: &str) -> ChatEvent {
     }
 }
 
+/// An end reason by its `--json` name.
+pub fn reason(name: &str) -> EndedReason {
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .unwrap_or_else(|_| panic!("{name} is not an end reason"))
+}
+
 /// The client's "chat ended" event.
-pub fn ended(reason: &str) -> ChatEvent {
-    ChatEvent::Ended {
-        reason: reason.into(),
-        chat: None,
-    }
+pub fn ended(name: &str) -> ChatEvent {
+    ChatEvent::ended(reason(name), None)
 }
 
 /// A counsellor's "chat ended" event for chat `chat`.
-pub fn ended_in(chat: u32, reason: &str) -> ChatEvent {
-    ChatEvent::Ended {
-        reason: reason.into(),
-        chat: Some(chat),
-    }
+pub fn ended_in(chat: u32, name: &str) -> ChatEvent {
+    ChatEvent::ended(reason(name), Some(chat))
 }
 
 pub fn is_connected(e: &ChatEvent) -> bool {
     matches!(e, ChatEvent::Connected { .. })
 }
 
-/// Noise a test may skip: status, queue statistics, sent and delivered.
+/// Noise a test may skip: status, queue statistics, colleagues, sent,
+/// delivered, and a counsellor's `ready` (the young person's handshake came).
 pub fn is_bookkeeping(e: &ChatEvent) -> bool {
     matches!(
         e,
         ChatEvent::Status { .. }
             | ChatEvent::QueueStats { .. }
+            | ChatEvent::Colleague { .. }
             | ChatEvent::Sent { .. }
             | ChatEvent::Delivered { .. }
+            | ChatEvent::Ready { .. }
     )
 }
 
@@ -297,10 +310,16 @@ pub async fn paired_client(org: &Org, relay: &RunningRelay, counsellor: &mut Par
 pub fn strip_chat(e: ChatEvent) -> ChatEvent {
     match e {
         ChatEvent::Message { text, .. } => ChatEvent::Message { text, chat: None },
-        ChatEvent::Ended { reason, .. } => ChatEvent::Ended { reason, chat: None },
+        ChatEvent::Ended { reason, detail, .. } => ChatEvent::Ended {
+            reason,
+            chat: None,
+            detail,
+        },
         ChatEvent::Paired { counsellor, .. } => ChatEvent::Paired {
             counsellor,
             chat: None,
+            topic: None,
+            language: None,
         },
         other => other,
     }
