@@ -996,7 +996,12 @@ fn label_vectors() {
 fn content_vectors() {
     use fluister::core::content::ContentError;
     /// Name, content bytes, what a receiver does, and what decoding gives.
-    type Case = (&'static str, Vec<u8>, &'static str, Result<Content, ContentError>);
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        &'static str,
+        Result<Content, ContentError>,
+    );
     let cases: Vec<Case> = vec![
         (
             "TEXT, final",

@@ -91,38 +91,6 @@ async fn messages_are_confirmed_end_to_end_in_both_directions() {
     relay.shutdown().await;
 }
 
-fn reconnect_options(
-    org: &Org,
-    relay: &fluister::relay::RunningRelay,
-    identity: Option<&fluister::org::Identity>,
-    give_up_after: std::time::Duration,
-) -> fluister::client::Reconnect {
-    let credential = identity.map(|i| i.relay_credential().unwrap());
-    fluister::client::Reconnect {
-        options: fluister::client::ConnectOptions {
-            relay: relay.local_addr().to_string(),
-            ca: Some(ca(org)),
-            credential,
-            connect_timeout: WAIT,
-            bind: None,
-        },
-        give_up_after,
-    }
-}
-
-/// Collects messages until `n` have arrived; checks none came twice.
-async fn messages(party: &mut Party, n: usize) -> Vec<String> {
-    use fluister::client::chat::ChatEvent;
-    let mut got = Vec::new();
-    while got.len() < n {
-        if let ChatEvent::Message { text, .. } = party.next().await {
-            assert!(!got.contains(&text), "{text:?} delivered twice");
-            got.push(text);
-        }
-    }
-    got
-}
-
 #[tokio::test]
 async fn a_killed_client_connection_resumes_with_the_same_counsellor_and_loses_nothing() {
     use fluister::client::chat::{ChatEvent, ClientRequest};

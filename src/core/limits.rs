@@ -79,7 +79,7 @@ impl Limits {
     pub const DEFAULT_MAX_QUEUE: usize = 500;
     pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
     pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(45 * 60);
     pub const DEFAULT_TOPIC_FALLBACK: Duration = Duration::from_secs(120);
     pub const DEFAULT_MAX_CAPACITY: u8 = 8;

@@ -324,3 +324,99 @@ pub fn strip_chat(e: ChatEvent) -> ChatEvent {
         other => other,
     }
 }
+
+/// A raw client that says HELLO and JOINs (solving the proof of work);
+/// returns the stream and its queue ticket. QUEUED or PAIRED comes next.
+pub async fn raw_joined_client(
+    org: &Org,
+    relay: &RunningRelay,
+) -> (RelayStream, fluister::core::frame::ResumeCapability) {
+    use fluister::core::frame::{Frame, PROTOCOL_VERSION, Role};
+    let mut s = connect_anonymous(org, relay).await;
+    s.send(&Frame::Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+    })
+    .await
+    .unwrap();
+    let Some(Frame::Welcome { pow, .. }) = s.next().await.unwrap() else {
+        panic!("WELCOME")
+    };
+    s.send(&Frame::Join {
+        topic: None,
+        language: None,
+        pow_solution: fluister::core::ratelimit::pow_solve(&pow.nonce, pow.difficulty),
+    })
+    .await
+    .unwrap();
+    loop {
+        match s.next().await.unwrap().unwrap() {
+            Frame::Joined { resume } => return (s, resume),
+            Frame::Topic { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A raw client in the queue that waits for PAIRED; returns the stream and
+/// its chat number.
+pub async fn raw_paired_client(
+    org: &Org,
+    relay: &RunningRelay,
+) -> (RelayStream, fluister::core::frame::ChatNumber) {
+    use fluister::core::frame::Frame;
+    let (mut s, _) = raw_joined_client(org, relay).await;
+    loop {
+        match tokio::time::timeout(WAIT, s.next()).await.unwrap().unwrap() {
+            Some(Frame::Paired { chat, .. }) => return (s, chat),
+            Some(Frame::Queued { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A client that can quick-exit: set the sender to true.
+pub fn client_party_with_exit(
+    stream: RelayStream,
+    org: OrgPublicKey,
+) -> (Party, tokio::sync::watch::Sender<bool>) {
+    let (exit, exit_rx) = tokio::sync::watch::channel(false);
+    let request = ClientRequest {
+        quick_exit: Some(exit_rx),
+        ..ClientRequest::default()
+    };
+    (client_party_for(stream, org, request), exit)
+}
+
+/// How a party reconnects to `relay`, giving up after `give_up_after`.
+pub fn reconnect_options(
+    org: &Org,
+    relay: &fluister::relay::RunningRelay,
+    identity: Option<&fluister::org::Identity>,
+    give_up_after: std::time::Duration,
+) -> fluister::client::Reconnect {
+    let credential = identity.map(|i| i.relay_credential().unwrap());
+    fluister::client::Reconnect {
+        options: fluister::client::ConnectOptions {
+            relay: relay.local_addr().to_string(),
+            ca: Some(ca(org)),
+            credential,
+            connect_timeout: WAIT,
+            bind: None,
+        },
+        give_up_after,
+    }
+}
+
+/// Collects messages until `n` have arrived; checks none came twice.
+pub async fn messages(party: &mut Party, n: usize) -> Vec<String> {
+    use fluister::client::chat::ChatEvent;
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let ChatEvent::Message { text, .. } = party.next().await {
+            assert!(!got.contains(&text), "{text:?} delivered twice");
+            got.push(text);
+        }
+    }
+    got
+}
