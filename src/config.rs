@@ -839,6 +839,15 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_label_of_invisible_or_reordering_characters_is_refused() {
+        for label in ["\u{200b}", "Hulp\u{202e}pleH", "Hulp\u{2028}"] {
+            let text = format!("[[topics]]\nid = 1\nnl = \"{label}\"\nen = \"Help\"\n");
+            let e = RelayConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains("topics.nl"), "{e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key_and_line() {
         let e = RelayConfig::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n")
             .unwrap_err()

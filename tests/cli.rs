@@ -876,3 +876,208 @@ fn sighup_reloads_the_certificate_and_json_logs_say_so() {
     }
     assert!(logs.contains("Privacy in force"), "{logs}");
 }
+
+/// Runs the binary and fails the test if it does not finish in time: a
+/// file that never ends must be an error, not a hang.
+fn run_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`fluister {}` did not finish in {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn endless_and_damaged_files_are_refused_with_the_file_named() {
+    let setup = org_setup();
+    let org = setup.path("org");
+    let zero = "/dev/zero";
+    let limit = Duration::from_secs(20);
+    let (_relay, addr) = start_relay(&setup);
+    let ca = setup.path("org/relay-cert.pem");
+    // A file that never ends, wherever a file is read.
+    assert_one_line_error(
+        &run_within(&["relay", "--check-config", zero], limit),
+        "larger than",
+    );
+    let config = setup.path("zero.toml");
+    std::fs::write(
+        &config,
+        format!("tls_cert = \"{zero}\"\ntls_key = \"{org}/relay-key.pem\"\n"),
+    )
+    .unwrap();
+    let out = run_within(&["relay", "--check-config", &config], limit);
+    assert_one_line_error(&out, "tls_cert");
+    assert_one_line_error(&out, "larger than");
+    assert_one_line_error(
+        &run_within(
+            &["chat", "--relay", &addr, "--org-key", zero, "--ca", &ca],
+            limit,
+        ),
+        "--org-key",
+    );
+    assert_one_line_error(
+        &run_within(
+            &[
+                "chat",
+                "--relay",
+                &addr,
+                "--org-key",
+                &setup.org_key,
+                "--ca",
+                zero,
+            ],
+            limit,
+        ),
+        "larger than",
+    );
+    assert_one_line_error(
+        &run_within(
+            &[
+                "counsellor",
+                "--relay",
+                &addr,
+                "--identity",
+                zero,
+                "--ca",
+                &ca,
+            ],
+            limit,
+        ),
+        "larger than",
+    );
+
+    // One flipped bit in the relay certificate's signature: it still
+    // parses as PEM and its key still matches, but no client would accept
+    // it. It is refused before any client meets it.
+    use base64::Engine;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(setup.path("org/relay-cert.pem")).unwrap();
+    let mut der = CertificateDer::from_pem_slice(&pem).unwrap().to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 0x01;
+    let body = base64::engine::general_purpose::STANDARD.encode(&der);
+    let mut damaged = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        damaged.push_str(std::str::from_utf8(line).unwrap());
+        damaged.push('\n');
+    }
+    damaged.push_str("-----END CERTIFICATE-----\n");
+    std::fs::write(setup.path("org/damaged-cert.pem"), damaged).unwrap();
+    let config = setup.path("org/damaged.toml");
+    std::fs::write(
+        &config,
+        "tls_cert = \"damaged-cert.pem\"\ntls_key = \"relay-key.pem\"\n",
+    )
+    .unwrap();
+    let out = run_within(&["relay", "--check-config", &config], limit);
+    assert_one_line_error(&out, "damaged-cert.pem");
+    assert_one_line_error(&out, "bad signature");
+
+    // A damaged organisation key is named before it issues anything.
+    let key_path = setup.path("org/org.key");
+    let text = std::fs::read_to_string(&key_path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("secret_key = "))
+        .unwrap();
+    let mut flipped = line.to_owned();
+    let at = flipped.len() - 3;
+    let c = if &flipped[at..at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    flipped.replace_range(at..at + 1, c);
+    std::fs::write(&key_path, text.replace(line, &flipped)).unwrap();
+    let out = run_within(
+        &["org", "add-counsellor", "--dir", &org, "--name", "Lisa"],
+        limit,
+    );
+    assert_one_line_error(&out, "org.key");
+    assert_one_line_error(&out, "does not match");
+    assert!(!Path::new(&setup.path("org/counsellors/Lisa.identity")).exists());
+    assert_one_line_error(
+        &run_within(&["org", "list", "--dir", &org], limit),
+        "org.key",
+    );
+
+    // A config without counsellor sign-in passes, and says what that means.
+    let empty = setup.path("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let out = run_within(&["relay", "--check-config", &empty], limit);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: no counsellor_ca") && stdout.contains("never pair"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_relay_killed_and_restarted_is_noticed_at_once() {
+    let setup = org_setup();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::fs::read_to_string(setup.path("org/test-relay.toml"))
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    std::fs::write(setup.path("org/fixed.toml"), config).unwrap();
+    let relay = || spawn(&["relay", "--config", &setup.path("org/fixed.toml")]);
+    let mut first = relay();
+    let addr = format!("127.0.0.1:{port}");
+    assert!(first.line().contains(&addr));
+    let sam = spawn_counsellor(&setup, &addr);
+    sam.connected();
+    let mut young = spawn_chat(&setup, &addr);
+    young.connected();
+    assert_eq!(young.event()["event"], "paired");
+    young.say("hallo");
+    assert_eq!(sam.event()["event"], "paired");
+    assert_eq!(sam.event()["event"], "message");
+    while young.event_any() != json!({"event": "delivered", "id": 1}) {}
+
+    // The relay dies without a word, and is back a moment later.
+    let killed = std::time::Instant::now();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = relay();
+    assert!(second.line().contains(&addr));
+    // Its stateless resets tell both sides at their next packet (a
+    // keep-alive within 5 s), long before the 20 s idle timeout.
+    assert_eq!(young.event()["event"], "reconnecting");
+    assert!(
+        killed.elapsed() < Duration::from_secs(12),
+        "noticed after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        young.event(),
+        json!({"event": "ended", "reason": "ended_while_away"})
+    );
+    young.wait_success();
+    assert_eq!(sam.event()["event"], "reconnecting");
+    assert_eq!(
+        sam.event(),
+        json!({"event": "ended", "reason": "ended_while_away", "chat": 1})
+    );
+    drop(second);
+}

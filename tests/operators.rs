@@ -177,6 +177,21 @@ fn check_config_exits_0_for_a_usable_config_and_1_with_the_reason() {
     );
 }
 
+/// A DER certificate as PEM text.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
 /// GET `path` from the admin listener: status code and body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -291,6 +306,99 @@ async fn metrics_and_health_show_the_service_without_anything_about_anyone() {
     draining.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_busy_the_unfinished_and_no_departure_as_slow() {
+    let org = Org::new();
+    let mut config = org.config();
+    config.limits.max_anonymous_connections = 40;
+    config.limits.admissions_per_sec = 1000;
+    config.limits.admissions_burst = 1000;
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
+    let admin = relay.admin_addr().unwrap();
+    let value = |m: &BTreeMap<String, f64>, name: &str| m.get(name).copied().unwrap_or(0.0);
+    // Forty young people wait (no counsellor), and then all leave at once:
+    // the relay's news of their new positions meets connections already
+    // gone, which is no slow consumer.
+    let mut waiting = Vec::new();
+    for _ in 0..40 {
+        waiting.push(raw_joined_client(&org, &relay).await.0);
+    }
+    // The anonymous cap is full of joined young people: the next is busy.
+    let busy = try_connect(&relay, ca(&org), None).await;
+    if let Ok(mut s) = busy {
+        let _ = s
+            .send(&fluister::core::frame::Frame::Hello {
+                version: 1,
+                role: fluister::core::frame::Role::Client,
+            })
+            .await;
+        let err = s.next().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                fluister::client::ClientError::Closed(fluister::core::CloseCode::Busy)
+            ),
+            "{err}"
+        );
+    }
+    for s in &waiting {
+        s.connection()
+            .close(fluister::core::EndpointClose::Left.code().into(), b"");
+    }
+    drop(waiting);
+    // A connection that never opens its control stream, and one that said
+    // HELLO and never joins.
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = fluister::relay::tls::client_config(
+        Some(ca(&org)),
+        None,
+        fluister::relay::tls::transport_config(Default::default()),
+    )
+    .unwrap();
+    let _streamless = endpoint
+        .connect_with(config, relay.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let mut hello_only = connect_anonymous(&org, &relay).await;
+    hello_only
+        .send(&fluister::core::frame::Frame::Hello {
+            version: 1,
+            role: fluister::core::frame::Role::Client,
+        })
+        .await
+        .unwrap();
+    let mut m = BTreeMap::new();
+    for _ in 0..100 {
+        m = samples(&get(admin, "/metrics").await.1);
+        if value(&m, "fluister_clients_not_joined") == 1.0
+            && value(&m, "fluister_connections{role=\"handshake\"}") == 1.0
+            && value(&m, "fluister_queue_waiting{topic=\"none\"}") == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(value(&m, "fluister_clients_not_joined"), 1.0);
+    assert_eq!(value(&m, "fluister_connections{role=\"handshake\"}"), 1.0);
+    assert_eq!(value(&m, "fluister_queue_waiting{topic=\"none\"}"), 0.0);
+    assert_eq!(
+        value(&m, "fluister_connections_closed_total{code=\"busy\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "fluister_connections_closed_total{code=\"slow_consumer\"}"
+        ),
+        0.0,
+        "departures are not slow consumers"
+    );
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_new_certificate_is_taken_without_dropping_chats_and_a_broken_one_is_refused() {
     let org = Org::new();
@@ -324,6 +432,18 @@ async fn a_new_certificate_is_taken_without_dropping_chats_and_a_broken_one_is_r
     )
     .unwrap();
     assert!(!relay.reload().await, "a broken certificate was taken");
+    assert!(connect_with(new_ca.clone()).await.is_ok());
+    // So is one with a single flipped bit, which still looks like a
+    // certificate and still matches its key.
+    let mut der = new_ca[0].to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 0x01;
+    std::fs::write(
+        org.dir.path().join(org::RELAY_CERT_FILE),
+        pem_certificate(&der),
+    )
+    .unwrap();
+    assert!(!relay.reload().await, "a damaged certificate was taken");
     assert!(connect_with(new_ca).await.is_ok());
     sam.say("en ik ook").await;
     assert_eq!(client.next().await, message("en ik ook"));
@@ -342,9 +462,21 @@ async fn a_revoked_counsellor_is_cut_off_and_cannot_sign_in_again() {
     let relay = fluister::relay::start(&config, Default::default())
         .await
         .unwrap();
-    let mut sam = counsellor_party(
+    // Sam's client would reconnect after a lost connection; a revocation
+    // must end it at once all the same.
+    let settings = fluister::client::chat::CounsellorSettings {
+        reconnect: Some(reconnect_options(
+            &org,
+            &relay,
+            Some(&sam_identity),
+            std::time::Duration::from_secs(120),
+        )),
+        ..Default::default()
+    };
+    let mut sam = counsellor_party_with(
         connect_counsellor(&org, &relay, &sam_identity).await,
         Identity::load(&sam_path).unwrap(),
+        settings,
     );
     let mut client = paired_client(&org, &relay, &mut sam).await;
     let mut noor = counsellor_party(
@@ -366,31 +498,45 @@ async fn a_revoked_counsellor_is_cut_off_and_cannot_sign_in_again() {
             .await,
         ended("counsellor_revoked")
     );
+    // Sam's open chat is resolved and the client ends with its own message.
+    assert_eq!(
+        sam.expect(|e| matches!(e, ChatEvent::Ended { .. })).await,
+        ended_in(1, "revoked")
+    );
     let sam_result = sam.finish().await;
     assert!(
-        sam_result
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("revoked")),
+        matches!(
+            sam_result,
+            Err(fluister::client::ClientError::Closed(
+                fluister::core::CloseCode::Revoked
+            ))
+        ),
         "{sam_result:?}"
     );
-    // Sam cannot sign in again; Noor carries on and takes the next chat.
+    assert_eq!(
+        sam_result.unwrap_err().to_string(),
+        "your sign-in was revoked by the helpline"
+    );
+    // Sam cannot sign in again, and is told why; Noor carries on.
     let credential = sam_identity.relay_credential().unwrap();
-    let again = try_connect(&relay, ca(&org), Some(credential)).await;
-    let signed_in = match again {
-        Err(_) => false,
+    let refusal = match try_connect(&relay, ca(&org), Some(credential)).await {
+        Err(e) => e,
         Ok(mut stream) => {
             let hello = fluister::core::frame::Frame::Hello {
                 version: fluister::core::frame::PROTOCOL_VERSION,
                 role: fluister::core::frame::Role::Counsellor,
             };
-            stream.send(&hello).await.is_ok()
-                && matches!(
-                    stream.next().await,
-                    Ok(Some(fluister::core::frame::Frame::Welcome { .. }))
-                )
+            let _ = stream.send(&hello).await;
+            match stream.next().await {
+                Err(e) => e,
+                Ok(frame) => panic!("a revoked counsellor got {frame:?}"),
+            }
         }
     };
-    assert!(!signed_in, "a revoked counsellor signed in");
+    assert!(
+        refusal.to_string().contains("revoked by the helpline"),
+        "{refusal}"
+    );
     let _next = paired_client(&org, &relay, &mut noor).await;
     relay.shutdown().await;
 }

@@ -837,3 +837,137 @@ pub(crate) async fn not_delivered(
         emit(events, ChatEvent::NotDelivered { id, chat }).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::frame::PairingId;
+    use crate::crypto::cert::{CertificateBody, OrgPublicKey};
+    use crate::crypto::e2e::{ClientHandshake, CounsellorKeys, E2eError, counsellor_respond};
+    use ed25519_dalek::SigningKey;
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    /// A client's and a counsellor's session of one chat.
+    fn sessions() -> (Session, Session) {
+        let org_key = SigningKey::from_bytes(&[1; 32]);
+        let org = OrgPublicKey::from_signing_key(&org_key);
+        let static_secret = StaticSecret::from([2; 32]);
+        let certificate = CertificateBody {
+            org_key: *org.as_bytes(),
+            static_key: PublicKey::from(&static_secret).to_bytes(),
+            not_before: 0,
+            not_after: u64::MAX / 2,
+            pseudonym: "Sam".into(),
+        }
+        .sign(&org_key)
+        .unwrap();
+        let keys = CounsellorKeys {
+            static_secret,
+            certificate,
+            org,
+        };
+        let pairing = PairingId([3; 16]);
+        let (hs, m1) = ClientHandshake::start(&org, &pairing, &mut rand_core::OsRng);
+        let (counsellor, m2) =
+            counsellor_respond(&keys, &pairing, &m1, &mut rand_core::OsRng).unwrap();
+        let (client, _) = hs.finish(&m2, 1_000).unwrap();
+        (client, counsellor)
+    }
+
+    fn receiver(
+        session: Session,
+    ) -> (
+        Conversation,
+        mpsc::Receiver<ChatEvent>,
+        mpsc::Sender<ChatEvent>,
+    ) {
+        let (tx, rx) = mpsc::channel(64);
+        (Conversation::new(ChatNumber::FIRST, session, None), rx, tx)
+    }
+
+    #[tokio::test]
+    async fn content_that_breaks_the_rules_is_a_security_failure() {
+        // An ACK of messages never sent.
+        let (mut sender, counsellor) = sessions();
+        let (mut conversation, _rx, tx) = receiver(counsellor);
+        let ack = sender.seal(&Content::Ack { up_to: 1 }).unwrap();
+        assert_eq!(
+            conversation.receive(&ack, &tx).await,
+            Err(E2eError::Content(ContentError::AckBeyondSent))
+        );
+        // TEXT with a reserved flag bit, and a chunk that is not UTF-8.
+        for (bytes, error) in [
+            (vec![0x01, 0x02, b'x'], ContentError::BadFlags),
+            (vec![0x01, 0x01, 0xc3], ContentError::NotUtf8),
+            (
+                vec![0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ContentError::Truncated,
+            ),
+        ] {
+            let (mut sender, counsellor) = sessions();
+            let (mut conversation, _rx, tx) = receiver(counsellor);
+            let blob = sender.seal_raw(&bytes).unwrap();
+            assert_eq!(
+                conversation.receive(&blob, &tx).await,
+                Err(E2eError::Content(error)),
+                "{bytes:?}"
+            );
+        }
+        // A message longer than 16 384 bytes, in chunks that are each fine.
+        let (mut sender, counsellor) = sessions();
+        let (mut conversation, _rx, tx) = receiver(counsellor);
+        let chunk = "x".repeat(1004);
+        let mut result = Ok(());
+        for _ in 0..17 {
+            let blob = sender
+                .seal(&Content::Text {
+                    last: false,
+                    text: chunk.clone(),
+                })
+                .unwrap();
+            result = conversation.receive(&blob, &tx).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(E2eError::Content(ContentError::TooLong)));
+    }
+
+    #[tokio::test]
+    async fn an_ack_up_to_what_was_sent_is_fine_and_delivers() {
+        let (mut client, counsellor) = sessions();
+        let (mut conversation, mut rx, tx) = receiver(counsellor);
+        conversation.queue(1, "hallo").unwrap();
+        let ack = client.seal(&Content::Ack { up_to: 1 }).unwrap();
+        conversation.receive(&ack, &tx).await.unwrap();
+        assert_eq!(
+            rx.recv().await,
+            Some(ChatEvent::Delivered { id: 1, chat: None })
+        );
+    }
+
+    #[test]
+    fn the_send_buffer_refuses_past_its_limit_and_never_loses_silently() {
+        let (client, _) = sessions();
+        let mut conversation = Conversation::new(ChatNumber::FIRST, client, None);
+        let long = "x".repeat(16_000); // 16 frames
+        for id in 1..=8 {
+            conversation.queue(id, &long).unwrap();
+        }
+        assert_eq!(conversation.queue(9, "nog een"), Err(Refused::Full));
+        assert_eq!(
+            conversation.queue(10, &"x".repeat(16_385)),
+            Err(Refused::TooLong)
+        );
+    }
+
+    #[test]
+    fn events_carry_the_list_version() {
+        let json = ChatEvent::ended(EndedReason::PeerEnded, Some(2)).to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"event": "ended", "reason": "peer_ended", "chat": 2, "v": 1})
+        );
+    }
+}

@@ -198,10 +198,12 @@ impl Reconnect {
         let deadline = tokio::time::Instant::now() + self.give_up_after;
         let mut last = ClientError::Lost("could not reconnect in time".into());
         while tokio::time::Instant::now() < deadline {
-            match connect(self.options.clone()).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) if e.is_final() => return Err(e),
-                Err(e) => last = e,
+            // No attempt outlasts the time there is.
+            match tokio::time::timeout_at(deadline, connect(self.options.clone())).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) if e.is_final() => return Err(e),
+                Ok(Err(e)) => last = e,
+                Err(_) => break,
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -221,7 +223,9 @@ fn credential_alert(alert: u8) -> Option<&'static str> {
     Some(match alert {
         44 => "your credential was revoked by the helpline",
         45 => "your credential has expired; ask the helpline to renew it",
-        42 | 43 | 46 | 48 | 49 | 116 => {
+        // bad, unsupported or unknown certificate, unknown CA, access
+        // denied, decode or signature errors, certificate required
+        42 | 43 | 46 | 48 | 49 | 50 | 51 | 116 => {
             "your credential was not accepted (not issued by this helpline, or damaged)"
         }
         _ => return None,

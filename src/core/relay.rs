@@ -1840,8 +1840,14 @@ impl<P: PairingBackend> Relay<P> {
         let Some(d) = self.detached.remove(&h) else {
             return;
         };
-        if let Peer::Live { conn, chat } = d.peer {
-            self.peer_gone(conn, chat);
+        match d.peer {
+            Peer::Live { conn, chat } => self.peer_gone(conn, chat),
+            // The counsellor is away too: its side learns on RESUME.
+            Peer::Away(other) => {
+                if self.detached.remove(&other).is_some() {
+                    self.stats.ended(EndReason::PeerDisconnected);
+                }
+            }
         }
         if let Some(u) = d.unconfirmed {
             self.requeue_away(now, u, d.deadline);

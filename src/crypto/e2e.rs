@@ -196,6 +196,19 @@ impl Session {
         Ok(Blob::new(blob))
     }
 
+    /// Seals raw content bytes, unchecked (tests of what a receiver refuses).
+    #[cfg(test)]
+    pub(crate) fn seal_raw(&mut self, content: &[u8]) -> Result<Blob, E2eError> {
+        let padded = padding::pad(content, TRANSPORT_PLAINTEXT_LEN)?;
+        let seq = self.next_send;
+        let ciphertext = self.transport.seal(seq, &padded)?;
+        self.next_send += 1;
+        let mut blob = [0u8; BLOB_LEN];
+        blob[..SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+        blob[SEQ_LEN..].copy_from_slice(&ciphertext);
+        Ok(Blob::new(blob))
+    }
+
     /// Checks, decrypts and unpads one blob. Messages are taken strictly in
     /// sequence: an earlier number is a duplicate, a later one is early;
     /// both are dropped without being read.
@@ -247,6 +260,43 @@ mod tests {
     use super::*;
     use crate::crypto::cert::CertificateBody;
     use x25519_dalek::PublicKey;
+
+    #[test]
+    fn a_first_handshake_message_with_content_is_refused() {
+        let org_key = SigningKey::from_bytes(&[1; 32]);
+        let org = OrgPublicKey::from_signing_key(&org_key);
+        let static_secret = StaticSecret::from([2; 32]);
+        let certificate = CertificateBody {
+            org_key: *org.as_bytes(),
+            static_key: PublicKey::from(&static_secret).to_bytes(),
+            not_before: 0,
+            not_after: u64::MAX / 2,
+            pseudonym: "Sam".into(),
+        }
+        .sign(&org_key)
+        .unwrap();
+        let keys = CounsellorKeys {
+            static_secret,
+            certificate,
+            org,
+        };
+        let pairing = PairingId([9; 16]);
+        // Message 1 as the spec has it (padding around nothing) is answered;
+        // one byte of content is refused, whatever it is.
+        let (_, empty) = ClientHandshake::start(&org, &pairing, &mut rand_core::OsRng);
+        assert!(counsellor_respond(&keys, &pairing, &empty, &mut rand_core::OsRng).is_ok());
+        let payload = padding::pad(&[0x42], HS1_PAYLOAD_LEN).unwrap();
+        let (_, msg) = NxInitiator::start(
+            &prologue(&org, &pairing),
+            StaticSecret::from([4; 32]),
+            &payload,
+        );
+        let blob = Blob::from_slice(&msg).unwrap();
+        assert_eq!(
+            counsellor_respond(&keys, &pairing, &blob, &mut rand_core::OsRng).err(),
+            Some(E2eError::HelloNotEmpty)
+        );
+    }
 
     #[test]
     fn debug_output_never_shows_keys_or_content() {

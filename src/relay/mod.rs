@@ -230,7 +230,11 @@ pub async fn start(
     // A reset key that survives a restart: a relay that restarts answers
     // packets of connections it no longer knows with a stateless reset, so
     // their peers learn at once that they must reconnect.
-    let endpoint_config = quinn::EndpointConfig::new(Arc::new(files.stateless_reset_key()));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(files.stateless_reset_key()));
+    let cid_key = files.connection_id_key();
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let endpoint =
         quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
     let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {

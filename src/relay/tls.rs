@@ -258,6 +258,20 @@ impl ServerFiles {
     pub fn stateless_reset_key(&self) -> ResetKey {
         ResetKey::derive(&self.key)
     }
+
+    /// The key of the endpoint's connection-id generator, derived from the
+    /// TLS key: a restarted relay must recognise the connection ids it gave
+    /// out before, or it drops their packets instead of resetting them.
+    pub fn connection_id_key(&self) -> u64 {
+        let mut key = [0u8; 8];
+        // 8 bytes is far below HKDF-SHA256's limit, so this cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(
+            Some(b"fluister connection ids v1"),
+            self.key.secret_der(),
+        )
+        .expand(&[], &mut key);
+        u64::from_le_bytes(key)
+    }
 }
 
 /// Parses a PEM revocation list and checks that the counsellor CA signed
