@@ -268,8 +268,9 @@ pub struct LimitsConfig {
     /// Counted under a random in-memory key, never by raw address. IPv6
     /// addresses count by their /64 block.
     pub per_address_attempts: u32,
-    /// With `per_address_attempts` on: places in the queue one source may
-    /// hold at once (1..=10000).
+    /// Places in the queue one source (an IPv4 address or an IPv6 /64) may
+    /// hold at once, counted under the same kind of key; 0 = no limit
+    /// (0..=10000).
     pub per_address_places: usize,
     /// Seconds per rate-limit epoch; key and counts are discarded after each
     /// (10..=86400).
@@ -670,7 +671,7 @@ impl RelayConfig {
         if l.queue_rent_secs != 0 {
             range("limits.queue_rent_secs", l.queue_rent_secs, 60, 86_400)?;
         }
-        range("limits.per_address_places", l.per_address_places, 1, 10_000)?;
+        range("limits.per_address_places", l.per_address_places, 0, 10_000)?;
         range(
             "limits.address_epoch_secs",
             l.address_epoch_secs,

@@ -374,3 +374,45 @@ async fn a_damaged_sign_in_credential_is_blamed_on_the_credential() {
     assert!(err.to_string().contains("refused your sign-in"), "{err}");
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_address_holds_five_places_in_the_queue_and_no_more() {
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
+    let settings = CounsellorSettings {
+        available: false,
+        ..Default::default()
+    };
+    let _sam = counsellor_party_with(
+        connect_counsellor(&org, &relay, &identity).await,
+        identity,
+        settings,
+    );
+    // Five from 127.0.0.1 wait.
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(raw_joined_client(&org, &relay).await);
+    }
+    // The sixth from the same address is told the helpline is busy...
+    let mut sixth = client_party(connect_anonymous(&org, &relay).await, org.public);
+    assert_eq!(sixth.expect(is_ended).await, ended("busy"));
+    // ...while a young person from another address gets a place.
+    let stream = fluister::client::connect(ConnectOptions {
+        bind: Some("127.0.0.2:0".parse().unwrap()),
+        ..reconnect_options(&org, &relay, None, WAIT).options
+    })
+    .await
+    .unwrap();
+    let mut other = client_party(stream, org.public);
+    assert_eq!(
+        other
+            .expect(|e| matches!(e, ChatEvent::Queued { .. }))
+            .await,
+        ChatEvent::Queued {
+            position: 6,
+            estimated_wait_secs: None
+        }
+    );
+    relay.shutdown().await;
+}

@@ -404,3 +404,293 @@ pub async fn surge_counsellors(
     }));
     Ok(tasks)
 }
+
+/// How an attack on the queue runs (bench part 5).
+pub struct AttackPlan {
+    /// Connections that say HELLO and nothing else, kept open (reopened as
+    /// the relay closes them), from their own address.
+    pub idle: usize,
+    /// How long the attack runs before a young person arrives.
+    pub attack: Duration,
+    /// JOINs per second the attacker tries, from one address, solving the
+    /// proof of work on one thread.
+    pub rate: f64,
+    /// How long the young person is given to be paired.
+    pub patience: Duration,
+}
+
+impl AttackPlan {
+    /// No attack: the baseline.
+    pub fn none() -> AttackPlan {
+        AttackPlan {
+            idle: 0,
+            attack: Duration::ZERO,
+            rate: 0.0,
+            patience: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an attack achieved and cost.
+pub struct AttackOutcome {
+    /// The young person's time from connecting to a verified counsellor.
+    pub pair_secs: Option<f64>,
+    /// What happened to the young person, in words.
+    pub legit_outcome: String,
+    /// Places the attacker held in the queue when the young person came.
+    pub places: usize,
+    /// Places the attacker got (JOINED) in all.
+    pub bought: u64,
+    /// Hashes the attacker computed (JOINs and PROOFs), and their CPU time
+    /// at the native rate of one thread.
+    pub hashes: u64,
+    pub cpu_secs: f64,
+}
+
+/// Hashes per second of the reference solver on one thread of this machine.
+pub fn native_hash_rate(duration: Duration) -> f64 {
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed() < duration {
+        for _ in 0..10_000 {
+            crate::core::ratelimit::pow_valid(&[7; 16], 32, &n.to_be_bytes());
+            n += 1;
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A client endpoint on its own loopback address (127.0.0.x), so that the
+/// relay sees it as its own source.
+fn endpoint_at(ip: [u8; 4], config: quinn::ClientConfig) -> Result<quinn::Endpoint, BenchError> {
+    let addr = SocketAddr::from((ip, 0));
+    let mut e = quinn::Endpoint::client(addr).map_err(BenchError::other)?;
+    e.set_default_client_config(config);
+    Ok(e)
+}
+
+/// Runs `plan` against the relay at `relay`: one real counsellor (two chats
+/// at once), the idle connections, the attacker, then one real young
+/// person, and measures.
+pub(super) async fn attack(
+    setup: &super::Setup,
+    relay: SocketAddr,
+    plan: &AttackPlan,
+) -> Result<AttackOutcome, BenchError> {
+    use std::sync::atomic::AtomicBool;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let identity = Identity::load(&setup.identities[0])?;
+    let _counsellor = counsellor_role(relay, setup.ca.clone(), identity, 2).await?;
+
+    // The idle flood, from 127.0.0.4.
+    let idle_endpoint = endpoint_at([127, 0, 0, 4], setup.client_config(None)?)?;
+    for _ in 0..plan.idle {
+        let (endpoint, stop) = (idle_endpoint.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = client::connect_on(&endpoint, relay, "localhost", None).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let hello = Frame::Hello {
+                    version: PROTOCOL_VERSION,
+                    role: Role::Client,
+                };
+                if stream.send(&hello).await.is_err() {
+                    continue;
+                }
+                // Hold it until the relay lets it go.
+                while let Ok(Some(_)) = stream.next().await {}
+            }
+        }));
+    }
+
+    // The attacker, from 127.0.0.2: one solving thread, `rate` tries a second.
+    let held = Arc::new(AtomicU64::new(0));
+    let bought = Arc::new(AtomicU64::new(0));
+    let hashes = Arc::new(AtomicU64::new(0));
+    if plan.rate > 0.0 {
+        let endpoint = endpoint_at([127, 0, 0, 2], setup.client_config(None)?)?;
+        let solver = Arc::new(Semaphore::new(1));
+        let (stop, held, bought, hashes) =
+            (stop.clone(), held.clone(), bought.clone(), hashes.clone());
+        let interval = Duration::from_secs_f64(1.0 / plan.rate);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (endpoint, solver, stop, held, bought, hashes) = (
+                    endpoint.clone(),
+                    solver.clone(),
+                    stop.clone(),
+                    held.clone(),
+                    bought.clone(),
+                    hashes.clone(),
+                );
+                tokio::spawn(async move {
+                    let _ = squat(&endpoint, relay, &solver, &stop, &held, &bought, &hashes).await;
+                });
+            }
+        }));
+    }
+    tokio::time::sleep(plan.attack).await;
+
+    // A young person arrives, from 127.0.0.3.
+    let places = held.load(Ordering::Relaxed) as usize;
+    let started = Instant::now();
+    let stream = client::connect(client::ConnectOptions {
+        relay: relay.to_string(),
+        ca: Some(setup.ca.clone()),
+        credential: None,
+        connect_timeout: Duration::from_secs(30),
+        bind: Some(SocketAddr::from(([127, 0, 0, 3], 0))),
+    })
+    .await?;
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+    let role = tokio::spawn(chat::run_client(
+        stream,
+        setup.org,
+        ClientRequest::default(),
+        input_rx,
+        events_tx,
+    ));
+    let outcome = tokio::time::timeout(plan.patience, async {
+        while let Some(e) = events_rx.recv().await {
+            match e {
+                ChatEvent::Paired { .. } => return Ok(started.elapsed().as_secs_f64()),
+                ChatEvent::Ended { reason, .. } => return Err(format!("{reason:?}")),
+                _ => {}
+            }
+        }
+        Err("the client stopped".to_owned())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    drop(input_tx);
+    role.abort();
+    let (pair_secs, legit_outcome) = match outcome {
+        Ok(Ok(secs)) => (Some(secs), format!("paired after {secs:.1} s")),
+        Ok(Err(why)) => (None, format!("turned away: {why}")),
+        Err(_) => (
+            None,
+            format!("not paired within {} s", plan.patience.as_secs()),
+        ),
+    };
+    let hashes = hashes.load(Ordering::Relaxed);
+    Ok(AttackOutcome {
+        pair_secs,
+        legit_outcome,
+        places,
+        bought: bought.load(Ordering::Relaxed),
+        hashes,
+        cpu_secs: hashes as f64 / native_hash_rate(Duration::from_millis(300)),
+    })
+}
+
+/// One attacker connection: solve, JOIN, hold the place (paying any rent),
+/// and when paired, never start the handshake.
+async fn squat(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    solver: &Semaphore,
+    stop: &std::sync::atomic::AtomicBool,
+    held: &AtomicU64,
+    bought: &AtomicU64,
+    hashes: &AtomicU64,
+) -> Result<(), BenchError> {
+    let mut stream = client::connect_on(endpoint, relay, "localhost", None).await?;
+    stream
+        .send(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+        })
+        .await?;
+    let pow = expect_welcome(&mut stream).await?;
+    let solve = |pow: crate::core::frame::PowChallenge| async move {
+        let _one_core = solver.acquire().await.map_err(BenchError::other)?;
+        let solution = tokio::task::spawn_blocking(move || pow_solve(&pow.nonce, pow.difficulty))
+            .await
+            .map_err(BenchError::other)?;
+        // The reference solver counts up from 0.
+        hashes.fetch_add(u64::from_be_bytes(solution) + 1, Ordering::Relaxed);
+        Ok::<_, BenchError>(solution)
+    };
+    let pow_solution = solve(pow).await?;
+    stream
+        .send(&Frame::Join {
+            topic: None,
+            language: None,
+            pow_solution,
+        })
+        .await?;
+    let mut holding = false;
+    while !stop.load(Ordering::Relaxed) {
+        match stream.next().await {
+            Ok(Some(Frame::Joined { .. })) => {
+                bought.fetch_add(1, Ordering::Relaxed);
+                held.fetch_add(1, Ordering::Relaxed);
+                holding = true;
+            }
+            Ok(Some(Frame::Challenge { pow })) => {
+                let solution = solve(pow).await?;
+                stream.send(&Frame::Proof { solution }).await?;
+            }
+            Ok(Some(Frame::Paired { .. })) => {
+                if std::mem::take(&mut holding) {
+                    held.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if holding {
+        held.fetch_sub(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// One real counsellor role taking `capacity` chats, saying nothing.
+async fn counsellor_role(
+    relay: SocketAddr,
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    identity: Identity,
+    capacity: u8,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<String>,
+        tokio::task::JoinHandle<()>,
+    ),
+    BenchError,
+> {
+    let credential = identity.relay_credential()?;
+    let stream = client::connect(client::ConnectOptions {
+        relay: relay.to_string(),
+        ca: Some(ca),
+        credential: Some(credential),
+        connect_timeout: Duration::from_secs(30),
+        bind: None,
+    })
+    .await?;
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(256);
+    let settings = CounsellorSettings {
+        capacity,
+        ..Default::default()
+    };
+    tokio::spawn(chat::run_counsellor(
+        stream,
+        identity.keys,
+        settings,
+        input_rx,
+        events_tx,
+    ));
+    let drain = tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    Ok((input_tx, drain))
+}

@@ -12,7 +12,10 @@
 //!    open loop;
 //! 3. memory: the process's resident memory per idle paired chat and per
 //!    waiting client, at 1,000 and 10,000;
-//! 4. surge: new chats per second, proof of work off and on.
+//! 4. surge: new chats per second, proof of work off and on;
+//! 5. attack: a young person's time to be paired while 1,500 connections
+//!    sit idle after HELLO and a paced attacker fills the queue, and what
+//!    each place cost the attacker, with the per-address limit off and on.
 //!
 //! Results are a table on stdout and a JSON file. `--smoke` runs a few
 //! chats for a few seconds and checks that every frame arrived.
@@ -178,7 +181,7 @@ impl Latencies {
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub smoke: bool,
-    /// Run only these parts: forwarding, latency, memory, surge (all if empty).
+    /// Run only these parts: forwarding, latency, memory, surge, attack (all if empty).
     pub only: Vec<String>,
     pub seconds: f64,
     pub json: PathBuf,
@@ -350,27 +353,53 @@ impl Setup {
 
     /// Writes a relay config with limits that do not throttle the load.
     fn relay_config(&self, pow: bool) -> Result<PathBuf, BenchError> {
-        let (pow_min, pow_max) = if pow { (8, 22) } else { (0, 0) };
+        let (pow_min, pow_max) = if pow { (8, 20) } else { (0, 0) };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\n\
-             tls_cert = \"{}\"\ntls_key = \"{}\"\ncounsellor_ca = \"{}\"\n\
-             log_level = \"error\"\n\
-             [admin]\nenabled = false\n\
+            "{}\
              [limits]\n\
              max_connections = 30000\nmax_anonymous_connections = 25000\nmax_queue = 25000\n\
              max_capacity = 32\nmax_buffered_frames = 1024\n\
              admissions_per_sec = 10000\nadmissions_burst = 100000\n\
-             frames_per_sec = 1000000\nframes_burst = 1000000\n\
-             bytes_per_sec = 1073741824\nbytes_burst = 67108864\n\
+             forward_frames_per_sec = 1000000\nforward_frames_burst = 1000000\n\
+             control_frames_per_sec = 1000000\ncontrol_frames_burst = 1000000\n\
              pow_min_difficulty = {pow_min}\npow_max_difficulty = {pow_max}\n\
-             retry_above_handshakes = 100000\nhello_timeout_secs = 60\n",
-            self.path(org::RELAY_CERT_FILE).display(),
-            self.path(org::RELAY_KEY_FILE).display(),
-            self.path(org::CA_CERT_FILE).display(),
+             queue_rent_secs = 0\nper_address_places = 0\n\
+             retry_above_handshakes = 100000\nhello_timeout_secs = 60\n\
+             handshake_timeout_secs = 600\n",
+            self.config_head(),
         );
         let path = self.path(if pow { "bench-pow.toml" } else { "bench.toml" });
         std::fs::write(&path, text).map_err(BenchError::other)?;
         Ok(path)
+    }
+
+    /// The top of every bench config: listen address, files, no admin.
+    fn config_head(&self) -> String {
+        format!(
+            "listen = \"127.0.0.1:0\"\n\
+             tls_cert = \"{}\"\ntls_key = \"{}\"\ncounsellor_ca = \"{}\"\n\
+             log_level = \"error\"\n\
+             [admin]\nenabled = false\n",
+            self.path(org::RELAY_CERT_FILE).display(),
+            self.path(org::RELAY_KEY_FILE).display(),
+            self.path(org::CA_CERT_FILE).display(),
+        )
+    }
+
+    /// A relay with the default limits, as a helpline runs it, with the
+    /// limit on places per source on (the default) or off.
+    fn default_relay(&self, places_per_source: bool) -> Result<Server, BenchError> {
+        let mut text = self.config_head();
+        if !places_per_source {
+            text.push_str("[limits]\nper_address_places = 0\n");
+        }
+        let path = self.path(if places_per_source {
+            "bench-defaults.toml"
+        } else {
+            "bench-defaults-no-source-limit.toml"
+        });
+        std::fs::write(&path, text).map_err(BenchError::other)?;
+        Server::start(&["relay", "--config", &path.display().to_string()])
     }
 
     fn relay(&self, pow: bool) -> Result<Server, BenchError> {
@@ -697,7 +726,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         row(
             format!(
                 "new chats, proof of work {}",
-                if pow { "on (8 to 22 bits)" } else { "off" }
+                if pow { "on (8 to 20 bits)" } else { "off" }
             ),
             "chats/s",
             rate,
@@ -705,6 +734,81 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
             None,
             if pow { "" } else { ">= 500 chats/s" },
         );
+    }
+
+    // 5: a young person's way in while the helpline is under attack.
+    if part("attack") {
+        let plan = if options.smoke {
+            load::AttackPlan {
+                idle: 100,
+                attack: Duration::from_secs(4),
+                rate: 8.0,
+                patience: Duration::from_secs(40),
+            }
+        } else {
+            load::AttackPlan {
+                idle: 1500,
+                attack: Duration::from_secs(60),
+                rate: 8.0,
+                patience: Duration::from_secs(120),
+            }
+        };
+        let native = load::native_hash_rate(Duration::from_secs(1));
+        row(
+            "proof of work: hashes per second of the reference solver, native, one thread".into(),
+            "hashes/s",
+            native,
+            0.0,
+            Some(0.0),
+            "",
+        );
+        for places_per_source in [true, false] {
+            let label = if places_per_source {
+                "defaults (5 places per source)"
+            } else {
+                "no limit on places per source"
+            };
+            let quiet = setup.default_relay(places_per_source)?;
+            let calm = load::attack(&setup, quiet.addr, &load::AttackPlan::none()).await?;
+            drop(quiet);
+            let relay = setup.default_relay(places_per_source)?;
+            let attacked = load::attack(&setup, relay.addr, &plan).await?;
+            drop(relay);
+            let secs = |o: &load::AttackOutcome| o.pair_secs.unwrap_or(f64::INFINITY);
+            row(
+                format!(
+                    "attack, {label}: a young person's time to be paired ({} idle connections, attacker {}/s); baseline without attack",
+                    plan.idle, plan.rate
+                ),
+                "s",
+                secs(&attacked),
+                secs(&calm),
+                None,
+                "paired, bounded",
+            );
+            row(
+                format!(
+                    "attack, {label}: places the attacker held when the young person came ({})",
+                    attacked.legit_outcome
+                ),
+                "places",
+                attacked.places as f64,
+                500.0,
+                None,
+                "",
+            );
+            row(
+                format!(
+                    "attack, {label}: attacker CPU per place bought ({} places, {:.1} CPU-s, {:.2e} hashes); baseline at the minimum difficulty",
+                    attacked.bought, attacked.cpu_secs, attacked.hashes as f64
+                ),
+                "CPU-ms/place",
+                1000.0 * attacked.cpu_secs / attacked.bought.max(1) as f64,
+                1000.0 * 256.0 / native.max(1.0),
+                None,
+                "",
+            );
+        }
     }
 
     print_table(&rows);

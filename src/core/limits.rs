@@ -66,8 +66,8 @@ pub struct Limits {
     /// While the queue is more than half full, a waiting client proves work
     /// again this often to keep its place (`None`: never).
     pub queue_rent_interval: Option<Duration>,
-    /// Places in the queue one source may hold at once, when the shell
-    /// tags connections by source (the per-address limit is on).
+    /// Places in the queue one source (an IPv4 address or IPv6 /64, as the
+    /// shell tags it) may hold at once; 0 = no limit.
     pub per_source_places: usize,
     /// How long a chat waits for a side whose connection dropped.
     pub resume_window: Duration,
@@ -96,7 +96,7 @@ impl Limits {
     pub const DEFAULT_POW_MAX_DIFFICULTY: u8 = super::frame::MAX_POW_DIFFICULTY;
     pub const DEFAULT_POW_TARGET_ARRIVALS_PER_SEC: u32 = 10;
     pub const DEFAULT_QUEUE_RENT_INTERVAL: Duration = Duration::from_secs(300);
-    pub const DEFAULT_PER_SOURCE_PLACES: usize = 3;
+    pub const DEFAULT_PER_SOURCE_PLACES: usize = 5;
     pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
     /// Room for everything a paced sender may have unacknowledged
     /// ([`MAX_UNACKED_FRAMES`] and [`MAX_ACK_LOG`]).

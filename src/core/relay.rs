@@ -1169,8 +1169,9 @@ impl<P: PairingBackend> Relay<P> {
             turn: self.next_turn(),
             priority: false,
         };
+        let places = self.limits.per_source_places;
         let over_source_limit =
-            source.is_some_and(|tag| self.places_held_by(tag) >= self.limits.per_source_places);
+            places > 0 && source.is_some_and(|tag| self.places_held_by(tag) >= places);
         if over_source_limit
             || !self.admissions.take(now.mono, 1.0)
             || self.pairing.enqueue(conn, request).is_err()

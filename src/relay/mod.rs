@@ -307,14 +307,22 @@ pub async fn start(
         retry_above_handshakes: config.limits.retry_above_handshakes,
         handshakes,
         metrics: metrics.clone(),
-        per_address: (config.limits.per_address_attempts > 0).then(|| {
-            KeyedLimiter::new(
-                config.limits.per_address_attempts,
-                Duration::from_secs(config.limits.address_epoch_secs),
-                std::time::Instant::now(),
-                &mut OsRng,
-            )
-        }),
+        // Sources are tagged for the attempts limit and for the limit on
+        // places in the queue; without either, not at all.
+        per_address: (config.limits.per_address_attempts > 0
+            || config.limits.per_address_places > 0)
+            .then(|| {
+                let attempts = match config.limits.per_address_attempts {
+                    0 => u32::MAX,
+                    n => n,
+                };
+                KeyedLimiter::new(
+                    attempts,
+                    Duration::from_secs(config.limits.address_epoch_secs),
+                    std::time::Instant::now(),
+                    &mut OsRng,
+                )
+            }),
     };
     tokio::spawn(accept_loop(
         endpoint.clone(),
