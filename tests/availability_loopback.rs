@@ -98,6 +98,19 @@ async fn all_delivered(party: &mut Party, ids: impl IntoIterator<Item = u64>) {
     }
 }
 
+/// A relay that notices a dead path within a few seconds, reached through
+/// a proxy the test can cut.
+async fn relay_behind_a_proxy(org: &Org) -> (fluister::relay::RunningRelay, Proxy) {
+    let mut config = org.config();
+    config.limits.idle_timeout_secs = 5;
+    config.limits.keep_alive_secs = 1;
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
+    let proxy = Proxy::start(relay.local_addr()).await;
+    (relay, proxy)
+}
+
 fn long(n: usize) -> String {
     format!("{n} {}", "ze sturen screenshots naar iedereen ".repeat(500))[..16_000].to_owned()
 }
@@ -183,14 +196,7 @@ async fn a_phone_out_of_a_tunnel_delivers_its_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_typed_while_reconnecting_are_resolved_when_the_chat_is_lost() {
     let org = Org::new();
-    let mut config = org.config();
-    // A dead path is noticed in a few seconds here.
-    config.limits.idle_timeout_secs = 5;
-    config.limits.keep_alive_secs = 1;
-    let relay = fluister::relay::start(&config, Default::default())
-        .await
-        .unwrap();
-    let proxy = Proxy::start(relay.local_addr()).await;
+    let (relay, proxy) = relay_behind_a_proxy(&org).await;
     let mut sam = sam(&org, &relay).await;
     let options = proxy.options(&org, None);
     let request = ClientRequest {
@@ -231,13 +237,7 @@ async fn lines_typed_while_reconnecting_are_resolved_when_the_chat_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counsellor_cut_off_from_the_relay_resolves_every_chat() {
     let org = Org::new();
-    let mut config = org.config();
-    config.limits.idle_timeout_secs = 5;
-    config.limits.keep_alive_secs = 1;
-    let relay = fluister::relay::start(&config, Default::default())
-        .await
-        .unwrap();
-    let proxy = Proxy::start(relay.local_addr()).await;
+    let (relay, proxy) = relay_behind_a_proxy(&org).await;
     let identity = Identity::load(&org.counsellor("Sam")).unwrap();
     let options = proxy.options(&org, Some(identity.relay_credential().unwrap()));
     let settings = CounsellorSettings {

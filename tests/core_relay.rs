@@ -1640,16 +1640,10 @@ mod abuse_control {
             ..Limits::default()
         });
         let idle: Vec<ConnId> = (0..3).map(|_| h.connect(Credential::Anonymous)).collect();
-        // Full, and nobody has been idle long enough to make room.
-        assert!(
-            h.relay
-                .handle_connect(h.now, Credential::Anonymous)
-                .is_err()
-        );
         // Counsellors still get in.
         h.counsellor("Sam");
-        // Two seconds on, a newcomer pushes the oldest idle connection out.
-        h.wait(2);
+        // Full: a newcomer pushes out the oldest connection that has not
+        // joined, however young it is.
         let newcomer = h.connect(Credential::Anonymous);
         assert_eq!(h.drain(), vec![Out::Close(idle[0], CloseCode::Busy, true)]);
         for c in idle.into_iter().skip(1).chain([newcomer]) {
@@ -1674,6 +1668,12 @@ mod abuse_control {
             positions(&outs),
             vec![(fourth, 2)],
             "Sam has the first; the second waits"
+        );
+        // Full of young people who joined: nobody is pushed out for a newcomer.
+        assert!(
+            h.relay
+                .handle_connect(h.now, Credential::Anonymous)
+                .is_err()
         );
     }
 }

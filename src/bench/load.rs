@@ -8,7 +8,6 @@
 //! surge uses the real client and counsellor roles, Noise handshake and
 //! certificate check included.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -366,43 +365,18 @@ pub async fn surge_counsellors(
     relay: SocketAddr,
     ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     identities: Vec<Identity>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, BenchError> {
-    let mut tasks = Vec::new();
-    let mut inputs = HashMap::new();
-    for (i, identity) in identities.into_iter().enumerate() {
-        let credential = identity.relay_credential()?;
-        let stream = client::connect(client::ConnectOptions {
-            relay: relay.to_string(),
-            ca: Some(ca.clone()),
-            credential: Some(credential),
-            connect_timeout: Duration::from_secs(30),
-            bind: None,
-        })
-        .await?;
-        let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
-        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(256);
-        inputs.insert(i, input_tx);
-        let settings = CounsellorSettings {
-            capacity: 32,
-            ..Default::default()
-        };
-        tokio::spawn(chat::run_counsellor(
-            stream,
-            identity.keys,
-            settings,
-            input_rx,
-            events_tx,
-        ));
-        tasks.push(tokio::spawn(async move {
-            while events_rx.recv().await.is_some() {}
-        }));
+) -> Result<
+    Vec<(
+        tokio::sync::mpsc::Sender<String>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    BenchError,
+> {
+    let mut roles = Vec::new();
+    for identity in identities {
+        roles.push(counsellor_role(relay, ca.clone(), identity, 32).await?);
     }
-    // Keep the counsellors' input open for as long as the tasks live.
-    tasks.push(tokio::spawn(async move {
-        let _inputs = inputs;
-        std::future::pending::<()>().await;
-    }));
-    Ok(tasks)
+    Ok(roles)
 }
 
 /// How an attack on the queue runs (bench part 5).
@@ -656,7 +630,8 @@ async fn squat(
     Ok(())
 }
 
-/// One real counsellor role taking `capacity` chats, saying nothing.
+/// One real counsellor role taking `capacity` chats, saying nothing, for
+/// as long as the returned input sender lives.
 async fn counsellor_role(
     relay: SocketAddr,
     ca: Vec<rustls::pki_types::CertificateDer<'static>>,

@@ -537,7 +537,11 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         } else {
             0.0
         });
-        eprintln!("bench: {measurement}: {fluister:.1} vs {baseline:.1} {unit} ({ratio:.2})");
+        eprintln!(
+            "bench: {measurement}: {} vs {} {unit} ({ratio:.2})",
+            figure(fluister),
+            figure(baseline)
+        );
         rows.push(Row {
             measurement,
             unit: unit.into(),
@@ -755,11 +759,11 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         };
         let native = load::native_hash_rate(Duration::from_secs(1));
         row(
-            "proof of work: hashes per second of the reference solver, native, one thread".into(),
+            "proof of work: hashes per second of the reference solver, native, one thread; baseline the slow phone the spec assumes".into(),
             "hashes/s",
             native,
-            0.0,
-            Some(0.0),
+            crate::core::ratelimit::SLOW_DEVICE_HASHES_PER_SEC,
+            None,
             "",
         );
         for places_per_source in [true, false] {
@@ -788,12 +792,12 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
             );
             row(
                 format!(
-                    "attack, {label}: places the attacker held when the young person came ({})",
+                    "attack, {label}: places the attacker held when the young person came ({}); baseline the queue's size",
                     attacked.legit_outcome
                 ),
                 "places",
                 attacked.places as f64,
-                500.0,
+                crate::core::limits::Limits::DEFAULT_MAX_QUEUE as f64,
                 None,
                 "",
             );
@@ -835,8 +839,22 @@ fn print_table(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {} |",
-            r.measurement, r.unit, r.fluister, r.baseline, r.ratio, r.target
+            "| {} | {} | {} | {} | {:.2} | {} |",
+            r.measurement,
+            r.unit,
+            figure(r.fluister),
+            figure(r.baseline),
+            r.ratio,
+            r.target
         );
     }
+}
+
+/// A figure with one decimal, or three significant digits when below one.
+fn figure(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 || x.abs() >= 1.0 {
+        return format!("{x:.1}");
+    }
+    let decimals = (2 - x.abs().log10().floor() as i32).clamp(1, 12) as usize;
+    format!("{x:.decimals$}")
 }

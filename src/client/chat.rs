@@ -842,30 +842,13 @@ pub(crate) async fn not_delivered(
 mod tests {
     use super::*;
     use crate::core::frame::PairingId;
-    use crate::crypto::cert::{CertificateBody, OrgPublicKey};
-    use crate::crypto::e2e::{ClientHandshake, CounsellorKeys, E2eError, counsellor_respond};
-    use ed25519_dalek::SigningKey;
-    use x25519_dalek::{PublicKey, StaticSecret};
+    use crate::crypto::e2e::{ClientHandshake, E2eError, counsellor_respond, test_counsellor_keys};
+    use x25519_dalek::StaticSecret;
 
     /// A client's and a counsellor's session of one chat.
     fn sessions() -> (Session, Session) {
-        let org_key = SigningKey::from_bytes(&[1; 32]);
-        let org = OrgPublicKey::from_signing_key(&org_key);
-        let static_secret = StaticSecret::from([2; 32]);
-        let certificate = CertificateBody {
-            org_key: *org.as_bytes(),
-            static_key: PublicKey::from(&static_secret).to_bytes(),
-            not_before: 0,
-            not_after: u64::MAX / 2,
-            pseudonym: "Sam".into(),
-        }
-        .sign(&org_key)
-        .unwrap();
-        let keys = CounsellorKeys {
-            static_secret,
-            certificate,
-            org,
-        };
+        let keys = test_counsellor_keys(StaticSecret::from([2; 32]));
+        let org = keys.org;
         let pairing = PairingId([3; 16]);
         let (hs, m1) = ClientHandshake::start(&org, &pairing, &mut rand_core::OsRng);
         let (counsellor, m2) =

@@ -101,9 +101,6 @@ impl Limits {
     /// Room for everything a paced sender may have unacknowledged
     /// ([`MAX_UNACKED_FRAMES`] and [`MAX_ACK_LOG`]).
     pub const DEFAULT_MAX_HELD_FRAMES: usize = MAX_UNACKED_FRAMES + MAX_ACK_LOG;
-    /// A client whose place was taken over, or whose chat ended, is closed;
-    /// a connection evicted to make room must be at least this old.
-    pub const EVICT_MIN_AGE: Duration = Duration::from_secs(2);
     /// A waiting client hears from the relay at least this often.
     pub const QUEUE_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
 }

@@ -72,7 +72,7 @@ pub fn challenge_lifetime(difficulty: u8) -> Duration {
 }
 
 /// Hashes per second of the reference solver in a slow phone's browser:
-/// a fifth of what headless Chromium reaches on the project's 2-core
+/// a sixth of what headless Chromium reaches on the project's 2-core
 /// machines (about 0.6 million; PROTOCOL.md §8.1).
 pub const SLOW_DEVICE_HASHES_PER_SEC: f64 = 100_000.0;
 

@@ -420,14 +420,14 @@ impl<P: PairingBackend> Relay<P> {
         }
         let anonymous = credential == Credential::Anonymous;
         if anonymous && self.anonymous >= self.limits.max_anonymous_connections {
+            // Whatever its age: a flood that reconnects as fast as it is
+            // pushed out must not keep newcomers out; a newcomer can only be
+            // pushed out in turn by as many newer connections as there are
+            // connections that have not joined.
             let oldest = self
                 .conns
                 .iter()
-                .filter(|(_, c)| {
-                    c.is_unjoined_client()
-                        && now.mono.saturating_duration_since(c.connected_at)
-                            >= Limits::EVICT_MIN_AGE
-                })
+                .filter(|(_, c)| c.is_unjoined_client())
                 .min_by_key(|(id, c)| (c.connected_at, **id))
                 .map(|(id, _)| *id);
             match oldest {
@@ -1841,15 +1841,7 @@ impl<P: PairingBackend> Relay<P> {
         let Some(d) = self.detached.remove(&h) else {
             return;
         };
-        match d.peer {
-            Peer::Live { conn, chat } => self.peer_gone(conn, chat),
-            // The counsellor is away too: its side learns on RESUME.
-            Peer::Away(other) => {
-                if self.detached.remove(&other).is_some() {
-                    self.stats.ended(EndReason::PeerDisconnected);
-                }
-            }
-        }
+        self.end_for_other_side(d.peer);
         if let Some(u) = d.unconfirmed {
             self.requeue_away(now, u, d.deadline);
         }
@@ -2030,10 +2022,15 @@ impl<P: PairingBackend> Relay<P> {
     /// The resume window of a side is over: the chat ends for the other
     /// side (or is forgotten, if both are away).
     fn expire(&mut self, h: CapHash) {
-        let Some(d) = self.detached.remove(&h) else {
-            return;
-        };
-        match d.peer {
+        if let Some(d) = self.detached.remove(&h) {
+            self.end_for_other_side(d.peer);
+        }
+    }
+
+    /// A side that was away is gone for good: the chat ends for the other
+    /// side, which is told now, or, if it is away too, learns on RESUME.
+    fn end_for_other_side(&mut self, peer: Peer) {
+        match peer {
             Peer::Live { conn, chat } => self.peer_gone(conn, chat),
             Peer::Away(other) => {
                 if self.detached.remove(&other).is_some() {

@@ -255,31 +255,37 @@ pub fn generate_static_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSec
     random_secret(rng)
 }
 
+/// A counsellor's keys under a fixed organisation key, for unit tests here
+/// and in the client.
+#[cfg(test)]
+pub(crate) fn test_counsellor_keys(static_secret: StaticSecret) -> CounsellorKeys {
+    use crate::crypto::cert::CertificateBody;
+    let org_key = SigningKey::from_bytes(&[1; 32]);
+    let org = OrgPublicKey::from_signing_key(&org_key);
+    let certificate = CertificateBody {
+        org_key: *org.as_bytes(),
+        static_key: x25519_dalek::PublicKey::from(&static_secret).to_bytes(),
+        not_before: 0,
+        not_after: u64::MAX / 2,
+        pseudonym: "Sam".into(),
+    }
+    .sign(&org_key)
+    .unwrap();
+    CounsellorKeys {
+        static_secret,
+        certificate,
+        org,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::cert::CertificateBody;
-    use x25519_dalek::PublicKey;
 
     #[test]
     fn a_first_handshake_message_with_content_is_refused() {
-        let org_key = SigningKey::from_bytes(&[1; 32]);
-        let org = OrgPublicKey::from_signing_key(&org_key);
-        let static_secret = StaticSecret::from([2; 32]);
-        let certificate = CertificateBody {
-            org_key: *org.as_bytes(),
-            static_key: PublicKey::from(&static_secret).to_bytes(),
-            not_before: 0,
-            not_after: u64::MAX / 2,
-            pseudonym: "Sam".into(),
-        }
-        .sign(&org_key)
-        .unwrap();
-        let keys = CounsellorKeys {
-            static_secret,
-            certificate,
-            org,
-        };
+        let keys = test_counsellor_keys(StaticSecret::from([2; 32]));
+        let org = keys.org;
         let pairing = PairingId([9; 16]);
         // Message 1 as the spec has it (padding around nothing) is answered;
         // one byte of content is refused, whatever it is.
@@ -300,23 +306,8 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_keys_or_content() {
-        let org_key = SigningKey::from_bytes(&[1; 32]);
-        let org = OrgPublicKey::from_signing_key(&org_key);
-        let static_secret = StaticSecret::from([0x5a; 32]);
-        let certificate = CertificateBody {
-            org_key: *org.as_bytes(),
-            static_key: PublicKey::from(&static_secret).to_bytes(),
-            not_before: 0,
-            not_after: u64::MAX / 2,
-            pseudonym: "Sam".into(),
-        }
-        .sign(&org_key)
-        .unwrap();
-        let keys = CounsellorKeys {
-            static_secret,
-            certificate,
-            org,
-        };
+        let keys = test_counsellor_keys(StaticSecret::from([0x5a; 32]));
+        let org = keys.org;
         let pairing = PairingId([9; 16]);
         let (hs, blob1) =
             ClientHandshake::start_with_ephemeral(&org, &pairing, StaticSecret::from([0x6b; 32]));

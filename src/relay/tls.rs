@@ -309,14 +309,16 @@ pub struct TransportSizes {
 }
 
 impl Default for TransportSizes {
-    /// Room for a few dozen fixed-size frames in flight, not megabytes.
+    /// Room for a few dozen fixed-size frames in flight, not megabytes;
+    /// the spec's liveness values (PROTOCOL.md §3.1), so that clients notice
+    /// a dead relay within 20 s.
     fn default() -> Self {
         let window = (64 * MAX_FRAME_LEN) as u32;
         TransportSizes {
             stream_receive_window: window,
             receive_window: 2 * window,
-            idle_timeout: Duration::from_secs(60),
-            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(crate::config::DEFAULT_IDLE_TIMEOUT_SECS),
+            keep_alive: Duration::from_secs(crate::config::DEFAULT_KEEP_ALIVE_SECS),
         }
     }
 }
