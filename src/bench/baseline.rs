@@ -19,9 +19,17 @@ pub async fn serve_echo(files: tls::ServerFiles) -> Result<(), BenchError> {
     let transport = tls::transport_config(tls::TransportSizes::default());
     let mut server = tls::server_config(&files, transport)?;
     server.max_incoming(100_000);
-    let endpoint =
-        quinn::Endpoint::server(server, "127.0.0.1:0".parse().map_err(BenchError::other)?)
-            .map_err(BenchError::other)?;
+    // The relay's socket buffers, so that the two compare fairly.
+    let socket = crate::relay::bind_udp(([127, 0, 0, 1], 0).into()).map_err(BenchError::other)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| BenchError::other(std::io::Error::other("no async runtime")))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(BenchError::other)?;
     println!(
         "echo listening on {}",
         endpoint.local_addr().map_err(BenchError::other)?
@@ -159,10 +167,7 @@ pub async fn surge(
     super::surge(count, parallel, || {
         let client = client.clone();
         async move {
-            let mut endpoint =
-                quinn::Endpoint::client("127.0.0.1:0".parse().map_err(BenchError::other)?)
-                    .map_err(BenchError::other)?;
-            endpoint.set_default_client_config(client);
+            let endpoint = super::client_endpoint(([127, 0, 0, 1], 0).into(), client)?;
             let mut c = connect(&endpoint, addr).await?;
             let mut buf = vec![0u8; FRAME_LEN];
             c.send

@@ -415,10 +415,8 @@ pub struct AttackOutcome {
     pub places: usize,
     /// Places the attacker got (JOINED) in all.
     pub bought: u64,
-    /// Hashes the attacker computed (JOINs and PROOFs), and their CPU time
-    /// at the native rate of one thread.
+    /// Hashes the attacker computed (JOINs and PROOFs).
     pub hashes: u64,
-    pub cpu_secs: f64,
 }
 
 /// Hashes per second of the reference solver on one thread of this machine.
@@ -437,10 +435,7 @@ pub fn native_hash_rate(duration: Duration) -> f64 {
 /// A client endpoint on its own loopback address (127.0.0.x), so that the
 /// relay sees it as its own source.
 fn endpoint_at(ip: [u8; 4], config: quinn::ClientConfig) -> Result<quinn::Endpoint, BenchError> {
-    let addr = SocketAddr::from((ip, 0));
-    let mut e = quinn::Endpoint::client(addr).map_err(BenchError::other)?;
-    e.set_default_client_config(config);
-    Ok(e)
+    super::client_endpoint(SocketAddr::from((ip, 0)), config)
 }
 
 /// Runs `plan` against the relay at `relay`: one real counsellor (two chats
@@ -556,14 +551,12 @@ pub(super) async fn attack(
             format!("not paired within {} s", plan.patience.as_secs()),
         ),
     };
-    let hashes = hashes.load(Ordering::Relaxed);
     Ok(AttackOutcome {
         pair_secs,
         legit_outcome,
         places,
         bought: bought.load(Ordering::Relaxed),
-        hashes,
-        cpu_secs: hashes as f64 / native_hash_rate(Duration::from_millis(300)),
+        hashes: hashes.load(Ordering::Relaxed),
     })
 }
 

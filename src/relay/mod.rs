@@ -58,6 +58,9 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 /// Chunks one connection may have read and not yet handed to the core: a
 /// bound on what the relay holds for it, whatever it sends.
 const READ_AHEAD: usize = 4;
+/// How late the driver may notice a deadline the core set since it last
+/// asked (pacing's shortest wait is a frame's interval, 1/64 s).
+const TIMER_RECHECK: Duration = Duration::from_millis(5);
 /// How long a connection may take to open its control stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -224,7 +227,7 @@ pub async fn start(
         addr: config.listen,
         source,
     };
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let socket = bind_udp(config.listen).map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
     // A reset key that survives a restart: a relay that restarts answers
@@ -437,6 +440,24 @@ async fn accept_loop(
     }
 }
 
+/// Socket buffers the relay asks for: room for a surge of handshakes and
+/// for keep-alives of many connections arriving together. The kernel caps
+/// them at `net.core.rmem_max` and `wmem_max` (deploy/README.md).
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] of buffer each
+/// way (or what the kernel allows): with the default 208 KiB, packets are
+/// dropped under load and handshakes stall in retransmission back-off.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer is no reason not to run.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn close(connection: &quinn::Connection, code: CloseCode) {
     connection.close(code.code().into(), code.reason().as_bytes());
 }
@@ -541,15 +562,20 @@ async fn connection_task(
         }
     });
 
+    let closed = connection.closed();
+    tokio::pin!(closed);
     let departure = loop {
         // Read only with a permit: the driver holds them back while the
         // core has paused this connection.
-        tokio::select! {
-            permit = permits.acquire() => match permit {
-                Ok(permit) => permit.forget(),
-                Err(_) => break Departure::Lost,
+        match permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => tokio::select! {
+                permit = permits.acquire() => match permit {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => break Departure::Lost,
+                },
+                _ = &mut closed => break Departure::Lost,
             },
-            _ = connection.closed() => break Departure::Lost,
         }
         match recv.read_chunk(MAX_FRAME_LEN, true).await {
             Ok(Some(chunk)) => {
@@ -618,19 +644,40 @@ impl Driver {
         mut shutdown: watch::Receiver<bool>,
         mut refresh: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
+        // The core's next deadline, asked again at most every
+        // TIMER_RECHECK while events arrive: asking walks every connection,
+        // and every deadline the core sets is far longer than that.
+        let mut timer = self.core.poll_timeout().map(Instant::from_std);
+        let mut checked = Instant::now();
+        let mut stale = false;
         loop {
-            let timer = self.core.poll_timeout().map(Instant::from_std);
+            if stale && checked.elapsed() >= TIMER_RECHECK {
+                timer = self.core.poll_timeout().map(Instant::from_std);
+                checked = Instant::now();
+                stale = false;
+            }
+            let wake = match (timer, stale) {
+                (Some(t), true) => Some(t.min(checked + TIMER_RECHECK)),
+                (None, true) => Some(checked + TIMER_RECHECK),
+                (t, false) => t,
+            };
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { return };
                     self.handle(event);
+                    stale = true;
                 }
                 Some(done) = refresh.recv() => {
                     self.set_gauges();
                     let _ = done.send(());
                 }
-                _ = async { tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)).await }, if timer.is_some() => {
-                    self.core.handle_timeout(now());
+                _ = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some() => {
+                    if timer.is_some_and(|t| t <= Instant::now()) {
+                        self.core.handle_timeout(now());
+                    }
+                    timer = self.core.poll_timeout().map(Instant::from_std);
+                    checked = Instant::now();
+                    stale = false;
                 }
                 _ = shutdown.changed() => {
                     // What was already read is handled before the end.
