@@ -16,7 +16,11 @@ use crate::relay::tls;
 
 /// Serves the echo until the process is killed; prints its address first.
 pub async fn serve_echo(files: tls::ServerFiles) -> Result<(), BenchError> {
-    let transport = tls::transport_config(tls::TransportSizes::default());
+    let transport = tls::transport_config(tls::TransportSizes {
+        idle_timeout: super::LOAD_LIVENESS.0,
+        keep_alive: super::LOAD_LIVENESS.1,
+        ..Default::default()
+    });
     let mut server = tls::server_config(&files, transport)?;
     server.max_incoming(100_000);
     // The relay's socket buffers, so that the two compare fairly.
