@@ -334,3 +334,42 @@ async fn a_transfer_to_an_away_colleague_is_refused_and_the_chat_stays() {
     assert_eq!(client.next().await, message("Ik blijf bij je."));
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counsellor_signing_in_among_many_colleagues_gets_the_whole_list() {
+    // A send queue of 8 writes per counsellor (capacity 1), and a dozen
+    // colleagues signed in: the list a newcomer gets at sign-in has more
+    // frames than that queue has room for, and must not count as a slow
+    // reader.
+    let org = Org::new();
+    let mut config = org.config();
+    config.limits.max_buffered_frames = 8;
+    config.limits.max_capacity = 1;
+    let relay = fluister::relay::start(&config, Default::default())
+        .await
+        .unwrap();
+    let mut signed_in = Vec::new();
+    for i in 0..13 {
+        let identity = Identity::load(&org.counsellor(&format!("Collega {i}"))).unwrap();
+        let mut stream = connect_counsellor(&org, &relay, &identity).await;
+        stream
+            .send(&Frame::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Counsellor,
+            })
+            .await
+            .unwrap();
+        let mut colleagues = 0;
+        // Everything up to the last colleague in the list arrives, and the
+        // connection stays open.
+        while colleagues < i {
+            match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+                Ok(Some(Frame::Colleague { .. })) => colleagues += 1,
+                Ok(Some(_)) => {}
+                other => panic!("counsellor {i} after {colleagues} colleagues: {other:?}"),
+            }
+        }
+        signed_in.push(stream);
+    }
+    relay.shutdown().await;
+}

@@ -26,8 +26,14 @@ use crate::org::Identity;
 /// How long a frame may take to come back before the run fails.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
-/// Chats each bench counsellor takes.
+/// Chats each bench counsellor takes in forwarding and latency.
 pub const CAPACITY: u8 = 8;
+/// Chats each counsellor takes in the memory part. Every counsellor hears
+/// of every colleague's sign-in and of each time one fills up (COLLEAGUE),
+/// so presence costs the relay counsellors² frames: at capacity 8, the
+/// 1,250 counsellors of 10,000 chats made 3 million of them and held the
+/// relay back past the JOIN deadline. 313 make 200,000.
+pub const MEMORY_CAPACITY: u8 = 32;
 
 /// What a counsellor connection does with a FORWARD.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -82,6 +88,7 @@ pub async fn counsellors(
     endpoints: &[quinn::Endpoint],
     relay: SocketAddr,
     configs: Vec<quinn::ClientConfig>,
+    capacity: u8,
     epoch: Instant,
 ) -> Result<Counsellors, BenchError> {
     let mode = Arc::new(std::sync::atomic::AtomicU8::new(Mode::Echo as u8));
@@ -102,7 +109,7 @@ pub async fn counsellors(
         stream
             .send(&Frame::Status {
                 available: true,
-                capacity: CAPACITY,
+                capacity,
                 topics: Vec::new(),
                 languages: Vec::new(),
             })

@@ -462,8 +462,8 @@ impl Setup {
     }
 }
 
-fn counsellors_for(chats: usize) -> usize {
-    chats.div_ceil(usize::from(load::CAPACITY)).max(1)
+fn counsellors_for(chats: usize, capacity: u8) -> usize {
+    chats.div_ceil(usize::from(capacity)).max(1)
 }
 
 /// A relay with `chats` paired chats, ready for load.
@@ -473,20 +473,28 @@ async fn paired_relay(
     epoch: Instant,
 ) -> Result<(Server, load::Counsellors, Vec<load::ChatClient>), BenchError> {
     let relay = setup.relay(false)?;
-    let (counsellors, clients) = pair(setup, &relay, &setup.endpoints(4)?, chats, epoch).await?;
+    let (counsellors, clients) = pair(
+        setup,
+        &relay,
+        &setup.endpoints(4)?,
+        (chats, load::CAPACITY),
+        epoch,
+    )
+    .await?;
     Ok((relay, counsellors, clients))
 }
 
-/// Signs in enough counsellors for `chats` and pairs that many young people.
+/// Signs in enough counsellors taking `capacity` chats each for `chats`,
+/// and pairs that many young people.
 async fn pair(
     setup: &Setup,
     relay: &Server,
     endpoints: &[quinn::Endpoint],
-    chats: usize,
+    (chats, capacity): (usize, u8),
     epoch: Instant,
 ) -> Result<(load::Counsellors, Vec<load::ChatClient>), BenchError> {
-    let configs = setup.counsellor_configs(counsellors_for(chats))?;
-    let counsellors = load::counsellors(endpoints, relay.addr, configs, epoch).await?;
+    let configs = setup.counsellor_configs(counsellors_for(chats, capacity))?;
+    let counsellors = load::counsellors(endpoints, relay.addr, configs, capacity, epoch).await?;
     let clients = load::clients(endpoints, relay.addr, chats, true).await?;
     Ok((counsellors, clients))
 }
@@ -539,17 +547,19 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         &[]
     };
     let memory_counts: &[usize] = if part("memory") { memory_counts } else { &[] };
-    let largest = chat_counts
+    let needed = chat_counts
         .iter()
-        .chain(memory_counts)
-        .copied()
+        .map(|&n| counsellors_for(n, load::CAPACITY))
+        .chain(
+            memory_counts
+                .iter()
+                .map(|&n| counsellors_for(n, load::MEMORY_CAPACITY)),
+        )
         .max()
-        .unwrap_or(1);
-    eprintln!(
-        "bench: setting up an organisation with {} counsellors",
-        counsellors_for(largest)
-    );
-    let setup = Setup::new(counsellors_for(largest).max(8))?;
+        .unwrap_or(1)
+        .max(8);
+    eprintln!("bench: setting up an organisation with {needed} counsellors");
+    let setup = Setup::new(needed)?;
     let epoch = Instant::now();
     let mut rows = Vec::new();
     // `ratio` given: the median of interleaved rounds; else fluister / baseline.
@@ -681,7 +691,14 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let relay = setup.relay(false)?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = relay.rss()?;
-        let (counsellors, chats) = pair(&setup, &relay, &endpoints, count, epoch).await?;
+        let (counsellors, chats) = pair(
+            &setup,
+            &relay,
+            &endpoints,
+            (count, load::MEMORY_CAPACITY),
+            epoch,
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let per_chat = (relay.rss()? - before) / count as f64;
         drop((chats, counsellors, relay));
