@@ -849,7 +849,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
             );
             row(
                 format!(
-                    "attack, {label}: attacker CPU per place bought ({} places, {:.1} CPU-s, {:.2e} hashes); baseline at the minimum difficulty",
+                    "attack, {label}: attacker CPU per place bought ({} places, {:.3} CPU-s, {:.2e} hashes); baseline at the minimum difficulty",
                     attacked.bought, cpu_secs, attacked.hashes as f64
                 ),
                 "CPU-ms/place",
