@@ -82,6 +82,35 @@ async fn expect_welcome(
     }
 }
 
+/// An anonymous connection that said HELLO and got its WELCOME, with the
+/// proof-of-work challenge for its JOIN.
+async fn welcomed_client(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+) -> Result<(RelayStream, crate::core::frame::PowChallenge), BenchError> {
+    let mut stream = client::connect_on(endpoint, relay, "localhost", None).await?;
+    stream
+        .send(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+        })
+        .await?;
+    let pow = expect_welcome(&mut stream).await?;
+    Ok((stream, pow))
+}
+
+/// JOIN with no topic or language preference.
+async fn join(stream: &mut RelayStream, pow_solution: [u8; 8]) -> Result<(), BenchError> {
+    stream
+        .send(&Frame::Join {
+            topic: None,
+            language: None,
+            pow_solution,
+        })
+        .await?;
+    Ok(())
+}
+
 /// Signs in `configs.len()` counsellors (one client TLS config each, with
 /// its credential) and runs them.
 pub async fn counsellors(
@@ -180,22 +209,8 @@ pub async fn clients(
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.map_err(BenchError::other)?;
-            let mut stream = client::connect_on(&endpoint, relay, "localhost", None).await?;
-            stream
-                .send(&Frame::Hello {
-                    version: PROTOCOL_VERSION,
-                    role: Role::Client,
-                })
-                .await?;
-            let pow = expect_welcome(&mut stream).await?;
-            let pow_solution = pow_solve(&pow.nonce, pow.difficulty);
-            stream
-                .send(&Frame::Join {
-                    topic: None,
-                    language: None,
-                    pow_solution,
-                })
-                .await?;
+            let (mut stream, pow) = welcomed_client(&endpoint, relay).await?;
+            join(&mut stream, pow_solve(&pow.nonce, pow.difficulty)).await?;
             loop {
                 match stream.next().await? {
                     Some(Frame::Paired { chat, .. }) => return Ok(ChatClient { stream, chat }),
@@ -578,14 +593,7 @@ async fn squat(
     bought: &AtomicU64,
     hashes: &AtomicU64,
 ) -> Result<(), BenchError> {
-    let mut stream = client::connect_on(endpoint, relay, "localhost", None).await?;
-    stream
-        .send(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Client,
-        })
-        .await?;
-    let pow = expect_welcome(&mut stream).await?;
+    let (mut stream, pow) = welcomed_client(endpoint, relay).await?;
     let solve = |pow: crate::core::frame::PowChallenge| async move {
         let _one_core = solver.acquire().await.map_err(BenchError::other)?;
         let solution = tokio::task::spawn_blocking(move || pow_solve(&pow.nonce, pow.difficulty))
@@ -595,14 +603,7 @@ async fn squat(
         hashes.fetch_add(u64::from_be_bytes(solution) + 1, Ordering::Relaxed);
         Ok::<_, BenchError>(solution)
     };
-    let pow_solution = solve(pow).await?;
-    stream
-        .send(&Frame::Join {
-            topic: None,
-            language: None,
-            pow_solution,
-        })
-        .await?;
+    join(&mut stream, solve(pow).await?).await?;
     let mut holding = false;
     while !stop.load(Ordering::Relaxed) {
         match stream.next().await {

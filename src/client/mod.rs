@@ -232,6 +232,18 @@ fn credential_alert(alert: u8) -> Option<&'static str> {
     })
 }
 
+/// Why the QUIC handshake failed: what the relay (or our TLS stack) said,
+/// or, when nothing was said, that the relay could not be reached.
+fn handshake_failed(
+    error: &quinn::ConnectionError,
+    unreachable: impl Fn(String) -> ClientError,
+) -> ClientError {
+    match describe_close(error) {
+        ClientError::Lost(reason) => unreachable(reason),
+        other => other,
+    }
+}
+
 fn describe_close(reason: &quinn::ConnectionError) -> ClientError {
     match reason {
         quinn::ConnectionError::ApplicationClosed(close) => {
@@ -319,12 +331,7 @@ pub async fn connect(options: ConnectOptions) -> Result<RelayStream, ClientError
         .map_err(|e| unreachable(e.to_string()))?;
     let connection = match tokio::time::timeout(options.connect_timeout, connecting).await {
         Err(_) => return Err(unreachable("timed out".into())),
-        Ok(Err(e)) => {
-            return Err(match describe_close(&e) {
-                ClientError::Lost(reason) => unreachable(reason),
-                other => other,
-            });
-        }
+        Ok(Err(e)) => return Err(handshake_failed(&e, unreachable)),
         Ok(Ok(c)) => c,
     };
     open_control_stream(endpoint, connection).await
@@ -348,12 +355,7 @@ pub async fn connect_on(
     }
     .map_err(|e| unreachable(e.to_string()))?;
     let connection = match connecting.await {
-        Err(e) => {
-            return Err(match describe_close(&e) {
-                ClientError::Lost(reason) => unreachable(reason),
-                other => other,
-            });
-        }
+        Err(e) => return Err(handshake_failed(&e, unreachable)),
         Ok(c) => c,
     };
     open_control_stream(endpoint.clone(), connection).await
@@ -428,9 +430,7 @@ impl RelayStream {
     /// relay, which acts on everything before the end of the stream and
     /// then closes, and closes with NO_ERROR ("left") in any case.
     pub async fn leave(&mut self) {
-        let _ = self.send.finish();
-        let _ = tokio::time::timeout(LEAVE_WAIT, self.connection.closed()).await;
-        self.close_now(EndpointClose::Left).await;
+        self.finish_and_close(EndpointClose::Left).await;
     }
 
     /// Leaves at once (a quick exit): closes with NO_ERROR, which the relay
@@ -442,9 +442,13 @@ impl RelayStream {
     /// Aborts after an end-to-end check failed: END(SECURITY_FAILURE) has
     /// been sent; the close code says the same should END be lost.
     pub async fn abort_security(&mut self) {
+        self.finish_and_close(EndpointClose::SecurityFailure).await;
+    }
+
+    async fn finish_and_close(&mut self, how: EndpointClose) {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(LEAVE_WAIT, self.connection.closed()).await;
-        self.close_now(EndpointClose::SecurityFailure).await;
+        self.close_now(how).await;
     }
 
     async fn close_now(&self, how: EndpointClose) {

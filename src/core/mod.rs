@@ -159,6 +159,16 @@ impl EndpointClose {
     pub fn code(self) -> u32 {
         self as u32
     }
+
+    pub fn from_code(code: u64) -> Option<EndpointClose> {
+        [
+            EndpointClose::Left,
+            EndpointClose::SecurityFailure,
+            EndpointClose::Reconnecting,
+        ]
+        .into_iter()
+        .find(|c| u64::from(c.code()) == code)
+    }
 }
 
 /// How a connection ended, as the relay tells it from the way it closed
@@ -179,11 +189,13 @@ impl Departure {
     /// other than those of [`EndpointClose`] mean it gave up for an error
     /// of its own: it left, and its chats end as PEER_DISCONNECTED.
     pub fn from_application_close(code: u64) -> Departure {
-        match code {
-            0x00 => Departure::Left(frame::EndReason::UserEnded),
-            0x10 => Departure::Left(frame::EndReason::SecurityFailure),
-            0x11 => Departure::Lost,
-            _ => Departure::Left(frame::EndReason::PeerDisconnected),
+        match EndpointClose::from_code(code) {
+            Some(EndpointClose::Left) => Departure::Left(frame::EndReason::UserEnded),
+            Some(EndpointClose::SecurityFailure) => {
+                Departure::Left(frame::EndReason::SecurityFailure)
+            }
+            Some(EndpointClose::Reconnecting) => Departure::Lost,
+            None => Departure::Left(frame::EndReason::PeerDisconnected),
         }
     }
 }

@@ -97,6 +97,9 @@ pub trait PairingBackend {
     fn next_pair(&mut self, now: Instant, topic_fallback: Duration) -> Option<(ConnId, ConnId)>;
     /// Waiting clients in queue order, first = position 1.
     fn waiting(&self) -> Vec<(ConnId, Request)>;
+    /// How many waiting clients are newcomers (not handed back by a
+    /// counsellor): what the queue's fullness counts, without a copy of it.
+    fn newcomers_waiting(&self) -> usize;
     /// Whether a signed-in, available counsellor speaks the request's
     /// language (its topic can always fall back): if not, nobody can give
     /// the client an estimate of its wait.
@@ -199,6 +202,10 @@ impl PairingBackend for LocalQueue {
 
     fn waiting(&self) -> Vec<(ConnId, Request)> {
         self.clients.clone()
+    }
+
+    fn newcomers_waiting(&self) -> usize {
+        self.clients.iter().filter(|(_, r)| !r.priority).count()
     }
 
     fn could_serve(&self, request: &Request) -> bool {

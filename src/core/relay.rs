@@ -728,12 +728,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Waiting newcomers as a share of `max_queue` (0 to 1).
     fn queue_fill(&self) -> f64 {
-        let waiting = self
-            .pairing
-            .waiting()
-            .iter()
-            .filter(|(_, r)| !r.priority)
-            .count();
+        let waiting = self.pairing.newcomers_waiting();
         (waiting as f64 / self.limits.max_queue.max(1) as f64).min(1.0)
     }
 
@@ -1272,28 +1267,37 @@ impl<P: PairingBackend> Relay<P> {
         self.send(conn, &Frame::Joined { resume: ticket });
     }
 
-    /// Puts a client in the waiting state. Newcomers pay rent in a crowded
-    /// queue; clients handed back by a counsellor do not.
+    /// Puts a client in the waiting state.
     fn set_waiting(&mut self, now: Now, conn: ConnId, request: Request) {
-        let fallback_at = request.topic.map(|_| now.mono + self.limits.topic_fallback);
-        let rent_at = self
-            .limits
-            .queue_rent_interval
-            .filter(|_| !request.priority)
-            .map(|interval| now.mono + interval);
+        let waiting = self.waiting_for(now, request);
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.state = State::Client(ClientStage::Waiting(Waiting {
-                request,
-                since: now.mono,
-                deadline: now.mono + self.limits.max_wait,
-                fallback_at,
-                next_update: now.mono,
-                last_sent: None,
-                rent: Rent {
-                    next_at: rent_at,
-                    owed: None,
-                },
-            }));
+            c.state = State::Client(ClientStage::Waiting(waiting));
+        }
+    }
+
+    /// The waiting state of a client whose place is `request` (its turn,
+    /// and since when it waits): its wait is over `max_wait` after that, a
+    /// topic falls back `topic_fallback` after that, and newcomers pay rent
+    /// in a crowded queue while clients handed back by a counsellor do not.
+    fn waiting_for(&self, now: Now, request: Request) -> Waiting {
+        Waiting {
+            request,
+            since: request.since,
+            deadline: request.since + self.limits.max_wait,
+            fallback_at: request
+                .topic
+                .map(|_| request.since + self.limits.topic_fallback)
+                .filter(|at| *at > now.mono),
+            next_update: now.mono,
+            last_sent: None,
+            rent: Rent {
+                next_at: self
+                    .limits
+                    .queue_rent_interval
+                    .filter(|_| !request.priority)
+                    .map(|interval| now.mono + interval),
+                owed: None,
+            },
         }
     }
 
@@ -1849,31 +1853,12 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Keeps the place of a client that is away, from the request it had.
     fn requeue_away(&mut self, now: Now, u: Unconfirmed, until: Instant) {
-        let deadline = u.request.since + self.limits.max_wait;
-        let waiting = Waiting {
-            request: u.request,
-            since: u.request.since,
-            deadline,
-            fallback_at: u
-                .request
-                .topic
-                .map(|_| u.request.since + self.limits.topic_fallback)
-                .filter(|at| *at > now.mono),
-            next_update: now.mono,
-            last_sent: None,
-            rent: Rent {
-                next_at: (!u.request.priority)
-                    .then_some(self.limits.queue_rent_interval)
-                    .flatten()
-                    .map(|interval| now.mono + interval),
-                owed: None,
-            },
-        };
+        let waiting = self.waiting_for(now, u.request);
         self.away_from_queue.insert(
             u.ticket,
             AwayFromQueue {
+                until: until.min(waiting.deadline),
                 waiting,
-                until: until.min(deadline),
                 source: u.source,
             },
         );

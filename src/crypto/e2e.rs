@@ -185,19 +185,11 @@ impl Session {
 
     /// Pads, encrypts and numbers one piece of content.
     pub fn seal(&mut self, content: &Content) -> Result<Blob, E2eError> {
-        let plain = Zeroizing::new(content.encode());
-        let padded = padding::pad(&plain, TRANSPORT_PLAINTEXT_LEN)?;
-        let seq = self.next_send;
-        let ciphertext = self.transport.seal(seq, &padded)?;
-        self.next_send += 1;
-        let mut blob = [0u8; BLOB_LEN];
-        blob[..SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
-        blob[SEQ_LEN..].copy_from_slice(&ciphertext);
-        Ok(Blob::new(blob))
+        self.seal_raw(&Zeroizing::new(content.encode()))
     }
 
-    /// Seals raw content bytes, unchecked (tests of what a receiver refuses).
-    #[cfg(test)]
+    /// Pads, encrypts and numbers encoded content as it is; [`Session::seal`]
+    /// gives it checked content, tests give it what a receiver must refuse.
     pub(crate) fn seal_raw(&mut self, content: &[u8]) -> Result<Blob, E2eError> {
         let padded = padding::pad(content, TRANSPORT_PLAINTEXT_LEN)?;
         let seq = self.next_send;

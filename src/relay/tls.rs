@@ -116,52 +116,6 @@ pub fn check_chain(chain: &[CertificateDer<'static>], now_unix: i64) -> Result<(
     Ok(())
 }
 
-/// The QUIC stateless-reset key: an HMAC-SHA256 key derived from the
-/// relay's TLS private key, so that it is the same after a restart and
-/// secret like that key.
-pub struct ResetKey(zeroize::Zeroizing<[u8; 32]>);
-
-impl ResetKey {
-    fn derive(tls_key: &PrivateKeyDer<'_>) -> ResetKey {
-        let mut key = zeroize::Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's limit, so this cannot fail.
-        let _ = hkdf::Hkdf::<sha2::Sha256>::new(
-            Some(b"fluister stateless reset v1"),
-            tls_key.secret_der(),
-        )
-        .expand(&[], key.as_mut());
-        ResetKey(key)
-    }
-
-    fn mac(&self, data: &[u8]) -> Option<[u8; 32]> {
-        use hkdf::hmac::{Hmac, Mac};
-        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_ref()).ok()?;
-        mac.update(data);
-        Some(mac.finalize().into_bytes().into())
-    }
-}
-
-impl quinn::crypto::HmacKey for ResetKey {
-    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
-        let tag = self.mac(data).unwrap_or_default();
-        let n = signature_out.len().min(tag.len());
-        signature_out[..n].copy_from_slice(&tag[..n]);
-    }
-
-    fn signature_len(&self) -> usize {
-        32
-    }
-
-    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
-        use hkdf::hmac::{Hmac, Mac};
-        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_ref())
-            .map_err(|_| quinn::crypto::CryptoError)?;
-        mac.update(data);
-        mac.verify_slice(signature)
-            .map_err(|_| quinn::crypto::CryptoError)
-    }
-}
-
 fn rustls_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Rustls(e.to_string())
 }
@@ -254,23 +208,29 @@ impl ServerFiles {
         })
     }
 
-    /// The stateless-reset key for the endpoint, derived from the TLS key.
-    pub fn stateless_reset_key(&self) -> ResetKey {
-        ResetKey::derive(&self.key)
+    /// The QUIC stateless-reset key: an HMAC-SHA256 key derived from the
+    /// TLS private key, so that it is the same after a restart and secret
+    /// like that key.
+    pub fn stateless_reset_key(&self) -> ring::hmac::Key {
+        let key = self.derive_key::<32>(b"fluister stateless reset v1");
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_ref())
     }
 
     /// The key of the endpoint's connection-id generator, derived from the
     /// TLS key: a restarted relay must recognise the connection ids it gave
     /// out before, or it drops their packets instead of resetting them.
     pub fn connection_id_key(&self) -> u64 {
-        let mut key = [0u8; 8];
-        // 8 bytes is far below HKDF-SHA256's limit, so this cannot fail.
-        let _ = hkdf::Hkdf::<sha2::Sha256>::new(
-            Some(b"fluister connection ids v1"),
-            self.key.secret_der(),
-        )
-        .expand(&[], &mut key);
-        u64::from_le_bytes(key)
+        u64::from_le_bytes(*self.derive_key::<8>(b"fluister connection ids v1"))
+    }
+
+    /// `N` bytes derived from the TLS private key with HKDF-SHA256 under
+    /// `label`.
+    fn derive_key<const N: usize>(&self, label: &[u8]) -> zeroize::Zeroizing<[u8; N]> {
+        let mut key = zeroize::Zeroizing::new([0u8; N]);
+        // A few dozen bytes are far below HKDF-SHA256's limit: this cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(Some(label), self.key.secret_der())
+            .expand(&[], key.as_mut());
+        key
     }
 }
 
