@@ -20,7 +20,7 @@ use common::*;
 use fluister::client::chat::ChatEvent;
 use fluister::client::{self, ConnectOptions};
 use fluister::core::content::Content;
-use fluister::core::frame::{EndReason, Frame, PROTOCOL_VERSION, Role};
+use fluister::core::frame::{EndReason, Frame, Role};
 use fluister::core::ratelimit::pow_solve;
 use fluister::crypto::e2e::{ClientHandshake, Received};
 use fluister::org::Identity;
@@ -251,13 +251,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
         })
         .await
         .unwrap();
-        stream
-            .send(&Frame::Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Client,
-            })
-            .await
-            .unwrap();
+        hello(&mut stream, Role::Client).await;
         let Frame::Welcome { pow, .. } = stream.next().await.unwrap().unwrap() else {
             panic!("expected WELCOME")
         };

@@ -293,11 +293,7 @@ async fn a_young_person_turned_away_at_the_door_is_told_at_once() {
     // One young person waits (a joined connection is never pushed out).
     let (_first, _) = raw_joined_client(&org, &relay).await;
     let started = Instant::now();
-    let request = ClientRequest {
-        reconnect: Some(reconnect_options(&org, &relay, None, WAIT)),
-        ..Default::default()
-    };
-    let mut second = client_party_for(connect_anonymous(&org, &relay).await, org.public, request);
+    let (mut second, _) = resumable_client(&org, &relay).await;
     assert_eq!(second.next().await, ended("busy"));
     assert!(started.elapsed() < AT_ONCE, "not a silent retry");
     second.finish().await.unwrap();
@@ -324,11 +320,7 @@ async fn a_restarting_service_is_said_so() {
         identity,
         settings,
     );
-    let request = ClientRequest {
-        reconnect: Some(reconnect_options(&org, &relay, None, WAIT)),
-        ..Default::default()
-    };
-    let mut young = client_party_for(connect_anonymous(&org, &relay).await, org.public, request);
+    let (mut young, _) = resumable_client(&org, &relay).await;
     young
         .expect(|e| matches!(e, ChatEvent::Queued { .. }))
         .await;

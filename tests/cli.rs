@@ -438,20 +438,9 @@ fn bad_input_gives_one_line_errors() {
         "junk.identity",
     );
     let tampered = setup.path("tampered.identity");
-    let text = std::fs::read_to_string(&identity).unwrap();
-    let cert_line = text
-        .lines()
-        .find(|l| l.starts_with("certificate = "))
-        .unwrap();
-    let mut flipped = cert_line.to_owned();
-    let last_hex = flipped.len() - 2; // inside the signature, before the closing quote
-    let c = if &flipped[last_hex..last_hex + 1] == "0" {
-        "1"
-    } else {
-        "0"
-    };
-    flipped.replace_range(last_hex..last_hex + 1, c);
-    std::fs::write(&tampered, text.replace(cert_line, &flipped)).unwrap();
+    // The last hex digit of the signature, before the closing quote.
+    let text = flip_hex_digit(Path::new(&identity), "certificate = ", 2);
+    std::fs::write(&tampered, text).unwrap();
     assert_one_line_error(
         &run(&[
             "counsellor",
@@ -988,20 +977,8 @@ fn endless_and_damaged_files_are_refused_with_the_file_named() {
 
     // A damaged organisation key is named before it issues anything.
     let key_path = setup.path("org/org.key");
-    let text = std::fs::read_to_string(&key_path).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("secret_key = "))
-        .unwrap();
-    let mut flipped = line.to_owned();
-    let at = flipped.len() - 3;
-    let c = if &flipped[at..at + 1] == "0" {
-        "1"
-    } else {
-        "0"
-    };
-    flipped.replace_range(at..at + 1, c);
-    std::fs::write(&key_path, text.replace(line, &flipped)).unwrap();
+    let text = flip_hex_digit(Path::new(&key_path), "secret_key = ", 3);
+    std::fs::write(&key_path, text).unwrap();
     let out = run_within(
         &["org", "add-counsellor", "--dir", &org, "--name", "Lisa"],
         limit,
@@ -1080,4 +1057,20 @@ fn a_relay_killed_and_restarted_is_noticed_at_once() {
         json!({"event": "ended", "reason": "ended_while_away", "chat": 1})
     );
     drop(second);
+}
+
+/// The text of `path` with one hex digit changed: the one `from_end`
+/// characters before the end of the line that starts with `prefix`.
+fn flip_hex_digit(path: &Path, prefix: &str, from_end: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| l.starts_with(prefix)).unwrap();
+    let mut flipped = line.to_owned();
+    let at = flipped.len() - from_end;
+    let digit = if &flipped[at..at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    flipped.replace_range(at..at + 1, digit);
+    text.replace(line, &flipped)
 }

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fluister::client::chat::{ChatEvent, ClientRequest};
+use fluister::client::chat::ChatEvent;
 use fluister::core::EndpointClose;
 use fluister::core::frame::{EndReason, Frame, Role};
 
@@ -129,13 +129,7 @@ async fn a_resume_with_a_full_send_buffer_of_long_messages_loses_nothing() {
     let org = Org::new();
     let relay = start_relay(&org, &Tap::default()).await;
     let mut sam = sam(&org, &relay).await;
-    let stream = connect_anonymous(&org, &relay).await;
-    let connection = stream.connection().clone();
-    let request = ClientRequest {
-        reconnect: Some(reconnect_options(&org, &relay, None, WAIT)),
-        ..Default::default()
-    };
-    let mut young = client_party_for(stream, org.public, request);
+    let (mut young, connection) = resumable_client(&org, &relay).await;
     young.expect(is_paired).await;
     sam.expect(is_paired).await;
     // The connection dies; then eight messages of 16 000 bytes are typed:
@@ -171,13 +165,7 @@ async fn hello_as_a_client_with_a_counsellor_credential_is_refused() {
     let relay = start_relay(&org, &Tap::default()).await;
     let identity = fluister::org::Identity::load(&org.counsellor("Sam")).unwrap();
     let mut stream = connect_counsellor(&org, &relay, &identity).await;
-    stream
-        .send(&Frame::Hello {
-            version: 1,
-            role: Role::Client,
-        })
-        .await
-        .unwrap();
+    hello(&mut stream, Role::Client).await;
     let err = stream.next().await.unwrap_err();
     assert!(
         matches!(

@@ -8,7 +8,7 @@ use common::*;
 use fluister::client::ClientError;
 use fluister::client::chat::ChatEvent;
 use fluister::core::CloseCode;
-use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, PROTOCOL_VERSION, Role, kind};
+use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, Role, kind};
 use fluister::crypto::e2e::E2eError;
 use fluister::org::Identity;
 use fluister::relay::Direction;
@@ -125,13 +125,7 @@ async fn a_stranger_without_credential_cannot_sign_in_as_counsellor() {
     let org = Org::new();
     let relay = start_relay(&org, &Tap::default()).await;
     let mut stream = connect_anonymous(&org, &relay).await;
-    stream
-        .send(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Counsellor,
-        })
-        .await
-        .unwrap();
+    hello(&mut stream, Role::Counsellor).await;
     let err = stream.next().await.unwrap_err();
     assert!(
         matches!(err, ClientError::Closed(CloseCode::NotAuthorized)),
@@ -163,17 +157,12 @@ async fn a_stranger_without_credential_cannot_sign_in_as_counsellor() {
 async fn close_code_after(
     org: &Org,
     relay: &fluister::relay::RunningRelay,
-    hello: bool,
+    say_hello: bool,
     bytes: &[u8],
 ) -> u64 {
     let mut s = connect_anonymous(org, relay).await;
-    if hello {
-        s.send(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Client,
-        })
-        .await
-        .unwrap();
+    if say_hello {
+        hello(&mut s, Role::Client).await;
     }
     s.send_raw(bytes).await.unwrap();
     let reason = tokio::time::timeout(WAIT, s.connection().closed())

@@ -93,17 +93,11 @@ async fn messages_are_confirmed_end_to_end_in_both_directions() {
 
 #[tokio::test]
 async fn a_killed_client_connection_resumes_with_the_same_counsellor_and_loses_nothing() {
-    use fluister::client::chat::{ChatEvent, ClientRequest};
+    use fluister::client::chat::ChatEvent;
     let org = Org::new();
     let relay = start_relay(&org, &Tap::default()).await;
     let mut sam = sam(&org, &relay).await;
-    let stream = connect_anonymous(&org, &relay).await;
-    let connection = stream.connection().clone();
-    let request = ClientRequest {
-        reconnect: Some(reconnect_options(&org, &relay, None, WAIT)),
-        ..Default::default()
-    };
-    let mut client = client_party_for(stream, org.public, request);
+    let (mut client, connection) = resumable_client(&org, &relay).await;
     assert_eq!(client.expect(is_paired).await, paired_with("Sam"));
     sam.expect(is_paired).await;
 

@@ -8,9 +8,7 @@ use common::*;
 use fluister::client::RelayStream;
 use fluister::client::chat::{ChatEvent, ClientRequest, CounsellorSettings};
 use fluister::core::content::Content;
-use fluister::core::frame::{
-    ChatNumber, EndReason, Frame, Label, PROTOCOL_VERSION, Role, TransferTarget,
-};
+use fluister::core::frame::{ChatNumber, EndReason, Frame, Label, Role, TransferTarget};
 use fluister::crypto::e2e::{self, E2eError, Received, Session};
 use fluister::crypto::noise::NoiseError;
 use fluister::org::Identity;
@@ -100,13 +98,7 @@ impl ManualCounsellor {
     async fn sign_in(org: &Org, relay: &fluister::relay::RunningRelay, name: &str) -> Self {
         let identity = Identity::load(&org.counsellor(name)).unwrap();
         let mut stream = connect_counsellor(org, relay, &identity).await;
-        stream
-            .send(&Frame::Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Counsellor,
-            })
-            .await
-            .unwrap();
+        hello(&mut stream, Role::Counsellor).await;
         stream
             .send(&Frame::Status {
                 available: true,
@@ -352,13 +344,7 @@ async fn a_counsellor_signing_in_among_many_colleagues_gets_the_whole_list() {
     for i in 0..13 {
         let identity = Identity::load(&org.counsellor(&format!("Collega {i}"))).unwrap();
         let mut stream = connect_counsellor(&org, &relay, &identity).await;
-        stream
-            .send(&Frame::Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Counsellor,
-            })
-            .await
-            .unwrap();
+        hello(&mut stream, Role::Counsellor).await;
         let mut colleagues = 0;
         // Everything up to the last colleague in the list arrives, and the
         // connection stays open.

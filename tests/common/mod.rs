@@ -325,20 +325,26 @@ pub fn strip_chat(e: ChatEvent) -> ChatEvent {
     }
 }
 
+/// Says HELLO in `role` on a raw stream.
+pub async fn hello(stream: &mut RelayStream, role: fluister::core::frame::Role) {
+    stream
+        .send(&fluister::core::frame::Frame::Hello {
+            version: fluister::core::frame::PROTOCOL_VERSION,
+            role,
+        })
+        .await
+        .unwrap();
+}
+
 /// A raw client that says HELLO and JOINs (solving the proof of work);
 /// returns the stream and its queue ticket. QUEUED or PAIRED comes next.
 pub async fn raw_joined_client(
     org: &Org,
     relay: &RunningRelay,
 ) -> (RelayStream, fluister::core::frame::ResumeCapability) {
-    use fluister::core::frame::{Frame, PROTOCOL_VERSION, Role};
+    use fluister::core::frame::{Frame, Role};
     let mut s = connect_anonymous(org, relay).await;
-    s.send(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Client,
-    })
-    .await
-    .unwrap();
+    hello(&mut s, Role::Client).await;
     let Some(Frame::Welcome { pow, .. }) = s.next().await.unwrap() else {
         panic!("WELCOME")
     };
@@ -419,4 +425,16 @@ pub async fn messages(party: &mut Party, n: usize) -> Vec<String> {
         }
     }
     got
+}
+
+/// A young person's chat role that reconnects and resumes when its
+/// connection is lost, and that first connection (for tests that kill it).
+pub async fn resumable_client(org: &Org, relay: &RunningRelay) -> (Party, quinn::Connection) {
+    let stream = connect_anonymous(org, relay).await;
+    let connection = stream.connection().clone();
+    let request = ClientRequest {
+        reconnect: Some(reconnect_options(org, relay, None, WAIT)),
+        ..Default::default()
+    };
+    (client_party_for(stream, org.public, request), connection)
 }
