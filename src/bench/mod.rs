@@ -6,6 +6,8 @@
 //! throttle) or the baseline echo process (`fluister bench-echo`, see
 //! [`baseline`]) and drives it from this process over loopback
 //! ([`load`]):
+//! 0. core: what one step of the relay core costs at 100 to 10,000
+//!    connections, without sockets ([`micro`]);
 //! 1. forwarding: frames delivered per second with 1, 100 and 1,000 paired
 //!    chats, closed loop;
 //! 2. latency: p50/p99/p99.9 at 10, 50 and 90 % of the 100-chat maximum,
@@ -22,6 +24,7 @@
 
 pub mod baseline;
 pub mod load;
+pub mod micro;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -181,7 +184,7 @@ impl Latencies {
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub smoke: bool,
-    /// Run only these parts: forwarding, latency, memory, surge, attack (all if empty).
+    /// Run only these parts: core, forwarding, latency, memory, surge, attack (all if empty).
     pub only: Vec<String>,
     pub seconds: f64,
     pub json: PathBuf,
@@ -526,7 +529,104 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Runs every measurement and writes the report.
+/// The parts that drive relay processes over loopback.
+const NETWORK_PARTS: [&str; 5] = ["forwarding", "latency", "memory", "surge", "attack"];
+
 pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let part = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
+    let mut rows = Vec::new();
+    if part("core") {
+        rows.extend(core_rows(options.smoke));
+    }
+    if NETWORK_PARTS.iter().any(|p| part(p)) {
+        rows.extend(network_rows(&options).await?);
+    }
+    print_table(&rows);
+    let report = Report {
+        tool: "fluister bench",
+        version: env!("CARGO_PKG_VERSION"),
+        smoke: options.smoke,
+        seconds_per_measurement: options.seconds,
+        machine: machine(),
+        rows: &rows,
+    };
+    write_json(&options.json, &report)?;
+    Ok(rows)
+}
+
+/// 0: the core micro-benchmark ([`micro`]), each step against the same
+/// step at about 100 connections.
+fn core_rows(smoke: bool) -> Vec<Row> {
+    let shapes = micro::shapes(smoke);
+    let measured: Vec<(String, micro::Costs)> = shapes
+        .into_iter()
+        .map(|(label, shape)| {
+            eprintln!("bench: core at {label}");
+            (label, micro::measure(shape, smoke))
+        })
+        .collect();
+    let Some((base_label, base)) = measured.first().cloned() else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for (label, costs) in &measured {
+        let waiting = label.contains("waiting");
+        let steps: [(&str, f64, f64, String); 4] = [
+            (
+                "one FORWARD",
+                costs.forward,
+                base.forward,
+                "≤ 2× at 10,000".into(),
+            ),
+            (
+                "one poll_timeout",
+                costs.poll_timeout,
+                base.poll_timeout,
+                "≤ 2× at 10,000".into(),
+            ),
+            (
+                "one timer step, nothing due",
+                costs.timer_step,
+                base.timer_step,
+                "≤ 2× at 10,000".into(),
+            ),
+            (
+                "one HELLO+JOIN",
+                costs.hello_join,
+                base.hello_join,
+                if waiting {
+                    "< 20 µs".into()
+                } else {
+                    "≤ 2× at 10,000".into()
+                },
+            ),
+        ];
+        for (step, fluister, baseline, target) in steps {
+            if !fluister.is_finite() {
+                continue;
+            }
+            let row = Row {
+                measurement: format!("core: {step} at {label}; baseline at {base_label}"),
+                unit: "µs".into(),
+                fluister,
+                baseline,
+                ratio: fluister / baseline,
+                target,
+            };
+            eprintln!(
+                "bench: {}: {} vs {} µs ({:.2})",
+                row.measurement,
+                figure(row.fluister),
+                figure(row.baseline),
+                row.ratio
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     let secs = Duration::from_secs_f64(options.seconds);
     let rounds: u32 = if options.smoke { 1 } else { 3 };
     let part = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
@@ -861,16 +961,6 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
         }
     }
 
-    print_table(&rows);
-    let report = Report {
-        tool: "fluister bench",
-        version: env!("CARGO_PKG_VERSION"),
-        smoke: options.smoke,
-        seconds_per_measurement: options.seconds,
-        machine: machine(),
-        rows: &rows,
-    };
-    write_json(&options.json, &report)?;
     Ok(rows)
 }
 

@@ -99,7 +99,7 @@ enum Command {
         /// Where to write the results as JSON.
         #[arg(long, value_name = "FILE", default_value = "bench-results.json")]
         json: PathBuf,
-        /// Run only these parts (comma-separated): forwarding, latency, memory, surge, attack.
+        /// Run only these parts (comma-separated): core, forwarding, latency, memory, surge, attack.
         #[arg(long, value_name = "PARTS", value_delimiter = ',')]
         only: Vec<String>,
     },
