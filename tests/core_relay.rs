@@ -1253,12 +1253,23 @@ fn shutdown_ends_every_chat_and_closes_everyone() {
 
 mod random_input {
     use super::*;
+    use fluister::core::frame::ResumeCapability;
     use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use std::cell::Cell;
 
     #[derive(Debug, Clone)]
     enum Op {
+        /// A bare connection.
         Connect {
             counsellor: bool,
+        },
+        /// A well-behaved endpoint: HELLO in its role, then JOIN (a client)
+        /// or STATUS available (a counsellor), so that chats happen.
+        Arrive {
+            counsellor: bool,
+            capacity: u8,
+            topic: u16,
         },
         Hello {
             conn: usize,
@@ -1268,6 +1279,10 @@ mod random_input {
         Join {
             conn: usize,
             topic: u16,
+        },
+        Proof {
+            conn: usize,
+            solution: [u8; 8],
         },
         Status {
             conn: usize,
@@ -1288,139 +1303,334 @@ mod random_input {
             chat: u32,
             to_queue: bool,
         },
+        /// RESUME with a capability the relay handed out, or a made-up one.
+        Resume {
+            conn: usize,
+            capability: usize,
+            made_up: Option<[u8; 32]>,
+        },
         Garbage {
             conn: usize,
             bytes: Vec<u8>,
         },
+        Finish {
+            conn: usize,
+        },
         Disconnect {
+            conn: usize,
+            departure: Departure,
+        },
+        Revoke {
             conn: usize,
         },
         Wait {
             secs: u64,
         },
+        Shutdown,
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    fn departure() -> impl Strategy<Value = Departure> {
         prop_oneof![
-            any::<bool>().prop_map(|counsellor| Op::Connect { counsellor }),
-            (
-                0..8usize,
-                any::<bool>(),
-                prop_oneof![Just(1u8), any::<u8>()]
-            )
-                .prop_map(|(conn, counsellor, version)| Op::Hello {
-                    conn,
-                    counsellor,
-                    version
-                }),
-            (0..8usize, 0..8u16).prop_map(|(conn, topic)| Op::Join { conn, topic }),
-            (0..8usize, any::<bool>(), 0..4u8).prop_map(|(conn, available, capacity)| Op::Status {
-                conn,
-                available,
-                capacity
-            }),
-            (0..8usize, 0..4u32).prop_map(|(conn, chat)| Op::Forward { conn, chat }),
-            (
-                0..8usize,
-                0..4u32,
-                prop_oneof![Just(1u8), Just(2u8), Just(3u8), any::<u8>()]
-            )
-                .prop_map(|(conn, chat, reason)| Op::End { conn, chat, reason }),
-            (0..8usize, 1..4u32, any::<bool>()).prop_map(|(conn, chat, to_queue)| Op::Transfer {
-                conn,
-                chat,
-                to_queue
-            }),
-            (0..8usize, proptest::collection::vec(any::<u8>(), 0..64))
-                .prop_map(|(conn, bytes)| Op::Garbage { conn, bytes }),
-            (0..8usize).prop_map(|conn| Op::Disconnect { conn }),
-            (0..200u64).prop_map(|secs| Op::Wait { secs }),
+            Just(Departure::Lost),
+            Just(Departure::Left(EndReason::UserEnded)),
+            Just(Departure::Left(EndReason::SecurityFailure)),
+            Just(Departure::Left(EndReason::PeerDisconnected)),
         ]
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(300))]
-        /// Whatever endpoints send, in any order, the core never panics,
-        /// never sends to a connection it closed, every output decodes, and
-        /// the queue stays within its limit.
-        #[test]
-        fn the_core_survives_any_interleaving(ops in proptest::collection::vec(op(), 1..80)) {
-            let mut h = Harness::new(Limits { max_queue: 3, max_wait: Duration::from_secs(600), ..Limits::default() });
-            let mut conns: Vec<ConnId> = Vec::new();
-            let mut closed = std::collections::HashSet::new();
-            let names = ["Sam", "Noor"];
-            for op in ops {
-                let pick = |i: usize| conns.get(i % conns.len().max(1)).copied();
-                let bytes: Option<(ConnId, Vec<u8>)> = match op {
-                    Op::Connect { counsellor } => {
-                        let cred = if counsellor {
-                            Credential::Counsellor { pseudonym: names[conns.len() % 2].into() }
+    fn op() -> impl Strategy<Value = Op> {
+        let conn = 0..8usize;
+        prop_oneof![
+            10 => any::<bool>().prop_map(|counsellor| Op::Connect { counsellor }),
+            40 => (any::<bool>(), 1..4u8, 0..3u16).prop_map(|(counsellor, capacity, topic)| Op::Arrive {
+                counsellor,
+                capacity,
+                topic
+            }),
+            10 => (conn.clone(), any::<bool>(), prop_oneof![Just(1u8), any::<u8>()])
+                .prop_map(|(conn, counsellor, version)| Op::Hello { conn, counsellor, version }),
+            10 => (conn.clone(), 0..8u16).prop_map(|(conn, topic)| Op::Join { conn, topic }),
+            5 => (conn.clone(), any::<[u8; 8]>()).prop_map(|(conn, solution)| Op::Proof { conn, solution }),
+            10 => (conn.clone(), any::<bool>(), 0..4u8)
+                .prop_map(|(conn, available, capacity)| Op::Status { conn, available, capacity }),
+            40 => (conn.clone(), prop_oneof![3 => Just(1u32), 1 => 0..4u32]).prop_map(|(conn, chat)| Op::Forward { conn, chat }),
+            10 => (conn.clone(), 0..4u32, prop_oneof![Just(1u8), Just(2u8), Just(3u8), any::<u8>()])
+                .prop_map(|(conn, chat, reason)| Op::End { conn, chat, reason }),
+            5 => (conn.clone(), 1..4u32, any::<bool>())
+                .prop_map(|(conn, chat, to_queue)| Op::Transfer { conn, chat, to_queue }),
+            10 => (conn.clone(), 0..8usize, proptest::option::of(any::<[u8; 32]>()))
+                .prop_map(|(conn, capability, made_up)| Op::Resume { conn, capability, made_up }),
+            5 => (conn.clone(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(conn, bytes)| Op::Garbage { conn, bytes }),
+            5 => conn.clone().prop_map(|conn| Op::Finish { conn }),
+            10 => (conn.clone(), departure()).prop_map(|(conn, departure)| Op::Disconnect { conn, departure }),
+            5 => conn.prop_map(|conn| Op::Revoke { conn }),
+            10 => (0..200u64).prop_map(|secs| Op::Wait { secs }),
+            1 => Just(Op::Shutdown),
+        ]
+    }
+
+    /// What one case reached.
+    #[derive(Default)]
+    struct Reached {
+        paired: bool,
+        forwarded: bool,
+    }
+
+    fn run(ops: Vec<Op>) -> Result<Reached, TestCaseError> {
+        let mut h = Harness::new(Limits {
+            max_queue: 3,
+            max_wait: Duration::from_secs(600),
+            pow_min_difficulty: 0,
+            pow_max_difficulty: 0,
+            queue_rent_interval: Some(Duration::from_secs(60)),
+            ..Limits::default()
+        });
+        let mut conns: Vec<ConnId> = Vec::new();
+        let mut closed = std::collections::HashSet::new();
+        let mut capabilities: Vec<ResumeCapability> = Vec::new();
+        let mut reached = Reached::default();
+        let names = ["Sam", "Noor"];
+        for op in ops {
+            // The i-th most recent connection: recent ones are the live ones.
+            let pick = |i: usize| conns.iter().rev().nth(i % conns.len().max(1)).copied();
+            let mut frames: Vec<(ConnId, Vec<u8>)> = Vec::new();
+            let mut outs = Vec::new();
+            match op {
+                Op::Connect { counsellor } | Op::Arrive { counsellor, .. } => {
+                    let cred = if counsellor {
+                        Credential::Counsellor {
+                            pseudonym: names[conns.len() % 2].into(),
+                        }
+                    } else {
+                        Credential::Anonymous
+                    };
+                    let Ok(id) = h.relay.handle_connect(h.now, cred) else {
+                        continue;
+                    };
+                    conns.push(id);
+                    if let Op::Arrive {
+                        capacity, topic, ..
+                    } = op
+                    {
+                        let role = if counsellor {
+                            Role::Counsellor
                         } else {
-                            Credential::Anonymous
+                            Role::Client
                         };
-                        conns.push(h.connect(cred));
-                        None
-                    }
-                    Op::Hello { conn, counsellor, version } => pick(conn).map(|id| {
-                        let role = if counsellor { Role::Counsellor } else { Role::Client };
-                        (id, Frame::Hello { version, role }.encode())
-                    }),
-                    Op::Join { conn, topic } => pick(conn).map(|id| (id, Frame::Join { topic: TopicId::new(topic), language: None, pow_solution: [0; 8] }.encode())),
-                    Op::Status { conn, available, capacity } => pick(conn).map(|id| {
-                        (id, Frame::Status { available, capacity, topics: vec![], languages: vec![] }.encode())
-                    }),
-                    Op::Forward { conn, chat } => pick(conn).map(|id| {
-                        let mut b = vec![kind::FORWARD, 0x04, 0x0c];
-                        b.extend_from_slice(&chat.to_be_bytes());
-                        b.extend_from_slice(&[7u8; BLOB_LEN]);
-                        (id, b)
-                    }),
-                    Op::End { conn, chat, reason } => pick(conn).map(|id| {
-                        let mut b = vec![kind::END, 0, 5];
-                        b.extend_from_slice(&chat.to_be_bytes());
-                        b.push(reason);
-                        (id, b)
-                    }),
-                    Op::Transfer { conn, chat: n, to_queue } => pick(conn).map(|id| {
-                        let target = if to_queue { TransferTarget::Queue } else { TransferTarget::Colleague(Label::new("Noor").unwrap()) };
-                        (id, Frame::Transfer { chat: chat(n), target }.encode())
-                    }),
-                    Op::Garbage { conn, bytes } => pick(conn).map(|id| (id, bytes)),
-                    Op::Disconnect { conn } => {
-                        if let Some(id) = pick(conn) {
-                            h.relay.handle_disconnect(h.now, id, Departure::Lost);
-                            closed.insert(id);
-                        }
-                        None
-                    }
-                    Op::Wait { secs } => {
-                        h.now.advance(Duration::from_secs(secs));
-                        h.relay.handle_timeout(h.now);
-                        None
-                    }
-                };
-                if let Some((id, b)) = bytes {
-                    h.relay.handle_data(h.now, id, &b);
-                }
-                while let Some(out) = h.relay.poll_output() {
-                    match out {
-                        Output::Send { conn, bytes } => {
-                            prop_assert!(!closed.contains(&conn), "sent to a closed connection");
-                            let mut frames = Vec::new();
-                            prop_assert!(FrameDecoder::default().push(&bytes, &mut frames).is_ok());
-                        }
-                        Output::Close { conn, .. } => {
-                            prop_assert!(closed.insert(conn), "closed twice");
-                        }
-                        Output::Unblock { conn } => {
-                            prop_assert!(!closed.contains(&conn), "unblocked a closed connection");
-                        }
+                        frames.push((id, Frame::Hello { version: 1, role }.encode()));
+                        let next = if counsellor {
+                            Frame::Status {
+                                available: true,
+                                capacity,
+                                topics: vec![],
+                                languages: vec![],
+                            }
+                        } else {
+                            Frame::Join {
+                                topic: TopicId::new(topic),
+                                language: None,
+                                pow_solution: [0; 8],
+                            }
+                        };
+                        frames.push((id, next.encode()));
                     }
                 }
-                let (open, waiting) = h.relay.counts();
-                prop_assert!(waiting <= open);
+                Op::Hello {
+                    conn,
+                    counsellor,
+                    version,
+                } => frames.extend(pick(conn).map(|id| {
+                    let role = if counsellor {
+                        Role::Counsellor
+                    } else {
+                        Role::Client
+                    };
+                    (id, Frame::Hello { version, role }.encode())
+                })),
+                Op::Join { conn, topic } => frames.extend(pick(conn).map(|id| {
+                    (
+                        id,
+                        Frame::Join {
+                            topic: TopicId::new(topic),
+                            language: None,
+                            pow_solution: [0; 8],
+                        }
+                        .encode(),
+                    )
+                })),
+                Op::Proof { conn, solution } => {
+                    frames.extend(pick(conn).map(|id| (id, Frame::Proof { solution }.encode())))
+                }
+                Op::Status {
+                    conn,
+                    available,
+                    capacity,
+                } => frames.extend(pick(conn).map(|id| {
+                    (
+                        id,
+                        Frame::Status {
+                            available,
+                            capacity,
+                            topics: vec![],
+                            languages: vec![],
+                        }
+                        .encode(),
+                    )
+                })),
+                Op::Forward { conn, chat } => frames.extend(pick(conn).map(|id| {
+                    let mut b = vec![kind::FORWARD, 0x04, 0x0c];
+                    b.extend_from_slice(&chat.to_be_bytes());
+                    b.extend_from_slice(&[7u8; BLOB_LEN]);
+                    (id, b)
+                })),
+                Op::End { conn, chat, reason } => frames.extend(pick(conn).map(|id| {
+                    let mut b = vec![kind::END, 0, 5];
+                    b.extend_from_slice(&chat.to_be_bytes());
+                    b.push(reason);
+                    (id, b)
+                })),
+                Op::Transfer {
+                    conn,
+                    chat: n,
+                    to_queue,
+                } => frames.extend(pick(conn).map(|id| {
+                    let target = if to_queue {
+                        TransferTarget::Queue
+                    } else {
+                        TransferTarget::Colleague(Label::new("Noor").unwrap())
+                    };
+                    (
+                        id,
+                        Frame::Transfer {
+                            chat: chat(n),
+                            target,
+                        }
+                        .encode(),
+                    )
+                })),
+                Op::Resume {
+                    conn,
+                    capability,
+                    made_up,
+                } => {
+                    let capability = match made_up {
+                        Some(bytes) => Some(ResumeCapability(bytes)),
+                        None => capabilities
+                            .get(capability % capabilities.len().max(1))
+                            .copied(),
+                    };
+                    // A fresh connection, as a client that comes back uses.
+                    let id = if conn % 2 == 0 {
+                        h.relay
+                            .handle_connect(h.now, Credential::Anonymous)
+                            .ok()
+                            .inspect(|id| conns.push(*id))
+                    } else {
+                        pick(conn)
+                    };
+                    frames.extend(
+                        id.zip(capability)
+                            .map(|(id, capability)| (id, Frame::Resume { capability }.encode())),
+                    );
+                }
+                Op::Garbage { conn, bytes } => frames.extend(pick(conn).map(|id| (id, bytes))),
+                Op::Finish { conn } => {
+                    if let Some(id) = pick(conn) {
+                        h.relay.handle_finish(h.now, id);
+                    }
+                }
+                Op::Disconnect { conn, departure } => {
+                    if let Some(id) = pick(conn) {
+                        h.relay.handle_disconnect(h.now, id, departure);
+                        closed.insert(id);
+                    }
+                }
+                Op::Revoke { conn } => {
+                    if let Some(id) = pick(conn) {
+                        h.relay.handle_revoked(h.now, id);
+                    }
+                }
+                // Time passes from one poll_timeout() to the next, each
+                // checked for work done early or late.
+                Op::Wait { secs } => outs.extend(h.wait(secs)),
+                Op::Shutdown => h.relay.handle_shutdown(h.now),
             }
+            let mut raw = Vec::new();
+            for (id, b) in frames {
+                h.relay.handle_data(h.now, id, &b);
+                while let Some(out) = h.relay.poll_output() {
+                    raw.push(out);
+                }
+            }
+            prop_assert_eq!(h.relay.poll_timeout(), h.relay.poll_timeout_by_scan());
+            while let Some(out) = h.relay.poll_output() {
+                raw.push(out);
+            }
+            for out in raw {
+                match out {
+                    Output::Send { conn, bytes } => {
+                        prop_assert!(!closed.contains(&conn), "sent to a closed connection");
+                        let mut decoded = Vec::new();
+                        prop_assert!(FrameDecoder::default().push(&bytes, &mut decoded).is_ok());
+                        outs.extend(decoded.into_iter().map(|f| Out::Frame(conn, f)));
+                    }
+                    Output::Close { conn, code, flush } => {
+                        prop_assert!(closed.insert(conn), "closed twice");
+                        outs.push(Out::Close(conn, code, flush));
+                    }
+                    Output::Unblock { conn } => {
+                        prop_assert!(!closed.contains(&conn), "unblocked a closed connection");
+                    }
+                }
+            }
+            for out in &outs {
+                match out {
+                    Out::Frame(_, Frame::Paired { resume, .. }) => {
+                        reached.paired = true;
+                        capabilities.push(*resume);
+                    }
+                    Out::Frame(_, Frame::Joined { resume }) => capabilities.push(*resume),
+                    Out::Frame(_, Frame::Forward { .. }) => reached.forwarded = true,
+                    Out::Close(conn, ..) => {
+                        closed.insert(*conn);
+                    }
+                    _ => {}
+                }
+            }
+            let (open, waiting) = h.relay.counts();
+            prop_assert!(waiting <= open);
         }
+        Ok(reached)
+    }
+
+    /// Whatever endpoints send, in any order and at any time, the core
+    /// never panics, never sends to a connection it closed, every output
+    /// decodes, the queue stays within its limit and the deadline index
+    /// agrees with its tables. The cases are shaped so that most of them
+    /// get as far as a chat: well-behaved arrivals, proof of work at
+    /// difficulty 0, RESUME with capabilities the relay handed out.
+    #[test]
+    fn the_core_survives_any_interleaving_and_the_cases_reach_chats() {
+        let cases = 300;
+        let paired = Cell::new(0u32);
+        let forwarded = Cell::new(0u32);
+        let mut runner = TestRunner::new(Config::with_cases(cases));
+        runner
+            .run(&proptest::collection::vec(op(), 4..80), |ops| {
+                let reached = run(ops)?;
+                paired.set(paired.get() + u32::from(reached.paired));
+                forwarded.set(forwarded.get() + u32::from(reached.forwarded));
+                Ok(())
+            })
+            .unwrap();
+        let (paired, forwarded) = (paired.get(), forwarded.get());
+        eprintln!("{paired} of {cases} cases paired, {forwarded} forwarded a message");
+        assert!(paired * 2 >= cases, "only {paired} of {cases} cases paired");
+        assert!(
+            forwarded * 5 >= cases,
+            "only {forwarded} of {cases} cases forwarded"
+        );
     }
 }
 

@@ -67,5 +67,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while relay.poll_output().is_some() {}
+        // The deadline index agrees with a scan of the core's tables.
+        assert_eq!(relay.poll_timeout(), relay.poll_timeout_by_scan());
     }
 });

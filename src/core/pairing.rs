@@ -15,9 +15,11 @@
 //!
 //! A backend that shares this state between relays implements the same trait.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use super::frame::{Language, TopicId};
+use super::ratelimit::SourceTag;
 
 /// The relay core's handle for one connection. It is a local counter, never
 /// sent on the wire and never logged.
@@ -47,6 +49,9 @@ pub struct Request {
     /// Transferred back to the queue: goes ahead of newcomers and is not
     /// counted against the queue limit.
     pub priority: bool,
+    /// The tag of the source it came from, when the shell tags sources:
+    /// what the limit of places per source counts.
+    pub source: Option<SourceTag>,
 }
 
 /// What a counsellor can take right now.
@@ -77,6 +82,24 @@ impl Offer {
             Some(t) => self.topics.is_empty() || self.topics.contains(&t),
         }
     }
+    /// Whether `self` can take no client that `before` could not.
+    fn no_wider_than(&self, before: &Offer) -> bool {
+        !self.has_room()
+            || (before.has_room()
+                && self.load >= before.load
+                && self.capacity <= before.capacity
+                && self.topics == before.topics
+                && self.languages == before.languages)
+    }
+}
+
+/// A waiting client whose position may have changed, with its position
+/// (1 = next in line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub position: u32,
+    pub client: ConnId,
+    pub request: Request,
 }
 
 /// Pairing and routing decisions, behind one seam.
@@ -84,7 +107,7 @@ pub trait PairingBackend {
     /// Puts a client in the queue.
     fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull>;
     /// Puts a client that came back on a new connection back at the place
-    /// its `request.since` gives it; the queue limit does not apply.
+    /// its `request.turn` gives it; the queue limit does not apply.
     fn requeue(&mut self, client: ConnId, request: Request);
     /// Takes a client out of the queue, returning what it asked for.
     fn remove_client(&mut self, client: ConnId) -> Option<Request>;
@@ -95,123 +118,327 @@ pub trait PairingBackend {
     /// The next (client, counsellor) pair; the client leaves the queue and
     /// the counsellor's load goes up by one.
     fn next_pair(&mut self, now: Instant, topic_fallback: Duration) -> Option<(ConnId, ConnId)>;
-    /// Waiting clients in queue order, first = position 1.
+    /// Waiting clients in queue order, first = position 1 (a copy: for
+    /// metrics, not for every event).
     fn waiting(&self) -> Vec<(ConnId, Request)>;
+    /// How many clients wait.
+    fn waiting_count(&self) -> usize;
+    /// Waiting clients per topic (`None`: no topic), in topic order.
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)>;
     /// How many waiting clients are newcomers (not handed back by a
-    /// counsellor): what the queue's fullness counts, without a copy of it.
+    /// counsellor): what the queue's fullness counts.
     fn newcomers_waiting(&self) -> usize;
+    /// How many waiting clients came from `source`.
+    fn waiting_from(&self, source: SourceTag) -> usize;
+    /// The waiting clients whose position may have changed since the last
+    /// call, or every waiting client if `all` or if who can be served
+    /// changed ([`PairingBackend::could_serve`]), in queue order.
+    fn take_moved(&mut self, all: bool) -> Vec<Moved>;
     /// Whether a signed-in, available counsellor speaks the request's
     /// language (its topic can always fall back): if not, nobody can give
     /// the client an estimate of its wait.
     fn could_serve(&self, request: &Request) -> bool;
 }
 
-/// One relay's in-memory queue.
+/// A client's place in queue order: transferred clients first, then by
+/// turn; ties (only in tests, where turns repeat) by arrival.
+type Place = (bool, u64, u64);
+
+/// Which languages some available counsellor speaks (`any`: one speaks
+/// every language).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Serving {
+    any: bool,
+    languages: BTreeSet<Language>,
+}
+
+/// One relay's in-memory queue. Queue order is a sorted map, so a client's
+/// arrival, departure and pairing cost O(log n); a pass that looks for a
+/// pair looks only at clients that could pair now and could not before.
 #[derive(Debug)]
 pub struct LocalQueue {
     max_queue: usize,
-    clients: Vec<(ConnId, Request)>,
-    /// In sign-in order, with when each was last given a chat.
-    counsellors: Vec<(ConnId, Offer, Option<Instant>)>,
+    clients: BTreeMap<Place, (ConnId, Request)>,
+    places: HashMap<ConnId, Place>,
+    arrivals: u64,
+    newcomers: usize,
+    per_topic: BTreeMap<Option<TopicId>, usize>,
+    per_source: HashMap<SourceTag, usize>,
+    /// Positions from this place on may have changed since `take_moved`.
+    moved_from: Option<Place>,
+    /// Who can be served changed since `take_moved`: every estimate may have.
+    serving_changed: bool,
+    /// Clients with a topic whose fallback has not begun, by when they
+    /// (re)entered the queue.
+    before_fallback: BTreeSet<(Instant, Place)>,
+    /// Clients to look at in the next search for a pair: newcomers and
+    /// clients whose fallback began. `None`: look at everyone (an offer
+    /// widened).
+    unchecked: Option<BTreeSet<Place>>,
+    /// Counsellors in sign-in order, with when each was last given a chat.
+    counsellors: BTreeMap<u64, (ConnId, Offer, Option<Instant>)>,
+    signed_in: HashMap<ConnId, u64>,
+    sign_ins: u64,
+    with_room: usize,
+    serving: Serving,
 }
 
 impl LocalQueue {
     pub fn new(max_queue: usize) -> Self {
         LocalQueue {
             max_queue,
-            clients: Vec::new(),
-            counsellors: Vec::new(),
+            clients: BTreeMap::new(),
+            places: HashMap::new(),
+            arrivals: 0,
+            newcomers: 0,
+            per_topic: BTreeMap::new(),
+            per_source: HashMap::new(),
+            moved_from: None,
+            serving_changed: false,
+            before_fallback: BTreeSet::new(),
+            unchecked: Some(BTreeSet::new()),
+            counsellors: BTreeMap::new(),
+            signed_in: HashMap::new(),
+            sign_ins: 0,
+            with_room: 0,
+            serving: Serving::default(),
         }
     }
 
-    /// The best counsellor for `request`, as an index into `counsellors`.
-    fn best_for(&self, request: &Request, now: Instant, topic_fallback: Duration) -> Option<usize> {
+    /// The best counsellor for `request`, as a key of `counsellors`.
+    fn best_for(&self, request: &Request, now: Instant, topic_fallback: Duration) -> Option<u64> {
         let fits = |strict_topic: bool| {
             self.counsellors
                 .iter()
-                .enumerate()
                 .filter(|(_, (_, o, _))| o.has_room() && o.speaks(request.language))
                 .filter(move |(_, (_, o, _))| !strict_topic || o.serves(request.topic))
                 .min_by_key(|(_, (_, o, last))| (o.load, *last))
-                .map(|(i, _)| i)
+                .map(|(key, _)| *key)
         };
         fits(true).or_else(|| {
             let waited = now.saturating_duration_since(request.since);
             (waited >= topic_fallback).then(|| fits(false)).flatten()
         })
     }
+
+    fn insert(&mut self, client: ConnId, request: Request) {
+        self.remove_client(client);
+        self.arrivals += 1;
+        let place = (!request.priority, request.turn, self.arrivals);
+        self.clients.insert(place, (client, request));
+        self.places.insert(client, place);
+        if !request.priority {
+            self.newcomers += 1;
+        }
+        *self.per_topic.entry(request.topic).or_default() += 1;
+        if let Some(source) = request.source {
+            *self.per_source.entry(source).or_default() += 1;
+        }
+        if request.topic.is_some() {
+            self.before_fallback.insert((request.since, place));
+        }
+        if let Some(unchecked) = &mut self.unchecked {
+            unchecked.insert(place);
+        }
+        self.moved(place);
+    }
+
+    fn moved(&mut self, place: Place) {
+        self.moved_from = Some(self.moved_from.map_or(place, |p| p.min(place)));
+    }
+
+    fn recount_room(&mut self, before: Option<&Offer>, after: Option<&Offer>) {
+        let room = |o: Option<&Offer>| usize::from(o.is_some_and(Offer::has_room));
+        self.with_room = (self.with_room + room(after)).saturating_sub(room(before));
+    }
+
+    fn reserve_serving(&mut self) {
+        let mut serving = Serving::default();
+        for (_, o, _) in self.counsellors.values().filter(|(_, o, _)| o.available) {
+            serving.any |= o.languages.is_empty();
+            serving.languages.extend(o.languages.iter().copied());
+        }
+        if serving != self.serving {
+            self.serving = serving;
+            self.serving_changed = true;
+        }
+    }
+}
+
+/// Counts one down; true when it reached zero (the entry can go).
+fn decrement(count: Option<&mut usize>) -> bool {
+    match count {
+        Some(n) => {
+            *n = n.saturating_sub(1);
+            *n == 0
+        }
+        None => false,
+    }
 }
 
 impl PairingBackend for LocalQueue {
     fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull> {
-        if request.priority {
-            let at = self.clients.iter().take_while(|(_, r)| r.priority).count();
-            self.clients.insert(at, (client, request));
-            return Ok(());
-        }
-        if self.clients.iter().filter(|(_, r)| !r.priority).count() >= self.max_queue {
+        if !request.priority && self.newcomers >= self.max_queue {
             return Err(QueueFull);
         }
-        self.clients.push((client, request));
+        self.insert(client, request);
         Ok(())
     }
 
     fn requeue(&mut self, client: ConnId, request: Request) {
-        // Queue order: transferred clients first, then by when they joined.
-        let order = |r: &Request| (!r.priority, r.turn);
-        let at = self
-            .clients
-            .iter()
-            .position(|(_, r)| order(r) > order(&request))
-            .unwrap_or(self.clients.len());
-        self.clients.insert(at, (client, request));
+        self.insert(client, request);
     }
 
     fn remove_client(&mut self, client: ConnId) -> Option<Request> {
-        let at = self.clients.iter().position(|(c, _)| *c == client)?;
-        Some(self.clients.remove(at).1)
+        let place = self.places.remove(&client)?;
+        let (_, request) = self.clients.remove(&place)?;
+        if !request.priority {
+            self.newcomers = self.newcomers.saturating_sub(1);
+        }
+        if decrement(self.per_topic.get_mut(&request.topic)) {
+            self.per_topic.remove(&request.topic);
+        }
+        if let Some(source) = request.source
+            && decrement(self.per_source.get_mut(&source))
+        {
+            self.per_source.remove(&source);
+        }
+        self.before_fallback.remove(&(request.since, place));
+        if let Some(unchecked) = &mut self.unchecked {
+            unchecked.remove(&place);
+        }
+        self.moved(place);
+        Some(request)
     }
 
     fn offer(&mut self, counsellor: ConnId, offer: Offer) {
-        match self
-            .counsellors
-            .iter_mut()
-            .find(|(c, _, _)| *c == counsellor)
-        {
+        let key = match self.signed_in.get(&counsellor) {
+            Some(key) => *key,
+            None => {
+                self.sign_ins += 1;
+                self.signed_in.insert(counsellor, self.sign_ins);
+                self.sign_ins
+            }
+        };
+        let before = self.counsellors.get(&key).map(|(_, o, _)| o.clone());
+        if before.as_ref() == Some(&offer) {
+            return;
+        }
+        if before.as_ref().is_none_or(|b| !offer.no_wider_than(b)) {
+            self.unchecked = None;
+        }
+        self.recount_room(before.as_ref(), Some(&offer));
+        let reserve = before
+            .as_ref()
+            .is_none_or(|b| b.available != offer.available || b.languages != offer.languages);
+        match self.counsellors.get_mut(&key) {
             Some(entry) => entry.1 = offer,
-            None => self.counsellors.push((counsellor, offer, None)),
+            None => {
+                self.counsellors.insert(key, (counsellor, offer, None));
+            }
+        }
+        if reserve {
+            self.reserve_serving();
         }
     }
 
     fn remove_counsellor(&mut self, counsellor: ConnId) {
-        self.counsellors.retain(|(c, _, _)| *c != counsellor);
+        let Some(key) = self.signed_in.remove(&counsellor) else {
+            return;
+        };
+        if let Some((_, before, _)) = self.counsellors.remove(&key) {
+            self.recount_room(Some(&before), None);
+            if before.available {
+                self.reserve_serving();
+            }
+        }
     }
 
     fn next_pair(&mut self, now: Instant, topic_fallback: Duration) -> Option<(ConnId, ConnId)> {
-        let (qi, ci) = self
-            .clients
-            .iter()
-            .enumerate()
-            .find_map(|(qi, (_, r))| Some((qi, self.best_for(r, now, topic_fallback)?)))?;
-        let (client, _) = self.clients.remove(qi);
-        let entry = &mut self.counsellors[ci];
+        if self.with_room == 0 {
+            return None;
+        }
+        // Clients whose topic fallback has begun may pair where they could not.
+        while let Some(&(since, place)) = self.before_fallback.first()
+            && now.saturating_duration_since(since) >= topic_fallback
+        {
+            self.before_fallback.pop_first();
+            if let Some(unchecked) = &mut self.unchecked {
+                unchecked.insert(place);
+            }
+        }
+        let found = match &self.unchecked {
+            None => self
+                .clients
+                .iter()
+                .find_map(|(place, (_, r))| Some((*place, self.best_for(r, now, topic_fallback)?))),
+            Some(unchecked) => unchecked.iter().find_map(|place| {
+                let (_, r) = self.clients.get(place)?;
+                Some((*place, self.best_for(r, now, topic_fallback)?))
+            }),
+        };
+        let Some((place, key)) = found else {
+            // Nobody can pair until an offer widens, a client arrives or a
+            // fallback begins.
+            self.unchecked = Some(BTreeSet::new());
+            return None;
+        };
+        let (client, _) = *self.clients.get(&place)?;
+        self.remove_client(client);
+        let entry = self.counsellors.get_mut(&key)?;
+        let before = entry.1.clone();
         entry.1.load += 1;
         entry.2 = Some(now);
-        Some((client, entry.0))
+        let (counsellor, after) = (entry.0, entry.1.clone());
+        self.recount_room(Some(&before), Some(&after));
+        Some((client, counsellor))
     }
 
     fn waiting(&self) -> Vec<(ConnId, Request)> {
-        self.clients.clone()
+        self.clients.values().copied().collect()
+    }
+
+    fn waiting_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
+        self.per_topic.iter().map(|(t, n)| (*t, *n)).collect()
     }
 
     fn newcomers_waiting(&self) -> usize {
-        self.clients.iter().filter(|(_, r)| !r.priority).count()
+        self.newcomers
+    }
+
+    fn waiting_from(&self, source: SourceTag) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
+    }
+
+    fn take_moved(&mut self, all: bool) -> Vec<Moved> {
+        let all = all || std::mem::take(&mut self.serving_changed);
+        let from = self.moved_from.take();
+        let tail: Vec<(ConnId, Request)> = match (all, from) {
+            (true, _) => self.clients.values().copied().collect(),
+            (false, Some(from)) => self.clients.range(from..).map(|(_, v)| *v).collect(),
+            (false, None) => Vec::new(),
+        };
+        let first = self.clients.len() - tail.len() + 1;
+        tail.into_iter()
+            .enumerate()
+            .map(|(i, (client, request))| Moved {
+                position: u32::try_from(first + i).unwrap_or(u32::MAX),
+                client,
+                request,
+            })
+            .collect()
     }
 
     fn could_serve(&self, request: &Request) -> bool {
-        self.counsellors
-            .iter()
-            .any(|(_, o, _)| o.available && o.speaks(request.language))
+        self.serving.any
+            || match request.language {
+                None => !self.serving.languages.is_empty(),
+                Some(l) => self.serving.languages.contains(&l),
+            }
     }
 }
 
@@ -245,6 +472,7 @@ mod tests {
             language: Language::parse(language),
             since,
             priority: false,
+            source: None,
         }
     }
 
@@ -291,5 +519,98 @@ mod tests {
             None,
             "11 is at capacity"
         );
+    }
+
+    fn positions(moved: &[Moved]) -> Vec<(ConnId, u32)> {
+        moved.iter().map(|m| (m.client, m.position)).collect()
+    }
+
+    #[test]
+    fn only_the_positions_that_moved_are_reported() {
+        let now = virtual_start();
+        let mut q = LocalQueue::new(10);
+        for (id, turn) in [(1, 1), (2, 2), (3, 3)] {
+            let mut r = request(0, "nl", now);
+            r.turn = turn;
+            q.enqueue(ConnId(id), r).unwrap();
+        }
+        assert_eq!(
+            positions(&q.take_moved(false)),
+            vec![(ConnId(1), 1), (ConnId(2), 2), (ConnId(3), 3)]
+        );
+        // A newcomer at the back moves nobody else.
+        let mut r = request(0, "nl", now);
+        r.turn = 4;
+        q.enqueue(ConnId(4), r).unwrap();
+        assert_eq!(positions(&q.take_moved(false)), vec![(ConnId(4), 4)]);
+        assert_eq!(q.take_moved(false), vec![]);
+        // One leaving the middle moves those behind it.
+        q.remove_client(ConnId(2));
+        assert_eq!(
+            positions(&q.take_moved(false)),
+            vec![(ConnId(3), 2), (ConnId(4), 3)]
+        );
+        // A transferred client goes first and moves everyone.
+        let mut r = request(0, "nl", now);
+        r.turn = 5;
+        r.priority = true;
+        q.enqueue(ConnId(5), r).unwrap();
+        assert_eq!(
+            positions(&q.take_moved(false)),
+            vec![
+                (ConnId(5), 1),
+                (ConnId(1), 2),
+                (ConnId(3), 3),
+                (ConnId(4), 4)
+            ]
+        );
+        assert_eq!(q.take_moved(true).len(), 4, "all, when asked");
+        assert_eq!(q.waiting_count(), 4);
+        assert_eq!(q.newcomers_waiting(), 3);
+        assert_eq!(q.waiting_per_topic(), vec![(None, 4)]);
+    }
+
+    #[test]
+    fn a_client_nobody_could_take_is_paired_once_an_offer_widens_or_its_fallback_begins() {
+        let t0 = virtual_start();
+        let fallback = Duration::from_secs(120);
+        let mut q = LocalQueue::new(10);
+        q.offer(ConnId(10), offer(0, 1, &[1], &["nl"]));
+        q.enqueue(ConnId(1), request(5, "en", t0)).unwrap();
+        q.enqueue(ConnId(2), request(5, "nl", t0)).unwrap();
+        assert_eq!(q.next_pair(t0, fallback), None);
+        assert!(!q.could_serve(&request(5, "en", t0)));
+        assert!(q.could_serve(&request(5, "nl", t0)));
+        // The topic fallback begins for both: the Dutch speaker fits.
+        assert_eq!(
+            q.next_pair(t0 + fallback, fallback),
+            Some((ConnId(2), ConnId(10)))
+        );
+        // Full now; a second counsellor who speaks English signs in.
+        assert_eq!(q.next_pair(t0 + fallback, fallback), None);
+        q.offer(ConnId(11), offer(0, 1, &[], &["en"]));
+        assert!(q.could_serve(&request(5, "en", t0)));
+        assert_eq!(
+            q.next_pair(t0 + fallback, fallback),
+            Some((ConnId(1), ConnId(11)))
+        );
+        assert_eq!(q.waiting_count(), 0);
+    }
+
+    #[test]
+    fn places_are_counted_per_source() {
+        let now = virtual_start();
+        let mut q = LocalQueue::new(10);
+        let school = SourceTag([1; 16]);
+        for id in 1..=3 {
+            let mut r = request(0, "nl", now);
+            r.source = Some(school);
+            q.enqueue(ConnId(id), r).unwrap();
+        }
+        q.enqueue(ConnId(4), request(0, "nl", now)).unwrap();
+        assert_eq!(q.waiting_from(school), 3);
+        q.remove_client(ConnId(2));
+        assert_eq!(q.waiting_from(school), 2);
+        assert_eq!(q.waiting_from(SourceTag([2; 16])), 0);
     }
 }

@@ -21,6 +21,9 @@ pub const MONDAY_10AM: i64 = 1_799_053_200;
 pub struct Harness {
     pub relay: Relay,
     pub now: Now,
+    /// The wall clock's fraction of a second, so that it follows
+    /// sub-second steps.
+    sub_second_nanos: u128,
 }
 
 #[derive(Debug, PartialEq)]
@@ -108,6 +111,7 @@ impl Harness {
                 mono: start,
                 unix: MONDAY_10AM,
             },
+            sub_second_nanos: 0,
         }
     }
 
@@ -130,10 +134,43 @@ impl Harness {
         )
     }
 
+    /// Lets `secs` pass on the virtual clock the way the shell's driver
+    /// does: from one `poll_timeout()` instant to the next, each handled at
+    /// that instant. Before each, a timeout a millisecond early must do
+    /// nothing, so that a deadline the index reports late, or a step taken
+    /// early, fails the test.
     pub fn wait(&mut self, secs: u64) -> Vec<Out> {
-        self.now.advance(Duration::from_secs(secs));
+        let until = self.now.mono + Duration::from_secs(secs);
+        let mut outs = Vec::new();
+        while let Some(next) = self.relay.poll_timeout().filter(|t| *t <= until) {
+            let next = next.max(self.now.mono);
+            let early = next - Duration::from_millis(1);
+            if early > self.now.mono {
+                self.set_clock(early);
+                self.relay.handle_timeout(self.now);
+                let before_due = self.drain();
+                assert!(
+                    before_due.is_empty(),
+                    "work before the instant poll_timeout gave: {before_due:?}"
+                );
+            }
+            self.set_clock(next);
+            self.relay.handle_timeout(self.now);
+            outs.extend(self.drain());
+        }
+        self.set_clock(until);
         self.relay.handle_timeout(self.now);
-        self.drain()
+        outs.extend(self.drain());
+        outs
+    }
+
+    /// Moves the virtual clock to `to`, the wall clock with it.
+    fn set_clock(&mut self, to: Instant) {
+        let by = to.saturating_duration_since(self.now.mono);
+        self.now.mono = to;
+        self.sub_second_nanos += by.as_nanos();
+        self.now.unix += (self.sub_second_nanos / 1_000_000_000) as i64;
+        self.sub_second_nanos %= 1_000_000_000;
     }
 
     pub fn drain(&mut self) -> Vec<Out> {
@@ -142,6 +179,12 @@ impl Harness {
 
     /// The outputs, and the connections the core says may be read again.
     pub fn drain_with_unblocks(&mut self) -> (Vec<Out>, Vec<ConnId>) {
+        // The deadline index agrees with a scan of every table.
+        assert_eq!(
+            self.relay.poll_timeout(),
+            self.relay.poll_timeout_by_scan(),
+            "the deadline index disagrees with the tables"
+        );
         let mut outs = Vec::new();
         let mut unblocked = Vec::new();
         while let Some(o) = self.relay.poll_output() {

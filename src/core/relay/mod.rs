@@ -35,9 +35,16 @@
 //! (RESUME). A bad frame closes only the connection that sent it; its chat
 //! partners are told with END and carry on. When a chat ends every trace of
 //! it is dropped; the wait estimate is one running average.
+//!
+//! No step scans every connection: deadlines sit in a sorted index
+//! ([`timers`]) that each event updates for the connections it touched,
+//! tickets and capabilities are found through maps, and the queue reports
+//! only the positions that moved.
+
+mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_core::{CryptoRng, RngCore};
 
@@ -53,6 +60,7 @@ use super::ratelimit::{Pow, SourceTag, TokenBucket, challenge_lifetime, pow_vali
 use super::stats::{Gauges, Stats};
 use super::{CloseCode, Departure, Now};
 use sha2::{Digest, Sha256};
+use timers::Deadlines;
 
 /// An RNG fit for pairing ids: cryptographically strong, owned by the core.
 pub trait RelayRng: RngCore + CryptoRng + Send {}
@@ -140,7 +148,6 @@ struct Unconfirmed {
     ticket: CapHash,
     pairing_id: PairingId,
     request: Request,
-    source: Option<SourceTag>,
 }
 
 /// One side of a live chat: where its frames go, the hash of this side's
@@ -154,12 +161,6 @@ struct Link {
     /// A client's side until its handshake message 1: when the pairing is
     /// undone if that message has not come.
     handshake_due: Option<Instant>,
-}
-
-impl Link {
-    fn paired_by_ticket(&self, ticket: CapHash) -> bool {
-        self.unconfirmed.is_some_and(|u| u.ticket == ticket)
-    }
 }
 
 /// One side of a chat whose connection dropped, waiting to be resumed.
@@ -179,7 +180,6 @@ struct Detached {
 struct AwayFromQueue {
     waiting: Waiting,
     until: Instant,
-    source: Option<SourceTag>,
 }
 
 /// The periodic proof of work a waiting client owes in a crowded queue.
@@ -269,6 +269,12 @@ struct Conn {
     choice: (Option<TopicId>, Option<Language>),
     /// Chat numbers below this were issued; those not in `links` have ended.
     next_chat: u32,
+    /// What the relay's indexes hold for this connection: the ticket it is
+    /// found under, and whether it counts as an anonymous connection that
+    /// has not joined.
+    indexed_ticket: Option<CapHash>,
+    indexed_unjoined: bool,
+    indexed_deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -290,7 +296,43 @@ impl Conn {
             Credential::Anonymous => None,
         }
     }
+
+    /// The earliest instant at which the core has work for this connection.
+    fn next_deadline(&self) -> Option<Instant> {
+        let state = match &self.state {
+            State::AwaitingHello { deadline }
+            | State::Client(ClientStage::Welcomed { deadline, .. }) => Some(*deadline),
+            State::Client(ClientStage::Waiting(w)) => {
+                let mut t = w.deadline.min(w.next_update);
+                for at in [w.fallback_at, w.rent.next_at, w.rent.owed.map(|o| o.1)]
+                    .into_iter()
+                    .flatten()
+                {
+                    t = t.min(at);
+                }
+                Some(t)
+            }
+            _ => None,
+        };
+        let handshakes = self.links.values().filter_map(|l| l.handshake_due).min();
+        [state, handshakes, self.blocked_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
 }
+
+impl Detached {
+    fn next_deadline(&self) -> Instant {
+        self.handshake_due
+            .map_or(self.deadline, |due| due.min(self.deadline))
+    }
+}
+
+/// How much earlier than due a waiting client may hear its periodic QUEUED
+/// when the relay is telling the queue anyway: heartbeats fall together
+/// into one pass instead of one pass per client.
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(10);
 
 /// Estimates waits from the recent pace of pairings: a running average of
 /// the time between two pairings, and nothing else.
@@ -349,6 +391,36 @@ pub struct Relay<P: PairingBackend = LocalQueue> {
     presence: BTreeMap<String, Presence>,
     stats: Stats,
     shutting_down: bool,
+    /// The indexes that spare every step a scan (see the module docs).
+    index: Indexes,
+}
+
+/// Lookups kept next to the tables they index.
+#[derive(Default)]
+struct Indexes {
+    /// When each connection, side away and place kept next has work.
+    conns: Deadlines<ConnId>,
+    detached: Deadlines<CapHash>,
+    away_from_queue: Deadlines<CapHash>,
+    /// Connections this event changed: their deadlines and entries below
+    /// are brought up to date when the event is done.
+    touched: Vec<ConnId>,
+    /// Anonymous connections that have not joined, oldest first.
+    unjoined: BTreeSet<(Instant, ConnId)>,
+    /// Connections by the queue ticket they hold.
+    tickets: HashMap<CapHash, ConnId>,
+    /// Live chat sides by the hash of their own capability.
+    capabilities: HashMap<CapHash, (ConnId, ChatNumber)>,
+    /// Chat sides of clients not yet heard from in the chat, by ticket:
+    /// live ones where they are, away ones by their key in `detached`.
+    unconfirmed_live: HashMap<CapHash, (ConnId, ChatNumber)>,
+    unconfirmed_away: HashMap<CapHash, CapHash>,
+    /// Places kept in `away_from_queue`, per source.
+    away_per_source: HashMap<SourceTag, usize>,
+    /// The QUEUE_STATS counsellors were last told, all of them.
+    queue_stats: Option<Vec<(Option<TopicId>, u16)>>,
+    /// Every waiting client is due news (an estimate or heartbeat).
+    tell_whole_queue: bool,
 }
 
 impl Relay<LocalQueue> {
@@ -391,6 +463,7 @@ impl<P: PairingBackend> Relay<P> {
             presence: BTreeMap::new(),
             stats: Stats::default(),
             shutting_down: false,
+            index: Indexes::default(),
         }
     }
 
@@ -424,14 +497,11 @@ impl<P: PairingBackend> Relay<P> {
             // pushed out must not keep newcomers out; a newcomer can only be
             // pushed out in turn by as many newer connections as there are
             // connections that have not joined.
-            let oldest = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.is_unjoined_client())
-                .min_by_key(|(id, c)| (c.connected_at, **id))
-                .map(|(id, _)| *id);
-            match oldest {
-                Some(id) => self.close(id, CloseCode::Busy, true),
+            match self.index.unjoined.first() {
+                Some(&(_, id)) => {
+                    self.close(id, CloseCode::Busy, true);
+                    self.settle();
+                }
                 None => return Err(ConnectError::TooManyConnections),
             }
         }
@@ -465,8 +535,13 @@ impl<P: PairingBackend> Relay<P> {
                 ticket: None,
                 choice: (None, None),
                 next_chat: 1,
+                indexed_ticket: None,
+                indexed_unjoined: false,
+                indexed_deadline: None,
             },
         );
+        self.touch(id);
+        self.end_event(now);
         Ok(id)
     }
 
@@ -483,7 +558,10 @@ impl<P: PairingBackend> Relay<P> {
         if let Err(e) = result {
             c.backlog.push_back(Pending::Invalid(e.close_code()));
         }
-        self.drain_backlog(now, conn, true)
+        let flow = self.drain_backlog(now, conn, true);
+        self.touch(conn);
+        self.end_event(now);
+        flow
     }
 
     /// The peer finished its side of the stream: after the frames it sent,
@@ -493,7 +571,10 @@ impl<P: PairingBackend> Relay<P> {
             return Flow::Read;
         };
         c.backlog.push_back(Pending::Finished);
-        self.drain_backlog(now, conn, true)
+        let flow = self.drain_backlog(now, conn, true);
+        self.touch(conn);
+        self.end_event(now);
+        flow
     }
 
     /// The connection is gone. Frames already read are acted on first.
@@ -502,14 +583,14 @@ impl<P: PairingBackend> Relay<P> {
     /// client's place, wait `resume_window` for it (PROTOCOL.md §7.4).
     pub fn handle_disconnect(&mut self, now: Now, conn: ConnId, departure: Departure) {
         self.drain_backlog(now, conn, false);
-        if !self.conns.contains_key(&conn) {
-            return;
+        if self.conns.contains_key(&conn) {
+            match departure {
+                Departure::Lost => self.detach(now, conn),
+                Departure::Left(reason) => self.leave(conn, reason),
+            }
+            self.forget(now, conn);
         }
-        match departure {
-            Departure::Lost => self.detach(now, conn),
-            Departure::Left(reason) => self.leave(conn, reason),
-        }
-        self.forget(now, conn);
+        self.end_event(now);
     }
 
     /// Acts on the backlog while budget allows (or all of it, when the
@@ -564,58 +645,63 @@ impl<P: PairingBackend> Relay<P> {
     /// Acts on every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Now) {
         self.pow.tick(now.mono);
-        let mut expired: Vec<CapHash> = self
-            .detached
-            .iter()
-            .filter(|(_, d)| d.deadline <= now.mono)
-            .map(|(h, _)| *h)
-            .collect();
+        let mut expired = Vec::new();
+        let mut unstarted = Vec::new();
+        for h in self.index.detached.due(now.mono) {
+            match self.detached.get(&h) {
+                Some(d) if d.deadline <= now.mono => expired.push(h),
+                Some(_) => unstarted.push(h),
+                None => {}
+            }
+        }
         expired.sort();
+        unstarted.sort();
         for h in expired {
             self.expire(h);
         }
-        let mut unstarted: Vec<CapHash> = self
-            .detached
-            .iter()
-            .filter(|(_, d)| d.handshake_due.is_some_and(|t| t <= now.mono))
-            .map(|(h, _)| *h)
-            .collect();
-        unstarted.sort();
         for h in unstarted {
             self.undo_unstarted_pairing(now, h);
         }
-        self.away_from_queue.retain(|_, a| a.until > now.mono);
+        for ticket in self.index.away_from_queue.due(now.mono) {
+            self.remove_away(&ticket);
+        }
 
         let mut late = Vec::new();
         let mut wait_over = Vec::new();
         let mut rent_due = Vec::new();
         let mut rent_unpaid = Vec::new();
         let mut unblocked = Vec::new();
-        for (id, c) in &mut self.conns {
+        let mut due = self.index.conns.due(now.mono);
+        due.sort();
+        for id in due {
+            self.index.touched.push(id);
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             if c.blocked_until.is_some_and(|t| t <= now.mono) {
-                unblocked.push(*id);
+                unblocked.push(id);
             }
             if c.links
                 .values()
                 .any(|l| l.handshake_due.is_some_and(|t| t <= now.mono))
             {
-                late.push(*id);
+                late.push(id);
             }
             match &mut c.state {
                 State::AwaitingHello { deadline }
                 | State::Client(ClientStage::Welcomed { deadline, .. })
                     if *deadline <= now.mono =>
                 {
-                    late.push(*id)
+                    late.push(id)
                 }
                 State::Client(ClientStage::Waiting(w)) => {
                     if w.deadline <= now.mono {
-                        wait_over.push(*id);
+                        wait_over.push(id);
                     } else if w.rent.owed.is_some_and(|(_, t)| t <= now.mono) {
-                        rent_unpaid.push(*id);
+                        rent_unpaid.push(id);
                     } else if w.rent.owed.is_none() && w.rent.next_at.is_some_and(|t| t <= now.mono)
                     {
-                        rent_due.push(*id);
+                        rent_due.push(id);
                     }
                     // The pairing pass below pairs anyone the fallback now allows.
                     if w.fallback_at.is_some_and(|at| at <= now.mono) {
@@ -624,20 +710,13 @@ impl<P: PairingBackend> Relay<P> {
                     if w.next_update <= now.mono {
                         // Forces a QUEUED on the next update, changed or not.
                         w.last_sent = None;
+                        self.index.tell_whole_queue = true;
                     }
                 }
                 _ => {}
             }
         }
-        for list in [
-            &mut late,
-            &mut wait_over,
-            &mut rent_due,
-            &mut rent_unpaid,
-            &mut unblocked,
-        ] {
-            list.sort();
-        }
+        late.sort();
         for id in unblocked {
             self.drain_backlog(now, id, true);
         }
@@ -660,40 +739,31 @@ impl<P: PairingBackend> Relay<P> {
         for id in rent_due {
             self.charge_rent(now, id);
         }
-        self.pair_waiting(now);
+        self.end_event(now);
     }
 
     /// The earliest instant at which [`Relay::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self
-            .conns
-            .values()
-            .flat_map(|c| {
-                let state = match &c.state {
-                    State::AwaitingHello { deadline }
-                    | State::Client(ClientStage::Welcomed { deadline, .. }) => Some(*deadline),
-                    State::Client(ClientStage::Waiting(w)) => {
-                        let mut t = w.deadline.min(w.next_update);
-                        for at in [w.fallback_at, w.rent.next_at, w.rent.owed.map(|o| o.1)]
-                            .into_iter()
-                            .flatten()
-                        {
-                            t = t.min(at);
-                        }
-                        Some(t)
-                    }
-                    _ => None,
-                };
-                let handshakes = c.links.values().filter_map(|l| l.handshake_due).min();
-                [state, handshakes, c.blocked_until]
-            })
-            .flatten()
-            .min();
+        [
+            self.index.conns.first(),
+            self.index.detached.first(),
+            self.index.away_from_queue.first(),
+            self.pow.next_tick(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// [`Relay::poll_timeout`] worked out by a scan of every table instead
+    /// of from the deadline index: tests check that the two agree.
+    #[doc(hidden)]
+    pub fn poll_timeout_by_scan(&self) -> Option<Instant> {
+        let conns = self.conns.values().filter_map(Conn::next_deadline).min();
         let resumes = self
             .detached
             .values()
-            .flat_map(|d| [Some(d.deadline), d.handshake_due])
-            .flatten()
+            .map(Detached::next_deadline)
             .chain(self.away_from_queue.values().map(|a| a.until))
             .min();
         [conns, self.pow.next_tick(), resumes]
@@ -781,6 +851,7 @@ impl<P: PairingBackend> Relay<P> {
         }
         self.by_name.clear();
         self.presence.clear();
+        self.index = Indexes::default();
     }
 
     /// The next thing the shell must do, if any.
@@ -790,7 +861,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Number of open connections and waiting clients, for tests and metrics.
     pub fn counts(&self) -> (usize, usize) {
-        (self.conns.len(), self.pairing.waiting().len())
+        (self.conns.len(), self.pairing.waiting_count())
     }
 
     /// What was counted since the last call; counting starts afresh.
@@ -852,7 +923,7 @@ impl<P: PairingBackend> Relay<P> {
             self.end_chat(conn, chat, EndReason::CounsellorRevoked);
         }
         self.close(conn, CloseCode::Revoked, true);
-        self.pair_waiting(now);
+        self.end_event(now);
     }
 
     fn handle_frame(&mut self, now: Now, conn: ConnId, frame: Frame) -> Result<(), CloseCode> {
@@ -964,10 +1035,13 @@ impl<P: PairingBackend> Relay<P> {
             .map(|link| {
                 // The client has its PAIRED and started the handshake: the
                 // ticket no longer leads here, and the pairing stands.
-                link.unconfirmed = None;
                 link.handshake_due = None;
-                link.peer
+                (link.peer, link.unconfirmed.take())
             });
+        if let Some((_, Some(u))) = link {
+            self.index.unconfirmed_live.remove(&u.ticket);
+        }
+        let link = link.map(|(peer, _)| peer);
         let Some(peer) = link else {
             let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
             // A frame racing the end of its chat is not an error.
@@ -1163,6 +1237,7 @@ impl<P: PairingBackend> Relay<P> {
             since: now.mono,
             turn: self.next_turn(),
             priority: false,
+            source,
         };
         let places = self.limits.per_source_places;
         let over_source_limit =
@@ -1193,18 +1268,8 @@ impl<P: PairingBackend> Relay<P> {
     /// Places in the queue held by connections from `source`, waiting or
     /// away, in this epoch of the shell's source key.
     fn places_held_by(&self, source: SourceTag) -> usize {
-        let waiting = self
-            .pairing
-            .waiting()
-            .iter()
-            .filter(|(id, _)| self.conns.get(id).is_some_and(|c| c.source == Some(source)))
-            .count();
-        let away = self
-            .away_from_queue
-            .values()
-            .filter(|a| a.source == Some(source))
-            .count();
-        waiting + away
+        let away = self.index.away_per_source.get(&source).copied();
+        self.pairing.waiting_from(source) + away.unwrap_or(0)
     }
 
     /// A waiting client's rent is due: while the queue is more than half
@@ -1264,6 +1329,7 @@ impl<P: PairingBackend> Relay<P> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.ticket = Some(cap_hash(&ticket));
         }
+        self.touch(conn);
         self.send(conn, &Frame::Joined { resume: ticket });
     }
 
@@ -1273,6 +1339,7 @@ impl<P: PairingBackend> Relay<P> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = State::Client(ClientStage::Waiting(waiting));
         }
+        self.touch(conn);
     }
 
     /// The waiting state of a client whose place is `request` (its turn,
@@ -1389,12 +1456,14 @@ impl<P: PairingBackend> Relay<P> {
                     .get(&client)
                     .map(|c| c.choice)
                     .unwrap_or_default();
+                let source = self.conns.get(&client).and_then(|c| c.source);
                 let request = Request {
                     topic,
                     language,
                     since: now.mono,
                     turn: self.next_turn(),
                     priority: true,
+                    source,
                 };
                 if self.pairing.enqueue(client, request).is_ok() {
                     self.issue_ticket(client);
@@ -1432,25 +1501,31 @@ impl<P: PairingBackend> Relay<P> {
     /// whose position or estimate changed (or is due an update) and every
     /// counsellor whose view of the queue changed.
     fn pair_waiting(&mut self, now: Now) {
+        let mut everyone = std::mem::take(&mut self.index.tell_whole_queue);
         while let Some((client, counsellor)) =
             self.pairing.next_pair(now.mono, self.limits.topic_fallback)
         {
+            // The pace of pairings changed: so did every estimate.
             self.estimate.record_pairing(now.mono);
             self.start_chat(now, client, counsellor);
+            everyone = true;
         }
-        for (index, (client, request)) in self.pairing.waiting().into_iter().enumerate() {
-            let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        for moved in self.pairing.take_moved(everyone) {
+            let (position, client, request) = (moved.position, moved.client, moved.request);
             // Nobody signed in who could take this client: no estimate.
             let estimate = self
                 .pairing
                 .could_serve(&request)
                 .then(|| self.estimate.for_position(position))
                 .flatten();
+            let heartbeat_by = now.mono + HEARTBEAT_SLACK;
             let due = match self.conns.get_mut(&client) {
                 Some(Conn {
                     state: State::Client(ClientStage::Waiting(w)),
                     ..
-                }) if w.last_sent != Some((position, estimate)) => {
+                }) if w.last_sent != Some((position, estimate))
+                    || (everyone && w.next_update <= heartbeat_by) =>
+                {
                     w.last_sent = Some((position, estimate));
                     w.next_update = now.mono + Limits::QUEUE_UPDATE_INTERVAL;
                     true
@@ -1458,6 +1533,7 @@ impl<P: PairingBackend> Relay<P> {
                 _ => false,
             };
             if due {
+                self.touch(client);
                 self.send(
                     client,
                     &Frame::Queued {
@@ -1496,7 +1572,7 @@ impl<P: PairingBackend> Relay<P> {
             return;
         };
         let (topic, language) = c.choice;
-        let (ticket, source) = (c.ticket, c.source);
+        let ticket = c.ticket;
         // The place it had, should the pairing be undone.
         let request = match &c.state {
             State::Client(ClientStage::Waiting(w)) => w.request,
@@ -1506,13 +1582,13 @@ impl<P: PairingBackend> Relay<P> {
                 since: now.mono,
                 turn: 0,
                 priority: true,
+                source: c.source,
             },
         };
         let unconfirmed = ticket.map(|ticket| Unconfirmed {
             ticket,
             pairing_id,
             request,
-            source,
         });
         let client_link = self.new_link(now, to_counsellor, cap_hash(&client_cap), unconfirmed);
         self.link(
@@ -1656,12 +1732,22 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Sends QUEUE_STATS to counsellors whose view changed (or to `only`).
     fn send_queue_stats(&mut self, only: Option<ConnId>) {
-        let mut counts: BTreeMap<Option<TopicId>, u16> = BTreeMap::new();
-        for (_, r) in self.pairing.waiting() {
-            let n = counts.entry(r.topic).or_default();
-            *n = n.saturating_add(1);
+        let stats: Vec<(Option<TopicId>, u16)> = self
+            .pairing
+            .waiting_per_topic()
+            .into_iter()
+            .take(MAX_TOPICS + 1)
+            .map(|(topic, n)| (topic, u16::try_from(n).unwrap_or(u16::MAX)))
+            .collect();
+        let told = self.index.queue_stats.as_ref() == Some(&stats);
+        match only {
+            // Every counsellor heard these counts already.
+            None if told => return,
+            None => self.index.queue_stats = Some(stats.clone()),
+            // One counsellor hears counts the others have not.
+            Some(_) if !told => self.index.queue_stats = None,
+            Some(_) => {}
         }
-        let stats: Vec<(Option<TopicId>, u16)> = counts.into_iter().take(MAX_TOPICS + 1).collect();
         let mut ids: Vec<ConnId> = match only {
             Some(id) => vec![id],
             None => self.by_name.values().flatten().copied().collect(),
@@ -1697,8 +1783,131 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     fn link(&mut self, conn: ConnId, chat: ChatNumber, link: Link) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.links.insert(chat, link);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        self.index.capabilities.insert(link.mine, (conn, chat));
+        if let Some(u) = link.unconfirmed {
+            self.index.unconfirmed_live.insert(u.ticket, (conn, chat));
+        }
+        if let Some(old) = c.links.insert(chat, link) {
+            Self::unindex_link(&mut self.index, &old);
+        }
+        self.index.touched.push(conn);
+    }
+
+    /// Takes one chat side off its connection, and out of the indexes.
+    fn unlink(&mut self, conn: ConnId, chat: ChatNumber) -> Option<Link> {
+        let link = self.conns.get_mut(&conn)?.links.remove(&chat)?;
+        Self::unindex_link(&mut self.index, &link);
+        self.index.touched.push(conn);
+        Some(link)
+    }
+
+    fn unindex_link(index: &mut Indexes, link: &Link) {
+        index.capabilities.remove(&link.mine);
+        if let Some(u) = link.unconfirmed {
+            index.unconfirmed_live.remove(&u.ticket);
+        }
+    }
+
+    fn insert_detached(&mut self, key: CapHash, d: Detached) {
+        self.remove_detached(&key);
+        self.index.detached.set(key, Some(d.next_deadline()));
+        if let Some(u) = d.unconfirmed {
+            self.index.unconfirmed_away.insert(u.ticket, key);
+        }
+        self.detached.insert(key, d);
+    }
+
+    fn remove_detached(&mut self, key: &CapHash) -> Option<Detached> {
+        let d = self.detached.remove(key)?;
+        self.index.detached.set(*key, None);
+        if let Some(u) = d.unconfirmed
+            && self.index.unconfirmed_away.get(&u.ticket) == Some(key)
+        {
+            self.index.unconfirmed_away.remove(&u.ticket);
+        }
+        Some(d)
+    }
+
+    fn insert_away(&mut self, ticket: CapHash, away: AwayFromQueue) {
+        self.index.away_from_queue.set(ticket, Some(away.until));
+        if let Some(source) = away.waiting.request.source {
+            *self.index.away_per_source.entry(source).or_default() += 1;
+        }
+        if let Some(old) = self.away_from_queue.insert(ticket, away) {
+            self.uncount_away(&old);
+        }
+    }
+
+    fn remove_away(&mut self, ticket: &CapHash) -> Option<AwayFromQueue> {
+        let away = self.away_from_queue.remove(ticket)?;
+        self.index.away_from_queue.set(*ticket, None);
+        self.uncount_away(&away);
+        Some(away)
+    }
+
+    fn uncount_away(&mut self, away: &AwayFromQueue) {
+        if let Some(source) = away.waiting.request.source
+            && let Some(n) = self.index.away_per_source.get_mut(&source)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.index.away_per_source.remove(&source);
+            }
+        }
+    }
+
+    /// Marks a connection whose deadlines or indexed entries may change.
+    fn touch(&mut self, conn: ConnId) {
+        self.index.touched.push(conn);
+    }
+
+    /// Every public entry point ends here: waiting clients and counsellors
+    /// hear what the event changed in the queue, and the indexes are
+    /// brought up to date, so that between events they agree with the
+    /// tables.
+    fn end_event(&mut self, now: Now) {
+        self.pair_waiting(now);
+        self.settle();
+    }
+
+    /// Brings the indexes up to date for the connections this event
+    /// touched.
+    fn settle(&mut self) {
+        let mut touched = std::mem::take(&mut self.index.touched);
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let unjoined = c.is_unjoined_client();
+            if unjoined != c.indexed_unjoined {
+                if unjoined {
+                    self.index.unjoined.insert((c.connected_at, id));
+                } else {
+                    self.index.unjoined.remove(&(c.connected_at, id));
+                }
+                c.indexed_unjoined = unjoined;
+            }
+            if c.indexed_ticket != c.ticket {
+                if let Some(old) = c.indexed_ticket
+                    && self.index.tickets.get(&old) == Some(&id)
+                {
+                    self.index.tickets.remove(&old);
+                }
+                if let Some(new) = c.ticket {
+                    self.index.tickets.insert(new, id);
+                }
+                c.indexed_ticket = c.ticket;
+            }
+            let deadline = c.next_deadline();
+            if deadline != c.indexed_deadline {
+                self.index.conns.set(id, deadline);
+                c.indexed_deadline = deadline;
+            }
         }
     }
 
@@ -1732,18 +1941,13 @@ impl<P: PairingBackend> Relay<P> {
             d.held.push_back(blob);
             return;
         }
-        self.detached.remove(&away);
+        self.remove_detached(&away);
         self.peer_gone(conn, chat);
     }
 
     /// The other side of `chat` is gone for good: the chat ends here.
     fn peer_gone(&mut self, conn: ConnId, chat: ChatNumber) {
-        if self
-            .conns
-            .get_mut(&conn)
-            .and_then(|c| c.links.remove(&chat))
-            .is_some()
-        {
+        if self.unlink(conn, chat).is_some() {
             self.stats.ended(EndReason::PeerDisconnected);
             self.send(
                 conn,
@@ -1772,9 +1976,11 @@ impl<P: PairingBackend> Relay<P> {
             State::AwaitingHello { .. } => return,
         };
         let pseudonym = c.pseudonym().map(str::to_owned);
-        let links: Vec<Link> = std::mem::take(&mut c.links).into_values().collect();
-        for link in links {
-            self.detach_link(now, role, pseudonym.clone(), link);
+        let chats: Vec<ChatNumber> = c.links.keys().copied().collect();
+        for chat in chats {
+            if let Some(link) = self.unlink(conn, chat) {
+                self.detach_link(now, role, pseudonym.clone(), link);
+            }
         }
     }
 
@@ -1783,7 +1989,7 @@ impl<P: PairingBackend> Relay<P> {
         if let Peer::Live { conn: peer, chat } = link.peer {
             self.send(peer, &Frame::PeerAway { chat });
         }
-        self.detached.insert(
+        self.insert_detached(
             link.mine,
             Detached {
                 role,
@@ -1820,21 +2026,14 @@ impl<P: PairingBackend> Relay<P> {
         let Some(ticket) = c.ticket else {
             return;
         };
-        let source = c.source;
         let State::Client(ClientStage::Waiting(waiting)) = c.state else {
             return;
         };
         c.state = State::Client(ClientStage::InChat);
+        self.index.touched.push(conn);
         if self.pairing.remove_client(conn).is_some() {
             let until = waiting.deadline.min(now.mono + self.limits.resume_window);
-            self.away_from_queue.insert(
-                ticket,
-                AwayFromQueue {
-                    waiting,
-                    until,
-                    source,
-                },
-            );
+            self.insert_away(ticket, AwayFromQueue { waiting, until });
         }
     }
 
@@ -1842,7 +2041,7 @@ impl<P: PairingBackend> Relay<P> {
     /// away: the counsellor is freed, and the young person's place in the
     /// queue is kept under its ticket for the rest of its resume window.
     fn undo_unstarted_pairing(&mut self, now: Now, h: CapHash) {
-        let Some(d) = self.detached.remove(&h) else {
+        let Some(d) = self.remove_detached(&h) else {
             return;
         };
         self.end_for_other_side(d.peer);
@@ -1854,12 +2053,11 @@ impl<P: PairingBackend> Relay<P> {
     /// Keeps the place of a client that is away, from the request it had.
     fn requeue_away(&mut self, now: Now, u: Unconfirmed, until: Instant) {
         let waiting = self.waiting_for(now, u.request);
-        self.away_from_queue.insert(
+        self.insert_away(
             u.ticket,
             AwayFromQueue {
                 until: until.min(waiting.deadline),
                 waiting,
-                source: u.source,
             },
         );
     }
@@ -1869,20 +2067,18 @@ impl<P: PairingBackend> Relay<P> {
     /// heard its PAIRED, that chat. False if the ticket leads nowhere.
     fn resume_ticket(&mut self, now: Now, conn: ConnId, ticket: CapHash) -> bool {
         // A waiting connection that died without the relay hearing.
-        let silent = self
-            .conns
-            .iter()
-            .find(|(id, c)| {
-                **id != conn
-                    && c.ticket == Some(ticket)
-                    && matches!(c.state, State::Client(ClientStage::Waiting(_)))
-            })
-            .map(|(id, _)| *id);
+        let silent = self.index.tickets.get(&ticket).copied().filter(|id| {
+            *id != conn
+                && self.conns.get(id).is_some_and(|c| {
+                    c.ticket == Some(ticket)
+                        && matches!(c.state, State::Client(ClientStage::Waiting(_)))
+                })
+        });
         if let Some(old) = silent {
             self.keep_queue_place(now, old);
             self.close(old, CloseCode::NoError, false);
         }
-        if let Some(away) = self.away_from_queue.remove(&ticket) {
+        if let Some(away) = self.remove_away(&ticket) {
             let mut waiting = away.waiting;
             waiting.next_update = now.mono;
             waiting.last_sent = None;
@@ -1892,6 +2088,8 @@ impl<P: PairingBackend> Relay<P> {
                 waiting.rent.next_at = Some(now.mono);
             }
             if let Some(c) = self.conns.get_mut(&conn) {
+                // Its place now counts against the source it came back from.
+                waiting.request.source = c.source;
                 c.ticket = Some(ticket);
                 c.choice = (waiting.request.topic, waiting.request.language);
                 c.state = State::Client(ClientStage::Waiting(waiting));
@@ -1908,33 +2106,23 @@ impl<P: PairingBackend> Relay<P> {
     /// The counsellor is still waiting for the client's first handshake
     /// message, so nothing else changes for them.
     fn resume_unheard_pairing(&mut self, now: Now, conn: ConnId, ticket: CapHash) -> bool {
-        let live = self.conns.iter().find_map(|(id, c)| {
-            c.links
-                .iter()
-                .find(|(_, l)| l.paired_by_ticket(ticket))
-                .map(|(chat, _)| (*id, *chat))
-        });
+        let live = self.index.unconfirmed_live.get(&ticket).copied();
         if let Some((old, chat)) = live {
             if old == conn {
                 return false;
             }
-            if let Some(link) = self.conns.get_mut(&old).and_then(|c| c.links.remove(&chat)) {
+            if let Some(link) = self.unlink(old, chat) {
                 self.detach_link(now, Role::Client, None, link);
             }
             self.close(old, CloseCode::NoError, false);
         }
-        let Some(key) = self
-            .detached
-            .iter()
-            .find(|(_, d)| d.unconfirmed.is_some_and(|u| u.ticket == ticket))
-            .map(|(key, _)| *key)
-        else {
+        let Some(key) = self.index.unconfirmed_away.get(&ticket).copied() else {
             return false;
         };
         let Some(chat) = self.issue_chat(conn) else {
             return false;
         };
-        let Some(d) = self.detached.remove(&key) else {
+        let Some(d) = self.remove_detached(&key) else {
             return false;
         };
         let Some(u) = d.unconfirmed else {
@@ -1971,12 +2159,7 @@ impl<P: PairingBackend> Relay<P> {
     /// without the relay hearing (no close got through). The new connection
     /// takes over; an old client connection is closed, having no other use.
     fn take_over(&mut self, now: Now, new: ConnId, h: CapHash) {
-        let Some((old, chat)) = self.conns.iter().find_map(|(id, c)| {
-            c.links
-                .iter()
-                .find(|(_, l)| l.mine == h)
-                .map(|(chat, _)| (*id, *chat))
-        }) else {
+        let Some((old, chat)) = self.index.capabilities.get(&h).copied() else {
             return;
         };
         if old == new {
@@ -1993,7 +2176,7 @@ impl<P: PairingBackend> Relay<P> {
             _ => return,
         };
         let pseudonym = o.pseudonym().map(str::to_owned);
-        let Some(link) = self.conns.get_mut(&old).and_then(|c| c.links.remove(&chat)) else {
+        let Some(link) = self.unlink(old, chat) else {
             return;
         };
         self.detach_link(now, role, pseudonym, link);
@@ -2007,7 +2190,7 @@ impl<P: PairingBackend> Relay<P> {
     /// The resume window of a side is over: the chat ends for the other
     /// side (or is forgotten, if both are away).
     fn expire(&mut self, h: CapHash) {
-        if let Some(d) = self.detached.remove(&h) {
+        if let Some(d) = self.remove_detached(&h) {
             self.end_for_other_side(d.peer);
         }
     }
@@ -2018,7 +2201,7 @@ impl<P: PairingBackend> Relay<P> {
         match peer {
             Peer::Live { conn, chat } => self.peer_gone(conn, chat),
             Peer::Away(other) => {
-                if self.detached.remove(&other).is_some() {
+                if self.remove_detached(&other).is_some() {
                     self.stats.ended(EndReason::PeerDisconnected);
                 }
             }
@@ -2072,7 +2255,7 @@ impl<P: PairingBackend> Relay<P> {
             None
         };
         let detached = if chat.is_some() {
-            self.detached.remove(&h)
+            self.remove_detached(&h)
         } else {
             None
         };
@@ -2116,11 +2299,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Ends one chat from `conn`'s side: both links go, the peer is told.
     fn end_chat(&mut self, conn: ConnId, chat: ChatNumber, reason: EndReason) {
-        let Some(link) = self
-            .conns
-            .get_mut(&conn)
-            .and_then(|c| c.links.remove(&chat))
-        else {
+        let Some(link) = self.unlink(conn, chat) else {
             return;
         };
         self.stats.ended(reason);
@@ -2130,12 +2309,7 @@ impl<P: PairingBackend> Relay<P> {
                 conn: peer,
                 chat: peer_chat,
             } => {
-                if self
-                    .conns
-                    .get_mut(&peer)
-                    .and_then(|p| p.links.remove(&peer_chat))
-                    .is_some()
-                {
+                if self.unlink(peer, peer_chat).is_some() {
                     self.send(
                         peer,
                         &Frame::End {
@@ -2148,7 +2322,7 @@ impl<P: PairingBackend> Relay<P> {
             }
             // The absent side learns when it tries to resume.
             Peer::Away(h) => {
-                self.detached.remove(&h);
+                self.remove_detached(&h);
             }
         }
     }
@@ -2205,6 +2379,18 @@ impl<P: PairingBackend> Relay<P> {
         };
         if c.credential == Credential::Anonymous {
             self.anonymous = self.anonymous.saturating_sub(1);
+        }
+        self.index.conns.set(conn, None);
+        if c.indexed_unjoined {
+            self.index.unjoined.remove(&(c.connected_at, conn));
+        }
+        if let Some(ticket) = c.indexed_ticket
+            && self.index.tickets.get(&ticket) == Some(&conn)
+        {
+            self.index.tickets.remove(&ticket);
+        }
+        for link in c.links.values() {
+            Self::unindex_link(&mut self.index, link);
         }
         if let Some(name) = c.pseudonym()
             && let Some(ids) = self.by_name.get_mut(name)
