@@ -34,8 +34,7 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 64 * MAX_FRAME_LEN as u32;
 /// quiet connection (and its NAT mapping) open: one small packet each way
 /// per interval, which keeps a phone's radio from sleeping while a chat is
 /// open (PROTOCOL.md §3.1).
-pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 20;
-pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 5;
+pub use crate::tls::{DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_KEEP_ALIVE_SECS};
 
 /// Where the relay listens when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";

@@ -4,8 +4,9 @@
 //! Layers, from the wire inwards: [`relay`] (the tokio/quinn shell) and
 //! [`client`] (both chat roles over QUIC) move bytes; [`core`] decides, with
 //! no I/O; [`crypto`] makes sure only the two ends can read a chat.
-//! [`config`] and [`org`] read and write the operator's files; [`cli`] is
-//! the `fluister` command.
+//! [`tls`] holds the TLS and QUIC settings both ends use. [`config`] and
+//! [`org`] read and write the operator's files; [`cli`] is the `fluister`
+//! command.
 #![forbid(unsafe_code)]
 
 pub mod bench;
@@ -17,3 +18,4 @@ pub mod crypto;
 pub mod files;
 pub mod org;
 pub mod relay;
+pub mod tls;

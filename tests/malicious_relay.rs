@@ -14,7 +14,7 @@ use fluister::core::frame::{
 use fluister::crypto::cert::{CertError, CertificateBody, OrgPublicKey};
 use fluister::crypto::e2e::{self, CounsellorKeys, E2eError};
 use fluister::org::Identity;
-use fluister::relay::tls;
+use fluister::tls;
 use rand_core::OsRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 

@@ -353,10 +353,10 @@ async fn metrics_count_the_busy_the_unfinished_and_no_departure_as_slow() {
     // A connection that never opens its control stream, and one that said
     // HELLO and never joins.
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = fluister::relay::tls::client_config(
+    let config = fluister::tls::client_config(
         Some(ca(&org)),
         None,
-        fluister::relay::tls::transport_config(Default::default()),
+        fluister::tls::transport_config(Default::default()),
     )
     .unwrap();
     let _streamless = endpoint

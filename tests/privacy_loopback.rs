@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use fluister::client::{self, ClientError, ConnectOptions};
 use fluister::core::frame::ALPN;
-use fluister::relay::tls;
+use fluister::tls;
 use quinn::crypto::rustls::QuicClientConfig;
 
 /// A token store that remembers whether the server ever sent a token.

@@ -7,13 +7,13 @@
 //! `FLUISTER_WRITE_VECTORS=1 cargo test --test proto_vectors`.
 
 use ed25519_dalek::{SigningKey, Verifier};
-use fluister::core::content::Content;
 use fluister::core::frame::{
     BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Label, Language, PairingId, PowChallenge,
     Presence, Refusal, ResumeCapability, Role, TopicId, TransferTarget, Unavailable,
 };
 use fluister::core::ratelimit::pow_solve;
 use fluister::crypto::cert::{self, CertificateBody, OrgPublicKey};
+use fluister::crypto::content::Content;
 use fluister::crypto::e2e::{self, ClientHandshake, CounsellorKeys, Received};
 use serde_json::{Value, json};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -994,7 +994,7 @@ fn label_vectors() {
 
 #[test]
 fn content_vectors() {
-    use fluister::core::content::ContentError;
+    use fluister::crypto::content::ContentError;
     /// Name, content bytes, what a receiver does, and what decoding gives.
     type Case = (
         &'static str,

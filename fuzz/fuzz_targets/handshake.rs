@@ -4,7 +4,7 @@
 #![no_main]
 
 use ed25519_dalek::SigningKey;
-use fluister::core::content::Content;
+use fluister::crypto::content::Content;
 use fluister::core::frame::{BLOB_LEN, Blob, PairingId};
 use fluister::crypto::cert::{CertificateBody, OrgPublicKey};
 use fluister::crypto::e2e::{self, ClientHandshake, CounsellorKeys};

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{BLOB_OFFSET, BenchError, FRAME_LEN, Latencies, frame_with_stamp, stamp_of};
-use crate::relay::tls;
+use crate::tls;
 
 /// Serves the echo until the process is killed; prints its address first.
 pub async fn serve_echo(files: tls::ServerFiles) -> Result<(), BenchError> {

@@ -41,7 +41,7 @@ use thiserror::Error;
 
 use crate::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, HEADER_LEN};
 use crate::org::{self, Identity};
-use crate::relay::tls;
+use crate::tls;
 
 /// Every FORWARD frame, header included.
 pub const FRAME_LEN: usize = HEADER_LEN + 4 + BLOB_LEN;

@@ -20,7 +20,8 @@ use crate::client::{self, ClientError, ConnectOptions};
 use crate::config::RelayConfig;
 use crate::crypto::cert::OrgPublicKey;
 use crate::org;
-use crate::relay::{self, tls};
+use crate::relay;
+use crate::tls;
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -369,7 +370,7 @@ async fn run(command: Command) -> CliResult {
             ..
         } => {
             let config = RelayConfig::load(&path)?;
-            tls::ServerFiles::load(&config)?;
+            relay::server_files::load(&config)?;
             let service = config.service()?;
             if config.counsellor_ca.is_none() {
                 println!(
@@ -461,7 +462,7 @@ async fn run(command: Command) -> CliResult {
                 tls_key: Some(key),
                 ..RelayConfig::default()
             };
-            let files = tls::ServerFiles::load(&config)?;
+            let files = relay::server_files::load(&config)?;
             crate::bench::baseline::serve_echo(files).await?;
             Ok(())
         }

@@ -16,7 +16,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{ClientError, RelayStream};
-use crate::core::content::{Content, ContentError, Reassembler, split_text};
 use crate::core::frame::{
     Blob, ChatNumber, EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence,
     Role, TopicId,
@@ -25,6 +24,7 @@ use crate::core::limits::{
     MAX_ACK_LOG, MAX_UNACKED_FRAMES, PACE_FORWARD_BURST, PACE_FORWARD_PER_SEC,
 };
 use crate::core::ratelimit::TokenBucket;
+use crate::crypto::content::{Content, ContentError, Reassembler, split_text};
 use crate::crypto::e2e::{self, Received, Session};
 
 pub use super::anonymous::{ClientRequest, run_client};

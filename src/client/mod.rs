@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::core::frame::{Frame, FrameDecoder, FrameError, MAX_FRAME_LEN};
 use crate::core::{CloseCode, EndpointClose};
-use crate::relay::tls::{self, TlsError};
+use crate::tls::{self, TlsError};
 
 /// Why talking to the relay failed. The texts are what a user sees.
 #[derive(Debug, Error)]
@@ -69,7 +69,7 @@ pub enum ClientError {
     /// A message longer than the protocol allows; it was not sent.
     #[error(
         "message too long: at most {} bytes",
-        crate::core::content::MAX_MESSAGE_BYTES
+        crate::crypto::content::MAX_MESSAGE_BYTES
     )]
     MessageTooLong,
     /// An end-to-end check failed; the chat was aborted.

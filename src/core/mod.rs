@@ -6,10 +6,9 @@
 //! ([`frame`]), updates the pairing queue ([`pairing`]) and the sessions
 //! ([`relay`]), and the shell drains what to send or close with
 //! `poll_*()`. Time is passed in; randomness comes from an RNG handed over at
-//! construction. [`content`] is the end-to-end message format that only the
-//! two endpoints ever see in plaintext.
+//! construction. The core knows nothing of what the chats say: the
+//! end-to-end message format is in [`crate::crypto::content`].
 
-pub mod content;
 pub mod frame;
 pub mod hours;
 pub mod limits;

@@ -21,8 +21,8 @@ use super::noise::{NoiseError, NxInitiator, NxInitiatorWaiting, NxResponder, Tra
 use super::padding::{
     self, HS1_PAYLOAD_LEN, HS2_PAYLOAD_LEN, PaddingError, SEQ_LEN, TRANSPORT_PLAINTEXT_LEN,
 };
-use crate::core::content::{Content, ContentError};
 use crate::core::frame::{BLOB_LEN, Blob, PairingId};
+use crate::crypto::content::{Content, ContentError};
 
 /// Fixed label at the start of the prologue; it names the protocol version.
 pub const PROLOGUE_LABEL: &[u8] = b"fluister prologue v1";

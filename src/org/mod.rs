@@ -21,7 +21,7 @@ use ed25519_dalek::SigningKey;
 use rand_core::{CryptoRng, RngCore};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    KeyPair, KeyUsagePurpose,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -154,34 +154,7 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + time::Duration::days(i64::from(days));
 }
 
-/// A self-signed ECDSA P-256 TLS certificate for the relay, valid for
-/// `days`, for the given host names and IP addresses. Returns (cert, key) PEM.
-pub fn self_signed_relay_cert(
-    hosts: &[String],
-    days: u32,
-) -> Result<(String, Zeroizing<String>), OrgError> {
-    let key = KeyPair::generate().map_err(tls_err)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
-    for host in hosts {
-        params
-            .subject_alt_names
-            .push(match host.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(host.clone().try_into().map_err(tls_err)?),
-            });
-    }
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "fluister relay");
-    params.distinguished_name = dn;
-    validity(&mut params, days);
-    let cert = params.self_signed(&key).map_err(tls_err)?;
-    Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
-}
-
-/// The default host names of a relay certificate: loopback only.
-pub fn loopback_hosts() -> Vec<String> {
-    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
-}
+pub use crate::tls::{loopback_hosts, self_signed_relay_cert};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,7 +209,8 @@ pub fn init(
         false,
     )?;
 
-    let (relay_cert, relay_key) = self_signed_relay_cert(hosts, RELAY_CERT_DAYS)?;
+    let (relay_cert, relay_key) =
+        self_signed_relay_cert(hosts, RELAY_CERT_DAYS).map_err(|e| OrgError::Tls(e.to_string()))?;
     write_new(&dir.join(RELAY_CERT_FILE), relay_cert.as_bytes(), false)?;
     write_new(&dir.join(RELAY_KEY_FILE), relay_key.as_bytes(), true)?;
 
@@ -359,9 +333,9 @@ fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), OrgError> {
     let ca_pem = read_text(&ca_cert_path)?;
     // The key must be the certificate's: credentials signed by any other
     // key would be refused by every relay that trusts the certificate.
-    let der = crate::relay::tls::certs_from_pem("counsellor CA", &ca_pem)
+    let der = crate::tls::certs_from_pem("counsellor CA", &ca_pem)
         .map_err(|e| malformed(&ca_cert_path, e.to_string()))?;
-    crate::relay::tls::check_chain(&der, now_unix() as i64)
+    crate::tls::check_chain(&der, now_unix() as i64)
         .map_err(|reason| malformed(&ca_cert_path, reason))?;
     let matches = der.first().is_some_and(|cert| {
         x509_parser::parse_x509_certificate(cert.as_ref())
@@ -560,10 +534,10 @@ pub type Credential = (
 
 impl Identity {
     /// The relay sign-in credential, parsed for a TLS client config.
-    pub fn relay_credential(&self) -> Result<Credential, crate::relay::tls::TlsError> {
+    pub fn relay_credential(&self) -> Result<Credential, crate::tls::TlsError> {
         Ok((
-            crate::relay::tls::certs_from_pem("relay credential", &self.relay_credential_cert)?,
-            crate::relay::tls::key_from_pem("relay credential", &self.relay_credential_key)?,
+            crate::tls::certs_from_pem("relay credential", &self.relay_credential_cert)?,
+            crate::tls::key_from_pem("relay credential", &self.relay_credential_key)?,
         ))
     }
 

@@ -30,7 +30,7 @@
 mod admin;
 mod metrics;
 mod reload;
-pub mod tls;
+pub mod server_files;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +50,7 @@ use crate::core::frame::MAX_FRAME_LEN;
 use crate::core::ratelimit::{KeyedLimiter, SourceTag};
 use crate::core::relay::{ConnId, Credential, Flow, Output, Relay};
 use crate::core::{CloseCode, Departure, Now};
+use crate::tls;
 
 /// Capacity of the channel from connection tasks to the driver.
 const DRIVER_QUEUE: usize = 1024;
@@ -213,7 +214,7 @@ pub async fn start(
     options: RelayOptions,
 ) -> Result<RunningRelay, RelayError> {
     config.validate()?;
-    let files = tls::ServerFiles::load(config)?;
+    let files = server_files::load(config)?;
     let sizes = tls::TransportSizes {
         stream_receive_window: config.limits.stream_receive_window,
         receive_window: config.limits.receive_window,

@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::Event;
 use super::metrics::Metrics;
-use super::{Event, tls};
 use crate::config::RelayConfig;
+use crate::tls;
 
 /// A request to reload now; answered with whether the new files were taken.
 pub type Trigger = Option<oneshot::Sender<bool>>;
@@ -125,7 +126,7 @@ impl Reloader {
             tracing::info!("reload {why} skipped: no tls_cert configured");
             return false;
         }
-        let loaded = tls::ServerFiles::load(&self.config)
+        let loaded = super::server_files::load(&self.config)
             .map_err(|e| e.to_string())
             .and_then(|files| {
                 let mut server =

@@ -1,22 +1,23 @@
-//! TLS and QUIC settings for both ends, built with the `ring` provider only.
+//! TLS and QUIC settings for both ends, built with the `ring` provider
+//! only: a leaf module that the relay, the clients, `org` and the bench use,
+//! and that uses none of them.
 //!
-//! The relay's rustls config offers ALPN `fluister/1`, TLS 1.3 only, no
-//! session tickets or resumption (nothing that links two visits), and
-//! optional client certificates checked against the counsellor CA: anonymous
-//! clients present none, counsellors present the credential the operator
-//! issued. [`transport_config`] sizes QUIC windows for chat, not bulk data.
-//! [`counsellor_pseudonym`] reads the name from a verified credential.
+//! The relay's rustls config ([`server_config`]) offers ALPN `fluister/1`,
+//! TLS 1.3 only, no session tickets or resumption (nothing that links two
+//! visits), and optional client certificates checked against the
+//! counsellor CA: anonymous clients present none, counsellors present the
+//! credential the operator issued. [`client_config`] trusts a pinned
+//! certificate or the web PKI and resumes nothing. [`transport_config`]
+//! sizes QUIC windows for chat, not bulk data. [`counsellor_credential`]
+//! reads the name from a verified credential.
 //!
-//! [`ServerFiles::load`] reads the files a config names (certificate, key,
-//! counsellor CA, revocation list), each with a size limit, parses every
-//! certificate in full, checks its signature and validity, and checks that
-//! the files belong together; the relay calls it at start, on SIGHUP and
-//! when the files change, and `--check-config` calls it to validate, so a
-//! corrupted certificate is refused before any client meets it. Revoked
-//! counsellor credentials are refused during the TLS handshake;
-//! [`ServerFiles::revoked`] lists their serial numbers so the relay can also
-//! end live sign-ins. [`ServerFiles::stateless_reset_key`] derives the QUIC
-//! stateless-reset key from the relay's TLS key, so it survives a restart.
+//! PEM parsing ([`certs_from_pem`], [`key_from_pem`], [`read_pem`]),
+//! certificate checks ([`check_chain`], [`revocation_list`]) and the
+//! relay's self-signed loopback certificate ([`self_signed_relay_cert`])
+//! live here too. [`ServerFiles`] is the relay's checked TLS material (the
+//! relay reads it from the files its config names); its
+//! [`ServerFiles::stateless_reset_key`] derives the QUIC stateless-reset key
+//! from the relay's TLS key, so it survives a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,6 @@ use rustls::server::WebPkiClientVerifier;
 use thiserror::Error;
 use x509_parser::prelude::FromDer;
 
-use crate::config::{ConfigError, RelayConfig};
 use crate::core::frame::{ALPN, MAX_FRAME_LEN};
 
 /// Why TLS material could not be used.
@@ -134,80 +134,6 @@ pub struct ServerFiles {
 }
 
 impl ServerFiles {
-    /// Reads and checks the config's files. Without `tls_cert` and `tls_key`
-    /// a certificate for loopback is generated. Errors name the key and file.
-    pub fn load(config: &RelayConfig) -> Result<ServerFiles, ConfigError> {
-        let file_err =
-            |key: &'static str, path: &std::path::Path, reason: String| ConfigError::File {
-                key,
-                path: path.to_owned(),
-                reason,
-            };
-        let read = |key: &'static str, path: &std::path::Path| {
-            let limit = match key {
-                "counsellor_crl" => crate::files::MAX_LIST_BYTES,
-                _ => crate::files::MAX_PEM_BYTES,
-            };
-            crate::files::read_text(path, limit).map_err(|e| file_err(key, path, e.to_string()))
-        };
-        let now_unix = crate::org::now_unix() as i64;
-        let (chain_pem, key_pem) = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => (
-                read("tls_cert", cert)?,
-                zeroize::Zeroizing::new(read("tls_key", key)?),
-            ),
-            _ => crate::org::self_signed_relay_cert(&crate::org::loopback_hosts(), 14).map_err(
-                |e| ConfigError::Invalid {
-                    key: "tls_cert",
-                    reason: e.to_string(),
-                },
-            )?,
-        };
-        let cert_path = config.tls_cert.clone().unwrap_or_default();
-        let key_path = config.tls_key.clone().unwrap_or_default();
-        let chain = certs_from_pem("certificate", &chain_pem)
-            .map_err(|e| file_err("tls_cert", &cert_path, e.to_string()))?;
-        check_chain(&chain, now_unix).map_err(|reason| file_err("tls_cert", &cert_path, reason))?;
-        let key = key_from_pem("key", &key_pem)
-            .map_err(|e| file_err("tls_key", &key_path, e.to_string()))?;
-        rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(
-            |e| {
-                file_err(
-                    "tls_key",
-                    &key_path,
-                    format!("does not belong to the certificate in tls_cert ({e})"),
-                )
-            },
-        )?;
-        let counsellor_ca = match &config.counsellor_ca {
-            Some(path) => {
-                let ca = certs_from_pem("counsellor CA", &read("counsellor_ca", path)?)
-                    .map_err(|e| file_err("counsellor_ca", path, e.to_string()))?;
-                check_chain(&ca, now_unix)
-                    .map_err(|reason| file_err("counsellor_ca", path, reason))?;
-                Some(ca)
-            }
-            None => None,
-        };
-        let (crls, revoked) = match (&config.counsellor_crl, &counsellor_ca) {
-            (Some(path), Some(ca)) => {
-                let pem = read("counsellor_crl", path)?;
-                let (crl, revoked) = revocation_list(&pem, ca)
-                    .map_err(|reason| file_err("counsellor_crl", path, reason))?;
-                (vec![crl], revoked)
-            }
-            _ => (Vec::new(), Vec::new()),
-        };
-        Ok(ServerFiles {
-            chain_pem,
-            chain,
-            key,
-            counsellor_ca,
-            crls,
-            revoked,
-        })
-    }
-
     /// The QUIC stateless-reset key: an HMAC-SHA256 key derived from the
     /// TLS private key, so that it is the same after a restart and secret
     /// like that key.
@@ -236,7 +162,7 @@ impl ServerFiles {
 
 /// Parses a PEM revocation list and checks that the counsellor CA signed
 /// it; returns it with the revoked serial numbers.
-fn revocation_list(
+pub fn revocation_list(
     pem: &str,
     ca: &[CertificateDer<'static>],
 ) -> Result<(CertificateRevocationListDer<'static>, Vec<Vec<u8>>), String> {
@@ -259,6 +185,12 @@ fn revocation_list(
     Ok((der, revoked))
 }
 
+/// The spec's liveness values (PROTOCOL.md §3.1): a connection silent this
+/// many seconds is gone, and keep-alives every [`DEFAULT_KEEP_ALIVE_SECS`]
+/// keep a live but quiet one open.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 20;
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 5;
+
 /// QUIC transport sizes: windows in bytes, timeouts.
 #[derive(Debug, Clone, Copy)]
 pub struct TransportSizes {
@@ -277,8 +209,8 @@ impl Default for TransportSizes {
         TransportSizes {
             stream_receive_window: window,
             receive_window: 2 * window,
-            idle_timeout: Duration::from_secs(crate::config::DEFAULT_IDLE_TIMEOUT_SECS),
-            keep_alive: Duration::from_secs(crate::config::DEFAULT_KEEP_ALIVE_SECS),
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            keep_alive: Duration::from_secs(DEFAULT_KEEP_ALIVE_SECS),
         }
     }
 }
@@ -402,4 +334,36 @@ pub fn counsellor_credential(connection: &quinn::Connection) -> Option<Counsello
         pseudonym,
         serial: parsed.raw_serial().to_vec(),
     })
+}
+
+/// A self-signed ECDSA P-256 TLS certificate for the relay, valid for
+/// `days`, for the given host names and IP addresses. Returns (cert, key) PEM.
+pub fn self_signed_relay_cert(
+    hosts: &[String],
+    days: u32,
+) -> Result<(String, zeroize::Zeroizing<String>), TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    let key = KeyPair::generate().map_err(rustls_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rustls_err)?;
+    for host in hosts {
+        params
+            .subject_alt_names
+            .push(match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.clone().try_into().map_err(rustls_err)?),
+            });
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "fluister relay");
+    params.distinguished_name = dn;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let cert = params.self_signed(&key).map_err(rustls_err)?;
+    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// The default host names of a relay certificate: loopback only.
+pub fn loopback_hosts() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
