@@ -3,7 +3,9 @@
 //!
 //! Layers, from the wire inwards: [`relay`] (the tokio/quinn shell) and
 //! [`client`] (both chat roles over QUIC) move bytes; [`core`] decides, with
-//! no I/O; [`crypto`] makes sure only the two ends can read a chat.
+//! no I/O; [`crypto`] makes sure only the two ends can read a chat. `core`
+//! and `crypto` are the `fluister-proto` crate in `proto/`, next to the
+//! spec, re-exported here: a crate without tokio, quinn or a clock.
 //! [`tls`] holds the TLS and QUIC settings both ends use. [`config`] and
 //! [`org`] read and write the operator's files; [`cli`] is the `fluister`
 //! command.
@@ -13,9 +15,9 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod core;
-pub mod crypto;
 pub mod files;
 pub mod org;
 pub mod relay;
 pub mod tls;
+
+pub use fluister_proto::{core, crypto};

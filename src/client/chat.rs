@@ -889,7 +889,7 @@ mod tests {
         ] {
             let (mut sender, counsellor) = sessions();
             let (mut conversation, _rx, tx) = receiver(counsellor);
-            let blob = sender.seal_raw(&bytes).unwrap();
+            let blob = sender.seal_unchecked(&bytes).unwrap();
             assert_eq!(
                 conversation.receive(&blob, &tx).await,
                 Err(E2eError::Content(error)),

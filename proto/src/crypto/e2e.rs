@@ -188,9 +188,16 @@ impl Session {
         self.seal_raw(&Zeroizing::new(content.encode()))
     }
 
+    /// Encoded content as it is, unchecked: what tests give a receiver
+    /// that must refuse it (feature `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn seal_unchecked(&mut self, content: &[u8]) -> Result<Blob, E2eError> {
+        self.seal_raw(content)
+    }
+
     /// Pads, encrypts and numbers encoded content as it is; [`Session::seal`]
-    /// gives it checked content, tests give it what a receiver must refuse.
-    pub(crate) fn seal_raw(&mut self, content: &[u8]) -> Result<Blob, E2eError> {
+    /// gives it checked content.
+    fn seal_raw(&mut self, content: &[u8]) -> Result<Blob, E2eError> {
         let padded = padding::pad(content, TRANSPORT_PLAINTEXT_LEN)?;
         let seq = self.next_send;
         let ciphertext = self.transport.seal(seq, &padded)?;
@@ -248,9 +255,9 @@ pub fn generate_static_secret(rng: &mut (impl RngCore + CryptoRng)) -> StaticSec
 }
 
 /// A counsellor's keys under a fixed organisation key, for unit tests here
-/// and in the client.
-#[cfg(test)]
-pub(crate) fn test_counsellor_keys(static_secret: StaticSecret) -> CounsellorKeys {
+/// and in the client (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
+pub fn test_counsellor_keys(static_secret: StaticSecret) -> CounsellorKeys {
     use crate::crypto::cert::CertificateBody;
     let org_key = SigningKey::from_bytes(&[1; 32]);
     let org = OrgPublicKey::from_signing_key(&org_key);

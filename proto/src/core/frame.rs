@@ -10,7 +10,7 @@
 //! more than one maximum frame.
 //!
 //! ```
-//! use fluister::core::frame::{Frame, FrameDecoder, Role};
+//! use fluister_proto::core::frame::{Frame, FrameDecoder, Role};
 //!
 //! let hello = Frame::Hello { version: 1, role: Role::Client };
 //! assert_eq!(hello.encode(), [0x01, 0x00, 0x02, 0x01, 0x01]);
