@@ -1,0 +1,559 @@
+//! Chats: a pairing becomes two linked chat sides (PAIRED), FORWARD blobs
+//! go from one side to the other (or are held for a side that is away),
+//! END, block and TRANSFER end or move a chat, and counsellors' offers and
+//! presence (COLLEAGUE) follow their load. Every link is indexed by its
+//! capability, and a client's unconfirmed side by its ticket.
+
+use super::*;
+
+impl<P: PairingBackend> Relay<P> {
+    pub(super) fn handle_forward(
+        &mut self,
+        conn: ConnId,
+        chat: ChatNumber,
+        blob: Blob,
+    ) -> Result<(), CloseCode> {
+        let link = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.links.get_mut(&chat))
+            .map(|link| {
+                // The client has its PAIRED and started the handshake: the
+                // ticket no longer leads here, and the pairing stands.
+                link.handshake_due = None;
+                (link.peer, link.unconfirmed.take())
+            });
+        if let Some((_, Some(u))) = link {
+            self.index.unconfirmed_live.remove(&u.ticket);
+        }
+        let link = link.map(|(peer, _)| peer);
+        let Some(peer) = link else {
+            let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
+            // A frame racing the end of its chat is not an error.
+            return if c.is_ended_chat(chat) {
+                Ok(())
+            } else {
+                Err(CloseCode::UnexpectedFrame)
+            };
+        };
+        self.stats.frames_forwarded += 1;
+        self.stats.bytes_forwarded += FORWARD_FRAME_LEN;
+        match peer {
+            Peer::Live {
+                conn: peer,
+                chat: peer_chat,
+            } => self.send(
+                peer,
+                &Frame::Forward {
+                    chat: peer_chat,
+                    blob,
+                },
+            ),
+            Peer::Away(h) => self.hold(conn, chat, h, blob),
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_end(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        role: Role,
+        chat: ChatNumber,
+        reason: EndReason,
+    ) {
+        let peer = match self.conns.get(&conn).and_then(|c| c.links.get(&chat)) {
+            Some(Link {
+                peer: Peer::Live { conn: p, .. },
+                ..
+            }) => Some(*p),
+            _ => None,
+        };
+        self.end_chat(conn, chat, reason);
+        match (role, reason, peer) {
+            // The client's end is immediate: nothing more goes to it.
+            (Role::Client, _, _) => self.close(conn, CloseCode::NoError, false),
+            // A blocked client can never send again: its connection goes
+            // (it was closed, after its END, when its chat ended).
+            (Role::Counsellor, EndReason::Blocked, Some(client)) => {
+                self.close(client, CloseCode::NoError, true)
+            }
+            _ => {}
+        }
+        self.pair_waiting(now);
+    }
+
+    pub(super) fn handle_transfer(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        chat: ChatNumber,
+        target: TransferTarget,
+    ) {
+        let Some(link) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.links.get(&chat))
+            .cloned()
+        else {
+            return;
+        };
+        let Peer::Live { conn: client, .. } = link.peer else {
+            self.send(
+                conn,
+                &Frame::TransferRefused {
+                    chat,
+                    reason: Refusal::ClientAway,
+                },
+            );
+            return;
+        };
+        let colleague = match &target {
+            TransferTarget::Queue => None,
+            TransferTarget::Colleague(name) => match self.find_colleague(conn, name) {
+                Ok(id) => Some(id),
+                Err(reason) => {
+                    self.send(conn, &Frame::TransferRefused { chat, reason });
+                    return;
+                }
+            },
+        };
+        self.stats.transfers += 1;
+        self.end_chat(conn, chat, EndReason::Transferred);
+        // The counsellor hears END(TRANSFERRED) as confirmation, too.
+        self.send(
+            conn,
+            &Frame::End {
+                chat,
+                reason: EndReason::Transferred,
+            },
+        );
+        match colleague {
+            Some(colleague) => {
+                if let Some(c) = self.conns.get_mut(&client) {
+                    c.state = State::Client(ClientStage::InChat);
+                }
+                self.start_chat(now, client, colleague);
+            }
+            None => {
+                // Back in the queue with what the young person chose.
+                let (topic, language) = self
+                    .conns
+                    .get(&client)
+                    .map(|c| c.choice)
+                    .unwrap_or_default();
+                let source = self.conns.get(&client).and_then(|c| c.source);
+                let request = Request {
+                    topic,
+                    language,
+                    since: now.mono,
+                    turn: self.next_turn(),
+                    priority: true,
+                    source,
+                };
+                if self.pairing.enqueue(client, request).is_ok() {
+                    self.issue_ticket(client);
+                    self.set_waiting(now, client, request);
+                }
+            }
+        }
+        self.pair_waiting(now);
+    }
+
+    /// A signed-in colleague named `name` with room, or why not.
+    pub(super) fn find_colleague(&self, from: ConnId, name: &Label) -> Result<ConnId, Refusal> {
+        let mut refusal = Refusal::UnknownColleague;
+        for id in self.by_name.get(name.as_str()).into_iter().flatten() {
+            let Some(c) = self.conns.get(id).filter(|_| *id != from) else {
+                continue;
+            };
+            let State::Counsellor(s) = &c.state else {
+                continue;
+            };
+            if !s.available {
+                if refusal == Refusal::UnknownColleague {
+                    refusal = Refusal::ColleagueAway;
+                }
+            } else if c.links.len() >= s.capacity {
+                refusal = Refusal::ColleagueFull;
+            } else {
+                return Ok(*id);
+            }
+        }
+        Err(refusal)
+    }
+
+    /// Links a client and a counsellor in a new chat and tells both.
+    pub(super) fn start_chat(&mut self, now: Now, client: ConnId, counsellor: ConnId) {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let pairing_id = PairingId(id);
+        let (Some(client_chat), Some(counsellor_chat)) =
+            (self.issue_chat(client), self.issue_chat(counsellor))
+        else {
+            return;
+        };
+        let mut client_cap = ResumeCapability([0; 32]);
+        let mut counsellor_cap = ResumeCapability([0; 32]);
+        self.rng.fill_bytes(&mut client_cap.0);
+        self.rng.fill_bytes(&mut counsellor_cap.0);
+        let to_counsellor = Peer::Live {
+            conn: counsellor,
+            chat: counsellor_chat,
+        };
+        let to_client = Peer::Live {
+            conn: client,
+            chat: client_chat,
+        };
+        let Some(c) = self.conns.get(&client) else {
+            return;
+        };
+        let (topic, language) = c.choice;
+        let ticket = c.ticket;
+        // The place it had, should the pairing be undone.
+        let request = match &c.state {
+            State::Client(ClientStage::Waiting(w)) => w.request,
+            _ => Request {
+                topic,
+                language,
+                since: now.mono,
+                turn: 0,
+                priority: true,
+                source: c.source,
+            },
+        };
+        let unconfirmed = ticket.map(|ticket| Unconfirmed {
+            ticket,
+            pairing_id,
+            request,
+        });
+        let client_link = self.new_link(now, to_counsellor, cap_hash(&client_cap), unconfirmed);
+        self.link(
+            client,
+            client_chat,
+            Link {
+                handshake_due: Some(now.mono + self.limits.handshake_timeout),
+                ..client_link
+            },
+        );
+        let counsellor_link = self.new_link(now, to_client, cap_hash(&counsellor_cap), None);
+        self.link(counsellor, counsellor_chat, counsellor_link);
+        if let Some(c) = self.conns.get_mut(&client) {
+            if let State::Client(ClientStage::Waiting(w)) = &c.state {
+                self.stats
+                    .waits
+                    .push(now.mono.saturating_duration_since(w.since));
+            }
+            c.state = State::Client(ClientStage::InChat);
+        }
+        self.stats.pairings += 1;
+        self.refresh_offer(counsellor);
+        self.send(
+            client,
+            &Frame::Paired {
+                chat: client_chat,
+                pairing_id,
+                resume: client_cap,
+                topic: None,
+                language: None,
+            },
+        );
+        self.send(
+            counsellor,
+            &Frame::Paired {
+                chat: counsellor_chat,
+                pairing_id,
+                resume: counsellor_cap,
+                topic,
+                language,
+            },
+        );
+    }
+
+    pub(super) fn new_link(
+        &self,
+        now: Now,
+        peer: Peer,
+        mine: CapHash,
+        unconfirmed: Option<Unconfirmed>,
+    ) -> Link {
+        Link {
+            peer,
+            mine,
+            unconfirmed,
+            forward: TokenBucket::new(
+                self.limits.forward_frames_per_sec,
+                self.limits.forward_frames_burst,
+                now.mono,
+            ),
+            handshake_due: None,
+        }
+    }
+
+    /// Tells the backend what a counsellor can take now, and its
+    /// colleagues whether it can take a transfer.
+    pub(super) fn refresh_offer(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let State::Counsellor(s) = &c.state else {
+            return;
+        };
+        let offer = Offer {
+            available: s.available,
+            load: c.links.len(),
+            capacity: s.capacity,
+            topics: s.topics.clone(),
+            languages: s.languages.clone(),
+        };
+        let name = c.pseudonym().map(str::to_owned);
+        self.pairing.offer(conn, offer);
+        if let Some(name) = name {
+            self.update_presence(&name);
+        }
+    }
+
+    /// Works out what colleagues should see of `name` (the best of its
+    /// connections) and tells them if that changed.
+    pub(super) fn update_presence(&mut self, name: &str) {
+        let now = self
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(
+                |id| match self.conns.get(id).map(|c| (&c.state, c.links.len())) {
+                    Some((State::Counsellor(s), load)) => Some(if !s.available {
+                        Presence::Away
+                    } else if load >= s.capacity {
+                        Presence::Full
+                    } else {
+                        Presence::Available
+                    }),
+                    _ => None,
+                },
+            )
+            .max()
+            .unwrap_or(Presence::SignedOut);
+        let before = self
+            .presence
+            .get(name)
+            .copied()
+            .unwrap_or(Presence::SignedOut);
+        if now == before {
+            return;
+        }
+        if now == Presence::SignedOut {
+            self.presence.remove(name);
+        } else {
+            self.presence.insert(name.to_owned(), now);
+        }
+        let Ok(label) = Label::new(name) else {
+            return;
+        };
+        let mut others: Vec<ConnId> = self
+            .by_name
+            .iter()
+            .filter(|(other, _)| other.as_str() != name)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        others.sort();
+        let frame = Frame::Colleague {
+            name: label,
+            presence: now,
+        };
+        for id in others {
+            self.send(id, &frame);
+        }
+    }
+
+    pub(super) fn issue_chat(&mut self, conn: ConnId) -> Option<ChatNumber> {
+        let c = self.conns.get_mut(&conn)?;
+        let chat = ChatNumber::new(c.next_chat)?;
+        c.next_chat = c.next_chat.checked_add(1)?;
+        Some(chat)
+    }
+
+    pub(super) fn link(&mut self, conn: ConnId, chat: ChatNumber, link: Link) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        self.index.capabilities.insert(link.mine, (conn, chat));
+        if let Some(u) = link.unconfirmed {
+            self.index.unconfirmed_live.insert(u.ticket, (conn, chat));
+        }
+        if let Some(old) = c.links.insert(chat, link) {
+            Self::unindex_link(&mut self.index, &old);
+        }
+        self.index.touched.push(conn);
+    }
+
+    /// Takes one chat side off its connection, and out of the indexes.
+    pub(super) fn unlink(&mut self, conn: ConnId, chat: ChatNumber) -> Option<Link> {
+        let link = self.conns.get_mut(&conn)?.links.remove(&chat)?;
+        Self::unindex_link(&mut self.index, &link);
+        self.index.touched.push(conn);
+        Some(link)
+    }
+
+    pub(super) fn unindex_link(index: &mut Indexes, link: &Link) {
+        index.capabilities.remove(&link.mine);
+        if let Some(u) = link.unconfirmed {
+            index.unconfirmed_live.remove(&u.ticket);
+        }
+    }
+
+    /// Points the peer of a chat side at a new place for that side.
+    pub(super) fn repoint(&mut self, peer: Peer, to: Peer) {
+        match peer {
+            Peer::Live { conn, chat } => {
+                if let Some(link) = self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| c.links.get_mut(&chat))
+                {
+                    link.peer = to;
+                }
+            }
+            Peer::Away(h) => {
+                if let Some(d) = self.detached.get_mut(&h) {
+                    d.peer = to;
+                }
+            }
+        }
+    }
+
+    /// Keeps a frame for a side that is away; if it cannot take more, the
+    /// chat ends for the side that is here.
+    pub(super) fn hold(&mut self, conn: ConnId, chat: ChatNumber, away: CapHash, blob: Blob) {
+        let max = self.limits.max_held_frames;
+        if let Some(d) = self.detached.get_mut(&away)
+            && d.held.len() < max
+        {
+            d.held.push_back(blob);
+            return;
+        }
+        self.remove_detached(&away);
+        self.peer_gone(conn, chat);
+    }
+
+    /// The other side of `chat` is gone for good: the chat ends here.
+    pub(super) fn peer_gone(&mut self, conn: ConnId, chat: ChatNumber) {
+        if self.unlink(conn, chat).is_some() {
+            self.stats.ended(EndReason::PeerDisconnected);
+            self.send(
+                conn,
+                &Frame::End {
+                    chat,
+                    reason: EndReason::PeerDisconnected,
+                },
+            );
+            self.chat_over(conn, EndReason::PeerDisconnected);
+        }
+    }
+
+    /// Ends one chat from `conn`'s side: both links go, the peer is told.
+    pub(super) fn end_chat(&mut self, conn: ConnId, chat: ChatNumber, reason: EndReason) {
+        let Some(link) = self.unlink(conn, chat) else {
+            return;
+        };
+        self.stats.ended(reason);
+        self.refresh_offer(conn);
+        match link.peer {
+            Peer::Live {
+                conn: peer,
+                chat: peer_chat,
+            } => {
+                if self.unlink(peer, peer_chat).is_some() {
+                    self.send(
+                        peer,
+                        &Frame::End {
+                            chat: peer_chat,
+                            reason,
+                        },
+                    );
+                    self.chat_over(peer, reason);
+                }
+            }
+            // The absent side learns when it tries to resume.
+            Peer::Away(h) => {
+                self.remove_detached(&h);
+            }
+        }
+    }
+
+    /// The side that was told its chat ended. A young person's chat is
+    /// over (unless it moves on): the relay closes the connection after
+    /// the END, as the client needs it no longer (§7.1).
+    pub(super) fn chat_over(&mut self, conn: ConnId, reason: EndReason) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        match &c.state {
+            State::Client(ClientStage::InChat) if reason != EndReason::Transferred => {
+                self.close(conn, CloseCode::NoError, true);
+            }
+            State::Counsellor(_) => self.refresh_offer(conn),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{Bench, Did, to};
+    use crate::core::frame::{BLOB_LEN, Blob, ChatNumber, EndReason, Frame};
+
+    fn chat(n: u32) -> ChatNumber {
+        ChatNumber::new(n).unwrap_or(ChatNumber::FIRST)
+    }
+
+    #[test]
+    fn a_forward_reaches_the_other_side_under_its_own_chat_number() {
+        let mut b = Bench::new();
+        let sam = b.counsellor("Sam", 2);
+        b.client();
+        let (y, _) = b.client();
+        let blob = Blob::new([7; BLOB_LEN]);
+        let did = b.send(
+            y,
+            Frame::Forward {
+                chat: chat(1),
+                blob: blob.clone(),
+            },
+        );
+        assert_eq!(
+            did,
+            vec![Did::Sent(
+                sam,
+                Frame::Forward {
+                    chat: chat(2),
+                    blob
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_forward_racing_the_end_of_its_chat_is_dropped_quietly() {
+        let mut b = Bench::new();
+        let sam = b.counsellor("Sam", 1);
+        let (y, _) = b.client();
+        let did = b.send(
+            y,
+            Frame::End {
+                chat: chat(1),
+                reason: EndReason::UserEnded,
+            },
+        );
+        assert!(to(&did, sam).contains(&Frame::End {
+            chat: chat(1),
+            reason: EndReason::UserEnded
+        }));
+        let late = Frame::Forward {
+            chat: chat(1),
+            blob: Blob::new([1; BLOB_LEN]),
+        };
+        assert_eq!(b.send(sam, late), vec![], "no error, nothing sent");
+    }
+}
