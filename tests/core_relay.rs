@@ -1582,6 +1582,14 @@ mod random_input {
                     Output::Unblock { conn } => {
                         prop_assert!(!closed.contains(&conn), "unblocked a closed connection");
                     }
+                    Output::Route { conn, to, .. } => {
+                        if let Some(to) = to {
+                            prop_assert!(
+                                !closed.contains(&conn) && !closed.contains(&to.conn),
+                                "a route to or from a closed connection"
+                            );
+                        }
+                    }
                 }
             }
             for out in &outs {

@@ -21,13 +21,8 @@ const AT_ONCE: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_and_a_close_in_the_same_instant_reach_the_counsellor_fifty_times_over() {
     let org = Org::new();
-    let mut config = org.config();
     // Fifty young people in a few seconds: more than the admissions burst.
-    config.limits.admissions_per_sec = 1000;
-    config.limits.admissions_burst = 1000;
-    let relay = fluister::relay::start(&config, Default::default())
-        .await
-        .unwrap();
+    let relay = start_relay_for_many(&org).await;
     let mut sam = sam(&org, &relay).await;
     for i in 0..50u32 {
         // The browser tab closed right after "end chat", or the check of

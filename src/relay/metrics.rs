@@ -244,6 +244,12 @@ impl Metrics {
         self.revocations.inc();
     }
 
+    /// A FORWARD frame a connection task delivered straight to its peer.
+    pub fn forwarded(&self, bytes: u64) {
+        self.frames_forwarded.inc();
+        self.bytes_forwarded.inc_by(bytes);
+    }
+
     /// An attempt over the per-address limit, refused before its handshake.
     pub fn refused_attempt(&self) {
         self.refused_attempts.inc();

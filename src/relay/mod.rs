@@ -5,25 +5,38 @@
 //!   **connection task** each;
 //! - a connection task completes the handshake, reads the counsellor
 //!   credential (if any) from TLS, accepts the one control stream, registers
-//!   with the driver, then forwards every chunk it reads as an [`Event`] and
-//!   runs a writer that drains the connection's bounded outbound queue. It
-//!   reads only while it holds a read permit: the driver gives one back
-//!   for each chunk the core has taken, and holds them while the core has
-//!   paused the connection (over its budget), so QUIC flow control slows
-//!   the sender down. When the connection ends it says how: the peer left
-//!   (an application close or the end of its stream) or was lost;
+//!   with the driver, and runs a writer that drains the connection's
+//!   bounded outbound queue (behind its [`Outlet`]). It decodes what it
+//!   reads itself. A FORWARD in a chat the core has routed goes straight
+//!   into the peer's outlet, paced by the chat's budget first: one
+//!   hand-off, and the driver never sees it. Every other frame goes to the
+//!   driver as an [`Event`]. It reads only while it holds a read permit:
+//!   the driver gives one back for each batch the core has taken, and
+//!   holds them while the core has paused the connection (over its
+//!   budget), so QUIC flow control slows the sender down. When the
+//!   connection ends it says how: the peer left (an application close or
+//!   the end of its stream) or was lost;
 //! - the **driver** owns the core. It feeds events in, drains the core's
-//!   outputs to the outbound queues, and wakes for the core's timers. A
-//!   connection whose queue is full is closed as a slow consumer; nobody
-//!   else waits for it. After every step it adds the core's counts to the
-//!   [`metrics`];
+//!   outputs to the outlets, passes the core's routes on to the connection
+//!   tasks, and wakes for the core's timers. A connection whose queue is
+//!   full is closed as a slow consumer; nobody else waits for it. After
+//!   every step it adds the core's counts to the [`metrics`];
 //! - the **admin listener** ([`admin`]) serves metrics and health checks;
 //! - the **reloader** ([`reload`]) rereads the TLS files and the revocation
 //!   list on SIGHUP and when they change: new connections get the new
 //!   certificate, and counsellors whose credential was revoked are cut off.
 //!
-//! Nothing clever lives here, and nothing here logs an address, a port, a
-//! connection or pairing id, a key or a byte of content.
+//! Order within a chat is kept by the outlets: every write to a connection
+//! goes through its outlet's lock, and a peer's task may deliver into a
+//! chat only while the outlet holds it open. The driver opens it when the
+//! core grants a route (after PAIRED, RESUMED and held frames) and shuts
+//! it when the core withdraws one (before END or PEER_AWAY). A task that
+//! gets a route first asks the driver for a barrier, so that frames it
+//! sent through the driver before are handled before any it delivers
+//! itself.
+//!
+//! Nothing here logs an address, a port, a connection or pairing id, a key
+//! or a byte of content.
 //!
 //! [`core::relay::Relay`]: crate::core::relay::Relay
 
@@ -45,10 +58,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::core::frame::EndReason;
-use crate::core::frame::MAX_FRAME_LEN;
-use crate::core::ratelimit::{KeyedLimiter, SourceTag};
-use crate::core::relay::{ConnId, Credential, Flow, Output, Relay};
+use crate::core::frame::{ChatNumber, EndReason, Frame, FrameDecoder, MAX_FRAME_LEN};
+use crate::core::ratelimit::{KeyedLimiter, SourceTag, TokenBucket};
+use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route};
 use crate::core::{CloseCode, Departure, Now};
 use crate::tls;
 
@@ -62,6 +74,9 @@ const READ_AHEAD: usize = 4;
 /// How late the driver may notice a deadline the core set since it last
 /// asked (pacing's shortest wait is a frame's interval, 1/64 s).
 const TIMER_RECHECK: Duration = Duration::from_millis(5);
+/// Queued writes to one connection are joined into one stream write up to
+/// this many bytes.
+const WRITE_BATCH: usize = 16 * 1024;
 /// How long a connection may take to open its control stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,14 +133,28 @@ enum Event {
         source: Option<SourceTag>,
         /// A counsellor credential's serial number, to match revocations.
         serial: Option<Vec<u8>>,
-        outbound: mpsc::Sender<Outbound>,
+        outlet: Arc<Outlet>,
+        control: mpsc::UnboundedSender<Control>,
         permits: Arc<Semaphore>,
         connection: quinn::Connection,
         reply: oneshot::Sender<Option<ConnId>>,
     },
-    Data {
+    /// Frames the task read and did not deliver itself, in order, and the
+    /// close code if the bytes after them were not a valid frame.
+    Frames {
         conn: ConnId,
-        bytes: bytes::Bytes,
+        frames: Vec<Frame>,
+        invalid: Option<CloseCode>,
+    },
+    /// The task was granted a route in `chat`: it may deliver there itself
+    /// once everything it sent before this is handled.
+    Barrier {
+        conn: ConnId,
+        chat: ChatNumber,
+    },
+    /// A peer's outlet was full when the task delivered into it.
+    SlowConsumer {
+        conn: ConnId,
     },
     /// The peer finished its side of the stream.
     Finished {
@@ -145,6 +174,97 @@ enum Event {
 enum Outbound {
     Bytes(Vec<u8>),
     Close(CloseCode),
+}
+
+/// What the driver tells a connection task.
+enum Control {
+    /// FORWARD frames in `chat` may go straight to this peer (or no longer).
+    Route {
+        chat: ChatNumber,
+        to: Option<FastRoute>,
+    },
+    /// Everything the task sent before its barrier for `chat` is handled.
+    BarrierPassed { chat: ChatNumber },
+}
+
+/// A route as a connection task holds it.
+struct FastRoute {
+    peer: ConnId,
+    chat: ChatNumber,
+    outlet: Arc<Outlet>,
+}
+
+/// A connection's way out: its writer's queue, and the chats in which
+/// other connections' tasks may deliver FORWARD frames straight into it.
+/// Every write goes through its lock, so a frame a peer's task delivers can
+/// never pass an END or a PAIRED the driver wrote before it.
+struct Outlet {
+    inner: std::sync::Mutex<OutletInner>,
+}
+
+struct OutletInner {
+    queue: mpsc::Sender<Outbound>,
+    /// Chats open to delivery by a peer's task; a handful at most.
+    open: Vec<ChatNumber>,
+}
+
+/// What became of a frame a task delivered into a peer's outlet.
+enum Delivery {
+    Sent,
+    /// The chat is not open (any more): the core must handle the frame.
+    NotOpen,
+    /// The peer does not read.
+    Full,
+}
+
+impl Outlet {
+    fn new(queue: mpsc::Sender<Outbound>) -> Outlet {
+        Outlet {
+            inner: std::sync::Mutex::new(OutletInner {
+                queue,
+                open: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutletInner> {
+        // Nothing panics while holding it; if something did, the state is
+        // still a queue handle and a list.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The driver's writes.
+    fn push(&self, out: Outbound) -> Result<(), mpsc::error::TrySendError<Outbound>> {
+        self.lock().queue.try_send(out)
+    }
+
+    /// A peer task's FORWARD, if `chat` is open.
+    fn deliver(&self, chat: ChatNumber, bytes: Vec<u8>) -> Delivery {
+        let inner = self.lock();
+        if !inner.open.contains(&chat) {
+            return Delivery::NotOpen;
+        }
+        match inner.queue.try_send(Outbound::Bytes(bytes)) {
+            Ok(()) => Delivery::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NotOpen,
+        }
+    }
+
+    fn open(&self, chat: ChatNumber) {
+        let mut inner = self.lock();
+        if !inner.open.contains(&chat) {
+            inner.open.push(chat);
+        }
+    }
+
+    fn shut(&self, chat: ChatNumber) {
+        self.lock().open.retain(|c| *c != chat);
+    }
+
+    fn shut_all(&self) {
+        self.lock().open.clear();
+    }
 }
 
 /// A relay that is running. Dropping it does not stop it; call
@@ -283,10 +403,11 @@ pub async fn start(
     let driver = Driver {
         core,
         conns: HashMap::new(),
-        observer: options.observer,
+        observer: options.observer.clone(),
         metrics: metrics.clone(),
         revoked: files.revoked.iter().cloned().collect(),
         handshakes: handshakes.clone(),
+        routes: HashMap::new(),
     };
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx));
     let reloader = reload::Reloader {
@@ -305,12 +426,18 @@ pub async fn start(
         reload::listen_for_hangup(),
         shutdown_rx.clone(),
     ));
+    let core_limits = config.core_limits();
     let admission = Admission {
-        max_buffered: config.limits.max_buffered_frames,
-        max_capacity: usize::from(config.limits.max_capacity),
+        tasks: TaskSettings {
+            max_buffered: config.limits.max_buffered_frames,
+            max_capacity: usize::from(config.limits.max_capacity),
+            forward_per_sec: core_limits.forward_frames_per_sec,
+            forward_burst: core_limits.forward_frames_burst,
+            observer: options.observer.clone(),
+            handshakes: handshakes.clone(),
+            metrics: metrics.clone(),
+        },
         retry_above_handshakes: config.limits.retry_above_handshakes,
-        handshakes,
-        metrics: metrics.clone(),
         // Sources are tagged for the attempts limit and for the limit on
         // places in the queue; without either, not at all.
         per_address: (config.limits.per_address_attempts > 0
@@ -360,15 +487,25 @@ pub async fn start(
 
 /// What the accept loop decides before a handshake starts.
 struct Admission {
+    tasks: TaskSettings,
+    retry_above_handshakes: usize,
+    /// Attempts per source address, keyed and forgotten each epoch.
+    per_address: Option<KeyedLimiter>,
+}
+
+/// What every connection task is given.
+#[derive(Clone)]
+struct TaskSettings {
     max_buffered: usize,
     /// A counsellor's buffer holds `max_buffered` writes per chat it may take.
     max_capacity: usize,
-    retry_above_handshakes: usize,
+    /// The budget of FORWARD frames per chat, as the core's.
+    forward_per_sec: u32,
+    forward_burst: u32,
+    observer: Option<FrameObserver>,
     /// Connections in their handshake or before their control stream.
     handshakes: Arc<AtomicUsize>,
     metrics: Arc<metrics::Metrics>,
-    /// Attempts per source address, keyed and forgotten each epoch.
-    per_address: Option<KeyedLimiter>,
 }
 
 /// The part of an address that names one source: the whole IPv4 address,
@@ -394,7 +531,7 @@ impl Admission {
             let (source_tag, allowed) =
                 limiter.check(&source, std::time::Instant::now(), &mut OsRng);
             if !allowed {
-                self.metrics.refused_attempt();
+                self.tasks.metrics.refused_attempt();
                 incoming.refuse();
                 return None;
             }
@@ -402,7 +539,7 @@ impl Admission {
         }
         // Under a handshake flood, make unvalidated peers prove their
         // address with a stateless retry before we spend a handshake on them.
-        if self.handshakes.load(Ordering::Relaxed) >= self.retry_above_handshakes
+        if self.tasks.handshakes.load(Ordering::Relaxed) >= self.retry_above_handshakes
             && !incoming.remote_address_validated()
             && incoming.may_retry()
         {
@@ -429,8 +566,7 @@ async fn accept_loop(
                     source,
                     events.clone(),
                     shutdown.clone(),
-                    (admission.max_buffered, admission.max_capacity),
-                    (admission.handshakes.clone(), admission.metrics.clone()),
+                    admission.tasks.clone(),
                 ));
             }
             _ = shutdown.changed() => {
@@ -480,24 +616,24 @@ async fn connection_task(
     source: Option<SourceTag>,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
-    (max_buffered, max_capacity): (usize, usize),
-    (handshakes, metrics): (Arc<AtomicUsize>, Arc<metrics::Metrics>),
+    settings: TaskSettings,
 ) {
     if *shutdown.borrow() {
         incoming.refuse();
         return;
     }
+    let metrics = settings.metrics.clone();
     // Counted from the handshake until the control stream is up. A failed
     // handshake says nothing useful and its error may carry an address:
     // drop it silently.
-    handshakes.fetch_add(1, Ordering::Relaxed);
+    settings.handshakes.fetch_add(1, Ordering::Relaxed);
     let opened = async {
         let connection = incoming.await.ok()?;
         let stream = tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await;
         Some((connection, stream))
     }
     .await;
-    handshakes.fetch_sub(1, Ordering::Relaxed);
+    settings.handshakes.fetch_sub(1, Ordering::Relaxed);
     let Some((connection, stream)) = opened else {
         return;
     };
@@ -517,10 +653,12 @@ async fn connection_task(
     };
     // A counsellor carries up to max_capacity chats on one connection.
     let buffered = match credential {
-        Credential::Counsellor { .. } => max_buffered * max_capacity.max(1),
-        Credential::Anonymous => max_buffered,
+        Credential::Counsellor { .. } => settings.max_buffered * settings.max_capacity.max(1),
+        Credential::Anonymous => settings.max_buffered,
     };
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(buffered);
+    let outlet = Arc::new(Outlet::new(out_tx));
+    let (control_tx, mut control) = mpsc::unbounded_channel::<Control>();
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
     let (reply_tx, reply_rx) = oneshot::channel();
     let registered = events
@@ -528,7 +666,8 @@ async fn connection_task(
             credential,
             source,
             serial,
-            outbound: out_tx,
+            outlet: outlet.clone(),
+            control: control_tx,
             permits: permits.clone(),
             connection: connection.clone(),
             reply: reply_tx,
@@ -547,8 +686,27 @@ async fn connection_task(
     let writer = tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
             match out {
-                Outbound::Bytes(bytes) => {
+                Outbound::Bytes(mut bytes) => {
+                    // What else is queued goes out in the same write, up to
+                    // a close (which must wait its turn).
+                    let mut close_after = None;
+                    while bytes.len() < WRITE_BATCH {
+                        match out_rx.try_recv() {
+                            Ok(Outbound::Bytes(more)) => bytes.extend_from_slice(&more),
+                            Ok(Outbound::Close(code)) => {
+                                close_after = Some(code);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     if send.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    if let Some(code) = close_after {
+                        let _ = send.finish();
+                        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, send.stopped()).await;
+                        close(&writer_conn, code);
                         return;
                     }
                 }
@@ -563,46 +721,240 @@ async fn connection_task(
         }
     });
 
+    let mut reader = Reader {
+        conn,
+        settings,
+        events,
+        decoder: FrameDecoder::default(),
+        routes: HashMap::new(),
+        barriers: 0,
+        broken: false,
+    };
     let closed = connection.closed();
     tokio::pin!(closed);
     let departure = loop {
-        // Read only with a permit: the driver holds them back while the
-        // core has paused this connection.
-        match permits.try_acquire() {
-            Ok(permit) => permit.forget(),
-            Err(_) => tokio::select! {
-                permit = permits.acquire() => match permit {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => break Departure::Lost,
+        // What the driver says comes first: a route granted or withdrawn
+        // applies to everything read after it.
+        let mut driver_gone = false;
+        while let Ok(message) = control.try_recv() {
+            driver_gone |= !reader.on_control(message).await;
+        }
+        if driver_gone {
+            break Departure::Lost;
+        }
+        // Read only with a permit (the driver holds them back while the
+        // core has paused this connection), and not while a barrier is
+        // pending or after a bad frame.
+        let readable = reader.barriers == 0 && !reader.broken;
+        let got_permit = readable && permits.try_acquire().map(|p| p.forget()).is_ok();
+        if !got_permit {
+            tokio::select! {
+                biased;
+                message = control.recv() => match message {
+                    Some(message) => if !reader.on_control(message).await {
+                        break Departure::Lost;
+                    },
+                    None => break Departure::Lost,
+                },
+                // A permit is free again: dropped here, taken above.
+                permit = permits.acquire(), if readable => if permit.is_err() {
+                    break Departure::Lost;
                 },
                 _ = &mut closed => break Departure::Lost,
-            },
+            }
+            continue;
         }
         match recv.read_chunk(MAX_FRAME_LEN, true).await {
             Ok(Some(chunk)) => {
-                if events
-                    .send(Event::Data {
-                        conn,
-                        bytes: chunk.bytes,
-                    })
-                    .await
-                    .is_err()
-                {
+                if !reader.on_chunk(&chunk.bytes, &permits).await {
                     break Departure::Lost;
                 }
             }
             Ok(None) => {
                 // The peer leaves; the core acts on what it sent, then closes.
-                let _ = events.send(Event::Finished { conn }).await;
+                let _ = reader.events.send(Event::Finished { conn }).await;
                 connection.closed().await;
                 break Departure::Lost;
             }
             Err(e) => break departure_of(&e),
         }
     };
-    let _ = events.send(Event::Disconnected { conn, departure }).await;
+    let _ = reader
+        .events
+        .send(Event::Disconnected { conn, departure })
+        .await;
     // Let the writer flush a close it was told to make; then it is done.
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE * 2, writer).await;
+}
+
+/// A chat side's route as its connection task holds it, with the chat's
+/// budget of FORWARD frames.
+struct HeldRoute {
+    to: FastRoute,
+    budget: TokenBucket,
+    /// The barrier passed: frames sent through the driver before are handled.
+    ready: bool,
+}
+
+/// The reading half of a connection task: decodes, delivers FORWARD frames
+/// on routed chats itself, and hands everything else to the driver.
+struct Reader {
+    conn: ConnId,
+    settings: TaskSettings,
+    events: mpsc::Sender<Event>,
+    decoder: FrameDecoder,
+    routes: HashMap<ChatNumber, HeldRoute>,
+    /// Barriers asked for and not yet passed.
+    barriers: usize,
+    /// A bad frame was read: nothing more is delivered or read.
+    broken: bool,
+}
+
+impl Reader {
+    /// Takes a message from the driver; false if the driver is gone.
+    async fn on_control(&mut self, message: Control) -> bool {
+        match message {
+            Control::Route { chat, to: Some(to) } => {
+                let budget = TokenBucket::new(
+                    self.settings.forward_per_sec,
+                    self.settings.forward_burst,
+                    std::time::Instant::now(),
+                );
+                self.routes.insert(
+                    chat,
+                    HeldRoute {
+                        to,
+                        budget,
+                        ready: false,
+                    },
+                );
+                // Reading stops until the driver has handled what this task
+                // sent before; the barrier travels behind it.
+                let barrier = Event::Barrier {
+                    conn: self.conn,
+                    chat,
+                };
+                if self.events.send(barrier).await.is_err() {
+                    return false;
+                }
+                self.barriers += 1;
+            }
+            Control::Route { chat, to: None } => {
+                self.routes.remove(&chat);
+            }
+            Control::BarrierPassed { chat } => {
+                self.barriers = self.barriers.saturating_sub(1);
+                if let Some(route) = self.routes.get_mut(&chat) {
+                    route.ready = true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Handles one chunk read from the stream; false if the driver is gone.
+    async fn on_chunk(&mut self, bytes: &[u8], permits: &Semaphore) -> bool {
+        if let Some(observe) = &self.settings.observer {
+            observe(Direction::In, bytes);
+        }
+        let mut frames = Vec::new();
+        let invalid = self
+            .decoder
+            .push(bytes, &mut frames)
+            .err()
+            .map(|e| e.close_code());
+        let mut others = Vec::new();
+        for frame in frames {
+            match frame {
+                Frame::Forward { chat, blob } => match self.deliver(chat, blob).await {
+                    Ok(()) => {}
+                    Err((frame, slow_peer)) => {
+                        if let Some(peer) = slow_peer
+                            && self
+                                .events
+                                .send(Event::SlowConsumer { conn: peer })
+                                .await
+                                .is_err()
+                        {
+                            return false;
+                        }
+                        others.push(frame);
+                    }
+                },
+                // After these the chat's frames go through the core, which
+                // knows whether the chat is still there.
+                Frame::End { chat, .. } | Frame::Transfer { chat, .. } => {
+                    self.routes.remove(&chat);
+                    others.push(frame);
+                }
+                other => others.push(other),
+            }
+        }
+        if invalid.is_some() {
+            // Nothing after a bad frame is acted on; the core closes.
+            self.broken = true;
+            self.routes.clear();
+        }
+        if others.is_empty() && invalid.is_none() {
+            // Nothing for the driver: the permit comes straight back.
+            permits.add_permits(1);
+            return true;
+        }
+        self.events
+            .send(Event::Frames {
+                conn: self.conn,
+                frames: others,
+                invalid,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Delivers a FORWARD straight into the peer's outlet if the chat is
+    /// routed, within the chat's budget (waiting for it: meanwhile nothing
+    /// is read, and QUIC holds the sender back). Otherwise gives the frame
+    /// back for the driver, with the peer if its outlet was full.
+    async fn deliver(
+        &mut self,
+        chat: ChatNumber,
+        blob: crate::core::frame::Blob,
+    ) -> Result<(), (Frame, Option<ConnId>)> {
+        let Some(route) = self.routes.get_mut(&chat).filter(|r| r.ready) else {
+            // A frame on this chat goes through the driver: so must every
+            // later one until a new route (and barrier) says otherwise.
+            self.routes.remove(&chat);
+            return Err((Frame::Forward { chat, blob }, None));
+        };
+        let now = std::time::Instant::now();
+        if !route.budget.take(now, 1.0) {
+            let ready = route.budget.ready_at(now, 1.0);
+            tokio::time::sleep_until(Instant::from_std(ready)).await;
+            route.budget.take(std::time::Instant::now(), 1.0);
+        }
+        let mut frame = Frame::Forward {
+            chat: route.to.chat,
+            blob,
+        };
+        let bytes = frame.encode();
+        let len = bytes.len() as u64;
+        let observed = self.settings.observer.clone().map(|o| (o, bytes.clone()));
+        let outcome = route.to.outlet.deliver(route.to.chat, bytes);
+        let peer = route.to.peer;
+        if let Delivery::Sent = outcome {
+            if let Some((observe, bytes)) = observed {
+                observe(Direction::Out, &bytes);
+            }
+            self.settings.metrics.forwarded(len);
+            return Ok(());
+        }
+        // Back to this side's own chat number, for the core.
+        self.routes.remove(&chat);
+        if let Frame::Forward { chat: number, .. } = &mut frame {
+            *number = chat;
+        }
+        let slow_peer = matches!(outcome, Delivery::Full).then_some(peer);
+        Err((frame, slow_peer))
+    }
 }
 
 /// The time for the core: monotonic and wall clock, read together.
@@ -618,7 +970,9 @@ fn now() -> Now {
 }
 
 struct ConnEntry {
-    outbound: mpsc::Sender<Outbound>,
+    outlet: Arc<Outlet>,
+    /// To the connection task: routes and barriers.
+    control: mpsc::UnboundedSender<Control>,
     connection: quinn::Connection,
     serial: Option<Vec<u8>>,
     /// The connection task's read permits, and how many the core owes it
@@ -636,6 +990,8 @@ struct Driver {
     revoked: std::collections::HashSet<Vec<u8>>,
     /// Connections in their handshake or before their control stream.
     handshakes: Arc<AtomicUsize>,
+    /// The routes granted now, by the sending side.
+    routes: HashMap<(ConnId, ChatNumber), Route>,
 }
 
 impl Driver {
@@ -721,7 +1077,8 @@ impl Driver {
                 credential,
                 source,
                 serial,
-                outbound,
+                outlet,
+                control,
                 permits,
                 connection,
                 reply,
@@ -738,7 +1095,8 @@ impl Driver {
                     self.conns.insert(
                         id,
                         ConnEntry {
-                            outbound,
+                            outlet,
+                            control,
                             connection,
                             serial,
                             permits,
@@ -762,21 +1120,76 @@ impl Driver {
                     self.core.handle_revoked(now, conn);
                 }
             }
-            Event::Data { conn, bytes } => {
-                if let Some(observe) = &self.observer {
-                    observe(Direction::In, &bytes);
-                }
-                let flow = self.core.handle_data(now, conn, &bytes);
+            Event::Frames {
+                conn,
+                frames,
+                invalid,
+            } => {
+                let flow = self.core.handle_frames(now, conn, frames, invalid);
                 self.after_read(conn, flow);
             }
+            Event::Barrier { conn, chat } => {
+                if let Some(entry) = self.conns.get(&conn) {
+                    let _ = entry.control.send(Control::BarrierPassed { chat });
+                }
+            }
+            Event::SlowConsumer { conn } => self.slow_consumer(conn),
             Event::Finished { conn } => {
                 let flow = self.core.handle_finish(now, conn);
                 self.after_read(conn, flow);
             }
             Event::Disconnected { conn, departure } => {
-                self.conns.remove(&conn);
+                self.forget(conn);
                 self.core.handle_disconnect(now, conn, departure);
             }
+        }
+    }
+
+    /// A connection whose queue is full is not reading: it is closed, and
+    /// its chats wait for it to come back on a better connection.
+    fn slow_consumer(&mut self, conn: ConnId) {
+        if let Some(entry) = self.forget(conn) {
+            close(&entry.connection, CloseCode::SlowConsumer);
+            self.metrics.closed(CloseCode::SlowConsumer);
+            self.core.handle_disconnect(now(), conn, Departure::Lost);
+        }
+    }
+
+    /// Drops a connection's entry; its outlet takes no more deliveries.
+    fn forget(&mut self, conn: ConnId) -> Option<ConnEntry> {
+        let entry = self.conns.remove(&conn)?;
+        entry.outlet.shut_all();
+        Some(entry)
+    }
+
+    /// The core granted or withdrew a route: the receiving outlet opens or
+    /// shuts the chat, and the sending task hears of it.
+    fn route(&mut self, conn: ConnId, chat: ChatNumber, to: Option<Route>) {
+        if let Some(old) = self.routes.remove(&(conn, chat))
+            && let Some(peer) = self.conns.get(&old.conn)
+        {
+            peer.outlet.shut(old.chat);
+        }
+        let granted = to.and_then(|to| {
+            let peer = self.conns.get(&to.conn)?;
+            peer.outlet.open(to.chat);
+            Some(FastRoute {
+                peer: to.conn,
+                chat: to.chat,
+                outlet: peer.outlet.clone(),
+            })
+        });
+        if let Some(route) = &granted {
+            self.routes.insert(
+                (conn, chat),
+                Route {
+                    conn: route.peer,
+                    chat: route.chat,
+                },
+            );
+        }
+        if let Some(entry) = self.conns.get(&conn) {
+            let _ = entry.control.send(Control::Route { chat, to: granted });
         }
     }
 
@@ -797,12 +1210,9 @@ impl Driver {
                     // gone belongs to a connection that is going: its reader
                     // reports how it ended.
                     if let Err(mpsc::error::TrySendError::Full(_)) =
-                        entry.outbound.try_send(Outbound::Bytes(bytes))
+                        entry.outlet.push(Outbound::Bytes(bytes))
                     {
-                        close(&entry.connection, CloseCode::SlowConsumer);
-                        self.metrics.closed(CloseCode::SlowConsumer);
-                        self.conns.remove(&conn);
-                        self.core.handle_disconnect(now(), conn, Departure::Lost);
+                        self.slow_consumer(conn);
                     }
                 }
                 Output::Unblock { conn } => {
@@ -811,12 +1221,13 @@ impl Driver {
                     }
                 }
                 Output::Close { conn, code, flush } => {
-                    if let Some(entry) = self.conns.remove(&conn)
-                        && (!flush || entry.outbound.try_send(Outbound::Close(code)).is_err())
+                    if let Some(entry) = self.forget(conn)
+                        && (!flush || entry.outlet.push(Outbound::Close(code)).is_err())
                     {
                         close(&entry.connection, code);
                     }
                 }
+                Output::Route { conn, chat, to } => self.route(conn, chat, to),
             }
         }
     }

@@ -96,6 +96,15 @@ pub async fn start_relay(org: &Org, tap: &Tap) -> RunningRelay {
     relay::start(&org.config(), tap.options()).await.unwrap()
 }
 
+/// A relay that admits many young people in a few seconds (more than the
+/// default admissions burst).
+pub async fn start_relay_for_many(org: &Org) -> RunningRelay {
+    let mut config = org.config();
+    config.limits.admissions_per_sec = 1000;
+    config.limits.admissions_burst = 1000;
+    relay::start(&config, Default::default()).await.unwrap()
+}
+
 pub fn ca(org: &Org) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     tls::certs_from_pem("ca", &std::fs::read_to_string(org.relay_cert()).unwrap()).unwrap()
 }

@@ -51,6 +51,9 @@ impl<P: PairingBackend> Relay<P> {
             ),
             Peer::Away(h) => self.hold(conn, chat, h, blob),
         }
+        // The first FORWARD of a client confirms the pairing: from now on
+        // the shell may send this side's frames straight on.
+        self.reroute(conn, chat);
         Ok(())
     }
 
@@ -268,6 +271,39 @@ impl<P: PairingBackend> Relay<P> {
                 language,
             },
         );
+        // After both PAIRED: the counsellor's side may go straight on; the
+        // young person's once its handshake message 1 confirms the pairing.
+        self.reroute(counsellor, counsellor_chat);
+        self.reroute(client, client_chat);
+    }
+
+    /// Tells the shell where `conn`'s side of `chat` forwards now, if that
+    /// changed: straight to a live peer once the pairing stands, else
+    /// through the core. Call it to grant only where every frame the core
+    /// owes the peer in this chat has been sent; withdrawing is safe at any
+    /// time.
+    pub(super) fn reroute(&mut self, conn: ConnId, chat: ChatNumber) {
+        let Some(link) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.links.get_mut(&chat))
+        else {
+            return;
+        };
+        let to = match link.peer {
+            Peer::Live {
+                conn: peer,
+                chat: peer_chat,
+            } if link.unconfirmed.is_none() && link.handshake_due.is_none() => Some(Route {
+                conn: peer,
+                chat: peer_chat,
+            }),
+            _ => None,
+        };
+        if link.route != to {
+            link.route = to;
+            self.out.push_back(Output::Route { conn, chat, to });
+        }
     }
 
     pub(super) fn new_link(
@@ -287,6 +323,7 @@ impl<P: PairingBackend> Relay<P> {
                 now.mono,
             ),
             handshake_due: None,
+            route: None,
         }
     }
 
@@ -393,6 +430,13 @@ impl<P: PairingBackend> Relay<P> {
         let link = self.conns.get_mut(&conn)?.links.remove(&chat)?;
         Self::unindex_link(&mut self.index, &link);
         self.index.touched.push(conn);
+        if link.route.is_some() {
+            self.out.push_back(Output::Route {
+                conn,
+                chat,
+                to: None,
+            });
+        }
         Some(link)
     }
 
@@ -413,6 +457,11 @@ impl<P: PairingBackend> Relay<P> {
                     .and_then(|c| c.links.get_mut(&chat))
                 {
                     link.peer = to;
+                }
+                // Away: withdrawn now. Back: granted once the core has sent
+                // what was held (after_resume).
+                if matches!(to, Peer::Away(_)) {
+                    self.reroute(conn, chat);
                 }
             }
             Peer::Away(h) => {

@@ -92,11 +92,27 @@ impl<P: PairingBackend> Relay<P> {
             return Flow::Read;
         };
         let mut frames = Vec::new();
-        let result = c.decoder.push(bytes, &mut frames);
+        let invalid = c.decoder.push(bytes, &mut frames).err();
+        self.handle_frames(now, conn, frames, invalid.map(|e| e.close_code()))
+    }
+
+    /// Frames a shell decoded itself from the connection's stream, in
+    /// order, and the close code if the bytes after them were not a valid
+    /// frame: acted on as [`Relay::handle_data`] acts on what it decodes.
+    pub fn handle_frames(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        frames: Vec<Frame>,
+        invalid: Option<CloseCode>,
+    ) -> Flow {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Flow::Read;
+        };
         // Frames decoded before a bad one are still acted on, in order.
         c.backlog.extend(frames.into_iter().map(Pending::Frame));
-        if let Err(e) = result {
-            c.backlog.push_back(Pending::Invalid(e.close_code()));
+        if let Some(code) = invalid {
+            c.backlog.push_back(Pending::Invalid(code));
         }
         let flow = self.drain_backlog(now, conn, true);
         self.touch(conn);

@@ -111,6 +111,26 @@ pub enum Output {
     },
     /// A connection whose reading was paused may be read again.
     Unblock { conn: ConnId },
+    /// FORWARD frames that `conn` sends in `chat` may go straight to this
+    /// [`Route`], without the core (`None`: no longer). A route is granted
+    /// once the core has sent the other side everything that must come
+    /// before (PAIRED, RESUMED, held frames) and the pairing stands, and it
+    /// is withdrawn before anything that must come after (END, PEER_AWAY).
+    /// A shell may ignore routes: the core forwards every FORWARD it is
+    /// given either way.
+    Route {
+        conn: ConnId,
+        chat: ChatNumber,
+        to: Option<Route>,
+    },
+}
+
+/// Where FORWARD frames of one chat side go: the other side's connection
+/// and its chat number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub conn: ConnId,
+    pub chat: ChatNumber,
 }
 
 /// Whether the shell may go on reading a connection after
@@ -173,6 +193,8 @@ struct Link {
     /// A client's side until its handshake message 1: when the pairing is
     /// undone if that message has not come.
     handshake_due: Option<Instant>,
+    /// The route the shell was last given for this side.
+    route: Option<Route>,
 }
 
 /// One side of a chat whose connection dropped, waiting to be resumed.
@@ -578,7 +600,7 @@ mod test_support {
                         did.extend(frames.into_iter().map(|f| Did::Sent(conn, f)));
                     }
                     Output::Close { conn, code, .. } => did.push(Did::Closed(conn, code)),
-                    Output::Unblock { .. } => {}
+                    Output::Unblock { .. } | Output::Route { .. } => {}
                 }
             }
             did

@@ -387,6 +387,14 @@ impl<P: PairingBackend> Relay<P> {
             Peer::Away(_) => self.send(conn, &Frame::PeerAway { chat }),
         }
         self.refresh_offer(conn);
+        self.reroute(conn, chat);
+        if let Peer::Live {
+            conn: peer,
+            chat: peer_chat,
+        } = d.peer
+        {
+            self.reroute(peer, peer_chat);
+        }
     }
 }
 
