@@ -11,7 +11,6 @@
 //! command.
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

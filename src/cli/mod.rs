@@ -87,31 +87,6 @@ enum Command {
         #[arg(long)]
         away: bool,
     },
-    /// Measure forwarding rate, latency, memory and surge capacity against a
-    /// raw-QUIC baseline in the same run (see BENCHMARKS.md).
-    Bench {
-        /// A few chats for a few seconds: checks that the tool runs and that
-        /// every frame arrives (CI); asserts no timing.
-        #[arg(long)]
-        smoke: bool,
-        /// Seconds per measurement (default 5, or 1 with --smoke).
-        #[arg(long, value_name = "SECS")]
-        seconds: Option<f64>,
-        /// Where to write the results as JSON.
-        #[arg(long, value_name = "FILE", default_value = "bench-results.json")]
-        json: PathBuf,
-        /// Run only these parts (comma-separated): core, forwarding, latency, memory, surge, attack.
-        #[arg(long, value_name = "PARTS", value_delimiter = ',')]
-        only: Vec<String>,
-    },
-    /// The benchmark's baseline: a minimal QUIC echo server (used by `bench`).
-    #[command(hide = true)]
-    BenchEcho {
-        #[arg(long)]
-        cert: PathBuf,
-        #[arg(long)]
-        key: PathBuf,
-    },
     /// Chat anonymously with a counsellor (one line = one message; end of input ends the chat).
     Chat {
         #[command(flatten)]
@@ -440,32 +415,6 @@ async fn run(command: Command) -> CliResult {
             listen,
             admin_listen,
         } => demo(listen, admin_listen).await,
-        Command::Bench {
-            smoke,
-            seconds,
-            json,
-            only,
-        } => {
-            let options = crate::bench::BenchOptions {
-                smoke,
-                only,
-                seconds: seconds.unwrap_or(if smoke { 1.0 } else { 5.0 }),
-                json: json.clone(),
-            };
-            crate::bench::run(options).await?;
-            println!("Results written to {}.", json.display());
-            Ok(())
-        }
-        Command::BenchEcho { cert, key } => {
-            let config = RelayConfig {
-                tls_cert: Some(cert),
-                tls_key: Some(key),
-                ..RelayConfig::default()
-            };
-            let files = relay::server_files::load(&config)?;
-            crate::bench::baseline::serve_echo(files).await?;
-            Ok(())
-        }
         Command::Counsellor {
             conn,
             identity,

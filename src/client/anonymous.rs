@@ -650,13 +650,7 @@ impl Client {
             tokio::task::spawn_blocking(move || pow_solve(&challenge.nonce, challenge.difficulty))
                 .await
                 .map_err(|e| ClientError::Lost(format!("proof of work: {e}")))?;
-        self.relay
-            .send(&Frame::Join {
-                topic,
-                language,
-                pow_solution,
-            })
-            .await
+        chat::join(&mut self.relay, topic, language, pow_solution).await
     }
 
     /// The connection ended without the chat ending: come back if we may

@@ -422,7 +422,7 @@ pub(crate) fn colleague_event(name: &Label, presence: Presence) -> ChatEvent {
 pub(crate) use crate::org::now_unix;
 
 /// What the relay said in WELCOME and the TOPIC frames after it.
-pub(crate) struct Welcome {
+pub struct Welcome {
     pub topics: Vec<(TopicId, Label, Label)>,
     pub languages: Vec<Language>,
     pub pow: PowChallenge,
@@ -455,10 +455,27 @@ impl Welcome {
 pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends HELLO and reads WELCOME and its TOPIC frames.
-pub(crate) async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
+pub async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
     tokio::time::timeout(ANSWER_TIMEOUT, hello_unbounded(relay, role))
         .await
         .map_err(|_| ClientError::Lost("the relay did not answer".into()))?
+}
+
+/// Sends JOIN: the young person's place in the queue, with the solution
+/// to WELCOME's proof-of-work challenge. JOINED (or UNAVAILABLE) follows.
+pub async fn join(
+    relay: &mut RelayStream,
+    topic: Option<TopicId>,
+    language: Option<Language>,
+    pow_solution: [u8; 8],
+) -> Result<(), ClientError> {
+    relay
+        .send(&Frame::Join {
+            topic,
+            language,
+            pow_solution,
+        })
+        .await
 }
 
 async fn hello_unbounded(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {

@@ -1,7 +1,7 @@
 //! The baseline: a minimal quinn program with the relay's own QUIC and
 //! rustls settings ([`tls::server_config`], [`tls::transport_config`]) that
 //! echoes every 1039-byte frame straight back over one hop. It runs as its
-//! own process (`fluister bench-echo`), like the relay, so both are measured
+//! own process (`fluister-bench echo`), like the relay, so both are measured
 //! the same way.
 //!
 //! The load side here drives it the way [`super::load`] drives the relay:
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{BLOB_OFFSET, BenchError, FRAME_LEN, Latencies, frame_with_stamp, stamp_of};
-use crate::tls;
+use fluister::tls;
 
 /// Serves the echo until the process is killed; prints its address first.
 pub async fn serve_echo(files: tls::ServerFiles) -> Result<(), BenchError> {
@@ -24,7 +24,8 @@ pub async fn serve_echo(files: tls::ServerFiles) -> Result<(), BenchError> {
     let mut server = tls::server_config(&files, transport)?;
     server.max_incoming(100_000);
     // The relay's socket buffers, so that the two compare fairly.
-    let socket = crate::relay::bind_udp(([127, 0, 0, 1], 0).into()).map_err(BenchError::other)?;
+    let socket =
+        fluister::relay::bind_udp(([127, 0, 0, 1], 0).into()).map_err(BenchError::other)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| BenchError::other(std::io::Error::other("no async runtime")))?;
     let endpoint = quinn::Endpoint::new(

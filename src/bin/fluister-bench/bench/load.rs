@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{BenchError, Latencies, blob_with_stamp, stamp_of};
-use crate::client::chat::{self, ChatEvent, ClientRequest, CounsellorSettings};
-use crate::client::{self, RelayStream};
-use crate::core::frame::{ChatNumber, Frame, PROTOCOL_VERSION, Role};
-use crate::core::ratelimit::pow_solve;
-use crate::crypto::cert::OrgPublicKey;
-use crate::org::Identity;
+use fluister::client::chat::{self, ChatEvent, ClientRequest, CounsellorSettings};
+use fluister::client::{self, RelayStream};
+use fluister::core::frame::{ChatNumber, Frame, PROTOCOL_VERSION, Role};
+use fluister::core::ratelimit::pow_solve;
+use fluister::crypto::cert::OrgPublicKey;
+use fluister::org::Identity;
 
 /// How long a frame may take to come back before the run fails.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
@@ -50,16 +50,12 @@ pub struct Counsellors {
     mode: Arc<std::sync::atomic::AtomicU8>,
     samples: Arc<Mutex<Vec<u32>>>,
     received: Arc<AtomicU64>,
-    paired: Arc<AtomicU64>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Counsellors {
     pub fn set_mode(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
-    }
-    pub fn paired(&self) -> u64 {
-        self.paired.load(Ordering::Relaxed)
     }
     /// Latency samples and the count of frames received since the last call.
     pub fn take(&self) -> (Vec<u32>, u64) {
@@ -68,46 +64,20 @@ impl Counsellors {
     }
 }
 
-async fn expect_welcome(
-    stream: &mut RelayStream,
-) -> Result<crate::core::frame::PowChallenge, BenchError> {
-    match stream.next().await? {
-        Some(Frame::Welcome { topics, pow, .. }) => {
-            for _ in 0..topics {
-                stream.next().await?;
-            }
-            Ok(pow)
-        }
-        other => Err(BenchError::Lost(format!("expected WELCOME, got {other:?}"))),
-    }
-}
-
-/// An anonymous connection that said HELLO and got its WELCOME, with the
-/// proof-of-work challenge for its JOIN.
+/// An anonymous connection that said HELLO and got its WELCOME (the
+/// client's own code), with the proof-of-work challenge for its JOIN.
 async fn welcomed_client(
     endpoint: &quinn::Endpoint,
     relay: SocketAddr,
-) -> Result<(RelayStream, crate::core::frame::PowChallenge), BenchError> {
+) -> Result<(RelayStream, fluister::core::frame::PowChallenge), BenchError> {
     let mut stream = client::connect_on(endpoint, relay, "localhost", None).await?;
-    stream
-        .send(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Client,
-        })
-        .await?;
-    let pow = expect_welcome(&mut stream).await?;
-    Ok((stream, pow))
+    let welcome = chat::hello(&mut stream, Role::Client).await?;
+    Ok((stream, welcome.pow))
 }
 
-/// JOIN with no topic or language preference.
+/// JOIN with no topic or language preference (the client's own code).
 async fn join(stream: &mut RelayStream, pow_solution: [u8; 8]) -> Result<(), BenchError> {
-    stream
-        .send(&Frame::Join {
-            topic: None,
-            language: None,
-            pow_solution,
-        })
-        .await?;
+    chat::join(stream, None, None, pow_solution).await?;
     Ok(())
 }
 
@@ -123,18 +93,11 @@ pub async fn counsellors(
     let mode = Arc::new(std::sync::atomic::AtomicU8::new(Mode::Echo as u8));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let received = Arc::new(AtomicU64::new(0));
-    let paired = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, config) in configs.into_iter().enumerate() {
         let endpoint = &endpoints[i % endpoints.len()];
         let mut stream = client::connect_on(endpoint, relay, "localhost", Some(config)).await?;
-        stream
-            .send(&Frame::Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Counsellor,
-            })
-            .await?;
-        expect_welcome(&mut stream).await?;
+        chat::hello(&mut stream, Role::Counsellor).await?;
         stream
             .send(&Frame::Status {
                 available: true,
@@ -143,38 +106,28 @@ pub async fn counsellors(
                 languages: Vec::new(),
             })
             .await?;
-        let (mode, samples, received, paired) = (
-            mode.clone(),
-            samples.clone(),
-            received.clone(),
-            paired.clone(),
-        );
+        let (mode, samples, received) = (mode.clone(), samples.clone(), received.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let frame = match stream.next().await {
                     Ok(Some(f)) => f,
                     _ => return,
                 };
-                match frame {
-                    Frame::Paired { .. } => {
-                        paired.fetch_add(1, Ordering::Relaxed);
+                let Frame::Forward { chat, blob } = frame else {
+                    continue;
+                };
+                if mode.load(Ordering::Relaxed) == Mode::Echo as u8 {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    if stream.send(&Frame::Forward { chat, blob }).await.is_err() {
+                        return;
                     }
-                    Frame::Forward { chat, blob } => {
-                        if mode.load(Ordering::Relaxed) == Mode::Echo as u8 {
-                            received.fetch_add(1, Ordering::Relaxed);
-                            if stream.send(&Frame::Forward { chat, blob }).await.is_err() {
-                                return;
-                            }
-                        } else {
-                            let latency = stamp_of(epoch, blob.as_bytes());
-                            samples
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(latency);
-                            received.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {}
+                } else {
+                    let latency = stamp_of(epoch, blob.as_bytes());
+                    samples
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(latency);
+                    received.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -183,7 +136,6 @@ pub async fn counsellors(
         mode,
         samples,
         received,
-        paired,
         _tasks: tasks,
     })
 }
@@ -447,7 +399,7 @@ pub fn native_hash_rate(duration: Duration) -> f64 {
     let mut n: u64 = 0;
     while start.elapsed() < duration {
         for _ in 0..10_000 {
-            crate::core::ratelimit::pow_valid(&[7; 16], 32, &n.to_be_bytes());
+            fluister::core::ratelimit::pow_valid(&[7; 16], 32, &n.to_be_bytes());
             n += 1;
         }
     }
@@ -594,7 +546,7 @@ async fn squat(
     hashes: &AtomicU64,
 ) -> Result<(), BenchError> {
     let (mut stream, pow) = welcomed_client(endpoint, relay).await?;
-    let solve = |pow: crate::core::frame::PowChallenge| async move {
+    let solve = |pow: fluister::core::frame::PowChallenge| async move {
         let _one_core = solver.acquire().await.map_err(BenchError::other)?;
         let solution = tokio::task::spawn_blocking(move || pow_solve(&pow.nonce, pow.difficulty))
             .await

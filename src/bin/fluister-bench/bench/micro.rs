@@ -1,4 +1,4 @@
-//! The core micro-benchmark (`fluister bench --only core`): what one step of
+//! The core micro-benchmark (`fluister-bench --only core`): what one step of
 //! the relay core costs as the relay grows, with no sockets and no tasks.
 //!
 //! A [`Relay`] on a virtual clock is filled with paired chats (every
@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
 
-use crate::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, PROTOCOL_VERSION, Role};
-use crate::core::limits::{Limits, Service};
-use crate::core::relay::{ConnId, Credential, Relay};
-use crate::core::{Departure, Now};
+use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, PROTOCOL_VERSION, Role};
+use fluister::core::limits::{Limits, Service};
+use fluister::core::relay::{ConnId, Credential, Relay};
+use fluister::core::{Departure, Now};
 
 /// Chats per counsellor: the default maximum capacity.
 const CAPACITY: usize = Limits::DEFAULT_MAX_CAPACITY as usize;
@@ -224,7 +224,7 @@ pub fn measure(shape: Shape, smoke: bool) -> Costs {
         f.relay.handle_disconnect(
             f.now,
             conn,
-            Departure::Left(crate::core::frame::EndReason::UserEnded),
+            Departure::Left(fluister::core::frame::EndReason::UserEnded),
         );
         drain(&mut f.relay);
     }

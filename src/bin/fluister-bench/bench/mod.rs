@@ -1,9 +1,10 @@
-//! `fluister bench`: how fast and how lean the relay is, as ratios against
-//! a baseline measured in the same run (BENCHMARKS.md).
+//! `fluister-bench`: how fast and how lean the relay is, as ratios against
+//! a baseline measured in the same run (BENCHMARKS.md). A binary of its
+//! own, so that none of it ships in the `fluister` binary.
 //!
 //! It makes a throw-away organisation, then for each measurement starts a
 //! fresh relay process (`fluister relay`, limits raised so they do not
-//! throttle) or the baseline echo process (`fluister bench-echo`, see
+//! throttle) or the baseline echo process (`fluister-bench echo`, see
 //! [`baseline`]) and drives it from this process over loopback
 //! ([`load`]):
 //! 0. core: what one step of the relay core costs at 100 to 10,000
@@ -39,9 +40,9 @@ use rand_core::OsRng;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, HEADER_LEN};
-use crate::org::{self, Identity};
-use crate::tls;
+use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, Frame, HEADER_LEN};
+use fluister::org::{self, Identity};
+use fluister::tls;
 
 /// Every FORWARD frame, header included.
 pub const FRAME_LEN: usize = HEADER_LEN + 4 + BLOB_LEN;
@@ -51,7 +52,7 @@ pub enum BenchError {
     #[error("{0}")]
     Lost(String),
     #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] fluister::client::ClientError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -248,8 +249,16 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `fluister relay ...` (the `fluister` binary next to this
+    /// one) or this binary's own `echo`.
     fn start(args: &[&str]) -> Result<Server, BenchError> {
-        let exe = std::env::current_exe().map_err(BenchError::other)?;
+        let this = std::env::current_exe().map_err(BenchError::other)?;
+        let exe = match args.first() {
+            Some(&"relay") => {
+                this.with_file_name(format!("fluister{}", std::env::consts::EXE_SUFFIX))
+            }
+            _ => this,
+        };
         let mut child = Command::new(exe)
             .args(args)
             .env("RUST_LOG", "error")
@@ -326,7 +335,7 @@ const LOAD_LIVENESS: (Duration, Duration) = (Duration::from_secs(60), Duration::
 struct Setup {
     dir: tempfile::TempDir,
     ca: Vec<rustls::pki_types::CertificateDer<'static>>,
-    org: crate::crypto::cert::OrgPublicKey,
+    org: fluister::crypto::cert::OrgPublicKey,
     identities: Vec<PathBuf>,
 }
 
@@ -424,7 +433,7 @@ impl Setup {
 
     fn echo(&self) -> Result<Server, BenchError> {
         Server::start(&[
-            "bench-echo",
+            "echo",
             "--cert",
             &self.path(org::RELAY_CERT_FILE).display().to_string(),
             "--key",
@@ -513,7 +522,7 @@ fn client_endpoint(
     addr: SocketAddr,
     config: quinn::ClientConfig,
 ) -> Result<quinn::Endpoint, BenchError> {
-    let socket = crate::relay::bind_udp(addr).map_err(BenchError::other)?;
+    let socket = fluister::relay::bind_udp(addr).map_err(BenchError::other)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| BenchError::other(std::io::Error::other("no async runtime")))?;
     let mut endpoint =
@@ -543,7 +552,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
     }
     print_table(&rows);
     let report = Report {
-        tool: "fluister bench",
+        tool: "fluister-bench",
         version: env!("CARGO_PKG_VERSION"),
         smoke: options.smoke,
         seconds_per_measurement: options.seconds,
@@ -906,7 +915,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             "proof of work: hashes per second of the reference solver, native, one thread; baseline the slow phone the spec assumes".into(),
             "hashes/s",
             native,
-            crate::core::ratelimit::SLOW_DEVICE_HASHES_PER_SEC,
+            fluister::core::ratelimit::SLOW_DEVICE_HASHES_PER_SEC,
             None,
             "",
         );
@@ -943,7 +952,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
                 ),
                 "places",
                 attacked.places as f64,
-                crate::core::limits::Limits::DEFAULT_MAX_QUEUE as f64,
+                fluister::core::limits::Limits::DEFAULT_MAX_QUEUE as f64,
                 None,
                 "",
             );
