@@ -74,9 +74,6 @@ const READ_AHEAD: usize = 4;
 /// How late the driver may notice a deadline the core set since it last
 /// asked (pacing's shortest wait is a frame's interval, 1/64 s).
 const TIMER_RECHECK: Duration = Duration::from_millis(5);
-/// Queued writes to one connection are joined into one stream write up to
-/// this many bytes.
-const WRITE_BATCH: usize = 16 * 1024;
 /// How long a connection may take to open its control stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -686,27 +683,8 @@ async fn connection_task(
     let writer = tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
             match out {
-                Outbound::Bytes(mut bytes) => {
-                    // What else is queued goes out in the same write, up to
-                    // a close (which must wait its turn).
-                    let mut close_after = None;
-                    while bytes.len() < WRITE_BATCH {
-                        match out_rx.try_recv() {
-                            Ok(Outbound::Bytes(more)) => bytes.extend_from_slice(&more),
-                            Ok(Outbound::Close(code)) => {
-                                close_after = Some(code);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                Outbound::Bytes(bytes) => {
                     if send.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                    if let Some(code) = close_after {
-                        let _ = send.finish();
-                        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, send.stopped()).await;
-                        close(&writer_conn, code);
                         return;
                     }
                 }
