@@ -131,7 +131,7 @@ enum Event {
         /// A counsellor credential's serial number, to match revocations.
         serial: Option<Vec<u8>>,
         outlet: Arc<Outlet>,
-        control: mpsc::UnboundedSender<Control>,
+        control: Arc<Mailbox>,
         permits: Arc<Semaphore>,
         connection: quinn::Connection,
         reply: oneshot::Sender<Option<ConnId>>,
@@ -182,6 +182,41 @@ enum Control {
     },
     /// Everything the task sent before its barrier for `chat` is handled.
     BarrierPassed { chat: ChatNumber },
+}
+
+/// The driver's messages to one connection task. They are rare (a route
+/// granted or withdrawn, a barrier passed), so a plain queue behind a lock
+/// does, rather than a channel whose first block of slots every idle
+/// connection would carry.
+#[derive(Default)]
+struct Mailbox {
+    queue: std::sync::Mutex<std::collections::VecDeque<Control>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Control>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, message: Control) {
+        self.lock().push_back(message);
+        self.ready.notify_one();
+    }
+
+    fn try_recv(&self) -> Option<Control> {
+        self.lock().pop_front()
+    }
+
+    async fn recv(&self) -> Control {
+        loop {
+            if let Some(message) = self.try_recv() {
+                return message;
+            }
+            // A message sent since the check left a permit: no wake-up lost.
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// A route as a connection task holds it.
@@ -655,7 +690,7 @@ async fn connection_task(
     };
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(buffered);
     let outlet = Arc::new(Outlet::new(out_tx));
-    let (control_tx, mut control) = mpsc::unbounded_channel::<Control>();
+    let control = Arc::new(Mailbox::default());
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
     let (reply_tx, reply_rx) = oneshot::channel();
     let registered = events
@@ -664,7 +699,7 @@ async fn connection_task(
             source,
             serial,
             outlet: outlet.clone(),
-            control: control_tx,
+            control: control.clone(),
             permits: permits.clone(),
             connection: connection.clone(),
             reply: reply_tx,
@@ -714,7 +749,7 @@ async fn connection_task(
         // What the driver says comes first: a route granted or withdrawn
         // applies to everything read after it.
         let mut driver_gone = false;
-        while let Ok(message) = control.try_recv() {
+        while let Some(message) = control.try_recv() {
             driver_gone |= !reader.on_control(message).await;
         }
         if driver_gone {
@@ -728,11 +763,8 @@ async fn connection_task(
         if !got_permit {
             tokio::select! {
                 biased;
-                message = control.recv() => match message {
-                    Some(message) => if !reader.on_control(message).await {
-                        break Departure::Lost;
-                    },
-                    None => break Departure::Lost,
+                message = control.recv() => if !reader.on_control(message).await {
+                    break Departure::Lost;
                 },
                 // A permit is free again: dropped here, taken above.
                 permit = permits.acquire(), if readable => if permit.is_err() {
@@ -906,7 +938,9 @@ impl Reader {
         let now = std::time::Instant::now();
         if !route.budget.take(now, 1.0) {
             let ready = route.budget.ready_at(now, 1.0);
-            tokio::time::sleep_until(Instant::from_std(ready)).await;
+            // Boxed: a timer in every idle connection's task would cost
+            // memory for a wait that is rare.
+            Box::pin(tokio::time::sleep_until(Instant::from_std(ready))).await;
             route.budget.take(std::time::Instant::now(), 1.0);
         }
         let mut frame = Frame::Forward {
@@ -950,7 +984,7 @@ fn now() -> Now {
 struct ConnEntry {
     outlet: Arc<Outlet>,
     /// To the connection task: routes and barriers.
-    control: mpsc::UnboundedSender<Control>,
+    control: Arc<Mailbox>,
     connection: quinn::Connection,
     serial: Option<Vec<u8>>,
     /// The connection task's read permits, and how many the core owes it
@@ -1108,7 +1142,7 @@ impl Driver {
             }
             Event::Barrier { conn, chat } => {
                 if let Some(entry) = self.conns.get(&conn) {
-                    let _ = entry.control.send(Control::BarrierPassed { chat });
+                    entry.control.send(Control::BarrierPassed { chat });
                 }
             }
             Event::SlowConsumer { conn } => self.slow_consumer(conn),
@@ -1167,7 +1201,7 @@ impl Driver {
             );
         }
         if let Some(entry) = self.conns.get(&conn) {
-            let _ = entry.control.send(Control::Route { chat, to: granted });
+            entry.control.send(Control::Route { chat, to: granted });
         }
     }
 
