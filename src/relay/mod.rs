@@ -4,8 +4,9 @@
 //! - the **accept loop** takes incoming QUIC connections and spawns one
 //!   **connection task** each;
 //! - a connection task completes the handshake, reads the counsellor
-//!   credential (if any) from TLS, accepts the one control stream, registers
-//!   with the driver, and runs a writer that drains the connection's
+//!   credential (if any) from TLS, accepts the one control stream, and from
+//!   there on works on any transport through [`carrier`]'s traits
+//!   (`serve`): it registers with the driver, and runs a writer that drains the connection's
 //!   bounded outbound queue (behind its [`Outlet`]). It decodes what it
 //!   reads itself. A FORWARD in a chat the core has routed goes straight
 //!   into the peer's outlet, paced by the chat's budget first: one
@@ -41,6 +42,7 @@
 //! [`core::relay::Relay`]: crate::core::relay::Relay
 
 mod admin;
+mod carrier;
 mod metrics;
 mod reload;
 pub mod server_files;
@@ -58,11 +60,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::core::frame::{ChatNumber, EndReason, Frame, FrameDecoder, MAX_FRAME_LEN};
+use crate::core::frame::{ChatNumber, Frame, FrameDecoder};
 use crate::core::ratelimit::{KeyedLimiter, SourceTag, TokenBucket};
 use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route};
 use crate::core::{CloseCode, Departure, Now};
 use crate::tls;
+use carrier::{BytesOut, Carrier, ChunksIn};
 
 /// Capacity of the channel from connection tasks to the driver.
 const DRIVER_QUEUE: usize = 1024;
@@ -133,7 +136,7 @@ enum Event {
         outlet: Arc<Outlet>,
         control: Arc<Mailbox>,
         permits: Arc<Semaphore>,
-        connection: quinn::Connection,
+        carrier: Arc<dyn Carrier>,
         reply: oneshot::Sender<Option<ConnId>>,
     },
     /// Frames the task read and did not deliver itself, in order, and the
@@ -631,18 +634,6 @@ fn close(connection: &quinn::Connection, code: CloseCode) {
     connection.close(code.code().into(), code.reason().as_bytes());
 }
 
-/// How a connection ended, from the error its stream read gave (§3.3).
-fn departure_of(error: &quinn::ReadError) -> Departure {
-    match error {
-        quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(close)) => {
-            Departure::from_application_close(close.error_code.into_inner())
-        }
-        // A peer that abandons its stream has given up on the chat.
-        quinn::ReadError::Reset(_) => Departure::Left(EndReason::PeerDisconnected),
-        _ => Departure::Lost,
-    }
-}
-
 async fn connection_task(
     incoming: quinn::Incoming,
     source: Option<SourceTag>,
@@ -669,7 +660,7 @@ async fn connection_task(
     let Some((connection, stream)) = opened else {
         return;
     };
-    let Ok(Ok((mut send, mut recv))) = stream else {
+    let Ok(Ok((send, recv))) = stream else {
         close(&connection, CloseCode::Timeout);
         metrics.closed(CloseCode::Timeout);
         return;
@@ -683,6 +674,41 @@ async fn connection_task(
         ),
         None => (Credential::Anonymous, None),
     };
+    let carrier = Arc::new(carrier::Quic(connection));
+    let peer = Peer {
+        credential,
+        serial,
+        source,
+    };
+    serve(carrier, recv, send, peer, events, settings).await;
+}
+
+/// Who is on the other end of a connection, as far as the relay may know.
+struct Peer {
+    credential: Credential,
+    /// A counsellor credential's serial number, to match revocations.
+    serial: Option<Vec<u8>>,
+    /// The source's tag, when the per-address limit is on.
+    source: Option<SourceTag>,
+}
+
+/// Runs one connection whose control stream is up, whatever carries it:
+/// registers with the driver, writes what its outlet queues, and reads,
+/// decodes and delivers until it ends.
+async fn serve(
+    carrier: Arc<impl Carrier>,
+    mut recv: impl ChunksIn,
+    mut send: impl BytesOut,
+    peer: Peer,
+    events: mpsc::Sender<Event>,
+    settings: TaskSettings,
+) {
+    let metrics = settings.metrics.clone();
+    let Peer {
+        credential,
+        serial,
+        source,
+    } = peer;
     // A counsellor carries up to max_capacity chats on one connection.
     let buffered = match credential {
         Credential::Counsellor { .. } => settings.max_buffered * settings.max_capacity.max(1),
@@ -701,33 +727,31 @@ async fn connection_task(
             outlet: outlet.clone(),
             control: control.clone(),
             permits: permits.clone(),
-            connection: connection.clone(),
+            carrier: carrier.clone(),
             reply: reply_tx,
         })
         .await;
     let conn = match (registered, reply_rx.await) {
         (Ok(()), Ok(Some(conn))) => conn,
         _ => {
-            close(&connection, CloseCode::Busy);
+            carrier.close(CloseCode::Busy);
             metrics.closed(CloseCode::Busy);
             return;
         }
     };
 
-    let writer_conn = connection.clone();
+    let writer_carrier = carrier.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
             match out {
                 Outbound::Bytes(bytes) => {
-                    if send.write_all(&bytes).await.is_err() {
+                    if !send.write_all(&bytes).await {
                         return;
                     }
                 }
                 Outbound::Close(code) => {
-                    // The end of the stream tells the peer the close follows.
-                    let _ = send.finish();
-                    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, send.stopped()).await;
-                    close(&writer_conn, code);
+                    send.finish(FLUSH_ON_CLOSE).await;
+                    writer_carrier.close(code);
                     return;
                 }
             }
@@ -743,8 +767,7 @@ async fn connection_task(
         barriers: 0,
         broken: false,
     };
-    let closed = connection.closed();
-    tokio::pin!(closed);
+    let mut closed = carrier.closed();
     let departure = loop {
         // What the driver says comes first: a route granted or withdrawn
         // applies to everything read after it.
@@ -774,19 +797,19 @@ async fn connection_task(
             }
             continue;
         }
-        match recv.read_chunk(MAX_FRAME_LEN, true).await {
+        match recv.next_chunk().await {
             Ok(Some(chunk)) => {
-                if !reader.on_chunk(&chunk.bytes, &permits).await {
+                if !reader.on_chunk(&chunk, &permits).await {
                     break Departure::Lost;
                 }
             }
             Ok(None) => {
                 // The peer leaves; the core acts on what it sent, then closes.
                 let _ = reader.events.send(Event::Finished { conn }).await;
-                connection.closed().await;
+                closed.await;
                 break Departure::Lost;
             }
-            Err(e) => break departure_of(&e),
+            Err(departure) => break departure,
         }
     };
     let _ = reader
@@ -985,7 +1008,7 @@ struct ConnEntry {
     outlet: Arc<Outlet>,
     /// To the connection task: routes and barriers.
     control: Arc<Mailbox>,
-    connection: quinn::Connection,
+    carrier: Arc<dyn Carrier>,
     serial: Option<Vec<u8>>,
     /// The connection task's read permits, and how many the core owes it
     /// while it is paused.
@@ -1092,12 +1115,12 @@ impl Driver {
                 outlet,
                 control,
                 permits,
-                connection,
+                carrier,
                 reply,
             } => {
                 // Revoked between its TLS handshake and now: no sign-in.
                 if serial.as_ref().is_some_and(|s| self.revoked.contains(s)) {
-                    close(&connection, CloseCode::Revoked);
+                    carrier.close(CloseCode::Revoked);
                     self.metrics.closed(CloseCode::Revoked);
                     let _ = reply.send(None);
                     return;
@@ -1109,7 +1132,7 @@ impl Driver {
                         ConnEntry {
                             outlet,
                             control,
-                            connection,
+                            carrier,
                             serial,
                             permits,
                             owed: 0,
@@ -1161,7 +1184,7 @@ impl Driver {
     /// its chats wait for it to come back on a better connection.
     fn slow_consumer(&mut self, conn: ConnId) {
         if let Some(entry) = self.forget(conn) {
-            close(&entry.connection, CloseCode::SlowConsumer);
+            entry.carrier.close(CloseCode::SlowConsumer);
             self.metrics.closed(CloseCode::SlowConsumer);
             self.core.handle_disconnect(now(), conn, Departure::Lost);
         }
@@ -1236,7 +1259,7 @@ impl Driver {
                     if let Some(entry) = self.forget(conn)
                         && (!flush || entry.outlet.push(Outbound::Close(code)).is_err())
                     {
-                        close(&entry.connection, code);
+                        entry.carrier.close(code);
                     }
                 }
                 Output::Route { conn, chat, to } => self.route(conn, chat, to),
