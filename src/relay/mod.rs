@@ -758,15 +758,7 @@ async fn serve(
         }
     });
 
-    let mut reader = Reader {
-        conn,
-        settings,
-        events,
-        decoder: FrameDecoder::default(),
-        routes: HashMap::new(),
-        barriers: 0,
-        broken: false,
-    };
+    let mut reader = Reader::new(conn, settings, events);
     let mut closed = carrier.closed();
     let departure = loop {
         // What the driver says comes first: a route granted or withdrawn
@@ -844,6 +836,18 @@ struct Reader {
 }
 
 impl Reader {
+    fn new(conn: ConnId, settings: TaskSettings, events: mpsc::Sender<Event>) -> Reader {
+        Reader {
+            conn,
+            settings,
+            events,
+            decoder: FrameDecoder::default(),
+            routes: HashMap::new(),
+            barriers: 0,
+            broken: false,
+        }
+    }
+
     /// Takes a message from the driver; false if the driver is gone.
     async fn on_control(&mut self, message: Control) -> bool {
         match message {
@@ -1265,5 +1269,165 @@ impl Driver {
                 Output::Route { conn, chat, to } => self.route(conn, chat, to),
             }
         }
+    }
+}
+
+/// The reading half of a connection task, without sockets: which frames it
+/// delivers itself and which go to the driver, and in what order.
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+    use crate::core::frame::{BLOB_LEN, Blob, EndReason};
+
+    fn chat(n: u32) -> ChatNumber {
+        ChatNumber::new(n).unwrap_or(ChatNumber::FIRST)
+    }
+
+    fn forward(n: u32, byte: u8) -> Frame {
+        Frame::Forward {
+            chat: chat(n),
+            blob: Blob::new([byte; BLOB_LEN]),
+        }
+    }
+
+    fn bytes(frames: &[Frame]) -> Vec<u8> {
+        frames.iter().flat_map(Frame::encode).collect()
+    }
+
+    /// A reader for connection 1 whose chat 1 leads to a peer's chat 7.
+    struct Fixture {
+        reader: Reader,
+        driver: mpsc::Receiver<Event>,
+        peer: Arc<Outlet>,
+        peer_queue: mpsc::Receiver<Outbound>,
+        permits: Semaphore,
+    }
+
+    fn fixture() -> Fixture {
+        let (events, driver) = mpsc::channel(16);
+        let (peer_tx, peer_queue) = mpsc::channel(16);
+        let settings = TaskSettings {
+            max_buffered: 8,
+            max_capacity: 1,
+            forward_per_sec: 1000,
+            forward_burst: 1000,
+            observer: None,
+            handshakes: Arc::new(AtomicUsize::new(0)),
+            metrics: Arc::new(metrics::Metrics::new(&[])),
+        };
+        let reader = Reader::new(ConnId::for_tests(1), settings, events);
+        Fixture {
+            reader,
+            driver,
+            peer: Arc::new(Outlet::new(peer_tx)),
+            peer_queue,
+            permits: Semaphore::new(0),
+        }
+    }
+
+    impl Fixture {
+        /// The driver grants the route (opening the peer's chat) and the
+        /// barrier passes.
+        async fn grant(&mut self) {
+            self.peer.open(chat(7));
+            let to = FastRoute {
+                peer: ConnId::for_tests(2),
+                chat: chat(7),
+                outlet: self.peer.clone(),
+            };
+            let message = Control::Route {
+                chat: chat(1),
+                to: Some(to),
+            };
+            assert!(self.reader.on_control(message).await);
+        }
+
+        fn sent_to_driver(&mut self) -> Vec<Frame> {
+            let mut frames = Vec::new();
+            while let Ok(event) = self.driver.try_recv() {
+                if let Event::Frames { frames: f, .. } = event {
+                    frames.extend(f);
+                }
+            }
+            frames
+        }
+
+        fn delivered_to_peer(&mut self) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            while let Ok(Outbound::Bytes(b)) = self.peer_queue.try_recv() {
+                out.push(b);
+            }
+            out
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_before_a_route_go_to_the_driver_and_the_barrier_follows_them() {
+        let mut f = fixture();
+        assert!(
+            f.reader
+                .on_chunk(&bytes(&[forward(1, 1)]), &f.permits)
+                .await
+        );
+        f.grant().await;
+        assert_eq!(f.reader.barriers, 1, "reading waits for the barrier");
+        // In the driver's queue: the early frame first, then the barrier.
+        match f.driver.try_recv() {
+            Ok(Event::Frames { frames, .. }) => assert_eq!(frames, vec![forward(1, 1)]),
+            _ => panic!("the early frame first"),
+        }
+        assert!(matches!(f.driver.try_recv(), Ok(Event::Barrier { .. })));
+        assert!(f.delivered_to_peer().is_empty());
+        // Until the barrier passes, nothing is delivered straight.
+        assert!(
+            f.reader
+                .on_chunk(&bytes(&[forward(1, 2)]), &f.permits)
+                .await
+        );
+        assert_eq!(f.sent_to_driver(), vec![forward(1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn once_the_barrier_passed_frames_go_straight_and_an_end_sends_the_rest_through_the_driver()
+     {
+        let mut f = fixture();
+        f.grant().await;
+        let passed = Control::BarrierPassed { chat: chat(1) };
+        assert!(f.reader.on_control(passed).await);
+        f.sent_to_driver();
+        let end = Frame::End {
+            chat: chat(1),
+            reason: EndReason::UserEnded,
+        };
+        let chunk = bytes(&[forward(1, 1), end.clone(), forward(1, 2)]);
+        assert!(f.reader.on_chunk(&chunk, &f.permits).await);
+        // The first under the peer's chat number, straight; the END and
+        // what the sender wrote after it, through the core.
+        assert_eq!(f.delivered_to_peer(), vec![forward(7, 1).encode()]);
+        assert_eq!(f.sent_to_driver(), vec![end, forward(1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_chat_the_peer_shut_goes_through_the_driver_from_then_on() {
+        let mut f = fixture();
+        f.grant().await;
+        let passed = Control::BarrierPassed { chat: chat(1) };
+        assert!(f.reader.on_control(passed).await);
+        f.sent_to_driver();
+        // The driver withdrew the route (END, PEER_AWAY) before the
+        // message reached the task.
+        f.peer.shut(chat(7));
+        let chunk = bytes(&[forward(1, 1), forward(1, 2)]);
+        assert!(f.reader.on_chunk(&chunk, &f.permits).await);
+        assert!(f.delivered_to_peer().is_empty());
+        assert_eq!(f.sent_to_driver(), vec![forward(1, 1), forward(1, 2)]);
+        // Even if the chat opens again: a new route and barrier first.
+        f.peer.open(chat(7));
+        assert!(
+            f.reader
+                .on_chunk(&bytes(&[forward(1, 3)]), &f.permits)
+                .await
+        );
+        assert_eq!(f.sent_to_driver(), vec![forward(1, 3)]);
     }
 }

@@ -26,6 +26,14 @@ use super::ratelimit::SourceTag;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub(crate) u64);
 
+impl ConnId {
+    /// A handle made up for the tests of a shell (feature `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn for_tests(n: u64) -> ConnId {
+        ConnId(n)
+    }
+}
+
 impl std::fmt::Debug for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ConnId(..)")
