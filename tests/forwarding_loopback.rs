@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use fluister::client::RelayStream;
-use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Role};
-use fluister::org::Identity;
-
-const LONG_WAIT: Duration = Duration::from_secs(10);
+use fluister::core::frame::{BLOB_LEN, Blob, ChatNumber, EndReason, Frame};
 
 fn numbered(seq: u32) -> Blob {
     let mut bytes = [0u8; BLOB_LEN];
@@ -26,35 +23,18 @@ fn number_of(blob: &Blob) -> u32 {
     u32::from_be_bytes(seq)
 }
 
-/// The next frame that is not bookkeeping (QUEUED, COLLEAGUE, QUEUE_STATS).
-async fn next_frame(stream: &mut RelayStream) -> Frame {
-    loop {
-        let frame = tokio::time::timeout(LONG_WAIT, stream.next())
-            .await
-            .expect("a frame in time")
-            .expect("the stream works")
-            .expect("the stream is open");
-        if !matches!(
-            frame,
-            Frame::Queued { .. } | Frame::Colleague { .. } | Frame::QueueStats { .. }
-        ) {
-            return frame;
-        }
-    }
-}
-
 /// Reads `count` FORWARD frames in `chat` and then the END that follows;
 /// checks that they come numbered 0, 1, 2, … and that END comes last.
 async fn expect_in_order_then_end(stream: &mut RelayStream, chat: ChatNumber, count: u32) {
     for want in 0..count {
-        match next_frame(stream).await {
+        match next_substantive(stream).await {
             Frame::Forward { chat: c, blob } if c == chat => {
                 assert_eq!(number_of(&blob), want, "frames out of order")
             }
             other => panic!("frame {want} of {count}: got {other:?}"),
         }
     }
-    match next_frame(stream).await {
+    match next_substantive(stream).await {
         Frame::End { chat: c, reason } if c == chat => assert_eq!(reason, EndReason::UserEnded),
         other => panic!("END after {count} frames: got {other:?}"),
     }
@@ -64,27 +44,14 @@ async fn expect_in_order_then_end(stream: &mut RelayStream, chat: ChatNumber, co
 async fn routed_frames_keep_their_order_and_never_pass_an_end_twenty_chats_over() {
     let org = Org::new();
     let relay = start_relay_for_many(&org).await;
-    let identity = Identity::load(&org.counsellor("Sam")).unwrap();
-    let mut sam = connect_counsellor(&org, &relay, &identity).await;
-    hello(&mut sam, Role::Counsellor).await;
-    sam.send(&Frame::Status {
-        available: true,
-        capacity: 1,
-        topics: vec![],
-        languages: vec![],
-    })
-    .await
-    .unwrap();
+    let (mut sam, _) = raw_counsellor(&org, &relay, "Sam").await;
     // Within the budget of a chat's burst: pacing is not what this tests.
     let count = 60;
     for round in 0..20u32 {
         let (mut young, chat) = raw_paired_client(&org, &relay).await;
-        let sams_chat = loop {
-            match next_frame(&mut sam).await {
-                Frame::Paired { chat, .. } => break chat,
-                Frame::Welcome { .. } | Frame::Topic { .. } => {}
-                other => panic!("PAIRED for Sam: got {other:?}"),
-            }
+        let sams_chat = match next_substantive(&mut sam).await {
+            Frame::Paired { chat, .. } => chat,
+            other => panic!("PAIRED for Sam: got {other:?}"),
         };
         if round % 2 == 0 {
             // The young person writes and ends; Sam reads it all, then END.
@@ -113,7 +80,7 @@ async fn routed_frames_keep_their_order_and_never_pass_an_end_twenty_chats_over(
             // writes and ends, and the young person reads it all, then END.
             let blob = numbered(0);
             young.send(&Frame::Forward { chat, blob }).await.unwrap();
-            match next_frame(&mut sam).await {
+            match next_substantive(&mut sam).await {
                 Frame::Forward { chat: c, .. } => assert_eq!(c, sams_chat),
                 other => panic!("the first frame: got {other:?}"),
             }

@@ -96,18 +96,7 @@ struct ManualCounsellor {
 
 impl ManualCounsellor {
     async fn sign_in(org: &Org, relay: &fluister::relay::RunningRelay, name: &str) -> Self {
-        let identity = Identity::load(&org.counsellor(name)).unwrap();
-        let mut stream = connect_counsellor(org, relay, &identity).await;
-        hello(&mut stream, Role::Counsellor).await;
-        stream
-            .send(&Frame::Status {
-                available: true,
-                capacity: 1,
-                topics: vec![],
-                languages: vec![],
-            })
-            .await
-            .unwrap();
+        let (stream, identity) = raw_counsellor(org, relay, name).await;
         ManualCounsellor {
             stream,
             keys: identity.keys,
@@ -116,22 +105,7 @@ impl ManualCounsellor {
 
     /// The next frame that is not relay bookkeeping.
     async fn next(&mut self) -> Frame {
-        loop {
-            let f = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if !matches!(
-                f,
-                Frame::Welcome { .. }
-                    | Frame::Topic { .. }
-                    | Frame::QueueStats { .. }
-                    | Frame::Colleague { .. }
-            ) {
-                return f;
-            }
-        }
+        next_substantive(&mut self.stream).await
     }
 
     /// Answers the next handshake; returns the chat, the session, and a

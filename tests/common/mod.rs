@@ -346,6 +346,53 @@ pub async fn hello(stream: &mut RelayStream, role: fluister::core::frame::Role) 
         .unwrap();
 }
 
+/// A counsellor signed in frame by frame: HELLO, then STATUS available for
+/// one chat. Returns the stream and the identity (its keys answer
+/// handshakes).
+pub async fn raw_counsellor(
+    org: &Org,
+    relay: &RunningRelay,
+    name: &str,
+) -> (RelayStream, Identity) {
+    use fluister::core::frame::{Frame, Role};
+    let identity = Identity::load(&org.counsellor(name)).unwrap();
+    let mut stream = connect_counsellor(org, relay, &identity).await;
+    hello(&mut stream, Role::Counsellor).await;
+    stream
+        .send(&Frame::Status {
+            available: true,
+            capacity: 1,
+            topics: vec![],
+            languages: vec![],
+        })
+        .await
+        .unwrap();
+    (stream, identity)
+}
+
+/// The next frame that is not relay bookkeeping (WELCOME, TOPIC, QUEUED,
+/// QUEUE_STATS, COLLEAGUE), within [`WAIT`].
+pub async fn next_substantive(stream: &mut RelayStream) -> fluister::core::frame::Frame {
+    use fluister::core::frame::Frame;
+    loop {
+        let frame = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a frame in time")
+            .expect("the stream works")
+            .expect("the stream is open");
+        if !matches!(
+            frame,
+            Frame::Welcome { .. }
+                | Frame::Topic { .. }
+                | Frame::Queued { .. }
+                | Frame::QueueStats { .. }
+                | Frame::Colleague { .. }
+        ) {
+            return frame;
+        }
+    }
+}
+
 /// A raw client that says HELLO and JOINs (solving the proof of work);
 /// returns the stream and its queue ticket. QUEUED or PAIRED comes next.
 pub async fn raw_joined_client(

@@ -138,6 +138,9 @@ pub trait PairingBackend {
     fn newcomers_waiting(&self) -> usize;
     /// How many waiting clients came from `source`.
     fn waiting_from(&self, source: SourceTag) -> usize;
+    /// A count that grows with every change to who waits: while it stays
+    /// the same, so do the counts per topic.
+    fn changes(&self) -> u64;
     /// The waiting clients whose position may have changed since the last
     /// call, or every waiting client if `all` or if who can be served
     /// changed ([`PairingBackend::could_serve`]), in queue order.
@@ -172,6 +175,7 @@ pub struct LocalQueue {
     newcomers: usize,
     per_topic: BTreeMap<Option<TopicId>, usize>,
     per_source: HashMap<SourceTag, usize>,
+    changes: u64,
     /// Positions from this place on may have changed since `take_moved`.
     moved_from: Option<Place>,
     /// Who can be served changed since `take_moved`: every estimate may have.
@@ -201,6 +205,7 @@ impl LocalQueue {
             newcomers: 0,
             per_topic: BTreeMap::new(),
             per_source: HashMap::new(),
+            changes: 0,
             moved_from: None,
             serving_changed: false,
             before_fallback: BTreeSet::new(),
@@ -252,6 +257,7 @@ impl LocalQueue {
     }
 
     fn moved(&mut self, place: Place) {
+        self.changes += 1;
         self.moved_from = Some(self.moved_from.map_or(place, |p| p.min(place)));
     }
 
@@ -420,6 +426,10 @@ impl PairingBackend for LocalQueue {
 
     fn waiting_from(&self, source: SourceTag) -> usize {
         self.per_source.get(&source).copied().unwrap_or(0)
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes
     }
 
     fn take_moved(&mut self, all: bool) -> Vec<Moved> {

@@ -422,6 +422,8 @@ struct Indexes {
     away_per_source: HashMap<SourceTag, usize>,
     /// The QUEUE_STATS counsellors were last told, all of them.
     queue_stats: Option<Vec<(Option<TopicId>, u16)>>,
+    /// The queue's change count when they were told.
+    queue_stats_at: Option<u64>,
     /// Every waiting client is due news (an estimate or heartbeat).
     tell_whole_queue: bool,
 }

@@ -308,6 +308,11 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Sends QUEUE_STATS to counsellors whose view changed (or to `only`).
     pub(super) fn send_queue_stats(&mut self, only: Option<ConnId>) {
+        let changes = self.pairing.changes();
+        if only.is_none() && self.index.queue_stats_at == Some(changes) {
+            // Nobody joined or left since every counsellor was told.
+            return;
+        }
         let stats: Vec<(Option<TopicId>, u16)> = self
             .pairing
             .waiting_per_topic()
@@ -318,10 +323,19 @@ impl<P: PairingBackend> Relay<P> {
         let told = self.index.queue_stats.as_ref() == Some(&stats);
         match only {
             // Every counsellor heard these counts already.
-            None if told => return,
-            None => self.index.queue_stats = Some(stats.clone()),
+            None if told => {
+                self.index.queue_stats_at = Some(changes);
+                return;
+            }
+            None => {
+                self.index.queue_stats = Some(stats.clone());
+                self.index.queue_stats_at = Some(changes);
+            }
             // One counsellor hears counts the others have not.
-            Some(_) if !told => self.index.queue_stats = None,
+            Some(_) if !told => {
+                self.index.queue_stats = None;
+                self.index.queue_stats_at = None;
+            }
             Some(_) => {}
         }
         let mut ids: Vec<ConnId> = match only {
