@@ -77,6 +77,7 @@ pub struct Metrics {
     revocations: Counter,
     clients_not_joined: Gauge,
     rent_challenges: Counter,
+    late_pairings: Counter,
     refused_attempts: Counter,
 }
 
@@ -104,6 +105,7 @@ impl Metrics {
             revocations: Counter::default(),
             clients_not_joined: Gauge::default(),
             rent_challenges: Counter::default(),
+            late_pairings: Counter::default(),
             refused_attempts: Counter::default(),
             registry: Registry::with_prefix("fluister"),
             topics: std::iter::once(None)
@@ -210,6 +212,11 @@ impl Metrics {
             m.rent_challenges.clone(),
         );
         r.register(
+            "late_pairings",
+            "Pairs the queue chose that came too late to start: the client had gone or the counsellor had no room",
+            m.late_pairings.clone(),
+        );
+        r.register(
             "attempts_refused",
             "Connection attempts refused by the per-address limit",
             m.refused_attempts.clone(),
@@ -224,6 +231,7 @@ impl Metrics {
         self.frames_forwarded.inc_by(stats.frames_forwarded);
         self.bytes_forwarded.inc_by(stats.bytes_forwarded);
         self.rent_challenges.inc_by(stats.rent_challenges);
+        self.late_pairings.inc_by(stats.late_pairings);
         for (reason, n) in stats.chats_ended {
             self.chats_ended.get_or_create(&Reason { reason }).inc_by(n);
         }

@@ -11,6 +11,7 @@ use fluister::core::frame::{
 use fluister::core::limits::{Limits, Service};
 use fluister::core::ratelimit::pow_solve;
 use fluister::core::relay::{ConnId, Credential, Output, Relay};
+use fluister::core::router::{Delayed, LocalRouter, Router};
 use fluister::core::{CloseCode, Now};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -99,12 +100,26 @@ impl Harness {
     }
 
     pub fn with_service(limits: Limits, service: Service) -> Self {
+        let router = Box::new(LocalRouter::new(limits.topic_fallback));
+        Self::with_router(limits, service, router)
+    }
+
+    /// A core whose router holds every command back for `delay`, as a
+    /// router shared between relays would.
+    pub fn with_slow_router(limits: Limits, delay: Duration) -> Self {
+        let local = LocalRouter::new(limits.topic_fallback);
+        let router = Box::new(Delayed::new(local, delay));
+        Self::with_router(limits, Service::default(), router)
+    }
+
+    pub fn with_router(limits: Limits, service: Service, router: Box<dyn Router>) -> Self {
         let start = Instant::now();
         Harness {
-            relay: Relay::new(
+            relay: Relay::with_router(
                 limits,
                 service,
                 Box::new(ChaCha20Rng::seed_from_u64(7)),
+                router,
                 start,
             ),
             now: Now {
@@ -140,10 +155,25 @@ impl Harness {
     /// nothing, so that a deadline the index reports late, or a step taken
     /// early, fails the test.
     pub fn wait(&mut self, secs: u64) -> Vec<Out> {
-        let until = self.now.mono + Duration::from_secs(secs);
+        self.wait_for(Duration::from_secs(secs))
+    }
+
+    /// [`Harness::wait`] for any span of time.
+    pub fn wait_for(&mut self, span: Duration) -> Vec<Out> {
+        let until = self.now.mono + span;
         let mut outs = Vec::new();
+        let mut steps_at_this_instant = 0;
         while let Some(next) = self.relay.poll_timeout().filter(|t| *t <= until) {
             let next = next.max(self.now.mono);
+            steps_at_this_instant = if next == self.now.mono {
+                steps_at_this_instant + 1
+            } else {
+                0
+            };
+            assert!(
+                steps_at_this_instant < 100,
+                "handle_timeout leaves poll_timeout where it was: a busy loop"
+            );
             let early = next - Duration::from_millis(1);
             if early > self.now.mono {
                 self.set_clock(early);

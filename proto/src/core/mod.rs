@@ -3,9 +3,10 @@
 //!
 //! Data flows one way through it: the shell feeds network bytes and
 //! connection events in with `handle_*(now, ..)`, the core decodes frames
-//! ([`frame`]), updates the pairing queue ([`pairing`]) and the sessions
-//! ([`relay`]), and the shell drains what to send or close with
-//! `poll_*()`. Time is passed in; randomness comes from an RNG handed over at
+//! ([`frame`]), keeps the connections and chats ([`relay`]), hands queue
+//! changes to the routing seam ([`router`], in-process over the queue of
+//! [`pairing`]) and acts on its answers, and the shell drains what to send
+//! or close with `poll_*()`. Time is passed in; randomness comes from an RNG handed over at
 //! construction. The core knows nothing of what the chats say: the
 //! end-to-end message format is in [`crate::crypto::content`].
 
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod pairing;
 pub mod ratelimit;
 pub mod relay;
+pub mod router;
 pub mod stats;
 
 use std::time::{Duration, Instant};

@@ -1,9 +1,11 @@
 //! The pairing seam: who is waiting for what, who can take which chat, and
 //! who goes with whom (PROTOCOL.md §7.3, "Pairing").
 //!
-//! [`Relay`](super::relay::Relay) tells a [`PairingBackend`] about waiting
-//! clients ([`Request`]) and about counsellors' current [`Offer`]s, and asks
-//! it for the next pair; it never looks at the queue's representation.
+//! A [`PairingBackend`] is the queue's data structure behind the in-process
+//! router ([`LocalRouter`](super::router::LocalRouter)): it hears of waiting
+//! clients ([`Request`]) and counsellors' current [`Offer`]s, and gives the
+//! next pair. The relay core never calls it: it talks to a
+//! [`Router`](super::router::Router) in commands and events.
 //! [`LocalQueue`] is the single-relay backend. Its rules:
 //! - queue order: transferred clients first (in order), then everyone else
 //!   by when they joined, so a client that comes back after its connection
@@ -13,7 +15,7 @@
 //!   counsellor of its language who does not serve the topic will do;
 //! - among those, the least-loaded, then the one paired least recently.
 //!
-//! A backend that shares this state between relays implements the same trait.
+//! State shared between relays goes behind the router seam, not this trait.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -149,6 +151,9 @@ pub trait PairingBackend {
     /// language (its topic can always fall back): if not, nobody can give
     /// the client an estimate of its wait.
     fn could_serve(&self, request: &Request) -> bool;
+    /// When the next topic fallback begins, if a counsellor has room:
+    /// the instant at which a pass could pair someone it could not before.
+    fn next_fallback(&self, topic_fallback: Duration) -> Option<Instant>;
 }
 
 /// A client's place in queue order: transferred clients first, then by
@@ -449,6 +454,14 @@ impl PairingBackend for LocalQueue {
                 request,
             })
             .collect()
+    }
+
+    fn next_fallback(&self, topic_fallback: Duration) -> Option<Instant> {
+        if self.with_room == 0 {
+            return None;
+        }
+        let (since, _) = self.before_fallback.first()?;
+        Some(*since + topic_fallback)
     }
 
     fn could_serve(&self, request: &Request) -> bool {

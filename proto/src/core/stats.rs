@@ -32,6 +32,10 @@ pub struct Stats {
     pub waits: Vec<Duration>,
     /// CHALLENGE frames sent to waiting clients in a crowded queue.
     pub rent_challenges: u64,
+    /// Pairs the router chose that came too late to start: the young
+    /// person had gone or the counsellor had no room by then. A waiting
+    /// young person kept its place.
+    pub late_pairings: u64,
 }
 
 impl Stats {

@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl<P: PairingBackend> Relay<P> {
+impl Relay {
     pub(super) fn handle_forward(
         &mut self,
         conn: ConnId,
@@ -83,7 +83,7 @@ impl<P: PairingBackend> Relay<P> {
             }
             _ => {}
         }
-        self.pair_waiting(now);
+        self.pump_router(now);
     }
 
     pub(super) fn handle_transfer(
@@ -154,13 +154,14 @@ impl<P: PairingBackend> Relay<P> {
                     priority: true,
                     source,
                 };
-                if self.pairing.enqueue(client, request).is_ok() {
-                    self.issue_ticket(client);
-                    self.set_waiting(now, client, request);
-                }
+                // Not counted against the queue's limit: it always fits.
+                self.router
+                    .handle_command(RouteCommand::Enqueue { client, request });
+                self.issue_ticket(client);
+                self.set_waiting(now, client, request);
             }
         }
-        self.pair_waiting(now);
+        self.pump_router(now);
     }
 
     /// A signed-in colleague named `name` with room, or why not.
@@ -344,7 +345,10 @@ impl<P: PairingBackend> Relay<P> {
             languages: s.languages.clone(),
         };
         let name = c.pseudonym().map(str::to_owned);
-        self.pairing.offer(conn, offer);
+        self.router.handle_command(RouteCommand::Offer {
+            counsellor: conn,
+            offer,
+        });
         if let Some(name) = name {
             self.update_presence(&name);
         }

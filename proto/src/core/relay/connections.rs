@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl<P: PairingBackend> Relay<P> {
+impl Relay {
     /// A connection and its control stream are up. The peer has
     /// `limits.hello_timeout` to send HELLO.
     pub fn handle_connect(
@@ -192,7 +192,7 @@ impl<P: PairingBackend> Relay<P> {
                 Pending::Finished => {
                     self.leave(conn, EndReason::UserEnded);
                     self.close(conn, CloseCode::NoError, true);
-                    self.pair_waiting(now);
+                    self.pump_router(now);
                 }
             }
         }
@@ -236,8 +236,7 @@ impl<P: PairingBackend> Relay<P> {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.links.clear();
             }
-            self.pairing.remove_client(id);
-            self.pairing.remove_counsellor(id);
+            self.leave_router(id);
             self.remove_conn(id);
             self.out.push_back(Output::Close {
                 conn: id,
@@ -350,7 +349,7 @@ impl<P: PairingBackend> Relay<P> {
                     s.languages = languages;
                 }
                 self.refresh_offer(conn);
-                self.pair_waiting(now);
+                self.pump_router(now);
                 Ok(())
             }
             (Role::Counsellor, Frame::Transfer { chat, target }) => {
@@ -478,7 +477,7 @@ impl<P: PairingBackend> Relay<P> {
                 }
             }
             self.refresh_offer(conn);
-            self.send_queue_stats(Some(conn));
+            self.tell_queue_stats(conn);
         }
         Ok(())
     }
@@ -493,7 +492,7 @@ impl<P: PairingBackend> Relay<P> {
     /// brought up to date, so that between events they agree with the
     /// tables.
     pub(super) fn end_event(&mut self, now: Now) {
-        self.pair_waiting(now);
+        self.pump_router(now);
         self.settle();
     }
 
@@ -546,7 +545,8 @@ impl<P: PairingBackend> Relay<P> {
         for chat in chats {
             self.end_chat(conn, chat, reason);
         }
-        self.pairing.remove_client(conn);
+        self.router
+            .handle_command(RouteCommand::Withdraw { client: conn });
     }
 
     pub(super) fn close(&mut self, conn: ConnId, code: CloseCode, flush: bool) {
@@ -561,7 +561,7 @@ impl<P: PairingBackend> Relay<P> {
     pub(super) fn forget(&mut self, now: Now, conn: ConnId) {
         if self.conns.contains_key(&conn) {
             self.forget_without_pairing(conn);
-            self.pair_waiting(now);
+            self.pump_router(now);
         }
     }
 
@@ -573,9 +573,21 @@ impl<P: PairingBackend> Relay<P> {
         for chat in chats {
             self.end_chat(conn, chat, EndReason::PeerDisconnected);
         }
-        self.pairing.remove_client(conn);
-        self.pairing.remove_counsellor(conn);
+        self.leave_router(conn);
         self.remove_conn(conn);
+    }
+
+    /// Tells the router that a connection is gone: out of the queue, or
+    /// signed out.
+    pub(super) fn leave_router(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let command = match c.credential {
+            Credential::Anonymous => RouteCommand::Withdraw { client: conn },
+            Credential::Counsellor { .. } => RouteCommand::SignOut { counsellor: conn },
+        };
+        self.router.handle_command(command);
     }
 
     /// Removes a connection from the tables and the indexes.

@@ -22,8 +22,11 @@
 //! full. While it waits it hears its position and estimated wait (QUEUED),
 //! and in a crowded queue it proves work again from time to time
 //! (CHALLENGE, PROOF). Counsellors say what they take (STATUS) and hear of
-//! their colleagues (COLLEAGUE). The [`PairingBackend`] chooses pairs; the
-//! core announces them (PAIRED), forwards FORWARD blobs without
+//! their colleagues (COLLEAGUE). The queue and the choice of pairs are the
+//! [`Router`]'s: the core hands it commands (a client enters or leaves the
+//! queue, a counsellor's room changes) and acts on its events after every
+//! input, and at its `poll_timeout`. An answer may come late; the core
+//! never relies on one being immediate. The core announces pairs (PAIRED), forwards FORWARD blobs without
 //! interpreting them, and carries out END, block and TRANSFER. Every state
 //! an anonymous connection can be in has a deadline, and a pairing whose
 //! young person never starts the handshake is undone.
@@ -44,7 +47,8 @@
 //! This file holds the state (connections, chat sides, what is away, the
 //! indexes); the behaviour is split by job: [`connections`] (admission,
 //! decoding and pacing, dispatch, HELLO, closing, the end of each event),
-//! [`queue`] (JOIN, rent, the pairing pass, QUEUED and QUEUE_STATS),
+//! [`queue`] (JOIN, rent, the router's answers: pairs, QUEUED and
+//! QUEUE_STATS),
 //! [`chats`] (PAIRED, FORWARD, END, TRANSFER, offers and presence),
 //! [`resumption`] (detaching, RESUME, tickets) and [`timers`].
 
@@ -66,11 +70,11 @@ use super::frame::{
 };
 use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
-use super::pairing::{LocalQueue, Offer, PairingBackend, Request};
+use super::pairing::{Offer, Request};
 use super::ratelimit::{Pow, SourceTag, TokenBucket, challenge_lifetime, pow_valid};
+use super::router::{LocalRouter, RouteCommand, RouteEvent, Router};
 use super::stats::{Gauges, Stats};
 use super::{CloseCode, Departure, Now};
-use queue::WaitEstimate;
 use sha2::{Digest, Sha256};
 use timers::Deadlines;
 
@@ -234,8 +238,6 @@ struct Waiting {
     since: Instant,
     /// Wait over at this instant: the client is let go.
     deadline: Instant,
-    /// When the topic fallback starts; `None` once it has passed.
-    fallback_at: Option<Instant>,
     /// When the client must next hear from the relay.
     next_update: Instant,
     last_sent: Option<(u32, Option<u32>)>,
@@ -338,7 +340,7 @@ impl Conn {
             | State::Client(ClientStage::Welcomed { deadline, .. }) => Some(*deadline),
             State::Client(ClientStage::Waiting(w)) => {
                 let mut t = w.deadline.min(w.next_update);
-                for at in [w.fallback_at, w.rent.next_at, w.rent.owed.map(|o| o.1)]
+                for at in [w.rent.next_at, w.rent.owed.map(|o| o.1)]
                     .into_iter()
                     .flatten()
                 {
@@ -369,17 +371,16 @@ impl Detached {
 const HEARTBEAT_SLACK: Duration = Duration::from_secs(10);
 
 /// The relay core. See the module docs for the flow.
-pub struct Relay<P: PairingBackend = LocalQueue> {
+pub struct Relay {
     limits: Limits,
     service: Service,
     rng: Box<dyn RelayRng>,
-    pairing: P,
+    router: Box<dyn Router>,
     conns: HashMap<ConnId, Conn>,
     next_conn: u64,
     /// Anonymous connections open now.
     anonymous: usize,
     out: VecDeque<Output>,
-    estimate: WaitEstimate,
     admissions: TokenBucket,
     pow: Pow,
     /// Chat sides whose connection dropped, by capability hash.
@@ -422,26 +423,24 @@ struct Indexes {
     away_per_source: HashMap<SourceTag, usize>,
     /// The QUEUE_STATS counsellors were last told, all of them.
     queue_stats: Option<Vec<(Option<TopicId>, u16)>>,
-    /// The queue's change count when they were told.
-    queue_stats_at: Option<u64>,
     /// Every waiting client is due news (an estimate or heartbeat).
     tell_whole_queue: bool,
 }
 
-impl Relay<LocalQueue> {
+impl Relay {
+    /// A relay with the in-process router. `start` is the time the relay
+    /// starts; rate limits count from it.
     pub fn new(limits: Limits, service: Service, rng: Box<dyn RelayRng>, start: Instant) -> Self {
-        let pairing = LocalQueue::new(limits.max_queue);
-        Relay::with_backend(limits, service, rng, pairing, start)
+        let router = Box::new(LocalRouter::new(limits.topic_fallback));
+        Relay::with_router(limits, service, rng, router, start)
     }
-}
 
-impl<P: PairingBackend> Relay<P> {
-    /// `start` is the time the relay starts; rate limits count from it.
-    pub fn with_backend(
+    /// A relay whose queue and pairing are `router`'s.
+    pub fn with_router(
         limits: Limits,
         service: Service,
         rng: Box<dyn RelayRng>,
-        pairing: P,
+        router: Box<dyn Router>,
         start: Instant,
     ) -> Self {
         Relay {
@@ -455,12 +454,11 @@ impl<P: PairingBackend> Relay<P> {
             limits,
             service,
             rng,
-            pairing,
+            router,
             conns: HashMap::new(),
             next_conn: 1,
             anonymous: 0,
             out: VecDeque::new(),
-            estimate: WaitEstimate::default(),
             detached: HashMap::new(),
             away_from_queue: HashMap::new(),
             turns: 0,
@@ -479,7 +477,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Number of open connections and waiting clients, for tests and metrics.
     pub fn counts(&self) -> (usize, usize) {
-        (self.conns.len(), self.pairing.waiting_count())
+        (self.conns.len(), self.router.waiting_count())
     }
 
     /// What was counted since the last call; counting starts afresh.
@@ -520,9 +518,7 @@ impl<P: PairingBackend> Relay<P> {
             .values()
             .filter(|d| d.role == Role::Counsellor)
             .count();
-        for (_, request) in self.pairing.waiting() {
-            *g.waiting.entry(request.topic).or_default() += 1;
-        }
+        g.waiting.extend(self.router.waiting_per_topic());
         g
     }
 }

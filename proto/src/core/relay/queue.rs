@@ -1,43 +1,13 @@
-//! The queue: JOIN with its proof of work, tickets (JOINED), the waiting
-//! state and its rent in a crowded queue (CHALLENGE, PROOF), the pairing
-//! pass that asks the [`PairingBackend`] for pairs, and what waiting clients
-//! (QUEUED) and counsellors (QUEUE_STATS) hear of it. The wait estimate is
-//! one running average of the time between pairings.
+//! The queue as the core sees it: JOIN with its proof of work, tickets
+//! (JOINED), the waiting state and its rent in a crowded queue (CHALLENGE,
+//! PROOF), and the router's answers: pairs (PAIRED, through
+//! [`Relay::on_paired`]) and what waiting clients (QUEUED) and counsellors
+//! (QUEUE_STATS) hear of the queue. The queue itself, the pairing and the
+//! wait estimate are the [`Router`]'s.
 
 use super::*;
 
-/// Estimates waits from the recent pace of pairings: a running average of
-/// the time between two pairings, and nothing else.
-#[derive(Debug, Default)]
-pub(super) struct WaitEstimate {
-    average_gap_secs: Option<f64>,
-    last_pairing: Option<Instant>,
-}
-
-impl WaitEstimate {
-    /// Weight of the newest gap in the running average.
-    const WEIGHT: f64 = 0.3;
-
-    fn record_pairing(&mut self, now: Instant) {
-        if let Some(last) = self.last_pairing {
-            let gap = now.saturating_duration_since(last).as_secs_f64();
-            self.average_gap_secs = Some(match self.average_gap_secs {
-                Some(avg) => Self::WEIGHT * gap + (1.0 - Self::WEIGHT) * avg,
-                None => gap,
-            });
-        }
-        self.last_pairing = Some(now);
-    }
-
-    /// At least a second per place ahead: an estimate of 0 would promise
-    /// what nobody can keep.
-    fn for_position(&self, position: u32) -> Option<u32> {
-        let secs = self.average_gap_secs? * f64::from(position);
-        Some(secs.round().clamp(1.0, f64::from(u32::MAX - 1)) as u32)
-    }
-}
-
-impl<P: PairingBackend> Relay<P> {
+impl Relay {
     /// The proof-of-work difficulty asked of new clients now: the load part
     /// (solved JOINs per second) or the queue part (how full it is),
     /// whichever is higher.
@@ -64,7 +34,7 @@ impl<P: PairingBackend> Relay<P> {
 
     /// Waiting newcomers as a share of `max_queue` (0 to 1).
     pub(super) fn queue_fill(&self) -> f64 {
-        let waiting = self.pairing.newcomers_waiting();
+        let waiting = self.router.newcomers_waiting();
         (waiting as f64 / self.limits.max_queue.max(1) as f64).min(1.0)
     }
 
@@ -127,10 +97,8 @@ impl<P: PairingBackend> Relay<P> {
         let places = self.limits.per_source_places;
         let over_source_limit =
             places > 0 && source.is_some_and(|tag| self.places_held_by(tag) >= places);
-        if over_source_limit
-            || !self.admissions.take(now.mono, 1.0)
-            || self.pairing.enqueue(conn, request).is_err()
-        {
+        let queue_full = self.router.newcomers_waiting() >= self.limits.max_queue;
+        if over_source_limit || queue_full || !self.admissions.take(now.mono, 1.0) {
             self.send(
                 conn,
                 &Frame::Unavailable {
@@ -144,9 +112,13 @@ impl<P: PairingBackend> Relay<P> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.choice = (topic, language);
         }
+        self.router.handle_command(RouteCommand::Enqueue {
+            client: conn,
+            request,
+        });
         self.issue_ticket(conn);
         self.set_waiting(now, conn, request);
-        self.pair_waiting(now);
+        self.pump_router(now);
         Ok(())
     }
 
@@ -154,7 +126,7 @@ impl<P: PairingBackend> Relay<P> {
     /// away, in this epoch of the shell's source key.
     pub(super) fn places_held_by(&self, source: SourceTag) -> usize {
         let away = self.index.away_per_source.get(&source).copied();
-        self.pairing.waiting_from(source) + away.unwrap_or(0)
+        self.router.waiting_from(source) + away.unwrap_or(0)
     }
 
     /// A waiting client's rent is due: while the queue is more than half
@@ -232,18 +204,14 @@ impl<P: PairingBackend> Relay<P> {
     }
 
     /// The waiting state of a client whose place is `request` (its turn,
-    /// and since when it waits): its wait is over `max_wait` after that, a
-    /// topic falls back `topic_fallback` after that, and newcomers pay rent
-    /// in a crowded queue while clients handed back by a counsellor do not.
+    /// and since when it waits): its wait is over `max_wait` after that,
+    /// and newcomers pay rent in a crowded queue while clients handed back
+    /// by a counsellor do not. (The topic fallback is the router's timer.)
     pub(super) fn waiting_for(&self, now: Now, request: Request) -> Waiting {
         Waiting {
             request,
             since: request.since,
             deadline: request.since + self.limits.max_wait,
-            fallback_at: request
-                .topic
-                .map(|_| request.since + self.limits.topic_fallback)
-                .filter(|at| *at > now.mono),
             next_update: now.mono,
             last_sent: None,
             rent: Rent {
@@ -257,139 +225,172 @@ impl<P: PairingBackend> Relay<P> {
         }
     }
 
-    /// Pairs while the backend finds pairs, then tells every waiting client
-    /// whose position or estimate changed (or is due an update) and every
-    /// counsellor whose view of the queue changed.
-    pub(super) fn pair_waiting(&mut self, now: Now) {
-        let mut everyone = std::mem::take(&mut self.index.tell_whole_queue);
-        while let Some((client, counsellor)) =
-            self.pairing.next_pair(now.mono, self.limits.topic_fallback)
-        {
-            // The pace of pairings changed: so did every estimate.
-            self.estimate.record_pairing(now.mono);
-            self.start_chat(now, client, counsellor);
-            everyone = true;
+    /// Hands the router what this event changed and acts on its answers,
+    /// until it has none left.
+    pub(super) fn pump_router(&mut self, now: Now) {
+        if std::mem::take(&mut self.index.tell_whole_queue) {
+            self.router.handle_command(RouteCommand::Announce);
         }
-        for moved in self.pairing.take_moved(everyone) {
-            let (position, client, request) = (moved.position, moved.client, moved.request);
-            // Nobody signed in who could take this client: no estimate.
-            let estimate = self
-                .pairing
-                .could_serve(&request)
-                .then(|| self.estimate.for_position(position))
-                .flatten();
-            let heartbeat_by = now.mono + HEARTBEAT_SLACK;
-            let due = match self.conns.get_mut(&client) {
-                Some(Conn {
-                    state: State::Client(ClientStage::Waiting(w)),
-                    ..
-                }) if w.last_sent != Some((position, estimate))
-                    || (everyone && w.next_update <= heartbeat_by) =>
-                {
-                    w.last_sent = Some((position, estimate));
-                    w.next_update = now.mono + Limits::QUEUE_UPDATE_INTERVAL;
-                    true
+        while let Some(event) = self.router.poll_event(now.mono) {
+            match event {
+                RouteEvent::Paired { client, counsellor } => {
+                    self.on_paired(now, client, counsellor)
                 }
-                _ => false,
-            };
-            if due {
-                self.touch(client);
-                self.send(
+                RouteEvent::Queued {
                     client,
-                    &Frame::Queued {
-                        position,
-                        estimated_wait_secs: estimate,
-                    },
-                );
+                    position,
+                    estimated_wait_secs,
+                    announce,
+                } => self.on_queued(now, client, position, estimated_wait_secs, announce),
+                RouteEvent::QueueStats { waiting } => self.on_queue_stats(waiting),
             }
         }
-        self.send_queue_stats(None);
     }
 
-    /// Sends QUEUE_STATS to counsellors whose view changed (or to `only`).
-    pub(super) fn send_queue_stats(&mut self, only: Option<ConnId>) {
-        let changes = self.pairing.changes();
-        if only.is_none() && self.index.queue_stats_at == Some(changes) {
-            // Nobody joined or left since every counsellor was told.
-            return;
-        }
-        let stats: Vec<(Option<TopicId>, u16)> = self
-            .pairing
-            .waiting_per_topic()
-            .into_iter()
-            .take(MAX_TOPICS + 1)
-            .map(|(topic, n)| (topic, u16::try_from(n).unwrap_or(u16::MAX)))
-            .collect();
-        let told = self.index.queue_stats.as_ref() == Some(&stats);
-        match only {
-            // Every counsellor heard these counts already.
-            None if told => {
-                self.index.queue_stats_at = Some(changes);
-                return;
-            }
-            None => {
-                self.index.queue_stats = Some(stats.clone());
-                self.index.queue_stats_at = Some(changes);
-            }
-            // One counsellor hears counts the others have not.
-            Some(_) if !told => {
-                self.index.queue_stats = None;
-                self.index.queue_stats_at = None;
-            }
-            Some(_) => {}
-        }
-        let mut ids: Vec<ConnId> = match only {
-            Some(id) => vec![id],
-            None => self.by_name.values().flatten().copied().collect(),
+    /// The router paired a client with a counsellor. An answer that comes
+    /// late may find the client no longer waiting (gone, away, or handed
+    /// to a colleague) or the counsellor without room: then the client, if
+    /// it still waits, goes back to its place, and the router hears the
+    /// counsellor's real room.
+    pub(super) fn on_paired(&mut self, now: Now, client: ConnId, counsellor: ConnId) {
+        let waiting = match self.conns.get(&client) {
+            Some(Conn {
+                state: State::Client(ClientStage::Waiting(w)),
+                ..
+            }) => Some(w.request),
+            _ => None,
         };
-        ids.sort();
-        for id in ids {
-            let changed = match self.conns.get_mut(&id) {
-                Some(Conn {
+        let has_room = match self.conns.get(&counsellor) {
+            Some(
+                c @ Conn {
                     state: State::Counsellor(s),
                     ..
-                }) if only.is_some() || s.last_stats.as_ref() != Some(&stats) => {
-                    s.last_stats = Some(stats.clone());
-                    true
-                }
-                _ => false,
-            };
-            if changed {
-                self.send(
-                    id,
-                    &Frame::QueueStats {
-                        waiting: stats.clone(),
-                    },
-                );
-            }
+                },
+            ) => s.available && c.links.len() < s.capacity,
+            _ => false,
+        };
+        if waiting.is_some() && has_room {
+            self.start_chat(now, client, counsellor);
+            return;
+        }
+        self.stats.late_pairings += 1;
+        if let Some(request) = waiting {
+            self.router
+                .handle_command(RouteCommand::Enqueue { client, request });
+        }
+        if self.conns.contains_key(&counsellor) {
+            self.refresh_offer(counsellor);
+        } else {
+            self.router
+                .handle_command(RouteCommand::SignOut { counsellor });
         }
     }
+
+    /// A waiting client's position and estimate: it hears QUEUED if they
+    /// changed, or if the whole queue is told and its heartbeat is near.
+    pub(super) fn on_queued(
+        &mut self,
+        now: Now,
+        client: ConnId,
+        position: u32,
+        estimate: Option<u32>,
+        announce: bool,
+    ) {
+        let heartbeat_by = now.mono + HEARTBEAT_SLACK;
+        let due = match self.conns.get_mut(&client) {
+            Some(Conn {
+                state: State::Client(ClientStage::Waiting(w)),
+                ..
+            }) if w.last_sent != Some((position, estimate))
+                || (announce && w.next_update <= heartbeat_by) =>
+            {
+                w.last_sent = Some((position, estimate));
+                w.next_update = now.mono + Limits::QUEUE_UPDATE_INTERVAL;
+                true
+            }
+            _ => false,
+        };
+        if due {
+            self.touch(client);
+            self.send(
+                client,
+                &Frame::Queued {
+                    position,
+                    estimated_wait_secs: estimate,
+                },
+            );
+        }
+    }
+
+    /// The counts per topic changed: every counsellor whose view differs
+    /// hears QUEUE_STATS.
+    pub(super) fn on_queue_stats(&mut self, waiting: Vec<(Option<TopicId>, usize)>) {
+        let stats = queue_stats(waiting);
+        if self.index.queue_stats.as_ref() == Some(&stats) {
+            // Every counsellor heard these counts already.
+            return;
+        }
+        self.index.queue_stats = Some(stats.clone());
+        let mut ids: Vec<ConnId> = self.by_name.values().flatten().copied().collect();
+        ids.sort();
+        for id in ids {
+            self.send_queue_stats(id, &stats);
+        }
+    }
+
+    /// Tells a counsellor who just signed in how many wait, as far as the
+    /// router knows now.
+    pub(super) fn tell_queue_stats(&mut self, counsellor: ConnId) {
+        let stats = queue_stats(self.router.waiting_per_topic());
+        if self.index.queue_stats.as_ref() != Some(&stats) {
+            // This counsellor hears counts the others have not.
+            self.index.queue_stats = None;
+        }
+        if let Some(Conn {
+            state: State::Counsellor(s),
+            ..
+        }) = self.conns.get_mut(&counsellor)
+        {
+            s.last_stats = None;
+        }
+        self.send_queue_stats(counsellor, &stats);
+    }
+
+    fn send_queue_stats(&mut self, id: ConnId, stats: &[(Option<TopicId>, u16)]) {
+        let changed = match self.conns.get_mut(&id) {
+            Some(Conn {
+                state: State::Counsellor(s),
+                ..
+            }) if s.last_stats.as_deref() != Some(stats) => {
+                s.last_stats = Some(stats.to_vec());
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.send(
+                id,
+                &Frame::QueueStats {
+                    waiting: stats.to_vec(),
+                },
+            );
+        }
+    }
+}
+
+/// The counts per topic as QUEUE_STATS carries them.
+fn queue_stats(waiting: Vec<(Option<TopicId>, usize)>) -> Vec<(Option<TopicId>, u16)> {
+    waiting
+        .into_iter()
+        .take(MAX_TOPICS + 1)
+        .map(|(topic, n)| (topic, u16::try_from(n).unwrap_or(u16::MAX)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{Bench, to};
-    use super::WaitEstimate;
     use crate::core::frame::Frame;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn the_estimate_needs_two_pairings_and_promises_at_least_a_second() {
-        let t0 = Instant::now();
-        let mut e = WaitEstimate::default();
-        assert_eq!(e.for_position(3), None);
-        e.record_pairing(t0);
-        assert_eq!(e.for_position(3), None, "one pairing is no pace yet");
-        e.record_pairing(t0 + Duration::from_secs(60));
-        assert_eq!(e.for_position(3), Some(180));
-        e.record_pairing(t0 + Duration::from_secs(60));
-        // 0.3 × 0 s + 0.7 × 60 s = 42 s a place.
-        assert_eq!(e.for_position(1), Some(42));
-        let mut quick = WaitEstimate::default();
-        quick.record_pairing(t0);
-        quick.record_pairing(t0);
-        assert_eq!(quick.for_position(1), Some(1), "never 0 s");
-    }
 
     #[test]
     fn a_newcomer_at_the_back_is_the_only_one_told_a_position() {

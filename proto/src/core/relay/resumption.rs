@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl<P: PairingBackend> Relay<P> {
+impl Relay {
     pub(super) fn insert_detached(&mut self, key: CapHash, d: Detached) {
         self.remove_detached(&key);
         self.index.detached.set(key, Some(d.next_deadline()));
@@ -118,10 +118,10 @@ impl<P: PairingBackend> Relay<P> {
         };
         c.state = State::Client(ClientStage::InChat);
         self.index.touched.push(conn);
-        if self.pairing.remove_client(conn).is_some() {
-            let until = waiting.deadline.min(now.mono + self.limits.resume_window);
-            self.insert_away(ticket, AwayFromQueue { waiting, until });
-        }
+        self.router
+            .handle_command(RouteCommand::Withdraw { client: conn });
+        let until = waiting.deadline.min(now.mono + self.limits.resume_window);
+        self.insert_away(ticket, AwayFromQueue { waiting, until });
     }
 
     /// A pairing whose young person never sent handshake message 1 while
@@ -181,8 +181,11 @@ impl<P: PairingBackend> Relay<P> {
                 c.choice = (waiting.request.topic, waiting.request.language);
                 c.state = State::Client(ClientStage::Waiting(waiting));
             }
-            self.pairing.requeue(conn, waiting.request);
-            self.pair_waiting(now);
+            self.router.handle_command(RouteCommand::Enqueue {
+                client: conn,
+                request: waiting.request,
+            });
+            self.pump_router(now);
             return true;
         }
         self.resume_unheard_pairing(now, conn, ticket)

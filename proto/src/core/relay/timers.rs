@@ -68,7 +68,7 @@ impl<K: Copy + Ord + Hash> Deadlines<K> {
     }
 }
 
-impl<P: PairingBackend> Relay<P> {
+impl Relay {
     /// Acts on every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Now) {
         self.pow.tick(now.mono);
@@ -130,13 +130,12 @@ impl<P: PairingBackend> Relay<P> {
                     {
                         rent_due.push(id);
                     }
-                    // The pairing pass below pairs anyone the fallback now allows.
-                    if w.fallback_at.is_some_and(|at| at <= now.mono) {
-                        w.fallback_at = None;
-                    }
                     if w.next_update <= now.mono {
-                        // Forces a QUEUED on the next update, changed or not.
+                        // Forces a QUEUED when the router next tells this
+                        // client its place, changed or not. Its answer may
+                        // come later: the deadline moves on meanwhile.
                         w.last_sent = None;
+                        w.next_update = now.mono + Limits::QUEUE_UPDATE_INTERVAL;
                         self.index.tell_whole_queue = true;
                     }
                 }
@@ -153,7 +152,6 @@ impl<P: PairingBackend> Relay<P> {
             self.close(id, CloseCode::Timeout, true);
         }
         for id in wait_over {
-            self.pairing.remove_client(id);
             self.send(
                 id,
                 &Frame::Unavailable {
@@ -176,6 +174,7 @@ impl<P: PairingBackend> Relay<P> {
             self.index.detached.first(),
             self.index.away_from_queue.first(),
             self.pow.next_tick(),
+            self.router.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -193,10 +192,15 @@ impl<P: PairingBackend> Relay<P> {
             .map(Detached::next_deadline)
             .chain(self.away_from_queue.values().map(|a| a.until))
             .min();
-        [conns, self.pow.next_tick(), resumes]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            conns,
+            self.pow.next_tick(),
+            resumes,
+            self.router.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 

@@ -1,0 +1,437 @@
+//! The routing seam (PROTOCOL.md §7.3, "Pairing"): between the relay core,
+//! which owns connections and chats, and the router, which owns the queue
+//! and decides who goes with whom.
+//!
+//! The two talk in messages only, the way quinn's endpoint and its
+//! connections do. The core hands the router [`RouteCommand`]s (a client
+//! enters or leaves the queue, a counsellor's room changes, a counsellor
+//! signs out, every waiting client is due news) with
+//! [`Router::handle_command`], and drains [`RouteEvent`]s (a pair, a
+//! client's position and estimate, the counts per topic) with
+//! [`Router::poll_event`]. It never waits for an answer, so an answer may
+//! come late and find that what it paired has changed: the core then puts
+//! the client back at its place and tells the router the counsellor's real
+//! room (`Relay::on_paired`). What the core must know at once to admit a
+//! JOIN (how many wait, from which source) it reads from the router's view,
+//! which may lag behind its commands.
+//!
+//! [`LocalRouter`] is the router of a single relay: the [`LocalQueue`],
+//! the wait estimate and the topic-fallback timer. It is deterministic and
+//! answers on the next poll, so the core's tests run on a virtual clock.
+//! [`Delayed`] (feature `test-support`) holds every command back for a
+//! while, the way a router shared between relays would, and shows that
+//! the core does not depend on an answer being immediate.
+//!
+//! Keys are the core's [`ConnId`]s. A router shared between relays
+//! qualifies them with the relay they came from.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::frame::TopicId;
+use super::pairing::{ConnId, LocalQueue, Offer, PairingBackend, Request};
+use super::ratelimit::SourceTag;
+
+/// What the core tells the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteCommand {
+    /// A client enters the queue, or re-enters it at the place its
+    /// `request.turn` gives it. The core has checked the queue's limit
+    /// against the router's view.
+    Enqueue { client: ConnId, request: Request },
+    /// A client leaves the queue (paired elsewhere, away, gone).
+    Withdraw { client: ConnId },
+    /// What a counsellor can take now: sets or replaces its offer.
+    Offer { counsellor: ConnId, offer: Offer },
+    /// A counsellor is gone.
+    SignOut { counsellor: ConnId },
+    /// Every waiting client is due its position and estimate.
+    Announce,
+}
+
+/// What the router tells the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// This client goes to this counsellor. The client has left the queue
+    /// and the router counts one more chat on the counsellor.
+    Paired { client: ConnId, counsellor: ConnId },
+    /// A waiting client's place: its position (1 = next) and estimated
+    /// wait (`None`: not known). `announce`: the whole queue is told, so a
+    /// client due a heartbeat hears it even if nothing changed.
+    Queued {
+        client: ConnId,
+        position: u32,
+        estimated_wait_secs: Option<u32>,
+        announce: bool,
+    },
+    /// How many clients wait per topic changed (`None`: no topic), in
+    /// topic order.
+    QueueStats {
+        waiting: Vec<(Option<TopicId>, usize)>,
+    },
+}
+
+/// The seam: a router takes commands and gives events back, later.
+pub trait Router: Send {
+    /// Takes one command. The core polls after every event, so a router
+    /// that needs the time a command was given reads it at the next poll.
+    fn handle_command(&mut self, command: RouteCommand);
+    /// The next event, if any, as of `now`.
+    fn poll_event(&mut self, now: Instant) -> Option<RouteEvent>;
+    /// When the router next has events without a new command (a topic
+    /// fallback begins, a held command comes due).
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The router's view of how many clients wait.
+    fn waiting_count(&self) -> usize;
+    /// ... of how many of them are newcomers (not handed back by a
+    /// counsellor): what the queue's limit and fullness count.
+    fn newcomers_waiting(&self) -> usize;
+    /// ... of how many came from `source`.
+    fn waiting_from(&self, source: SourceTag) -> usize;
+    /// ... of how many wait per topic, in topic order.
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)>;
+}
+
+/// Estimates waits from the recent pace of pairings: a running average of
+/// the time between two pairings, and nothing else.
+#[derive(Debug, Default)]
+pub(crate) struct WaitEstimate {
+    average_gap_secs: Option<f64>,
+    last_pairing: Option<Instant>,
+}
+
+impl WaitEstimate {
+    /// Weight of the newest gap in the running average.
+    const WEIGHT: f64 = 0.3;
+
+    pub(crate) fn record_pairing(&mut self, now: Instant) {
+        if let Some(last) = self.last_pairing {
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            self.average_gap_secs = Some(match self.average_gap_secs {
+                Some(avg) => Self::WEIGHT * gap + (1.0 - Self::WEIGHT) * avg,
+                None => gap,
+            });
+        }
+        self.last_pairing = Some(now);
+    }
+
+    /// At least a second per place ahead: an estimate of 0 would promise
+    /// what nobody can keep.
+    pub(crate) fn for_position(&self, position: u32) -> Option<u32> {
+        let secs = self.average_gap_secs? * f64::from(position);
+        Some(secs.round().clamp(1.0, f64::from(u32::MAX - 1)) as u32)
+    }
+}
+
+/// The router of a single relay. Commands apply at once; the next poll
+/// runs a pairing pass if anything changed since the last one, and yields
+/// its pairs, then the positions that moved, then the counts per topic.
+#[derive(Debug)]
+pub struct LocalRouter<P: PairingBackend = LocalQueue> {
+    queue: P,
+    topic_fallback: Duration,
+    estimate: WaitEstimate,
+    /// Something changed since the last pass.
+    dirty: bool,
+    /// The next pass tells every waiting client.
+    announce: bool,
+    /// The queue's change count when the counts per topic were last told.
+    stats_at: Option<u64>,
+    events: VecDeque<RouteEvent>,
+}
+
+impl LocalRouter {
+    /// A router over a [`LocalQueue`]. `max_queue` is kept by the core's
+    /// admission; the router takes whatever it is given.
+    pub fn new(topic_fallback: Duration) -> Self {
+        LocalRouter::with_queue(LocalQueue::new(usize::MAX), topic_fallback)
+    }
+}
+
+impl<P: PairingBackend> LocalRouter<P> {
+    pub fn with_queue(queue: P, topic_fallback: Duration) -> Self {
+        LocalRouter {
+            queue,
+            topic_fallback,
+            estimate: WaitEstimate::default(),
+            dirty: false,
+            announce: false,
+            stats_at: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Pairs while the queue finds pairs, then reports the positions that
+    /// moved (all of them after a pairing: every estimate changed) and the
+    /// counts per topic if they changed.
+    fn pass(&mut self, now: Instant) {
+        let mut everyone = std::mem::take(&mut self.announce);
+        while let Some((client, counsellor)) = self.queue.next_pair(now, self.topic_fallback) {
+            self.estimate.record_pairing(now);
+            self.events
+                .push_back(RouteEvent::Paired { client, counsellor });
+            everyone = true;
+        }
+        for moved in self.queue.take_moved(everyone) {
+            // Nobody signed in who could take this client: no estimate.
+            let estimated_wait_secs = self
+                .queue
+                .could_serve(&moved.request)
+                .then(|| self.estimate.for_position(moved.position))
+                .flatten();
+            self.events.push_back(RouteEvent::Queued {
+                client: moved.client,
+                position: moved.position,
+                estimated_wait_secs,
+                announce: everyone,
+            });
+        }
+        let changes = self.queue.changes();
+        if self.stats_at != Some(changes) {
+            self.stats_at = Some(changes);
+            self.events.push_back(RouteEvent::QueueStats {
+                waiting: self.queue.waiting_per_topic(),
+            });
+        }
+    }
+}
+
+impl<P: PairingBackend + Send> Router for LocalRouter<P> {
+    fn handle_command(&mut self, command: RouteCommand) {
+        match command {
+            RouteCommand::Enqueue { client, request } => self.queue.requeue(client, request),
+            RouteCommand::Withdraw { client } => {
+                self.queue.remove_client(client);
+            }
+            RouteCommand::Offer { counsellor, offer } => self.queue.offer(counsellor, offer),
+            RouteCommand::SignOut { counsellor } => self.queue.remove_counsellor(counsellor),
+            RouteCommand::Announce => self.announce = true,
+        }
+        self.dirty = true;
+    }
+
+    fn poll_event(&mut self, now: Instant) -> Option<RouteEvent> {
+        if self.events.is_empty() && (self.dirty || self.poll_timeout().is_some_and(|at| at <= now))
+        {
+            self.dirty = false;
+            self.pass(now);
+        }
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.queue.next_fallback(self.topic_fallback)
+    }
+
+    fn waiting_count(&self) -> usize {
+        self.queue.waiting_count()
+    }
+
+    fn newcomers_waiting(&self) -> usize {
+        self.queue.newcomers_waiting()
+    }
+
+    fn waiting_from(&self, source: SourceTag) -> usize {
+        self.queue.waiting_from(source)
+    }
+
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
+        self.queue.waiting_per_topic()
+    }
+}
+
+/// A router that holds every command back for `delay` before its inner
+/// router sees it, the way a router shared between relays answers after a
+/// round trip. Its view lags by as much.
+#[cfg(any(test, feature = "test-support"))]
+pub struct Delayed<R: Router> {
+    inner: R,
+    delay: Duration,
+    /// Commands given since the last poll, and those held until their time.
+    given: Vec<RouteCommand>,
+    held: VecDeque<(Instant, RouteCommand)>,
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl<R: Router> Delayed<R> {
+    pub fn new(inner: R, delay: Duration) -> Self {
+        Delayed {
+            inner,
+            delay,
+            given: Vec::new(),
+            held: VecDeque::new(),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl<R: Router> Router for Delayed<R> {
+    fn handle_command(&mut self, command: RouteCommand) {
+        self.given.push(command);
+    }
+
+    fn poll_event(&mut self, now: Instant) -> Option<RouteEvent> {
+        for command in self.given.drain(..) {
+            self.held.push_back((now + self.delay, command));
+        }
+        while let Some((at, _)) = self.held.front()
+            && *at <= now
+        {
+            if let Some((_, command)) = self.held.pop_front() {
+                self.inner.handle_command(command);
+            }
+        }
+        self.inner.poll_event(now)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let held = self.held.front().map(|(at, _)| *at);
+        [held, self.inner.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn waiting_count(&self) -> usize {
+        self.inner.waiting_count()
+    }
+
+    fn newcomers_waiting(&self) -> usize {
+        self.inner.newcomers_waiting()
+    }
+
+    fn waiting_from(&self, source: SourceTag) -> usize {
+        self.inner.waiting_from(source)
+    }
+
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
+        self.inner.waiting_per_topic()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(turn: u64, since: Instant) -> Request {
+        Request {
+            topic: None,
+            language: None,
+            since,
+            turn,
+            priority: false,
+            source: None,
+        }
+    }
+
+    fn offer(load: usize, capacity: usize) -> Offer {
+        Offer {
+            available: true,
+            load,
+            capacity,
+            topics: Vec::new(),
+            languages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_estimate_needs_two_pairings_and_promises_at_least_a_second() {
+        let t0 = Instant::now();
+        let mut e = WaitEstimate::default();
+        assert_eq!(e.for_position(3), None);
+        e.record_pairing(t0);
+        assert_eq!(e.for_position(3), None, "one pairing is no pace yet");
+        e.record_pairing(t0 + Duration::from_secs(60));
+        assert_eq!(e.for_position(3), Some(180));
+        e.record_pairing(t0 + Duration::from_secs(60));
+        // 0.3 × 0 s + 0.7 × 60 s = 42 s a place.
+        assert_eq!(e.for_position(1), Some(42));
+        let mut quick = WaitEstimate::default();
+        quick.record_pairing(t0);
+        quick.record_pairing(t0);
+        assert_eq!(quick.for_position(1), Some(1), "never 0 s");
+    }
+
+    fn drain(router: &mut impl Router, now: Instant) -> Vec<RouteEvent> {
+        std::iter::from_fn(|| router.poll_event(now)).collect()
+    }
+
+    #[test]
+    fn the_local_router_answers_on_the_next_poll_with_pairs_then_positions_then_counts() {
+        let now = Instant::now();
+        let mut router = LocalRouter::new(Duration::from_secs(120));
+        for n in 1..=2 {
+            let (client, request) = (ConnId(n), request(n, now));
+            router.handle_command(RouteCommand::Enqueue { client, request });
+        }
+        let (counsellor, offer) = (ConnId(10), offer(0, 1));
+        router.handle_command(RouteCommand::Offer { counsellor, offer });
+        assert_eq!(
+            drain(&mut router, now),
+            vec![
+                RouteEvent::Paired {
+                    client: ConnId(1),
+                    counsellor: ConnId(10)
+                },
+                RouteEvent::Queued {
+                    client: ConnId(2),
+                    position: 1,
+                    estimated_wait_secs: None,
+                    announce: true
+                },
+                RouteEvent::QueueStats {
+                    waiting: vec![(None, 1)]
+                },
+            ]
+        );
+        assert_eq!(drain(&mut router, now), vec![], "nothing changed since");
+        assert_eq!(router.waiting_count(), 1);
+    }
+
+    #[test]
+    fn a_delayed_router_answers_only_once_its_commands_come_due() {
+        let now = Instant::now();
+        let delay = Duration::from_millis(300);
+        let mut router = Delayed::new(LocalRouter::new(Duration::from_secs(120)), delay);
+        let (client, request) = (ConnId(1), request(1, now));
+        router.handle_command(RouteCommand::Enqueue { client, request });
+        assert_eq!(drain(&mut router, now), vec![]);
+        assert_eq!(router.waiting_count(), 0, "the view lags too");
+        assert_eq!(router.poll_timeout(), Some(now + delay));
+        let events = drain(&mut router, now + delay);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(router.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_topic_fallback_is_the_routers_timer() {
+        let now = Instant::now();
+        let fallback = Duration::from_secs(120);
+        let mut router = LocalRouter::new(fallback);
+        let mut wants_topic = request(1, now);
+        wants_topic.topic = TopicId::new(1);
+        let client = ConnId(1);
+        router.handle_command(RouteCommand::Enqueue {
+            client,
+            request: wants_topic,
+        });
+        let mut other_topic = offer(0, 1);
+        other_topic.topics = TopicId::new(2).into_iter().collect();
+        let counsellor = ConnId(10);
+        router.handle_command(RouteCommand::Offer {
+            counsellor,
+            offer: other_topic,
+        });
+        assert!(
+            !drain(&mut router, now)
+                .iter()
+                .any(|e| matches!(e, RouteEvent::Paired { .. }))
+        );
+        assert_eq!(router.poll_timeout(), Some(now + fallback));
+        assert_eq!(
+            drain(&mut router, now + fallback).first(),
+            Some(&RouteEvent::Paired { client, counsellor })
+        );
+        assert_eq!(router.poll_timeout(), None);
+    }
+}
