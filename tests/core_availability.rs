@@ -62,7 +62,8 @@ mod leaving {
             let (a, outs) = h.client();
             let ticket = ticket_of(&outs, a);
             let (b, _) = h.client();
-            h.drain();
+            // B's arrival reaches the counsellor within a second.
+            h.wait_for(Limits::QUEUE_STATS_INTERVAL);
             let outs = if finish_stream {
                 // The end of its stream: the relay closes the connection.
                 h.relay.handle_finish(h.now, a);

@@ -792,7 +792,9 @@ fn counsellors_see_queue_counts_per_topic_only() {
     let (c, _) = h.counsellor_with("Sam", 1, &[], &["en"]);
     h.client_for(Some(2), Some("nl"));
     h.client_for(Some(2), Some("nl"));
-    let (_, outs) = h.client_for(None, Some("nl"));
+    let (_, mut outs) = h.client_for(None, Some("nl"));
+    // Arrivals reach counsellors at most once a second.
+    outs.extend(h.wait_for(Limits::QUEUE_STATS_INTERVAL));
     let stats: Vec<_> = frames_to(&outs, c)
         .into_iter()
         .filter_map(|f| match f {
@@ -801,6 +803,45 @@ fn counsellors_see_queue_counts_per_topic_only() {
         })
         .collect();
     assert_eq!(stats, vec![vec![(None, 1), (Some(topic(2)), 2)]]);
+}
+
+/// PROTOCOL.md §7.3, "Queue feedback".
+#[test]
+fn arrivals_reach_counsellors_at_most_once_a_second_and_departures_at_once() {
+    let mut h = Harness::new(Limits::default());
+    // Sam speaks English only: the Dutch speakers below keep waiting.
+    let (sam, _) = h.counsellor_with("Sam", 1, &[], &["en"]);
+    let stats = |outs: &[Out]| -> Vec<Vec<(Option<TopicId>, u16)>> {
+        frames_to(outs, sam)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::QueueStats { waiting } => Some(waiting),
+                _ => None,
+            })
+            .collect()
+    };
+    h.wait(1);
+    let (first, outs) = h.client_for(None, Some("nl"));
+    assert_eq!(stats(&outs), vec![vec![(None, 1)]], "the first at once");
+    let (leaving, outs) = h.client_for(None, Some("nl"));
+    assert_eq!(stats(&outs), Vec::<Vec<_>>::new());
+    let (_, outs) = h.client_for(None, Some("nl"));
+    assert_eq!(stats(&outs), Vec::<Vec<_>>::new());
+    let outs = h.wait_for(Limits::QUEUE_STATS_INTERVAL);
+    assert_eq!(stats(&outs), vec![vec![(None, 3)]], "together, a second on");
+    let (_, outs) = h.client_for(None, Some("nl"));
+    assert_eq!(stats(&outs), Vec::<Vec<_>>::new());
+    h.relay.handle_finish(h.now, leaving);
+    let outs = h.drain();
+    assert_eq!(
+        stats(&outs),
+        Vec::<Vec<_>>::new(),
+        "3 wait, as Sam was told"
+    );
+    h.relay.handle_finish(h.now, first);
+    let outs = h.drain();
+    assert_eq!(stats(&outs), vec![vec![(None, 2)]], "fewer, at once");
+    assert_eq!(stats(&h.wait(5)), Vec::<Vec<_>>::new(), "nothing new");
 }
 
 #[test]

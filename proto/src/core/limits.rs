@@ -103,6 +103,10 @@ impl Limits {
     pub const DEFAULT_MAX_HELD_FRAMES: usize = MAX_UNACKED_FRAMES + MAX_ACK_LOG;
     /// A waiting client hears from the relay at least this often.
     pub const QUEUE_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
+    /// Counsellors hear QUEUE_STATS at most this often (PROTOCOL.md §7.3,
+    /// "Queue feedback"): on a busy evening every JOIN would otherwise
+    /// send a frame to every counsellor signed in.
+    pub const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 }
 
 impl Default for Limits {

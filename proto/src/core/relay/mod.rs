@@ -421,8 +421,12 @@ struct Indexes {
     unconfirmed_away: HashMap<CapHash, CapHash>,
     /// Places kept in `away_from_queue`, per source.
     away_per_source: HashMap<SourceTag, usize>,
-    /// The QUEUE_STATS counsellors were last told, all of them.
+    /// The QUEUE_STATS counsellors were last told, all of them, and when.
     queue_stats: Option<Vec<(Option<TopicId>, u16)>>,
+    queue_stats_sent: Option<Instant>,
+    /// Counts that came within [`Limits::QUEUE_STATS_INTERVAL`] of the
+    /// last QUEUE_STATS: sent when the interval is over.
+    queue_stats_held: Option<Vec<(Option<TopicId>, u16)>>,
     /// Every waiting client is due news (an estimate or heartbeat).
     tell_whole_queue: bool,
 }

@@ -242,7 +242,7 @@ impl Relay {
                     estimated_wait_secs,
                     announce,
                 } => self.on_queued(now, client, position, estimated_wait_secs, announce),
-                RouteEvent::QueueStats { waiting } => self.on_queue_stats(waiting),
+                RouteEvent::QueueStats { waiting } => self.on_queue_stats(now, waiting),
             }
         }
     }
@@ -322,14 +322,61 @@ impl Relay {
         }
     }
 
-    /// The counts per topic changed: every counsellor whose view differs
-    /// hears QUEUE_STATS.
-    pub(super) fn on_queue_stats(&mut self, waiting: Vec<(Option<TopicId>, usize)>) {
+    /// The counts per topic changed (PROTOCOL.md §7.3, "Queue feedback"):
+    /// counsellors hear QUEUE_STATS at once when a count went down (a
+    /// client left or was paired) or when they heard none in the last
+    /// [`Limits::QUEUE_STATS_INTERVAL`]; counts that only grew within it
+    /// wait until it is over, and go out as they are then.
+    pub(super) fn on_queue_stats(&mut self, now: Now, waiting: Vec<(Option<TopicId>, usize)>) {
         let stats = queue_stats(waiting);
+        let told = self.index.queue_stats.as_deref().unwrap_or_default();
+        let fell = told.iter().any(|(topic, before)| {
+            let after = stats
+                .iter()
+                .find(|(t, _)| t == topic)
+                .map_or(0, |(_, n)| *n);
+            after < *before
+        });
+        match self.queue_stats_due() {
+            Some(due) if now.mono < due && !fell => self.index.queue_stats_held = Some(stats),
+            _ => self.broadcast_queue_stats(now, stats),
+        }
+    }
+
+    /// When held QUEUE_STATS may go out, or when new counts could go out at
+    /// once (`None`: now).
+    fn queue_stats_due(&self) -> Option<Instant> {
+        let sent = self.index.queue_stats_sent?;
+        Some(sent + Limits::QUEUE_STATS_INTERVAL)
+    }
+
+    /// When held QUEUE_STATS are due, if any are held: a deadline.
+    pub(super) fn held_queue_stats_due(&self) -> Option<Instant> {
+        self.index
+            .queue_stats_held
+            .as_ref()
+            .and(self.queue_stats_due())
+    }
+
+    /// Sends held QUEUE_STATS whose interval is over.
+    pub(super) fn release_queue_stats(&mut self, now: Now) {
+        if self
+            .held_queue_stats_due()
+            .is_some_and(|due| due <= now.mono)
+            && let Some(stats) = self.index.queue_stats_held.take()
+        {
+            self.broadcast_queue_stats(now, stats);
+        }
+    }
+
+    /// Every counsellor whose view differs hears `stats`.
+    fn broadcast_queue_stats(&mut self, now: Now, stats: Vec<(Option<TopicId>, u16)>) {
+        self.index.queue_stats_held = None;
         if self.index.queue_stats.as_ref() == Some(&stats) {
             // Every counsellor heard these counts already.
             return;
         }
+        self.index.queue_stats_sent = Some(now.mono);
         self.index.queue_stats = Some(stats.clone());
         let mut ids: Vec<ConnId> = self.by_name.values().flatten().copied().collect();
         ids.sort();

@@ -164,6 +164,7 @@ impl Relay {
         for id in rent_due {
             self.charge_rent(now, id);
         }
+        self.release_queue_stats(now);
         self.end_event(now);
     }
 
@@ -175,6 +176,7 @@ impl Relay {
             self.index.away_from_queue.first(),
             self.pow.next_tick(),
             self.router.poll_timeout(),
+            self.held_queue_stats_due(),
         ]
         .into_iter()
         .flatten()
@@ -197,6 +199,7 @@ impl Relay {
             self.pow.next_tick(),
             resumes,
             self.router.poll_timeout(),
+            self.held_queue_stats_due(),
         ]
         .into_iter()
         .flatten()
