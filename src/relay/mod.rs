@@ -468,6 +468,8 @@ pub async fn start(
             max_capacity: usize::from(config.limits.max_capacity),
             forward_per_sec: core_limits.forward_frames_per_sec,
             forward_burst: core_limits.forward_frames_burst,
+            control_per_sec: core_limits.control_frames_per_sec,
+            control_burst: core_limits.control_frames_burst,
             observer: options.observer.clone(),
             handshakes: handshakes.clone(),
             metrics: metrics.clone(),
@@ -537,6 +539,10 @@ struct TaskSettings {
     /// The budget of FORWARD frames per chat, as the core's.
     forward_per_sec: u32,
     forward_burst: u32,
+    /// The budget of other frames per connection, as the core's: spent in
+    /// the connection's task, before a frame reaches the driver.
+    control_per_sec: u32,
+    control_burst: u32,
     observer: Option<FrameObserver>,
     /// Connections in their handshake or before their control stream.
     handshakes: Arc<AtomicUsize>,
@@ -828,6 +834,8 @@ struct Reader {
     settings: TaskSettings,
     events: mpsc::Sender<Event>,
     decoder: FrameDecoder,
+    /// The budget for frames other than FORWARD.
+    control: TokenBucket,
     routes: HashMap<ChatNumber, HeldRoute>,
     /// Barriers asked for and not yet passed.
     barriers: usize,
@@ -837,11 +845,13 @@ struct Reader {
 
 impl Reader {
     fn new(conn: ConnId, settings: TaskSettings, events: mpsc::Sender<Event>) -> Reader {
+        let (rate, burst) = (settings.control_per_sec, settings.control_burst);
         Reader {
             conn,
             settings,
             events,
             decoder: FrameDecoder::default(),
+            control: TokenBucket::new(rate, burst, std::time::Instant::now()),
             routes: HashMap::new(),
             barriers: 0,
             broken: false,
@@ -936,6 +946,21 @@ impl Reader {
             // Nothing for the driver: the permit comes straight back.
             permits.add_permits(1);
             return true;
+        }
+        // Frames other than FORWARD spend the connection's budget here,
+        // before the shared driver sees them (§8.1): meanwhile nothing is
+        // read, and QUIC holds the sender back.
+        let control = others
+            .iter()
+            .filter(|f| !matches!(f, Frame::Forward { .. }))
+            .count();
+        for _ in 0..control {
+            let now = std::time::Instant::now();
+            if !self.control.take(now, 1.0) {
+                let ready = self.control.ready_at(now, 1.0);
+                Box::pin(tokio::time::sleep_until(Instant::from_std(ready))).await;
+                self.control.take(std::time::Instant::now(), 1.0);
+            }
         }
         self.events
             .send(Event::Frames {
@@ -1304,6 +1329,10 @@ mod reader_tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with_control(1000, 1000)
+    }
+
+    fn fixture_with_control(control_per_sec: u32, control_burst: u32) -> Fixture {
         let (events, driver) = mpsc::channel(16);
         let (peer_tx, peer_queue) = mpsc::channel(16);
         let settings = TaskSettings {
@@ -1311,6 +1340,8 @@ mod reader_tests {
             max_capacity: 1,
             forward_per_sec: 1000,
             forward_burst: 1000,
+            control_per_sec,
+            control_burst,
             observer: None,
             handshakes: Arc::new(AtomicUsize::new(0)),
             metrics: Arc::new(metrics::Metrics::new(&[])),
@@ -1359,6 +1390,26 @@ mod reader_tests {
             }
             out
         }
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_control_budget_wait_in_the_connection_task() {
+        // One frame a second, none saved up beyond one.
+        let mut f = fixture_with_control(1, 1);
+        let end = |n| Frame::End {
+            chat: chat(n),
+            reason: EndReason::UserEnded,
+        };
+        assert!(f.reader.on_chunk(&bytes(&[end(1)]), &f.permits).await);
+        assert_eq!(f.sent_to_driver(), vec![end(1)], "within the budget");
+        let second = bytes(&[end(2)]);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(20),
+            f.reader.on_chunk(&second, &f.permits),
+        )
+        .await;
+        assert!(waited.is_err(), "the second waits for its budget");
+        assert_eq!(f.sent_to_driver(), vec![], "and the driver never saw it");
     }
 
     #[tokio::test]

@@ -1124,6 +1124,36 @@ pub struct FrameDecoder {
     buf: Vec<u8>,
 }
 
+/// Checks a frame header: a known type, within the size limit, with the
+/// body length its type has.
+fn check_header(kind: u8, len: u16) -> Result<(), FrameError> {
+    let len = usize::from(len);
+    let expected = body_len(kind).ok_or(FrameError::UnknownType(kind))?;
+    if len > MAX_BODY_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    if len != expected {
+        return Err(FrameError::WrongLength {
+            kind,
+            expected,
+            got: len,
+        });
+    }
+    Ok(())
+}
+
+/// The length of the whole frame at the start of `bytes`, if it is all
+/// there (`None`: only part of it is); an error if its header is bad.
+fn whole_frame_at(bytes: &[u8]) -> Result<Option<usize>, FrameError> {
+    let [kind, hi, lo, ..] = *bytes else {
+        return Ok(None);
+    };
+    let len = u16::from_be_bytes([hi, lo]);
+    check_header(kind, len)?;
+    let whole = HEADER_LEN + usize::from(len);
+    Ok((bytes.len() >= whole).then_some(whole))
+}
+
 impl FrameDecoder {
     /// Consumes bytes from `input`, appending each complete frame to `out`.
     /// Returns how many bytes were consumed (all of them unless an error
@@ -1131,7 +1161,17 @@ impl FrameDecoder {
     pub fn push(&mut self, input: &[u8], out: &mut Vec<Frame>) -> Result<usize, FrameError> {
         let mut used = 0;
         while used < input.len() {
-            // Fill the header first, then the exact body length it declares.
+            if self.buf.is_empty()
+                && let Some(len) = whole_frame_at(&input[used..])?
+            {
+                // A whole frame in the input: decoded where it lies.
+                let frame = &input[used..used + len];
+                out.push(Frame::decode_body(frame[0], &frame[HEADER_LEN..])?);
+                used += len;
+                continue;
+            }
+            // Part of a frame: fill the header first, then the exact body
+            // length it declares.
             let want = if self.buf.len() < HEADER_LEN {
                 HEADER_LEN
             } else {
@@ -1142,23 +1182,13 @@ impl FrameDecoder {
             self.buf.extend_from_slice(&input[used..used + take]);
             used += take;
             if self.buf.len() == HEADER_LEN {
-                let kind = self.buf[0];
-                let len = u16::from_be_bytes([self.buf[1], self.buf[2]]) as usize;
-                let expected = body_len(kind).ok_or(FrameError::UnknownType(kind))?;
-                if len > MAX_BODY_LEN {
-                    return Err(FrameError::TooLarge(len));
-                }
-                if len != expected {
-                    return Err(FrameError::WrongLength {
-                        kind,
-                        expected,
-                        got: len,
-                    });
-                }
+                check_header(self.buf[0], u16::from_be_bytes([self.buf[1], self.buf[2]]))?;
             }
             if self.buf.len() > HEADER_LEN && self.buf.len() == want {
                 let frame = Frame::decode_body(self.buf[0], &self.buf[HEADER_LEN..]);
-                self.buf.clear();
+                // An idle connection keeps no buffer (PROTOCOL.md §8: memory
+                // per connection is what limits how many can wait).
+                self.buf = Vec::new();
                 out.push(frame?);
             }
         }
@@ -1379,6 +1409,24 @@ mod tests {
             let _ = decoder.push(&bytes, &mut out);
             prop_assert!(decoder.buf.len() <= MAX_FRAME_LEN);
         }
+    }
+
+    #[test]
+    fn a_decoder_between_frames_holds_no_memory() {
+        let chat = ChatNumber::new(1).unwrap();
+        let bytes = Frame::Forward {
+            chat,
+            blob: Blob::new([7; BLOB_LEN]),
+        }
+        .encode();
+        let mut decoder = FrameDecoder::default();
+        let mut out = Vec::new();
+        decoder.push(&bytes, &mut out).unwrap();
+        assert_eq!(decoder.buf.capacity(), 0, "a whole frame is not copied");
+        decoder.push(&bytes[..500], &mut out).unwrap();
+        decoder.push(&bytes[500..], &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(decoder.buf.capacity(), 0, "a split one is let go");
     }
 
     #[test]
