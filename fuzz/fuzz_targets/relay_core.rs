@@ -1,5 +1,6 @@
 //! The relay core under arbitrary input: bytes from several connections,
-//! disconnects and time passing, in any order. It must never panic.
+//! disconnects and time passing, in any order, with a router that answers
+//! at once or late (the first byte says which). It must never panic.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use fluister::core::frame::EndReason;
 use fluister::core::{Departure, Now};
 use fluister::core::limits::{Limits, Service};
 use fluister::core::relay::{Credential, Relay};
+use fluister::core::router::{LocalRouter, Router};
+use fluister_proto::core::router::Delayed;
 use libfuzzer_sys::fuzz_target;
 use rand_core::SeedableRng;
 
@@ -23,9 +26,16 @@ fuzz_target!(|data: &[u8]| {
         pow_max_difficulty: 0,
         ..Limits::default()
     };
-    let mut relay = Relay::new(limits, Service::default(), Box::new(rng), start);
+    let Some((choice, mut rest)) = data.split_first() else {
+        return;
+    };
+    let local = LocalRouter::new(limits.topic_fallback);
+    let router: Box<dyn Router> = match choice % 2 {
+        0 => Box::new(local),
+        _ => Box::new(Delayed::new(local, Duration::from_millis(u64::from(*choice) * 10))),
+    };
+    let mut relay = Relay::with_router(limits, Service::default(), Box::new(rng), router, start);
     let mut conns = Vec::new();
-    let mut rest = data;
     while let [op, arg, tail @ ..] = rest {
         rest = tail;
         match op % 6 {

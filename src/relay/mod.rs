@@ -10,8 +10,10 @@
 //!   bounded outbound queue (behind its [`Outlet`]). It decodes what it
 //!   reads itself. A FORWARD in a chat the core has routed goes straight
 //!   into the peer's outlet, paced by the chat's budget first: one
-//!   hand-off, and the driver never sees it. Every other frame goes to the
-//!   driver as an [`Event`]. It reads only while it holds a read permit:
+//!   hand-off, and the driver never sees it. Every other frame spends the
+//!   connection's control budget in the task (waiting for it, unread,
+//!   while QUIC holds the sender back) and then goes to the driver as an
+//!   [`Event`]. It reads only while it holds a read permit:
 //!   the driver gives one back for each batch the core has taken, and
 //!   holds them while the core has paused the connection (over its
 //!   budget), so QUIC flow control slows the sender down. When the
