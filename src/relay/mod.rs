@@ -605,7 +605,7 @@ async fn accept_loop(
                 let Some(incoming) = incoming else { return };
                 let Some((incoming, source)) = admission.admit(incoming) else { continue };
                 tokio::spawn(connection_task(
-                    incoming,
+                    Box::new(incoming),
                     source,
                     events.clone(),
                     shutdown.clone(),
@@ -643,15 +643,36 @@ fn close(connection: &quinn::Connection, code: CloseCode) {
 }
 
 async fn connection_task(
-    incoming: quinn::Incoming,
+    incoming: Box<quinn::Incoming>,
     source: Option<SourceTag>,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
     settings: TaskSettings,
 ) {
+    // The connection is served by a task of its own: a task keeps the
+    // size of its largest state for its whole life, and what the
+    // handshake needed is gone once the connection is up.
+    let opened = Box::pin(open(*incoming, source, shutdown, &settings)).await;
+    if let Some((carrier, recv, send, peer)) = opened {
+        tokio::spawn(serve(carrier, recv, send, peer, events, settings));
+    }
+}
+
+/// The QUIC handshake and the control stream, with who is on the other end.
+async fn open(
+    incoming: quinn::Incoming,
+    source: Option<SourceTag>,
+    shutdown: watch::Receiver<bool>,
+    settings: &TaskSettings,
+) -> Option<(
+    Arc<carrier::Quic>,
+    quinn::RecvStream,
+    quinn::SendStream,
+    Peer,
+)> {
     if *shutdown.borrow() {
         incoming.refuse();
-        return;
+        return None;
     }
     let metrics = settings.metrics.clone();
     // Counted from the handshake until the control stream is up. A failed
@@ -665,13 +686,11 @@ async fn connection_task(
     }
     .await;
     settings.handshakes.fetch_sub(1, Ordering::Relaxed);
-    let Some((connection, stream)) = opened else {
-        return;
-    };
+    let (connection, stream) = opened?;
     let Ok(Ok((send, recv))) = stream else {
         close(&connection, CloseCode::Timeout);
         metrics.closed(CloseCode::Timeout);
-        return;
+        return None;
     };
     let (credential, serial) = match tls::counsellor_credential(&connection) {
         Some(c) => (
@@ -688,7 +707,14 @@ async fn connection_task(
         serial,
         source,
     };
-    serve(carrier, recv, send, peer, events, settings).await;
+    Some((carrier, recv, send, peer))
+}
+
+/// Hands an event to the driver; false if the driver is gone. Boxed: a
+/// channel send's future is about 400 bytes, and held in place it would
+/// sit in every idle connection's task.
+async fn to_driver(events: &mpsc::Sender<Event>, event: Event) -> bool {
+    Box::pin(events.send(event)).await.is_ok()
 }
 
 /// Who is on the other end of a connection, as far as the relay may know.
@@ -727,20 +753,19 @@ async fn serve(
     let control = Arc::new(Mailbox::default());
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
     let (reply_tx, reply_rx) = oneshot::channel();
-    let registered = events
-        .send(Event::Connected {
-            credential,
-            source,
-            serial,
-            outlet: outlet.clone(),
-            control: control.clone(),
-            permits: permits.clone(),
-            carrier: carrier.clone(),
-            reply: reply_tx,
-        })
-        .await;
+    let connected = Event::Connected {
+        credential,
+        source,
+        serial,
+        outlet: outlet.clone(),
+        control: control.clone(),
+        permits: permits.clone(),
+        carrier: carrier.clone(),
+        reply: reply_tx,
+    };
+    let registered = to_driver(&events, connected).await;
     let conn = match (registered, reply_rx.await) {
-        (Ok(()), Ok(Some(conn))) => conn,
+        (true, Ok(Some(conn))) => conn,
         _ => {
             carrier.close(CloseCode::Busy);
             metrics.closed(CloseCode::Busy);
@@ -805,17 +830,14 @@ async fn serve(
             }
             Ok(None) => {
                 // The peer leaves; the core acts on what it sent, then closes.
-                let _ = reader.events.send(Event::Finished { conn }).await;
+                to_driver(&reader.events, Event::Finished { conn }).await;
                 closed.await;
                 break Departure::Lost;
             }
             Err(departure) => break departure,
         }
     };
-    let _ = reader
-        .events
-        .send(Event::Disconnected { conn, departure })
-        .await;
+    to_driver(&reader.events, Event::Disconnected { conn, departure }).await;
     // Let the writer flush a close it was told to make; then it is done.
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE * 2, writer).await;
 }
@@ -883,7 +905,7 @@ impl Reader {
                     conn: self.conn,
                     chat,
                 };
-                if self.events.send(barrier).await.is_err() {
+                if !to_driver(&self.events, barrier).await {
                     return false;
                 }
                 self.barriers += 1;
@@ -919,11 +941,7 @@ impl Reader {
                     Ok(()) => {}
                     Err((frame, slow_peer)) => {
                         if let Some(peer) = slow_peer
-                            && self
-                                .events
-                                .send(Event::SlowConsumer { conn: peer })
-                                .await
-                                .is_err()
+                            && !to_driver(&self.events, Event::SlowConsumer { conn: peer }).await
                         {
                             return false;
                         }
@@ -964,14 +982,12 @@ impl Reader {
                 self.control.take(std::time::Instant::now(), 1.0);
             }
         }
-        self.events
-            .send(Event::Frames {
-                conn: self.conn,
-                frames: others,
-                invalid,
-            })
-            .await
-            .is_ok()
+        let frames = Event::Frames {
+            conn: self.conn,
+            frames: others,
+            invalid,
+        };
+        to_driver(&self.events, frames).await
     }
 
     /// Delivers a FORWARD straight into the peer's outlet if the chat is
