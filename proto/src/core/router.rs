@@ -24,6 +24,17 @@
 //!
 //! Keys are the core's [`ConnId`]s. A router shared between relays
 //! qualifies them with the relay they came from.
+//!
+//! What holds whatever the router's latency: no young person is paired
+//! twice (a pair takes the client out of the queue, and the core starts a
+//! chat only for a client it still has waiting); no counsellor goes over
+//! capacity (the core starts a chat only where it sees room, and answers a
+//! pair it refuses with the counsellor's real room); a refused client keeps
+//! its place (it re-enters at its old turn). What a router shared between
+//! relays needs and this seam does not carry yet: a chat whose two sides
+//! are on different relays (delivering FORWARD, END, PEER_AWAY and PEER_BACK
+//! through the router, keyed by the pairing id), and tickets and capability
+//! hashes held by the router, so that any relay can answer a RESUME.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
