@@ -18,7 +18,7 @@
 //! [`LocalRouter`] is the router of a single relay: the [`LocalQueue`],
 //! the wait estimate and the topic-fallback timer. It is deterministic and
 //! answers on the next poll, so the core's tests run on a virtual clock.
-//! [`Delayed`] (feature `test-support`) holds every command back for a
+//! `Delayed` (feature `test-support`) holds every command back for a
 //! while, the way a router shared between relays would, and shows that
 //! the core does not depend on an answer being immediate.
 //!
