@@ -64,7 +64,7 @@ use tokio::time::Instant;
 use crate::config::{ConfigError, RelayConfig};
 use crate::core::frame::{ChatNumber, Frame, FrameDecoder};
 use crate::core::ratelimit::{KeyedLimiter, SourceTag, TokenBucket};
-use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route};
+use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route, Stage};
 use crate::core::{CloseCode, Departure, Now};
 use crate::tls;
 use carrier::{BytesOut, Carrier, ChunksIn};
@@ -753,6 +753,7 @@ async fn serve(
     let control = Arc::new(Mailbox::default());
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
     let (reply_tx, reply_rx) = oneshot::channel();
+    let stage = Stage::new(&credential);
     let connected = Event::Connected {
         credential,
         source,
@@ -791,7 +792,7 @@ async fn serve(
         }
     });
 
-    let mut reader = Reader::new(conn, settings, events);
+    let mut reader = Reader::new(conn, stage, settings, events);
     let mut closed = carrier.closed();
     let departure = loop {
         // What the driver says comes first: a route granted or withdrawn
@@ -858,6 +859,9 @@ struct Reader {
     settings: TaskSettings,
     events: mpsc::Sender<Event>,
     decoder: FrameDecoder,
+    /// What the connection may send: a frame it could never send here
+    /// closes it without the driver acting on anything after it.
+    stage: Stage,
     /// The budget for frames other than FORWARD.
     control: TokenBucket,
     routes: HashMap<ChatNumber, HeldRoute>,
@@ -868,13 +872,19 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(conn: ConnId, settings: TaskSettings, events: mpsc::Sender<Event>) -> Reader {
+    fn new(
+        conn: ConnId,
+        stage: Stage,
+        settings: TaskSettings,
+        events: mpsc::Sender<Event>,
+    ) -> Reader {
         let (rate, burst) = (settings.control_per_sec, settings.control_burst);
         Reader {
             conn,
             settings,
             events,
             decoder: FrameDecoder::default(),
+            stage,
             control: TokenBucket::new(rate, burst, std::time::Instant::now()),
             routes: HashMap::new(),
             barriers: 0,
@@ -929,11 +939,20 @@ impl Reader {
             observe(Direction::In, bytes);
         }
         let mut frames = Vec::new();
-        let invalid = self
+        let mut invalid = self
             .decoder
             .push(bytes, &mut frames)
             .err()
             .map(|e| e.close_code());
+        // A frame the connection could never send closes it; nothing from
+        // there on is acted on.
+        for (i, frame) in frames.iter().enumerate() {
+            if let Err(code) = self.stage.check(frame) {
+                frames.truncate(i);
+                invalid = Some(code);
+                break;
+            }
+        }
         let mut others = Vec::new();
         for frame in frames {
             match frame {
@@ -1364,7 +1383,14 @@ mod reader_tests {
             handshakes: Arc::new(AtomicUsize::new(0)),
             metrics: Arc::new(metrics::Metrics::new(&[])),
         };
-        let reader = Reader::new(ConnId::for_tests(1), settings, events);
+        // A young person's connection that said HELLO.
+        let mut stage = Stage::new(&Credential::Anonymous);
+        let hello = Frame::Hello {
+            version: crate::core::frame::PROTOCOL_VERSION,
+            role: crate::core::frame::Role::Client,
+        };
+        assert_eq!(stage.check(&hello), Ok(()));
+        let reader = Reader::new(ConnId::for_tests(1), stage, settings, events);
         Fixture {
             reader,
             driver,
@@ -1408,6 +1434,34 @@ mod reader_tests {
             }
             out
         }
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_connection_could_never_send_stops_it_in_its_own_task() {
+        let mut f = fixture();
+        // A young person's connection cannot say what a counsellor can.
+        let status = Frame::Status {
+            available: true,
+            capacity: 1,
+            topics: Vec::new(),
+            languages: Vec::new(),
+        };
+        let chunk = bytes(&[forward(1, 1), status, forward(1, 2)]);
+        assert!(f.reader.on_chunk(&chunk, &f.permits).await);
+        match f.driver.try_recv() {
+            Ok(Event::Frames {
+                frames, invalid, ..
+            }) => {
+                assert_eq!(
+                    frames,
+                    vec![forward(1, 1)],
+                    "what came before it, not after"
+                );
+                assert_eq!(invalid, Some(CloseCode::UnexpectedFrame));
+            }
+            _ => panic!("the driver hears of it, to close the connection"),
+        }
+        assert!(f.reader.broken);
     }
 
     #[tokio::test]

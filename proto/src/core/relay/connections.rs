@@ -56,6 +56,7 @@ impl Relay {
         self.conns.insert(
             id,
             Conn {
+                stage: Stage::new(&credential),
                 credential,
                 source,
                 connected_at: now.mono,
@@ -273,7 +274,10 @@ impl Relay {
         conn: ConnId,
         frame: Frame,
     ) -> Result<(), CloseCode> {
-        let c = self.conns.get(&conn).ok_or(CloseCode::InternalError)?;
+        let c = self.conns.get_mut(&conn).ok_or(CloseCode::InternalError)?;
+        // What the connection could never send here is refused by the rules
+        // its own task checks too.
+        c.stage.check(&frame)?;
         let role = match &c.state {
             State::AwaitingHello { .. } => {
                 return match frame {
@@ -299,21 +303,8 @@ impl Relay {
             (Role::Counsellor, Frame::Resume { capability }) => {
                 self.handle_resume(now, conn, capability)
             }
+            // The reason was checked by the stage (§4.2).
             (_, Frame::End { chat, reason }) => {
-                let allowed = match role {
-                    Role::Client => {
-                        matches!(reason, EndReason::UserEnded | EndReason::SecurityFailure)
-                    }
-                    Role::Counsellor => {
-                        matches!(
-                            reason,
-                            EndReason::UserEnded | EndReason::SecurityFailure | EndReason::Blocked
-                        )
-                    }
-                };
-                if !allowed {
-                    return Err(CloseCode::UnexpectedFrame);
-                }
                 if !c.links.contains_key(&chat) {
                     return if c.is_ended_chat(chat) {
                         Ok(())

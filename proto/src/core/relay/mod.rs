@@ -50,12 +50,14 @@
 //! [`queue`] (JOIN, rent, the router's answers: pairs, QUEUED and
 //! QUEUE_STATS),
 //! [`chats`] (PAIRED, FORWARD, END, TRANSFER, offers and presence),
-//! [`resumption`] (detaching, RESUME, tickets) and [`timers`].
+//! [`resumption`] (detaching, RESUME, tickets), [`timers`], and [`stage`]
+//! (what a connection may send, which its own task checks too).
 
 mod chats;
 mod connections;
 mod queue;
 mod resumption;
+mod stage;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -76,6 +78,7 @@ use super::router::{LocalRouter, RouteCommand, RouteEvent, Router};
 use super::stats::{Gauges, Stats};
 use super::{CloseCode, Departure, Now};
 use sha2::{Digest, Sha256};
+pub use stage::Stage;
 use timers::Deadlines;
 
 /// An RNG fit for pairing ids: cryptographically strong, owned by the core.
@@ -283,6 +286,8 @@ enum Pending {
 }
 
 struct Conn {
+    /// What this connection may send, by who it is and whether it said HELLO.
+    stage: Stage,
     credential: Credential,
     /// The source tag the shell gave, when it tags sources.
     source: Option<SourceTag>,
