@@ -40,18 +40,18 @@
 //! it is dropped; the wait estimate is one running average.
 //!
 //! No step scans every connection: deadlines sit in a sorted index
-//! ([`timers`]) that each event updates for the connections it touched,
+//! (`timers.rs`) that each event updates for the connections it touched,
 //! tickets and capabilities are found through maps, and the queue reports
 //! only the positions that moved.
 //!
 //! This file holds the state (connections, chat sides, what is away, the
-//! indexes); the behaviour is split by job: [`connections`] (admission,
-//! decoding and pacing, dispatch, HELLO, closing, the end of each event),
-//! [`queue`] (JOIN, rent, the router's answers: pairs, QUEUED and
-//! QUEUE_STATS),
-//! [`chats`] (PAIRED, FORWARD, END, TRANSFER, offers and presence),
-//! [`resumption`] (detaching, RESUME, tickets), [`timers`], and [`stage`]
-//! (what a connection may send, which its own task checks too).
+//! indexes); the behaviour is split by job, one file each: `connections.rs`
+//! (admission, decoding and pacing, dispatch, HELLO, closing, the end of
+//! each event), `queue.rs` (JOIN, rent, the router's answers: pairs, QUEUED
+//! and QUEUE_STATS), `chats.rs` (PAIRED, FORWARD, END, TRANSFER, offers and
+//! presence), `resumption.rs` (detaching, RESUME, tickets), `timers.rs`, and
+//! `stage.rs` ([`Stage`]: what a connection may send, which its own task
+//! checks too).
 
 mod chats;
 mod connections;
