@@ -6,8 +6,8 @@
 //! folder and checks every value; every error names the key and the line
 //! (or the variable) it came from. [`RelayConfig::from_env`] is the embedded
 //! default (loopback, a generated certificate, no counsellor sign-in) with
-//! the same overrides. [`RelayConfig::check_files`] also opens the files the
-//! config names, for `fluister relay --check-config`. The shell turns the
+//! the same overrides. [`crate::relay::server_files::load`] opens the files
+//! the config names, also for `fluister relay --check-config`. The shell turns the
 //! result into core [`Limits`] and QUIC transport settings.
 
 use std::net::SocketAddr;

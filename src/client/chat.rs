@@ -1,6 +1,6 @@
 //! What both chat roles share: the events a user sees ([`ChatEvent`], the
 //! versioned list in `proto/EVENTS.md`), the welcome exchange, and one
-//! end-to-end conversation ([`Conversation`]): sealing, pacing, resending
+//! end-to-end conversation (`Conversation`): sealing, pacing, resending
 //! and delivery bookkeeping.
 //!
 //! The roles themselves are [`super::anonymous::run_client`] and

@@ -5,15 +5,15 @@
 //!   **connection task** each;
 //! - a connection task completes the handshake, reads the counsellor
 //!   credential (if any) from TLS, accepts the one control stream, and from
-//!   there on works on any transport through [`carrier`]'s traits
+//!   there on works on any transport through `carrier`'s traits
 //!   (`serve`): it registers with the driver, and runs a writer that drains the connection's
-//!   bounded outbound queue (behind its [`Outlet`]). It decodes what it
+//!   bounded outbound queue (behind its `Outlet`). It decodes what it
 //!   reads itself. A FORWARD in a chat the core has routed goes straight
 //!   into the peer's outlet, paced by the chat's budget first: one
 //!   hand-off, and the driver never sees it. Every other frame spends the
 //!   connection's control budget in the task (waiting for it, unread,
 //!   while QUIC holds the sender back) and then goes to the driver as an
-//!   [`Event`]. It reads only while it holds a read permit:
+//!   `Event`. It reads only while it holds a read permit:
 //!   the driver gives one back for each batch the core has taken, and
 //!   holds them while the core has paused the connection (over its
 //!   budget), so QUIC flow control slows the sender down. When the
@@ -23,9 +23,9 @@
 //!   outputs to the outlets, passes the core's routes on to the connection
 //!   tasks, and wakes for the core's timers. A connection whose queue is
 //!   full is closed as a slow consumer; nobody else waits for it. After
-//!   every step it adds the core's counts to the [`metrics`];
-//! - the **admin listener** ([`admin`]) serves metrics and health checks;
-//! - the **reloader** ([`reload`]) rereads the TLS files and the revocation
+//!   every step it adds the core's counts to the `metrics`;
+//! - the **admin listener** (`admin`) serves metrics and health checks;
+//! - the **reloader** (`reload`) rereads the TLS files and the revocation
 //!   list on SIGHUP and when they change: new connections get the new
 //!   certificate, and counsellors whose credential was revoked are cut off.
 //!
