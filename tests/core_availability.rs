@@ -32,16 +32,6 @@ fn ticket_of(outs: &[Out], conn: ConnId) -> fluister::core::frame::ResumeCapabil
         .expect("a JOINED")
 }
 
-fn queue_stats_to(outs: &[Out], conn: ConnId) -> Vec<Vec<(Option<TopicId>, u16)>> {
-    frames_to(outs, conn)
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::QueueStats { waiting } => Some(waiting),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A counsellor that is signed in and away: clients stay in the queue.
 fn away_counsellor(h: &mut Harness) -> ConnId {
     let c = h.connect(Credential::Counsellor {

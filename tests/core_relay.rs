@@ -795,14 +795,10 @@ fn counsellors_see_queue_counts_per_topic_only() {
     let (_, mut outs) = h.client_for(None, Some("nl"));
     // Arrivals reach counsellors at most once a second.
     outs.extend(h.wait_for(Limits::QUEUE_STATS_INTERVAL));
-    let stats: Vec<_> = frames_to(&outs, c)
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::QueueStats { waiting } => Some(waiting),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(stats, vec![vec![(None, 1), (Some(topic(2)), 2)]]);
+    assert_eq!(
+        queue_stats_to(&outs, c),
+        vec![vec![(None, 1), (Some(topic(2)), 2)]]
+    );
 }
 
 /// PROTOCOL.md §7.3, "Queue feedback".
@@ -811,15 +807,7 @@ fn arrivals_reach_counsellors_at_most_once_a_second_and_departures_at_once() {
     let mut h = Harness::new(Limits::default());
     // Sam speaks English only: the Dutch speakers below keep waiting.
     let (sam, _) = h.counsellor_with("Sam", 1, &[], &["en"]);
-    let stats = |outs: &[Out]| -> Vec<Vec<(Option<TopicId>, u16)>> {
-        frames_to(outs, sam)
-            .into_iter()
-            .filter_map(|f| match f {
-                Frame::QueueStats { waiting } => Some(waiting),
-                _ => None,
-            })
-            .collect()
-    };
+    let stats = |outs: &[Out]| queue_stats_to(outs, sam);
     h.wait(1);
     let (first, outs) = h.client_for(None, Some("nl"));
     assert_eq!(stats(&outs), vec![vec![(None, 1)]], "the first at once");

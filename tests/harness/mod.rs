@@ -76,6 +76,17 @@ pub fn without_presence(frames: Vec<Frame>) -> Vec<Frame> {
         .collect()
 }
 
+/// The counts of each QUEUE_STATS sent to `conn`.
+pub fn queue_stats_to(outs: &[Out], conn: ConnId) -> Vec<Vec<(Option<TopicId>, u16)>> {
+    frames_to(outs, conn)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::QueueStats { waiting } => Some(waiting),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn positions(outs: &[Out]) -> Vec<(ConnId, u32)> {
     outs.iter()
         .filter_map(|o| match o {

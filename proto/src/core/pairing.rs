@@ -112,8 +112,22 @@ pub struct Moved {
     pub request: Request,
 }
 
-/// Pairing and routing decisions, behind one seam.
-pub trait PairingBackend {
+/// How many clients wait, as far as the one asked knows: the queue itself,
+/// or a router whose view may lag behind the commands it was given.
+pub trait QueueView {
+    /// How many clients wait.
+    fn waiting_count(&self) -> usize;
+    /// How many of them are newcomers (not handed back by a counsellor):
+    /// what the queue's limit and fullness count.
+    fn newcomers_waiting(&self) -> usize;
+    /// How many came from `source`.
+    fn waiting_from(&self, source: SourceTag) -> usize;
+    /// How many wait per topic (`None`: no topic), in topic order.
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)>;
+}
+
+/// The queue's pairing decisions, behind the in-process router.
+pub trait PairingBackend: QueueView {
     /// Puts a client in the queue.
     fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull>;
     /// Puts a client that came back on a new connection back at the place
@@ -131,15 +145,6 @@ pub trait PairingBackend {
     /// Waiting clients in queue order, first = position 1 (a copy: for
     /// metrics, not for every event).
     fn waiting(&self) -> Vec<(ConnId, Request)>;
-    /// How many clients wait.
-    fn waiting_count(&self) -> usize;
-    /// Waiting clients per topic (`None`: no topic), in topic order.
-    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)>;
-    /// How many waiting clients are newcomers (not handed back by a
-    /// counsellor): what the queue's fullness counts.
-    fn newcomers_waiting(&self) -> usize;
-    /// How many waiting clients came from `source`.
-    fn waiting_from(&self, source: SourceTag) -> usize;
     /// A count that grows with every change to who waits: while it stays
     /// the same, so do the counts per topic.
     fn changes(&self) -> u64;
@@ -295,6 +300,24 @@ fn decrement(count: Option<&mut usize>) -> bool {
     }
 }
 
+impl QueueView for LocalQueue {
+    fn waiting_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
+        self.per_topic.iter().map(|(t, n)| (*t, *n)).collect()
+    }
+
+    fn newcomers_waiting(&self) -> usize {
+        self.newcomers
+    }
+
+    fn waiting_from(&self, source: SourceTag) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
+    }
+}
+
 impl PairingBackend for LocalQueue {
     fn enqueue(&mut self, client: ConnId, request: Request) -> Result<(), QueueFull> {
         if !request.priority && self.newcomers >= self.max_queue {
@@ -415,22 +438,6 @@ impl PairingBackend for LocalQueue {
 
     fn waiting(&self) -> Vec<(ConnId, Request)> {
         self.clients.values().copied().collect()
-    }
-
-    fn waiting_count(&self) -> usize {
-        self.clients.len()
-    }
-
-    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
-        self.per_topic.iter().map(|(t, n)| (*t, *n)).collect()
-    }
-
-    fn newcomers_waiting(&self) -> usize {
-        self.newcomers
-    }
-
-    fn waiting_from(&self, source: SourceTag) -> usize {
-        self.per_source.get(&source).copied().unwrap_or(0)
     }
 
     fn changes(&self) -> u64 {

@@ -40,8 +40,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::frame::TopicId;
-use super::pairing::{ConnId, LocalQueue, Offer, PairingBackend, Request};
-use super::ratelimit::SourceTag;
+use super::pairing::{ConnId, LocalQueue, Offer, PairingBackend, QueueView, Request};
 
 /// What the core tells the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,15 +91,9 @@ pub trait Router: Send {
     /// When the router next has events without a new command (a topic
     /// fallback begins, a held command comes due).
     fn poll_timeout(&self) -> Option<Instant>;
-    /// The router's view of how many clients wait.
-    fn waiting_count(&self) -> usize;
-    /// ... of how many of them are newcomers (not handed back by a
-    /// counsellor): what the queue's limit and fullness count.
-    fn newcomers_waiting(&self) -> usize;
-    /// ... of how many came from `source`.
-    fn waiting_from(&self, source: SourceTag) -> usize;
-    /// ... of how many wait per topic, in topic order.
-    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)>;
+    /// What the core must know at once to admit a JOIN: how many wait,
+    /// as far as the router knows (it may lag behind its commands).
+    fn view(&self) -> &dyn QueueView;
 }
 
 /// Estimates waits from the recent pace of pairings: a running average of
@@ -234,20 +227,8 @@ impl<P: PairingBackend + Send> Router for LocalRouter<P> {
         self.queue.next_fallback(self.topic_fallback)
     }
 
-    fn waiting_count(&self) -> usize {
-        self.queue.waiting_count()
-    }
-
-    fn newcomers_waiting(&self) -> usize {
-        self.queue.newcomers_waiting()
-    }
-
-    fn waiting_from(&self, source: SourceTag) -> usize {
-        self.queue.waiting_from(source)
-    }
-
-    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
-        self.queue.waiting_per_topic()
+    fn view(&self) -> &dyn QueueView {
+        &self.queue
     }
 }
 
@@ -303,20 +284,8 @@ impl<R: Router> Router for Delayed<R> {
             .min()
     }
 
-    fn waiting_count(&self) -> usize {
-        self.inner.waiting_count()
-    }
-
-    fn newcomers_waiting(&self) -> usize {
-        self.inner.newcomers_waiting()
-    }
-
-    fn waiting_from(&self, source: SourceTag) -> usize {
-        self.inner.waiting_from(source)
-    }
-
-    fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
-        self.inner.waiting_per_topic()
+    fn view(&self) -> &dyn QueueView {
+        self.inner.view()
     }
 }
 
@@ -396,7 +365,7 @@ mod tests {
             ]
         );
         assert_eq!(drain(&mut router, now), vec![], "nothing changed since");
-        assert_eq!(router.waiting_count(), 1);
+        assert_eq!(router.view().waiting_count(), 1);
     }
 
     #[test]
@@ -407,7 +376,7 @@ mod tests {
         let (client, request) = (ConnId(1), request(1, now));
         router.handle_command(RouteCommand::Enqueue { client, request });
         assert_eq!(drain(&mut router, now), vec![]);
-        assert_eq!(router.waiting_count(), 0, "the view lags too");
+        assert_eq!(router.view().waiting_count(), 0, "the view lags too");
         assert_eq!(router.poll_timeout(), Some(now + delay));
         let events = drain(&mut router, now + delay);
         assert_eq!(events.len(), 2, "{events:?}");

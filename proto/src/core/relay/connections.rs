@@ -526,7 +526,8 @@ impl Relay {
     }
 
     /// The connection left on purpose: its chats end with `reason`, and a
-    /// waiting client's place and ticket are gone (the caller forgets it).
+    /// waiting client's place and ticket are gone (the caller forgets it,
+    /// which takes it out of the router's queue).
     pub(super) fn leave(&mut self, conn: ConnId, reason: EndReason) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -536,8 +537,6 @@ impl Relay {
         for chat in chats {
             self.end_chat(conn, chat, reason);
         }
-        self.router
-            .handle_command(RouteCommand::Withdraw { client: conn });
     }
 
     pub(super) fn close(&mut self, conn: ConnId, code: CloseCode, flush: bool) {

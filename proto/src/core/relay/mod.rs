@@ -486,7 +486,7 @@ impl Relay {
 
     /// Number of open connections and waiting clients, for tests and metrics.
     pub fn counts(&self) -> (usize, usize) {
-        (self.conns.len(), self.router.waiting_count())
+        (self.conns.len(), self.router.view().waiting_count())
     }
 
     /// What was counted since the last call; counting starts afresh.
@@ -527,7 +527,7 @@ impl Relay {
             .values()
             .filter(|d| d.role == Role::Counsellor)
             .count();
-        g.waiting.extend(self.router.waiting_per_topic());
+        g.waiting.extend(self.router.view().waiting_per_topic());
         g
     }
 }

@@ -34,7 +34,7 @@ impl Relay {
 
     /// Waiting newcomers as a share of `max_queue` (0 to 1).
     pub(super) fn queue_fill(&self) -> f64 {
-        let waiting = self.router.newcomers_waiting();
+        let waiting = self.router.view().newcomers_waiting();
         (waiting as f64 / self.limits.max_queue.max(1) as f64).min(1.0)
     }
 
@@ -97,7 +97,7 @@ impl Relay {
         let places = self.limits.per_source_places;
         let over_source_limit =
             places > 0 && source.is_some_and(|tag| self.places_held_by(tag) >= places);
-        let queue_full = self.router.newcomers_waiting() >= self.limits.max_queue;
+        let queue_full = self.router.view().newcomers_waiting() >= self.limits.max_queue;
         if over_source_limit || queue_full || !self.admissions.take(now.mono, 1.0) {
             self.send(
                 conn,
@@ -126,7 +126,7 @@ impl Relay {
     /// away, in this epoch of the shell's source key.
     pub(super) fn places_held_by(&self, source: SourceTag) -> usize {
         let away = self.index.away_per_source.get(&source).copied();
-        self.router.waiting_from(source) + away.unwrap_or(0)
+        self.router.view().waiting_from(source) + away.unwrap_or(0)
     }
 
     /// A waiting client's rent is due: while the queue is more than half
@@ -388,7 +388,7 @@ impl Relay {
     /// Tells a counsellor who just signed in how many wait, as far as the
     /// router knows now.
     pub(super) fn tell_queue_stats(&mut self, counsellor: ConnId) {
-        let stats = queue_stats(self.router.waiting_per_topic());
+        let stats = queue_stats(self.router.view().waiting_per_topic());
         if self.index.queue_stats.as_ref() != Some(&stats) {
             // This counsellor hears counts the others have not.
             self.index.queue_stats = None;
