@@ -710,6 +710,18 @@ async fn open(
     Some((carrier, recv, send, peer))
 }
 
+/// Takes one frame's worth from `budget`, waiting until it has it.
+async fn spend_one(budget: &mut TokenBucket) {
+    let now = std::time::Instant::now();
+    if !budget.take(now, 1.0) {
+        let ready = budget.ready_at(now, 1.0);
+        // Boxed: a timer in every idle connection's task would cost memory
+        // for a wait that is rare.
+        Box::pin(tokio::time::sleep_until(Instant::from_std(ready))).await;
+        budget.take(std::time::Instant::now(), 1.0);
+    }
+}
+
 /// Hands an event to the driver; false if the driver is gone. Boxed: a
 /// channel send's future is about 400 bytes, and held in place it would
 /// sit in every idle connection's task.
@@ -994,12 +1006,7 @@ impl Reader {
             .filter(|f| !matches!(f, Frame::Forward { .. }))
             .count();
         for _ in 0..control {
-            let now = std::time::Instant::now();
-            if !self.control.take(now, 1.0) {
-                let ready = self.control.ready_at(now, 1.0);
-                Box::pin(tokio::time::sleep_until(Instant::from_std(ready))).await;
-                self.control.take(std::time::Instant::now(), 1.0);
-            }
+            spend_one(&mut self.control).await;
         }
         let frames = Event::Frames {
             conn: self.conn,
@@ -1024,14 +1031,7 @@ impl Reader {
             self.routes.remove(&chat);
             return Err((Frame::Forward { chat, blob }, None));
         };
-        let now = std::time::Instant::now();
-        if !route.budget.take(now, 1.0) {
-            let ready = route.budget.ready_at(now, 1.0);
-            // Boxed: a timer in every idle connection's task would cost
-            // memory for a wait that is rare.
-            Box::pin(tokio::time::sleep_until(Instant::from_std(ready))).await;
-            route.budget.take(std::time::Instant::now(), 1.0);
-        }
+        spend_one(&mut route.budget).await;
         let mut frame = Frame::Forward {
             chat: route.to.chat,
             blob,
