@@ -401,7 +401,7 @@ impl Presence {
 }
 
 /// The relay-assigned pairing id bound into the Noise prologue (PROTOCOL.md §6.1).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PairingId(pub [u8; 16]);
 
 impl std::fmt::Debug for PairingId {

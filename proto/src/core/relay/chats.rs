@@ -13,16 +13,12 @@ impl Relay {
         chat: ChatNumber,
         blob: Blob,
     ) -> Result<(), CloseCode> {
-        let link = self
-            .conns
-            .get_mut(&conn)
-            .and_then(|c| c.links.get_mut(&chat))
-            .map(|link| {
-                // The client has its PAIRED and started the handshake: the
-                // ticket no longer leads here, and the pairing stands.
-                link.handshake_due = None;
-                (link.peer, link.unconfirmed.take())
-            });
+        let link = self.link_mut(conn, chat).map(|link| {
+            // The client has its PAIRED and started the handshake: the
+            // ticket no longer leads here, and the pairing stands.
+            link.handshake_due = None;
+            (link.peer, link.unconfirmed.take())
+        });
         if let Some((_, Some(u))) = link {
             self.index.unconfirmed_live.remove(&u.ticket);
         }
@@ -50,6 +46,7 @@ impl Relay {
                 },
             ),
             Peer::Away(h) => self.hold(conn, chat, h, blob),
+            Peer::Remote(r) => self.deliver(r.key, PeerMessage::Forward(blob)),
         }
         // The first FORWARD of a client confirms the pairing: from now on
         // the shell may send this side's frames straight on.
@@ -101,15 +98,19 @@ impl Relay {
         else {
             return;
         };
-        let Peer::Live { conn: client, .. } = link.peer else {
-            self.send(
-                conn,
-                &Frame::TransferRefused {
-                    chat,
-                    reason: Refusal::ClientAway,
-                },
-            );
-            return;
+        let client = match link.peer {
+            Peer::Live { conn: client, .. } => Some(client),
+            Peer::Remote(r) if !r.away => None,
+            _ => {
+                self.send(
+                    conn,
+                    &Frame::TransferRefused {
+                        chat,
+                        reason: Refusal::ClientAway,
+                    },
+                );
+                return;
+            }
         };
         let colleague = match &target {
             TransferTarget::Queue => None,
@@ -122,6 +123,24 @@ impl Relay {
             },
         };
         self.stats.transfers += 1;
+        match (client, link.peer) {
+            (None, Peer::Remote(r)) => self.transfer_remote(now, conn, chat, r, colleague),
+            (Some(client), _) => self.transfer_local(now, conn, chat, client, colleague),
+            _ => {}
+        }
+        self.pump_router(now);
+    }
+
+    /// A transfer of a young person on this relay: to a colleague here, or
+    /// back to the queue.
+    fn transfer_local(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        chat: ChatNumber,
+        client: ConnId,
+        colleague: Option<ConnId>,
+    ) {
         self.end_chat(conn, chat, EndReason::Transferred);
         // The counsellor hears END(TRANSFERRED) as confirmation, too.
         self.send(
@@ -138,30 +157,35 @@ impl Relay {
                 }
                 self.start_chat(now, client, colleague);
             }
-            None => {
-                // Back in the queue with what the young person chose.
-                let (topic, language) = self
-                    .conns
-                    .get(&client)
-                    .map(|c| c.choice)
-                    .unwrap_or_default();
-                let source = self.conns.get(&client).and_then(|c| c.source);
-                let request = Request {
-                    topic,
-                    language,
-                    since: now.mono,
-                    turn: self.next_turn(),
-                    priority: true,
-                    source,
-                };
-                // Not counted against the queue's limit: it always fits.
-                self.router
-                    .handle_command(RouteCommand::Enqueue { client, request });
-                self.issue_ticket(client);
-                self.set_waiting(now, client, request);
-            }
+            None => self.back_to_queue(now, client, None),
         }
-        self.pump_router(now);
+    }
+
+    /// A young person's chat moved away from it (TRANSFER to the queue, or
+    /// a pairing refused by the counsellor's relay): it goes back to the
+    /// queue, at `place` if it had one, else with priority and what it
+    /// chose. It hears JOINED if it never had a ticket, then QUEUED.
+    pub(super) fn back_to_queue(&mut self, now: Now, client: ConnId, place: Option<Request>) {
+        let Some(c) = self.conns.get(&client) else {
+            return;
+        };
+        let ((topic, language), source) = (c.choice, c.source);
+        let request = match place {
+            Some(request) => request,
+            None => Request {
+                topic,
+                language,
+                since: now.mono,
+                turn: self.next_turn(),
+                priority: true,
+                source,
+            },
+        };
+        // Not counted against the queue's limit: it always fits.
+        self.router
+            .handle_command(RouteCommand::Enqueue { client, request });
+        self.issue_ticket(client);
+        self.set_waiting(now, client, request);
     }
 
     /// A signed-in colleague named `name` with room, or why not.
@@ -209,28 +233,10 @@ impl Relay {
             conn: client,
             chat: client_chat,
         };
-        let Some(c) = self.conns.get(&client) else {
+        let Some((unconfirmed, (topic, language))) = self.unconfirmed_side(now, client, pairing_id)
+        else {
             return;
         };
-        let (topic, language) = c.choice;
-        let ticket = c.ticket;
-        // The place it had, should the pairing be undone.
-        let request = match &c.state {
-            State::Client(ClientStage::Waiting(w)) => w.request,
-            _ => Request {
-                topic,
-                language,
-                since: now.mono,
-                turn: 0,
-                priority: true,
-                source: c.source,
-            },
-        };
-        let unconfirmed = ticket.map(|ticket| Unconfirmed {
-            ticket,
-            pairing_id,
-            request,
-        });
         let client_link = self.new_link(now, to_counsellor, cap_hash(&client_cap), unconfirmed);
         self.link(
             client,
@@ -242,15 +248,7 @@ impl Relay {
         );
         let counsellor_link = self.new_link(now, to_client, cap_hash(&counsellor_cap), None);
         self.link(counsellor, counsellor_chat, counsellor_link);
-        if let Some(c) = self.conns.get_mut(&client) {
-            if let State::Client(ClientStage::Waiting(w)) = &c.state {
-                self.stats
-                    .waits
-                    .push(now.mono.saturating_duration_since(w.since));
-            }
-            c.state = State::Client(ClientStage::InChat);
-        }
-        self.stats.pairings += 1;
+        self.client_paired(now, client);
         self.refresh_offer(counsellor);
         self.send(
             client,
@@ -278,17 +276,56 @@ impl Relay {
         self.reroute(client, client_chat);
     }
 
+    /// What a client's side of a new chat keeps until the client is heard
+    /// from in it (its ticket, the pairing id, the place it had should the
+    /// pairing be undone), and the client's topic and language.
+    pub(super) fn unconfirmed_side(
+        &self,
+        now: Now,
+        client: ConnId,
+        pairing_id: PairingId,
+    ) -> Option<(Option<Unconfirmed>, Choice)> {
+        let c = self.conns.get(&client)?;
+        let (topic, language) = c.choice;
+        let request = match &c.state {
+            State::Client(ClientStage::Waiting(w)) => w.request,
+            _ => Request {
+                topic,
+                language,
+                since: now.mono,
+                turn: 0,
+                priority: true,
+                source: c.source,
+            },
+        };
+        let unconfirmed = c.ticket.map(|ticket| Unconfirmed {
+            ticket,
+            pairing_id,
+            request,
+        });
+        Some((unconfirmed, c.choice))
+    }
+
+    /// A client's pairing is made: its wait is counted, and it is in a chat.
+    pub(super) fn client_paired(&mut self, now: Now, client: ConnId) {
+        if let Some(c) = self.conns.get_mut(&client) {
+            if let State::Client(ClientStage::Waiting(w)) = &c.state {
+                self.stats
+                    .waits
+                    .push(now.mono.saturating_duration_since(w.since));
+            }
+            c.state = State::Client(ClientStage::InChat);
+        }
+        self.stats.pairings += 1;
+    }
+
     /// Tells the shell where `conn`'s side of `chat` forwards now, if that
     /// changed: straight to a live peer once the pairing stands, else
     /// through the core. Call it to grant only where every frame the core
     /// owes the peer in this chat has been sent; withdrawing is safe at any
     /// time.
     pub(super) fn reroute(&mut self, conn: ConnId, chat: ChatNumber) {
-        let Some(link) = self
-            .conns
-            .get_mut(&conn)
-            .and_then(|c| c.links.get_mut(&chat))
-        else {
+        let Some(link) = self.link_mut(conn, chat) else {
             return;
         };
         let to = match link.peer {
@@ -408,6 +445,11 @@ impl Relay {
         }
     }
 
+    /// `conn`'s side of `chat`, if it is live.
+    pub(super) fn link_mut(&mut self, conn: ConnId, chat: ChatNumber) -> Option<&mut Link> {
+        self.conns.get_mut(&conn)?.links.get_mut(&chat)
+    }
+
     pub(super) fn issue_chat(&mut self, conn: ConnId) -> Option<ChatNumber> {
         let c = self.conns.get_mut(&conn)?;
         let chat = ChatNumber::new(c.next_chat)?;
@@ -419,20 +461,25 @@ impl Relay {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if let Some(old) = c.links.remove(&chat) {
+            Self::unindex_link(&mut self.index, conn, chat, &old);
+        }
         self.index.capabilities.insert(link.mine, (conn, chat));
         if let Some(u) = link.unconfirmed {
             self.index.unconfirmed_live.insert(u.ticket, (conn, chat));
         }
-        if let Some(old) = c.links.insert(chat, link) {
-            Self::unindex_link(&mut self.index, &old);
+        if let Peer::Remote(r) = link.peer {
+            let place = Place::Live(conn, chat);
+            self.index.remote_sides.insert(r.key.other(), place);
         }
+        c.links.insert(chat, link);
         self.index.touched.push(conn);
     }
 
     /// Takes one chat side off its connection, and out of the indexes.
     pub(super) fn unlink(&mut self, conn: ConnId, chat: ChatNumber) -> Option<Link> {
         let link = self.conns.get_mut(&conn)?.links.remove(&chat)?;
-        Self::unindex_link(&mut self.index, &link);
+        Self::unindex_link(&mut self.index, conn, chat, &link);
         self.index.touched.push(conn);
         if link.route.is_some() {
             self.out.push_back(Output::Route {
@@ -444,10 +491,16 @@ impl Relay {
         Some(link)
     }
 
-    pub(super) fn unindex_link(index: &mut Indexes, link: &Link) {
+    pub(super) fn unindex_link(index: &mut Indexes, conn: ConnId, chat: ChatNumber, link: &Link) {
         index.capabilities.remove(&link.mine);
         if let Some(u) = link.unconfirmed {
             index.unconfirmed_live.remove(&u.ticket);
+        }
+        if let Peer::Remote(r) = link.peer {
+            let key = r.key.other();
+            if index.remote_sides.get(&key) == Some(&Place::Live(conn, chat)) {
+                index.remote_sides.remove(&key);
+            }
         }
     }
 
@@ -455,11 +508,7 @@ impl Relay {
     pub(super) fn repoint(&mut self, peer: Peer, to: Peer) {
         match peer {
             Peer::Live { conn, chat } => {
-                if let Some(link) = self
-                    .conns
-                    .get_mut(&conn)
-                    .and_then(|c| c.links.get_mut(&chat))
-                {
+                if let Some(link) = self.link_mut(conn, chat) {
                     link.peer = to;
                 }
                 // Away: withdrawn now. Back: granted once the core has sent
@@ -473,6 +522,9 @@ impl Relay {
                     d.peer = to;
                 }
             }
+            // Its relay hears PEER_AWAY and PEER_BACK from this side
+            // (detach_link, after_resume); its key stays the same.
+            Peer::Remote(_) => {}
         }
     }
 
@@ -532,6 +584,7 @@ impl Relay {
             Peer::Away(h) => {
                 self.remove_detached(&h);
             }
+            Peer::Remote(r) => self.deliver(r.key, PeerMessage::End(reason)),
         }
     }
 

@@ -203,6 +203,16 @@ impl Relay {
     /// New connections are refused from now on.
     pub fn handle_shutdown(&mut self, _now: Now) {
         self.shutting_down = true;
+        // Sides on other relays are not shutting down: for them the peer
+        // is gone.
+        let mut remote: Vec<SideKey> = self
+            .detached
+            .values()
+            .filter_map(|d| match d.peer {
+                Peer::Remote(r) => Some(r.key),
+                _ => None,
+            })
+            .collect();
         self.detached.clear();
         self.away_from_queue.clear();
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -210,14 +220,19 @@ impl Relay {
         for id in &ids {
             let c = &self.conns[id];
             // Each chat once: on its counsellor's side, or its client's if
-            // the counsellor is away.
+            // the counsellor is away or on another relay.
             let ended = c
                 .links
                 .values()
                 .filter(|l| {
-                    matches!(c.state, State::Counsellor(_)) || matches!(l.peer, Peer::Away(_))
+                    matches!(c.state, State::Counsellor(_))
+                        || matches!(l.peer, Peer::Away(_) | Peer::Remote(_))
                 })
                 .count();
+            remote.extend(c.links.values().filter_map(|l| match l.peer {
+                Peer::Remote(r) => Some(r.key),
+                _ => None,
+            }));
             for _ in 0..ended {
                 self.stats.ended(EndReason::RelayShutdown);
             }
@@ -248,6 +263,9 @@ impl Relay {
         self.by_name.clear();
         self.presence.clear();
         self.index = Indexes::default();
+        for key in remote {
+            self.deliver(key, PeerMessage::End(EndReason::PeerDisconnected));
+        }
     }
 
     /// The organisation revoked this counsellor connection's credential:
@@ -597,8 +615,8 @@ impl Relay {
         {
             self.index.tickets.remove(&ticket);
         }
-        for link in c.links.values() {
-            Self::unindex_link(&mut self.index, link);
+        for (chat, link) in &c.links {
+            Self::unindex_link(&mut self.index, conn, *chat, link);
         }
         if let Some(name) = c.pseudonym()
             && let Some(ids) = self.by_name.get_mut(name)

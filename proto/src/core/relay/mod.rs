@@ -1,5 +1,5 @@
 //! The relay state machine (PROTOCOL.md §7.3): connections, the queue, and
-//! the chats that link a client to a counsellor.
+//! the chats that link a client to a counsellor, here or on another relay.
 //!
 //! Inputs: [`Relay::handle_connect`] when a QUIC connection with its control
 //! stream is up, [`Relay::handle_data`] with bytes read from that stream,
@@ -26,8 +26,11 @@
 //! [`Router`]'s: the core hands it commands (a client enters or leaves the
 //! queue, a counsellor's room changes) and acts on its events after every
 //! input, and at its `poll_timeout`. An answer may come late; the core
-//! never relies on one being immediate. The core announces pairs (PAIRED), forwards FORWARD blobs without
-//! interpreting them, and carries out END, block and TRANSFER. Every state
+//! never relies on one being immediate. The core announces pairs (PAIRED),
+//! forwards FORWARD blobs without interpreting them, and carries out END,
+//! block and TRANSFER. A chat's other side is a local connection, a side
+//! that is away, or a side on another relay, which the router reaches by
+//! the chat's pairing id (`remote.rs`). Every state
 //! an anonymous connection can be in has a deadline, and a pairing whose
 //! young person never starts the handshake is undone.
 //!
@@ -49,13 +52,16 @@
 //! (admission, decoding and pacing, dispatch, HELLO, closing, the end of
 //! each event), `queue.rs` (JOIN, rent, the router's answers: pairs, QUEUED
 //! and QUEUE_STATS), `chats.rs` (PAIRED, FORWARD, END, TRANSFER, offers and
-//! presence), `resumption.rs` (detaching, RESUME, tickets), `timers.rs`, and
+//! presence), `remote.rs` (chats whose other side is on another relay:
+//! pairing halves and the messages between the sides), `resumption.rs`
+//! (detaching, RESUME, tickets), `timers.rs`, and
 //! `stage.rs` ([`Stage`]: what a connection may send, which its own task
 //! checks too).
 
 mod chats;
 mod connections;
 mod queue;
+mod remote;
 mod resumption;
 mod stage;
 mod timers;
@@ -74,7 +80,7 @@ use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
 use super::pairing::{Offer, Request};
 use super::ratelimit::{Pow, SourceTag, TokenBucket, challenge_lifetime, pow_valid};
-use super::router::{LocalRouter, RouteCommand, RouteEvent, Router};
+use super::router::{LocalRouter, PeerMessage, RouteCommand, RouteEvent, Router, SideKey};
 use super::stats::{Gauges, Stats};
 use super::{CloseCode, Departure, Now};
 use sha2::{Digest, Sha256};
@@ -176,6 +182,29 @@ enum Peer {
     /// Connected: its connection and its chat number there.
     Live { conn: ConnId, chat: ChatNumber },
     /// Its connection dropped; it may resume with the capability whose hash this is.
+    Away(CapHash),
+    /// On another relay: messages go through the router to this side.
+    Remote(RemotePeer),
+}
+
+/// The topic and language a young person chose in JOIN.
+type Choice = (Option<TopicId>, Option<Language>);
+
+/// The other side of a chat, on another relay.
+#[derive(Debug, Clone, Copy)]
+struct RemotePeer {
+    key: SideKey,
+    /// It said it is away (its relay holds what is sent to it).
+    away: bool,
+    /// The young person's topic and language, kept on the counsellor's
+    /// side for a colleague's PAIRED should the chat be transferred.
+    choice: Choice,
+}
+
+/// Where a chat side of this relay whose peer is remote is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Live(ConnId, ChatNumber),
     Away(CapHash),
 }
 
@@ -307,7 +336,7 @@ struct Conn {
     /// A client's queue ticket (the hash of what JOINED gave it).
     ticket: Option<CapHash>,
     /// The topic and language a client chose in JOIN.
-    choice: (Option<TopicId>, Option<Language>),
+    choice: Choice,
     /// Chat numbers below this were issued; those not in `links` have ended.
     next_chat: u32,
     /// What the relay's indexes hold for this connection: the ticket it is
@@ -420,6 +449,9 @@ struct Indexes {
     tickets: HashMap<CapHash, ConnId>,
     /// Live chat sides by the hash of their own capability.
     capabilities: HashMap<CapHash, (ConnId, ChatNumber)>,
+    /// Chat sides here whose other side is on another relay, by their own
+    /// key: where messages from that side go.
+    remote_sides: HashMap<SideKey, Place>,
     /// Chat sides of clients not yet heard from in the chat, by ticket:
     /// live ones where they are, away ones by their key in `detached`.
     unconfirmed_live: HashMap<CapHash, (ConnId, ChatNumber)>,
@@ -540,7 +572,7 @@ mod test_support {
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
-    use super::{ConnId, Credential, Output, Relay};
+    use super::{ConnId, Credential, LocalRouter, Output, Relay, Router};
     use crate::core::frame::{Frame, FrameDecoder, PROTOCOL_VERSION, Role};
     use crate::core::limits::{Limits, Service};
     use crate::core::{CloseCode, Now};
@@ -568,10 +600,20 @@ mod test_support {
         }
 
         pub fn with(limits: Limits) -> Bench {
-            let start = Instant::now();
-            let rng = Box::new(ChaCha20Rng::seed_from_u64(1));
+            let router = Box::new(LocalRouter::new(limits.topic_fallback));
+            Bench::with_router(limits, router, Instant::now(), 1)
+        }
+
+        /// A relay whose queue is `router`'s; `seed` seeds its RNG.
+        pub fn with_router(
+            limits: Limits,
+            router: Box<dyn Router>,
+            start: Instant,
+            seed: u64,
+        ) -> Bench {
+            let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
             Bench {
-                relay: Relay::new(limits, Service::default(), rng, start),
+                relay: Relay::with_router(limits, Service::default(), rng, router, start),
                 now: Now {
                     mono: start,
                     unix: 1_799_053_200,

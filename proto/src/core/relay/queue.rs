@@ -243,6 +243,14 @@ impl Relay {
                     announce,
                 } => self.on_queued(now, client, position, estimated_wait_secs, announce),
                 RouteEvent::QueueStats { waiting } => self.on_queue_stats(now, waiting),
+                RouteEvent::PairedRemote {
+                    local,
+                    role,
+                    pairing,
+                    topic,
+                    language,
+                } => self.on_paired_remote(now, local, role, pairing, (topic, language)),
+                RouteEvent::Delivered { to, message } => self.on_delivered(now, to, message),
             }
         }
     }

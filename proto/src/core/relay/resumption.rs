@@ -13,6 +13,11 @@ impl Relay {
         if let Some(u) = d.unconfirmed {
             self.index.unconfirmed_away.insert(u.ticket, key);
         }
+        if let Peer::Remote(r) = d.peer {
+            self.index
+                .remote_sides
+                .insert(r.key.other(), Place::Away(key));
+        }
         self.detached.insert(key, d);
     }
 
@@ -23,6 +28,11 @@ impl Relay {
             && self.index.unconfirmed_away.get(&u.ticket) == Some(key)
         {
             self.index.unconfirmed_away.remove(&u.ticket);
+        }
+        if let Peer::Remote(r) = d.peer
+            && self.index.remote_sides.get(&r.key.other()) == Some(&Place::Away(*key))
+        {
+            self.index.remote_sides.remove(&r.key.other());
         }
         Some(d)
     }
@@ -87,8 +97,10 @@ impl Relay {
         link: Link,
     ) {
         self.repoint(link.peer, Peer::Away(link.mine));
-        if let Peer::Live { conn: peer, chat } = link.peer {
-            self.send(peer, &Frame::PeerAway { chat });
+        match link.peer {
+            Peer::Live { conn: peer, chat } => self.send(peer, &Frame::PeerAway { chat }),
+            Peer::Remote(r) => self.deliver(r.key, PeerMessage::Away),
+            Peer::Away(_) => {}
         }
         self.insert_detached(
             link.mine,
@@ -300,6 +312,10 @@ impl Relay {
                     self.stats.ended(EndReason::PeerDisconnected);
                 }
             }
+            Peer::Remote(r) => {
+                self.stats.ended(EndReason::PeerDisconnected);
+                self.deliver(r.key, PeerMessage::End(EndReason::PeerDisconnected));
+            }
         }
     }
 
@@ -388,6 +404,12 @@ impl Relay {
                 chat: peer_chat,
             } => self.send(peer, &Frame::PeerBack { chat: peer_chat }),
             Peer::Away(_) => self.send(conn, &Frame::PeerAway { chat }),
+            Peer::Remote(r) => {
+                self.deliver(r.key, PeerMessage::Back);
+                if r.away {
+                    self.send(conn, &Frame::PeerAway { chat });
+                }
+            }
         }
         self.refresh_offer(conn);
         self.reroute(conn, chat);

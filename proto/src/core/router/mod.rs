@@ -20,27 +20,87 @@
 //! answers on the next poll, so the core's tests run on a virtual clock.
 //! `Delayed` (feature `test-support`) holds every command back for a
 //! while, the way a router shared between relays would, and shows that
-//! the core does not depend on an answer being immediate.
+//! the core does not depend on an answer being immediate. `Linked`
+//! (feature `test-support`, `linked.rs`) is one queue shared by several
+//! relays in one process: the shape of the cluster's router, without the
+//! network.
 //!
 //! Keys are the core's [`ConnId`]s. A router shared between relays
 //! qualifies them with the relay they came from.
+//!
+//! A chat's two sides may be on different relays. The router then pairs
+//! them in halves ([`RouteEvent::PairedRemote`]: each relay opens its own
+//! side under the pairing id the router chose), and the two sides talk
+//! through it: the core hands it a [`PeerMessage`] for the other side
+//! ([`RouteCommand::Deliver`], keyed by [`SideKey`]: the pairing id and
+//! the side's role) and takes what the other side sent
+//! ([`RouteEvent::Delivered`]). FORWARD, END, PEER_AWAY and PEER_BACK,
+//! a transfer and a refused half cross this way; the relay where a side
+//! lives holds what comes for it while it is away, as for a local chat.
 //!
 //! What holds whatever the router's latency: no young person is paired
 //! twice (a pair takes the client out of the queue, and the core starts a
 //! chat only for a client it still has waiting); no counsellor goes over
 //! capacity (the core starts a chat only where it sees room, and answers a
 //! pair it refuses with the counsellor's real room); a refused client keeps
-//! its place (it re-enters at its old turn). What a router shared between
-//! relays needs and this seam does not carry yet: a chat whose two sides
-//! are on different relays (delivering FORWARD, END, PEER_AWAY and PEER_BACK
-//! through the router, keyed by the pairing id), and tickets and capability
-//! hashes held by the router, so that any relay can answer a RESUME.
+//! its place (it re-enters at its old turn). A half that its relay refuses
+//! undoes the other half: a young person who heard PAIRED hears
+//! END(TRANSFERRED) and is back at its place, a counsellor hears
+//! END(PEER_DISCONNECTED).
+
+#[cfg(any(test, feature = "test-support"))]
+mod linked;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::frame::TopicId;
+use super::frame::{Blob, EndReason, Language, PairingId, Role, TopicId};
 use super::pairing::{ConnId, LocalQueue, Offer, PairingBackend, QueueView, Request};
+#[cfg(any(test, feature = "test-support"))]
+pub use linked::{Linked, LinkedRouter};
+
+/// One side of a chat anywhere in a cluster: the chat's pairing id and
+/// which side. Pairing ids are random, so the key is cluster-unique.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SideKey {
+    pub pairing: PairingId,
+    pub role: Role,
+}
+
+impl SideKey {
+    /// The other side of the same chat.
+    pub fn other(self) -> SideKey {
+        let role = match self.role {
+            Role::Client => Role::Counsellor,
+            Role::Counsellor => Role::Client,
+        };
+        SideKey { role, ..self }
+    }
+}
+
+/// What one side of a chat tells the other side when that side is on
+/// another relay. The relay where the receiving side lives turns it into
+/// frames, exactly as it would for a local peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// A FORWARD blob (its budget was spent where it was sent).
+    Forward(Blob),
+    /// The chat is over, for this reason. To a young person's side,
+    /// `Transferred` means: back to the queue, with priority.
+    End(EndReason),
+    /// The sending side's connection dropped; it may resume.
+    Away,
+    /// The sending side resumed.
+    Back,
+    /// The chat moves to a colleague: the young person's side ends this
+    /// chat (END(TRANSFERRED)) and opens the chat with this pairing id,
+    /// whose counsellor side is already open on the sender's relay. A
+    /// router learns from it where the new chat's two sides are.
+    Moved { pairing: PairingId },
+    /// The counsellor's relay refused its half of a new pairing (no room
+    /// any more): the young person goes back to its place in the queue.
+    Refused,
+}
 
 /// What the core tells the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +117,8 @@ pub enum RouteCommand {
     SignOut { counsellor: ConnId },
     /// Every waiting client is due its position and estimate.
     Announce,
+    /// A message for the other side of a chat, on another relay.
+    Deliver { to: SideKey, message: PeerMessage },
 }
 
 /// What the router tells the core.
@@ -65,6 +127,18 @@ pub enum RouteEvent {
     /// This client goes to this counsellor. The client has left the queue
     /// and the router counts one more chat on the counsellor.
     Paired { client: ConnId, counsellor: ConnId },
+    /// Half of a pairing whose other side is on another relay: `local`
+    /// opens its side, in the `role` it has, of the chat `pairing`. The
+    /// young person's choice (for the counsellor's PAIRED) comes along.
+    PairedRemote {
+        local: ConnId,
+        role: Role,
+        pairing: PairingId,
+        topic: Option<TopicId>,
+        language: Option<Language>,
+    },
+    /// A message from the other side of a chat, for the side `to` here.
+    Delivered { to: SideKey, message: PeerMessage },
     /// A waiting client's place: its position (1 = next) and estimated
     /// wait (`None`: not known). `announce`: the whole queue is told, so a
     /// client due a heartbeat hears it even if nothing changed.
@@ -210,6 +284,8 @@ impl<P: PairingBackend + Send> Router for LocalRouter<P> {
             RouteCommand::Offer { counsellor, offer } => self.queue.offer(counsellor, offer),
             RouteCommand::SignOut { counsellor } => self.queue.remove_counsellor(counsellor),
             RouteCommand::Announce => self.announce = true,
+            // Every chat of a single relay is local.
+            RouteCommand::Deliver { .. } => return,
         }
         self.dirty = true;
     }
