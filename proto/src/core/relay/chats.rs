@@ -21,6 +21,7 @@ impl Relay {
         });
         if let Some((_, Some(u))) = link {
             self.index.unconfirmed_live.remove(&u.ticket);
+            self.index.hashes_changed.push(u.ticket);
         }
         let link = link.map(|(peer, _)| peer);
         let Some(peer) = link else {
@@ -237,7 +238,13 @@ impl Relay {
         else {
             return;
         };
-        let client_link = self.new_link(now, to_counsellor, cap_hash(&client_cap), unconfirmed);
+        let client_link = self.new_link(
+            now,
+            pairing_id,
+            to_counsellor,
+            cap_hash(&client_cap),
+            unconfirmed,
+        );
         self.link(
             client,
             client_chat,
@@ -246,7 +253,8 @@ impl Relay {
                 ..client_link
             },
         );
-        let counsellor_link = self.new_link(now, to_client, cap_hash(&counsellor_cap), None);
+        let counsellor_link =
+            self.new_link(now, pairing_id, to_client, cap_hash(&counsellor_cap), None);
         self.link(counsellor, counsellor_chat, counsellor_link);
         self.client_paired(now, client);
         self.refresh_offer(counsellor);
@@ -347,11 +355,13 @@ impl Relay {
     pub(super) fn new_link(
         &self,
         now: Now,
+        pairing: PairingId,
         peer: Peer,
         mine: CapHash,
         unconfirmed: Option<Unconfirmed>,
     ) -> Link {
         Link {
+            pairing,
             peer,
             mine,
             unconfirmed,
@@ -465,8 +475,10 @@ impl Relay {
             Self::unindex_link(&mut self.index, conn, chat, &old);
         }
         self.index.capabilities.insert(link.mine, (conn, chat));
+        self.index.hashes_changed.push(link.mine);
         if let Some(u) = link.unconfirmed {
             self.index.unconfirmed_live.insert(u.ticket, (conn, chat));
+            self.index.hashes_changed.push(u.ticket);
         }
         if let Peer::Remote(r) = link.peer {
             let place = Place::Live(conn, chat);
@@ -493,8 +505,10 @@ impl Relay {
 
     pub(super) fn unindex_link(index: &mut Indexes, conn: ConnId, chat: ChatNumber, link: &Link) {
         index.capabilities.remove(&link.mine);
+        index.hashes_changed.push(link.mine);
         if let Some(u) = link.unconfirmed {
             index.unconfirmed_live.remove(&u.ticket);
+            index.hashes_changed.push(u.ticket);
         }
         if let Peer::Remote(r) = link.peer {
             let key = r.key.other();
@@ -510,16 +524,25 @@ impl Relay {
             Peer::Live { conn, chat } => {
                 if let Some(link) = self.link_mut(conn, chat) {
                     link.peer = to;
+                    if let Peer::Remote(r) = to {
+                        let place = Place::Live(conn, chat);
+                        self.index.remote_sides.insert(r.key.other(), place);
+                    }
                 }
-                // Away: withdrawn now. Back: granted once the core has sent
-                // what was held (after_resume).
-                if matches!(to, Peer::Away(_)) {
+                // Away or on another relay: withdrawn now. Back: granted
+                // once the core has sent what was held (after_resume).
+                if !matches!(to, Peer::Live { .. }) {
                     self.reroute(conn, chat);
                 }
             }
             Peer::Away(h) => {
                 if let Some(d) = self.detached.get_mut(&h) {
                     d.peer = to;
+                    if let Peer::Remote(r) = to {
+                        self.index
+                            .remote_sides
+                            .insert(r.key.other(), Place::Away(h));
+                    }
                 }
             }
             // Its relay hears PEER_AWAY and PEER_BACK from this side

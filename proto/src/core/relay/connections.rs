@@ -69,6 +69,7 @@ impl Relay {
                 backlog: VecDeque::new(),
                 blocked_until: None,
                 paused: false,
+                claiming: false,
                 state: State::AwaitingHello {
                     deadline: now.mono + self.limits.hello_timeout,
                 },
@@ -115,10 +116,10 @@ impl Relay {
         if let Some(code) = invalid {
             c.backlog.push_back(Pending::Invalid(code));
         }
-        let flow = self.drain_backlog(now, conn, true);
+        self.drain_backlog(now, conn, true);
         self.touch(conn);
         self.end_event(now);
-        flow
+        self.flow(conn)
     }
 
     /// The peer finished its side of the stream: after the frames it sent,
@@ -128,10 +129,10 @@ impl Relay {
             return Flow::Read;
         };
         c.backlog.push_back(Pending::Finished);
-        let flow = self.drain_backlog(now, conn, true);
+        self.drain_backlog(now, conn, true);
         self.touch(conn);
         self.end_event(now);
-        flow
+        self.flow(conn)
     }
 
     /// The connection is gone. Frames already read are acted on first.
@@ -139,7 +140,15 @@ impl Relay {
     /// the queue for good. [`Departure::Lost`]: its chats, and a waiting
     /// client's place, wait `resume_window` for it (PROTOCOL.md §7.4).
     pub fn handle_disconnect(&mut self, now: Now, conn: ConnId, departure: Departure) {
+        let before = self.out.len();
         self.drain_backlog(now, conn, false);
+        // What it sent before it went is acted on, but the connection is
+        // gone: nothing more is written to it, closed or unblocked.
+        let mut at = 0;
+        self.out.retain(|out| {
+            at += 1;
+            at <= before || out.conn() != conn
+        });
         if self.conns.contains_key(&conn) {
             match departure {
                 Departure::Lost => self.detach(now, conn),
@@ -148,6 +157,15 @@ impl Relay {
             self.forget(now, conn);
         }
         self.end_event(now);
+    }
+
+    /// Whether the shell may read `conn` on, as things stand after an
+    /// event (a RESUME answered within the event unpauses it again).
+    fn flow(&self, conn: ConnId) -> Flow {
+        match self.conns.get(&conn) {
+            Some(c) if c.paused => Flow::Pause,
+            _ => Flow::Read,
+        }
     }
 
     /// Acts on the backlog while budget allows (or all of it, when the
@@ -164,6 +182,10 @@ impl Relay {
                 }
                 return Flow::Read;
             };
+            if paced && c.claiming {
+                c.paused = true;
+                return Flow::Pause;
+            }
             if paced {
                 let bucket = match front {
                     Pending::Frame(Frame::Forward { chat, .. }) => {
@@ -529,9 +551,11 @@ impl Relay {
                     && self.index.tickets.get(&old) == Some(&id)
                 {
                     self.index.tickets.remove(&old);
+                    self.index.hashes_changed.push(old);
                 }
                 if let Some(new) = c.ticket {
                     self.index.tickets.insert(new, id);
+                    self.index.hashes_changed.push(new);
                 }
                 c.indexed_ticket = c.ticket;
             }
@@ -541,6 +565,7 @@ impl Relay {
                 c.indexed_deadline = deadline;
             }
         }
+        self.tell_router_holdings();
     }
 
     /// The connection left on purpose: its chats end with `reason`, and a
@@ -614,6 +639,7 @@ impl Relay {
             && self.index.tickets.get(&ticket) == Some(&conn)
         {
             self.index.tickets.remove(&ticket);
+            self.index.hashes_changed.push(ticket);
         }
         for (chat, link) in &c.links {
             Self::unindex_link(&mut self.index, conn, *chat, link);

@@ -54,12 +54,14 @@
 //! and QUEUE_STATS), `chats.rs` (PAIRED, FORWARD, END, TRANSFER, offers and
 //! presence), `remote.rs` (chats whose other side is on another relay:
 //! pairing halves and the messages between the sides), `resumption.rs`
-//! (detaching, RESUME, tickets), `timers.rs`, and
+//! (detaching, RESUME, tickets), `handover.rs` (a RESUME on one relay of
+//! what another holds), `timers.rs`, and
 //! `stage.rs` ([`Stage`]: what a connection may send, which its own task
 //! checks too).
 
 mod chats;
 mod connections;
+mod handover;
 mod queue;
 mod remote;
 mod resumption;
@@ -80,7 +82,10 @@ use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
 use super::pairing::{Offer, Request};
 use super::ratelimit::{Pow, SourceTag, TokenBucket, challenge_lifetime, pow_valid};
-use super::router::{LocalRouter, PeerMessage, RouteCommand, RouteEvent, Router, SideKey};
+use super::router::{
+    CapHash, ClaimId, Claimant, Handed, HandedSide, LocalRouter, PeerMessage, RouteCommand,
+    RouteEvent, Router, SideKey,
+};
 use super::stats::{Gauges, Stats};
 use super::{CloseCode, Departure, Now};
 use sha2::{Digest, Sha256};
@@ -138,6 +143,18 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// The connection this output is for.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Output::Send { conn, .. }
+            | Output::Close { conn, .. }
+            | Output::Unblock { conn }
+            | Output::Route { conn, .. } => *conn,
+        }
+    }
+}
+
 /// Where FORWARD frames of one chat side go: the other side's connection
 /// and its chat number there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,9 +185,6 @@ pub enum ConnectError {
 
 /// The length of every FORWARD frame, header included.
 const FORWARD_FRAME_LEN: u64 = (super::frame::HEADER_LEN + 4 + super::frame::BLOB_LEN) as u64;
-
-/// The SHA-256 of a resume capability: all the relay keeps of it.
-type CapHash = [u8; 32];
 
 fn cap_hash(capability: &ResumeCapability) -> CapHash {
     Sha256::digest(capability.0).into()
@@ -222,6 +236,8 @@ struct Unconfirmed {
 /// own resume capability, and its budget of FORWARD frames.
 #[derive(Debug, Clone)]
 struct Link {
+    /// The chat's pairing id: with the role, this side's key in a cluster.
+    pairing: PairingId,
     peer: Peer,
     mine: CapHash,
     unconfirmed: Option<Unconfirmed>,
@@ -235,6 +251,7 @@ struct Link {
 
 /// One side of a chat whose connection dropped, waiting to be resumed.
 struct Detached {
+    pairing: PairingId,
     role: Role,
     /// A counsellor must come back with the same sign-in name.
     pseudonym: Option<String>,
@@ -330,6 +347,9 @@ struct Conn {
     blocked_until: Option<Instant>,
     /// The shell was told to stop reading.
     paused: bool,
+    /// A RESUME of this connection went to the router: what it sent after
+    /// waits for the answer.
+    claiming: bool,
     state: State,
     /// Live chats of this connection by its own chat number.
     links: BTreeMap<ChatNumber, Link>,
@@ -466,6 +486,9 @@ struct Indexes {
     queue_stats_held: Option<Vec<(Option<TopicId>, u16)>>,
     /// Every waiting client is due news (an estimate or heartbeat).
     tell_whole_queue: bool,
+    /// Capability and ticket hashes this event issued or dropped: the
+    /// router hears which the relay holds when the event is done.
+    hashes_changed: Vec<CapHash>,
 }
 
 impl Relay {
@@ -573,9 +596,13 @@ mod test_support {
     use rand_core::SeedableRng;
 
     use super::{ConnId, Credential, LocalRouter, Output, Relay, Router};
-    use crate::core::frame::{Frame, FrameDecoder, PROTOCOL_VERSION, Role};
+    use crate::core::frame::{
+        BLOB_LEN, Blob, ChatNumber, EndReason, Frame, FrameDecoder, PROTOCOL_VERSION, PairingId,
+        ResumeCapability, Role, TopicId,
+    };
     use crate::core::limits::{Limits, Service};
-    use crate::core::{CloseCode, Now};
+    use crate::core::router::Linked;
+    use crate::core::{CloseCode, Departure, Now};
 
     pub(super) struct Bench {
         pub relay: Relay,
@@ -583,7 +610,7 @@ mod test_support {
     }
 
     /// What the relay did, decoded.
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, Clone, PartialEq)]
     pub(super) enum Did {
         Sent(ConnId, Frame),
         Closed(ConnId, CloseCode),
@@ -686,6 +713,169 @@ mod test_support {
             };
             self.send(conn, status);
             conn
+        }
+    }
+
+    /// Two relays, A (0) and B (1), sharing one queue on one virtual clock.
+    pub(in crate::core::relay) struct Cluster {
+        pub nodes: [Bench; 2],
+    }
+
+    pub(in crate::core::relay) const A: usize = 0;
+    pub(in crate::core::relay) const B: usize = 1;
+
+    impl Cluster {
+        pub fn new() -> Cluster {
+            Cluster::with_latency(Duration::ZERO)
+        }
+
+        pub fn with_latency(latency: Duration) -> Cluster {
+            let limits = Limits {
+                pow_min_difficulty: 0,
+                pow_max_difficulty: 0,
+                ..Limits::default()
+            };
+            let linked = Linked::with_latency(limits.topic_fallback, latency);
+            let start = Instant::now();
+            let node = |n: u16| {
+                let router = Box::new(linked.router(n));
+                Bench::with_router(limits.clone(), router, start, u64::from(n) + 1)
+            };
+            Cluster {
+                nodes: [node(0), node(1)],
+            }
+        }
+
+        /// Lets each relay act on what the other sent it, until neither
+        /// has anything due; what each did.
+        pub fn settle(&mut self, mut did: [Vec<Did>; 2]) -> [Vec<Did>; 2] {
+            for _ in 0..32 {
+                let mut quiet = true;
+                for (n, bench) in self.nodes.iter_mut().enumerate() {
+                    if bench
+                        .relay
+                        .poll_timeout()
+                        .is_some_and(|t| t <= bench.now.mono)
+                    {
+                        quiet = false;
+                        bench.relay.handle_timeout(bench.now);
+                        did[n].extend(bench.drain());
+                    }
+                }
+                if quiet {
+                    return did;
+                }
+            }
+            panic!("the relays keep waking each other");
+        }
+
+        /// A new connection on relay `n` that presents `capability`, and
+        /// what both relays did; a counsellor says HELLO first.
+        pub fn resume(
+            &mut self,
+            n: usize,
+            counsellor: Option<&str>,
+            capability: ResumeCapability,
+        ) -> (ConnId, [Vec<Did>; 2]) {
+            let credential = match counsellor {
+                Some(name) => Credential::Counsellor {
+                    pseudonym: name.into(),
+                },
+                None => Credential::Anonymous,
+            };
+            let conn = self.nodes[n].connect(credential);
+            if counsellor.is_some() {
+                self.nodes[n].hello(conn, Role::Counsellor);
+            }
+            (conn, self.send(n, conn, Frame::Resume { capability }))
+        }
+
+        /// Moves the clock on by `by` on both relays, and settles.
+        pub fn after(&mut self, by: Duration) -> [Vec<Did>; 2] {
+            for bench in &mut self.nodes {
+                bench.now.advance(by);
+            }
+            self.settle([Vec::new(), Vec::new()])
+        }
+
+        /// `frame` from `conn` on relay `n`, and what both relays did.
+        pub fn send(&mut self, n: usize, conn: ConnId, frame: Frame) -> [Vec<Did>; 2] {
+            let mut did = [Vec::new(), Vec::new()];
+            did[n] = self.nodes[n].send(conn, frame);
+            self.settle(did)
+        }
+
+        pub fn client(&mut self, n: usize, topic: Option<TopicId>) -> (ConnId, [Vec<Did>; 2]) {
+            let conn = self.nodes[n].connect(Credential::Anonymous);
+            self.nodes[n].hello(conn, Role::Client);
+            let join = Frame::Join {
+                topic,
+                language: None,
+                pow_solution: [0; 8],
+            };
+            (conn, self.send(n, conn, join))
+        }
+
+        pub fn counsellor(&mut self, n: usize, name: &str, capacity: u8) -> ConnId {
+            self.sign_in(n, name, capacity).0
+        }
+
+        /// A counsellor available on relay `n`, and what both relays did.
+        pub fn sign_in(&mut self, n: usize, name: &str, capacity: u8) -> (ConnId, [Vec<Did>; 2]) {
+            let conn = self.nodes[n].connect(Credential::Counsellor {
+                pseudonym: name.into(),
+            });
+            self.nodes[n].hello(conn, Role::Counsellor);
+            let status = Frame::Status {
+                available: true,
+                capacity,
+                topics: Vec::new(),
+                languages: Vec::new(),
+            };
+            (conn, self.send(n, conn, status))
+        }
+
+        pub fn lose(&mut self, n: usize, conn: ConnId) -> [Vec<Did>; 2] {
+            let now = self.nodes[n].now;
+            self.nodes[n]
+                .relay
+                .handle_disconnect(now, conn, Departure::Lost);
+            let mut did = [Vec::new(), Vec::new()];
+            did[n] = self.nodes[n].drain();
+            self.settle(did)
+        }
+    }
+
+    pub(in crate::core::relay) fn paired(
+        frames: &[Frame],
+    ) -> Option<(ChatNumber, PairingId, ResumeCapability)> {
+        frames.iter().find_map(|f| match f {
+            Frame::Paired {
+                chat,
+                pairing_id,
+                resume,
+                ..
+            } => Some((*chat, *pairing_id, *resume)),
+            _ => None,
+        })
+    }
+
+    /// A young person hears its chat end, and the relay closes it.
+    pub(in crate::core::relay) fn ended(
+        y: ConnId,
+        chat: ChatNumber,
+        reason: EndReason,
+    ) -> Vec<Did> {
+        vec![
+            Did::Sent(y, Frame::End { chat, reason }),
+            Did::Closed(y, CloseCode::NoError),
+        ]
+    }
+
+    pub(in crate::core::relay) fn forward(chat: ChatNumber, byte: u8) -> Frame {
+        Frame::Forward {
+            chat,
+            blob: Blob::new([byte; BLOB_LEN]),
         }
     }
 

@@ -251,6 +251,14 @@ impl Relay {
                     language,
                 } => self.on_paired_remote(now, local, role, pairing, (topic, language)),
                 RouteEvent::Delivered { to, message } => self.on_delivered(now, to, message),
+                RouteEvent::Claimed {
+                    claim,
+                    hash,
+                    claimant,
+                } => self.on_claimed(now, claim, hash, claimant),
+                RouteEvent::HandedOver { conn, hash, handed } => {
+                    self.on_handed_over(now, conn, hash, handed)
+                }
             }
         }
     }

@@ -100,7 +100,7 @@ impl Relay {
             away: false,
             choice,
         });
-        let link = self.new_link(now, peer, cap_hash(&resume), unconfirmed);
+        let link = self.new_link(now, pairing, peer, cap_hash(&resume), unconfirmed);
         let (topic, language) = match role {
             Role::Client => {
                 let handshake_due = Some(now.mono + self.limits.handshake_timeout);
@@ -318,140 +318,16 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use super::super::test_support::{Bench, Did, to};
+    use super::super::test_support::{A, B, Cluster, Did, ended, forward, paired, to};
     use crate::core::frame::{
-        BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Label, PairingId, ResumeCapability, Role,
-        TopicId, TransferTarget,
+        ChatNumber, EndReason, Frame, Label, PairingId, ResumeCapability, Role, TopicId,
+        TransferTarget,
     };
     use crate::core::limits::Limits;
     use crate::core::relay::{ConnId, Credential};
-    use crate::core::router::Linked;
     use crate::core::{CloseCode, Departure};
-
-    /// Two relays, A (0) and B (1), sharing one queue on one virtual clock.
-    struct Cluster {
-        nodes: [Bench; 2],
-    }
-
-    const A: usize = 0;
-    const B: usize = 1;
-
-    impl Cluster {
-        fn new() -> Cluster {
-            Cluster::with_latency(Duration::ZERO)
-        }
-
-        fn with_latency(latency: Duration) -> Cluster {
-            let limits = Limits {
-                pow_min_difficulty: 0,
-                pow_max_difficulty: 0,
-                ..Limits::default()
-            };
-            let linked = Linked::with_latency(limits.topic_fallback, latency);
-            let start = Instant::now();
-            let node = |n: u16| {
-                let router = Box::new(linked.router(n));
-                Bench::with_router(limits.clone(), router, start, u64::from(n) + 1)
-            };
-            Cluster {
-                nodes: [node(0), node(1)],
-            }
-        }
-
-        /// Lets each relay act on what the other sent it, until neither
-        /// has anything due; what each did.
-        fn settle(&mut self, mut did: [Vec<Did>; 2]) -> [Vec<Did>; 2] {
-            for _ in 0..32 {
-                let mut quiet = true;
-                for (n, bench) in self.nodes.iter_mut().enumerate() {
-                    if bench
-                        .relay
-                        .poll_timeout()
-                        .is_some_and(|t| t <= bench.now.mono)
-                    {
-                        quiet = false;
-                        bench.relay.handle_timeout(bench.now);
-                        did[n].extend(bench.drain());
-                    }
-                }
-                if quiet {
-                    return did;
-                }
-            }
-            panic!("the relays keep waking each other");
-        }
-
-        /// Moves the clock on by `by` on both relays, and settles.
-        fn after(&mut self, by: Duration) -> [Vec<Did>; 2] {
-            for bench in &mut self.nodes {
-                bench.now.advance(by);
-            }
-            self.settle([Vec::new(), Vec::new()])
-        }
-
-        /// `frame` from `conn` on relay `n`, and what both relays did.
-        fn send(&mut self, n: usize, conn: ConnId, frame: Frame) -> [Vec<Did>; 2] {
-            let mut did = [Vec::new(), Vec::new()];
-            did[n] = self.nodes[n].send(conn, frame);
-            self.settle(did)
-        }
-
-        fn client(&mut self, n: usize, topic: Option<TopicId>) -> (ConnId, [Vec<Did>; 2]) {
-            let conn = self.nodes[n].connect(Credential::Anonymous);
-            self.nodes[n].hello(conn, Role::Client);
-            let join = Frame::Join {
-                topic,
-                language: None,
-                pow_solution: [0; 8],
-            };
-            (conn, self.send(n, conn, join))
-        }
-
-        fn counsellor(&mut self, n: usize, name: &str, capacity: u8) -> ConnId {
-            let conn = self.nodes[n].counsellor(name, capacity);
-            self.settle([Vec::new(), Vec::new()]);
-            conn
-        }
-
-        fn lose(&mut self, n: usize, conn: ConnId) -> [Vec<Did>; 2] {
-            let now = self.nodes[n].now;
-            self.nodes[n]
-                .relay
-                .handle_disconnect(now, conn, Departure::Lost);
-            let mut did = [Vec::new(), Vec::new()];
-            did[n] = self.nodes[n].drain();
-            self.settle(did)
-        }
-    }
-
-    fn paired(frames: &[Frame]) -> Option<(ChatNumber, PairingId, ResumeCapability)> {
-        frames.iter().find_map(|f| match f {
-            Frame::Paired {
-                chat,
-                pairing_id,
-                resume,
-                ..
-            } => Some((*chat, *pairing_id, *resume)),
-            _ => None,
-        })
-    }
-
-    /// A young person hears its chat end, and the relay closes it.
-    fn ended(y: ConnId, chat: ChatNumber, reason: EndReason) -> Vec<Did> {
-        vec![
-            Did::Sent(y, Frame::End { chat, reason }),
-            Did::Closed(y, CloseCode::NoError),
-        ]
-    }
-
-    fn forward(chat: ChatNumber, byte: u8) -> Frame {
-        Frame::Forward {
-            chat,
-            blob: Blob::new([byte; BLOB_LEN]),
-        }
-    }
 
     #[test]
     fn a_young_person_on_one_relay_chats_with_a_counsellor_on_another() {
@@ -794,6 +670,7 @@ mod tests {
             },
             Resume {
                 which: usize,
+                elsewhere: bool,
             },
             Wait {
                 ms: u64,
@@ -814,7 +691,8 @@ mod tests {
                     .prop_map(|(who, available, capacity)| Op::Status { who, available, capacity }),
                 2 => any::<usize>().prop_map(|who| Op::Lose { who }),
                 1 => any::<usize>().prop_map(|who| Op::Leave { who }),
-                2 => any::<usize>().prop_map(|which| Op::Resume { which }),
+                3 => (any::<usize>(), any::<bool>())
+                    .prop_map(|(which, elsewhere)| Op::Resume { which, elsewhere }),
                 4 => (0..120u64).prop_map(|ms| Op::Wait { ms }),
             ]
         }
@@ -833,6 +711,7 @@ mod tests {
         struct Reached {
             across: bool,
             forwarded: bool,
+            resumed_elsewhere: bool,
         }
 
         /// One case: two relays, 40 ms apart, and what their endpoints do.
@@ -847,9 +726,16 @@ mod tests {
             let mut pairings: HashMap<PairingId, Vec<usize>> = HashMap::new();
             // Who holds each chat side now: a RESUME moves it (§7.4).
             let mut holders: HashMap<[u8; 32], (usize, ConnId, ChatNumber)> = HashMap::new();
+            // Chats a RESUME elsewhere may be taking from a connection that
+            // still looks alive (§7.4): that connection hears nothing, may
+            // still get frames in them until the move, and they no longer
+            // count against its capacity.
+            let mut moving: HashMap<(usize, ConnId), HashSet<ChatNumber>> = HashMap::new();
             let mut reached = Reached::default();
+            // What each RESUME presented, until it is answered.
+            let mut resuming: HashMap<(usize, ConnId), ResumeCapability> = HashMap::new();
+            let mut came_back_elsewhere: HashSet<(usize, ConnId)> = HashSet::new();
             for op in ops {
-                let mut resuming = None;
                 let live: Vec<Known> = known
                     .iter()
                     .filter(|k| !closed.contains(&(k.node, k.conn)))
@@ -983,20 +869,20 @@ mod tests {
                             did = c.settle(did);
                         }
                     }
-                    Op::Resume { which } => {
+                    // On the relay that gave the capability, or the other.
+                    Op::Resume { which, elsewhere } => {
                         if let Some((node, name, capability)) =
                             caps.get(which % caps.len().max(1)).copied()
                         {
-                            let credential = match name {
-                                Some(name) => Credential::Counsellor {
-                                    pseudonym: name.into(),
-                                },
-                                None => Credential::Anonymous,
-                            };
-                            let conn = c.nodes[node].connect(credential);
-                            if name.is_some() {
-                                c.nodes[node].hello(conn, Role::Counsellor);
+                            let node = if elsewhere { 1 - node } else { node };
+                            if let Some((n, old, chat)) = holders.get(&capability.0).copied()
+                                && let Some(theirs) = chats.get_mut(&(n, old))
+                                && theirs.remove(&chat)
+                            {
+                                moving.entry((n, old)).or_default().insert(chat);
                             }
+                            let (conn, d) = c.resume(node, name, capability);
+                            did = d;
                             known.push(Known {
                                 node,
                                 conn,
@@ -1004,8 +890,10 @@ mod tests {
                                 available: false,
                                 capacity: 0,
                             });
-                            resuming = Some(capability);
-                            did = c.send(node, conn, Frame::Resume { capability });
+                            resuming.insert((node, conn), capability);
+                            if elsewhere {
+                                came_back_elsewhere.insert((node, conn));
+                            }
                         }
                     }
                     Op::Wait { ms } => did = c.after(Duration::from_millis(ms)),
@@ -1031,7 +919,13 @@ mod tests {
                             "sent to a closed connection"
                         );
                         let who = known.iter().find(|k| (k.node, k.conn) == (node, conn));
-                        if let (Frame::Resumed { chat }, Some(cap)) = (frame, resuming) {
+                        let presented = resuming.get(&(node, conn)).copied();
+                        reached.resumed_elsewhere |= came_back_elsewhere.contains(&(node, conn))
+                            && matches!(
+                                frame,
+                                Frame::Resumed { .. } | Frame::Paired { .. } | Frame::Queued { .. }
+                            );
+                        if let (Frame::Resumed { chat }, Some(cap)) = (frame, presented) {
                             // The chat left the connection that held it.
                             if let Some((n, old, old_chat)) =
                                 holders.insert(cap.0, (node, conn, *chat))
@@ -1077,9 +971,16 @@ mod tests {
                             }
                             Frame::End { chat, .. } => {
                                 mine.remove(chat);
+                                if let Some(going) = moving.get_mut(&(node, conn)) {
+                                    going.remove(chat);
+                                }
                             }
                             Frame::Forward { chat, .. } => {
-                                prop_assert!(mine.contains(chat), "a FORWARD outside a chat");
+                                let going = moving.get(&(node, conn));
+                                prop_assert!(
+                                    mine.contains(chat) || going.is_some_and(|g| g.contains(chat)),
+                                    "a FORWARD outside a chat"
+                                );
                                 reached.forwarded = true;
                             }
                             Frame::Joined { resume } => caps.push((node, None, *resume)),
@@ -1095,25 +996,31 @@ mod tests {
         /// messages cross: nobody is sent anything after their connection
         /// closed, no young person is in two chats at once, no counsellor
         /// is paired while away or over capacity, and a FORWARD only
-        /// reaches a side of a chat it is in. Most cases pair across the
-        /// two relays and forward a message there.
+        /// reaches a side of a chat it is in. Many cases pair across the
+        /// two relays, forward a message, and resume a place or a chat on
+        /// the relay that did not give its ticket or capability.
         #[test]
         fn chats_across_two_relays_survive_any_interleaving() {
             let cases = 300;
             let across = std::cell::Cell::new(0u32);
             let forwarded = std::cell::Cell::new(0u32);
+            let elsewhere = std::cell::Cell::new(0u32);
             let mut runner = TestRunner::new(Config::with_cases(cases));
             let result = runner.run(&proptest::collection::vec(op(), 4..60), |ops| {
                 let reached = run(ops)?;
                 across.set(across.get() + u32::from(reached.across));
                 forwarded.set(forwarded.get() + u32::from(reached.forwarded));
+                elsewhere.set(elsewhere.get() + u32::from(reached.resumed_elsewhere));
                 Ok(())
             });
             if let Err(e) = result {
                 panic!("{e}");
             }
-            let (across, forwarded) = (across.get(), forwarded.get());
-            eprintln!("{across} of {cases} cases paired across relays, {forwarded} forwarded");
+            let (across, forwarded, elsewhere) = (across.get(), forwarded.get(), elsewhere.get());
+            eprintln!(
+                "{across} of {cases} cases paired across relays, {forwarded} forwarded, \
+                 {elsewhere} resumed on the other relay"
+            );
             // (Shares well below the usual, so that no seed fails them.)
             assert!(
                 across * 4 >= cases,
@@ -1122,6 +1029,10 @@ mod tests {
             assert!(
                 forwarded * 5 >= cases,
                 "only {forwarded} of {cases} forwarded"
+            );
+            assert!(
+                elsewhere * 10 >= cases,
+                "only {elsewhere} of {cases} resumed on the other relay"
             );
         }
     }

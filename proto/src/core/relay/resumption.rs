@@ -10,8 +10,10 @@ impl Relay {
     pub(super) fn insert_detached(&mut self, key: CapHash, d: Detached) {
         self.remove_detached(&key);
         self.index.detached.set(key, Some(d.next_deadline()));
+        self.index.hashes_changed.push(key);
         if let Some(u) = d.unconfirmed {
             self.index.unconfirmed_away.insert(u.ticket, key);
+            self.index.hashes_changed.push(u.ticket);
         }
         if let Peer::Remote(r) = d.peer {
             self.index
@@ -24,10 +26,12 @@ impl Relay {
     pub(super) fn remove_detached(&mut self, key: &CapHash) -> Option<Detached> {
         let d = self.detached.remove(key)?;
         self.index.detached.set(*key, None);
+        self.index.hashes_changed.push(*key);
         if let Some(u) = d.unconfirmed
             && self.index.unconfirmed_away.get(&u.ticket) == Some(key)
         {
             self.index.unconfirmed_away.remove(&u.ticket);
+            self.index.hashes_changed.push(u.ticket);
         }
         if let Peer::Remote(r) = d.peer
             && self.index.remote_sides.get(&r.key.other()) == Some(&Place::Away(*key))
@@ -39,6 +43,7 @@ impl Relay {
 
     pub(super) fn insert_away(&mut self, ticket: CapHash, away: AwayFromQueue) {
         self.index.away_from_queue.set(ticket, Some(away.until));
+        self.index.hashes_changed.push(ticket);
         if let Some(source) = away.waiting.request.source {
             *self.index.away_per_source.entry(source).or_default() += 1;
         }
@@ -50,6 +55,7 @@ impl Relay {
     pub(super) fn remove_away(&mut self, ticket: &CapHash) -> Option<AwayFromQueue> {
         let away = self.away_from_queue.remove(ticket)?;
         self.index.away_from_queue.set(*ticket, None);
+        self.index.hashes_changed.push(*ticket);
         self.uncount_away(&away);
         Some(away)
     }
@@ -105,6 +111,7 @@ impl Relay {
         self.insert_detached(
             link.mine,
             Detached {
+                pairing: link.pairing,
                 role,
                 pseudonym,
                 peer: link.peer,
@@ -178,29 +185,35 @@ impl Relay {
             self.close(old, CloseCode::NoError, false);
         }
         if let Some(away) = self.remove_away(&ticket) {
-            let mut waiting = away.waiting;
-            waiting.next_update = now.mono;
-            waiting.last_sent = None;
-            // A challenge owed went with the old connection: a fresh one
-            // is due at once (if the queue is still crowded).
-            if waiting.rent.owed.take().is_some() {
-                waiting.rent.next_at = Some(now.mono);
-            }
-            if let Some(c) = self.conns.get_mut(&conn) {
-                // Its place now counts against the source it came back from.
-                waiting.request.source = c.source;
-                c.ticket = Some(ticket);
-                c.choice = (waiting.request.topic, waiting.request.language);
-                c.state = State::Client(ClientStage::Waiting(waiting));
-            }
-            self.router.handle_command(RouteCommand::Enqueue {
-                client: conn,
-                request: waiting.request,
-            });
+            self.rejoin(now, conn, ticket, away.waiting);
             self.pump_router(now);
             return true;
         }
         self.resume_unheard_pairing(now, conn, ticket)
+    }
+
+    /// A waiting client is back, on `conn`, at the place it had.
+    pub(super) fn rejoin(&mut self, now: Now, conn: ConnId, ticket: CapHash, waiting: Waiting) {
+        let mut waiting = waiting;
+        waiting.next_update = now.mono;
+        waiting.last_sent = None;
+        // A challenge owed went with the old connection: a fresh one
+        // is due at once (if the queue is still crowded).
+        if waiting.rent.owed.take().is_some() {
+            waiting.rent.next_at = Some(now.mono);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            // Its place now counts against the source it came back from.
+            waiting.request.source = c.source;
+            c.ticket = Some(ticket);
+            c.choice = (waiting.request.topic, waiting.request.language);
+            c.state = State::Client(ClientStage::Waiting(waiting));
+        }
+        self.touch(conn);
+        self.router.handle_command(RouteCommand::Enqueue {
+            client: conn,
+            request: waiting.request,
+        });
     }
 
     /// The client was paired while its connection was failing, and the
@@ -244,7 +257,7 @@ impl Relay {
         }
         let link = Link {
             handshake_due: d.handshake_due,
-            ..self.new_link(now, d.peer, cap_hash(&resume), d.unconfirmed)
+            ..self.new_link(now, d.pairing, d.peer, cap_hash(&resume), d.unconfirmed)
         };
         self.link(conn, chat, link);
         self.repoint(d.peer, Peer::Live { conn, chat });
@@ -371,10 +384,10 @@ impl Relay {
             None
         };
         let (Some(chat), Some(d)) = (chat, detached) else {
-            self.send(conn, &Frame::ResumeFailed);
-            if first_frame {
-                self.close(conn, CloseCode::NoError, true);
-            }
+            // Not here, or not for this connection: perhaps another relay
+            // holds it. Every RESUME not resumed at once goes this way, so
+            // all wrong ones fail alike.
+            self.claim_elsewhere(conn, h, first_frame);
             return Ok(());
         };
         if first_frame && let Some(c) = self.conns.get_mut(&conn) {
@@ -383,7 +396,7 @@ impl Relay {
         // Whoever holds the chat's own capability has had its PAIRED.
         let link = Link {
             handshake_due: d.handshake_due,
-            ..self.new_link(now, d.peer, h, None)
+            ..self.new_link(now, d.pairing, d.peer, h, None)
         };
         self.link(conn, chat, link);
         self.repoint(d.peer, Peer::Live { conn, chat });

@@ -12,16 +12,21 @@
 //! [`RouteEvent::PairedRemote`] halves under a new pairing id, a QUEUED
 //! goes to the client's relay and QUEUE_STATS to every relay. A
 //! [`RouteCommand::Deliver`] goes to the inbox of the relay where the side
-//! lives; the router learns where sides are from the pairs it makes and
-//! from [`PeerMessage::Moved`], and forgets a chat's sides at its END. An
-//! inbox with events makes its relay's `poll_timeout` due, the
+//! lives; the router learns where sides are from the pairs it makes,
+//! from [`PeerMessage::Moved`] and from handovers, and forgets a chat's
+//! sides at its END. It keeps which relay holds each capability and ticket
+//! hash, and sends a [`RouteCommand::Claim`] there and the handover back.
+//! An inbox with events makes its relay's `poll_timeout` due, the
 //! way a message from the network would wake a relay.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{LocalRouter, PeerMessage, RouteCommand, RouteEvent, Router, SideKey};
+use super::{
+    CapHash, ClaimId, Handed, LocalRouter, PeerMessage, Request, RouteCommand, RouteEvent, Router,
+    SideKey,
+};
 use crate::core::frame::{Language, PairingId, Role, TopicId};
 use crate::core::pairing::{ConnId, QueueView};
 use crate::core::ratelimit::SourceTag;
@@ -49,6 +54,11 @@ struct Shared {
     turns: HashMap<(u16, u64), u64>,
     next_turn: u64,
     next_pairing: u64,
+    /// Which relay holds each capability and ticket hash.
+    holders: HashMap<CapHash, u16>,
+    /// Claims on their way: the claiming relay, connection and hash.
+    claims: HashMap<ClaimId, (u16, ConnId, CapHash)>,
+    next_claim: u64,
 }
 
 impl Linked {
@@ -69,6 +79,9 @@ impl Linked {
                 turns: HashMap::new(),
                 next_turn: 0,
                 next_pairing: 0,
+                holders: HashMap::new(),
+                claims: HashMap::new(),
+                next_claim: 0,
             })),
         }
     }
@@ -80,6 +93,7 @@ impl Linked {
             node,
             linked: self.clone(),
             given: Vec::new(),
+            last_poll: None,
         }
     }
 
@@ -108,14 +122,7 @@ impl Shared {
     fn command(&mut self, node: u16, now: Instant, command: RouteCommand) {
         let command = match command {
             RouteCommand::Enqueue { client, request } => {
-                let turn = match self.turns.get(&(node, request.turn)) {
-                    Some(turn) => *turn,
-                    None => {
-                        self.next_turn += 1;
-                        self.turns.insert((node, request.turn), self.next_turn);
-                        self.next_turn
-                    }
-                };
+                let turn = self.global_turn(node, request.turn);
                 let client = qualify(node, client);
                 self.choices
                     .insert(client, (request.topic, request.language));
@@ -161,8 +168,88 @@ impl Shared {
                 self.push(at, now, RouteEvent::Delivered { to, message });
                 return;
             }
+            RouteCommand::Hold { hash } => {
+                self.holders.insert(hash, node);
+                return;
+            }
+            RouteCommand::Release { hash } => {
+                if self.holders.get(&hash) == Some(&node) {
+                    self.holders.remove(&hash);
+                }
+                return;
+            }
+            RouteCommand::Claim {
+                conn,
+                hash,
+                claimant,
+            } => {
+                match self.holders.get(&hash).copied() {
+                    Some(holder) => {
+                        self.next_claim += 1;
+                        let claim = ClaimId(self.next_claim);
+                        self.claims.insert(claim, (node, conn, hash));
+                        let claimed = RouteEvent::Claimed {
+                            claim,
+                            hash,
+                            claimant,
+                        };
+                        self.push(holder, now, claimed);
+                    }
+                    None => {
+                        let answer = RouteEvent::HandedOver {
+                            conn,
+                            hash,
+                            handed: None,
+                        };
+                        self.push(node, now, answer);
+                    }
+                }
+                return;
+            }
+            RouteCommand::HandOver { claim, handed } => {
+                let Some((claimant, conn, hash)) = self.claims.remove(&claim) else {
+                    return;
+                };
+                let handed = handed.map(|handed| self.moved(node, claimant, handed));
+                let answer = RouteEvent::HandedOver { conn, hash, handed };
+                self.push(claimant, now, answer);
+                return;
+            }
         };
         self.router.handle_command(command);
+    }
+
+    /// The shared queue's turn for a turn a relay gave.
+    fn global_turn(&mut self, node: u16, turn: u64) -> u64 {
+        if let Some(global) = self.turns.get(&(node, turn)) {
+            return *global;
+        }
+        self.next_turn += 1;
+        self.turns.insert((node, turn), self.next_turn);
+        self.next_turn
+    }
+
+    /// What goes from relay `from` to relay `to`: the sides' places
+    /// follow it, and a request's turn is given a name on the new relay
+    /// (one no relay gives itself) for the same place in the queue.
+    fn moved(&mut self, from: u16, to: u16, handed: Handed) -> Handed {
+        let rename = |shared: &mut Shared, request: Request| {
+            let global = shared.global_turn(from, request.turn);
+            let turn = (1 << 63) | global;
+            shared.turns.insert((to, turn), global);
+            Request { turn, ..request }
+        };
+        match handed {
+            Handed::Place { request } => Handed::Place {
+                request: rename(self, request),
+            },
+            Handed::Side(mut side) => {
+                self.sides.insert(side.key, to);
+                self.sides.entry(side.peer).or_insert(from);
+                side.unconfirmed = side.unconfirmed.map(|request| rename(self, request));
+                Handed::Side(side)
+            }
+        }
     }
 
     /// Runs the shared router and sorts what it says into the inboxes.
@@ -225,7 +312,10 @@ impl Shared {
                         self.push(node, now, stats);
                     }
                 }
-                RouteEvent::PairedRemote { .. } | RouteEvent::Delivered { .. } => {}
+                RouteEvent::PairedRemote { .. }
+                | RouteEvent::Delivered { .. }
+                | RouteEvent::Claimed { .. }
+                | RouteEvent::HandedOver { .. } => {}
             }
         }
     }
@@ -236,8 +326,9 @@ pub struct LinkedRouter {
     node: u16,
     linked: Linked,
     /// Commands given since the last poll: they reach the shared router,
-    /// stamped with the time, at the next poll.
+    /// stamped with the time, at the next poll (which is due at once).
     given: Vec<RouteCommand>,
+    last_poll: Option<Instant>,
 }
 
 impl Router for LinkedRouter {
@@ -246,6 +337,7 @@ impl Router for LinkedRouter {
     }
 
     fn poll_event(&mut self, now: Instant) -> Option<RouteEvent> {
+        self.last_poll = Some(now);
         let mut shared = self.linked.lock();
         for command in self.given.drain(..) {
             shared.command(self.node, now, command);
@@ -261,10 +353,15 @@ impl Router for LinkedRouter {
     fn poll_timeout(&self) -> Option<Instant> {
         let shared = self.linked.lock();
         let inbox = shared.inboxes.get(&self.node).and_then(|i| i.front());
-        [inbox.map(|(at, _)| *at), shared.router.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        let given = self.last_poll.filter(|_| !self.given.is_empty());
+        [
+            inbox.map(|(at, _)| *at),
+            shared.router.poll_timeout(),
+            given,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn view(&self) -> &dyn QueueView {

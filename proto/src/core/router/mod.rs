@@ -38,6 +38,18 @@
 //! a transfer and a refused half cross this way; the relay where a side
 //! lives holds what comes for it while it is away, as for a local chat.
 //!
+//! Any relay can answer a RESUME. The router knows which relay holds which
+//! capability and ticket hash (the core tells it with
+//! [`RouteCommand::Hold`] and [`RouteCommand::Release`] at the end of each
+//! event); a RESUME the core cannot resume itself becomes a
+//! [`RouteCommand::Claim`], which the router takes to the relay holding
+//! the hash ([`RouteEvent::Claimed`]); that relay hands the place or chat
+//! side over ([`RouteCommand::HandOver`], [`Handed`]) and the router gives
+//! it to the claimant ([`RouteEvent::HandedOver`]). A router answers every
+//! claim, with `None` where nobody holds the hash. The in-process router
+//! answers every claim with `None`: on one relay the core has already
+//! looked.
+//!
 //! What holds whatever the router's latency: no young person is paired
 //! twice (a pair takes the client out of the queue, and the core starts a
 //! chat only for a client it still has waiting); no counsellor goes over
@@ -102,23 +114,110 @@ pub enum PeerMessage {
     Refused,
 }
 
+/// The SHA-256 of a resume capability or queue ticket: all a relay keeps
+/// of one, and what the router knows them by.
+pub type CapHash = [u8; 32];
+
+/// Who presents a capability or ticket in a RESUME (PROTOCOL.md §7.4):
+/// what the relay holding it checks before it lets it go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimant {
+    /// A new anonymous connection, RESUME as its first frame.
+    Client,
+    /// A counsellor's connection, signed in under this pseudonym.
+    Counsellor { pseudonym: String },
+}
+
+/// A router's handle for one RESUME that went to another relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimId(pub u64);
+
+/// What a relay hands over to the relay where it is resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handed {
+    /// A waiting young person's place in the queue (its ticket).
+    Place { request: Request },
+    /// A chat side: by its own capability, or by the ticket of a young
+    /// person paired while away who never heard its PAIRED.
+    Side(Box<HandedSide>),
+}
+
+/// A chat side on its way from one relay to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedSide {
+    /// This side, and the side it chats with (now on another relay).
+    pub key: SideKey,
+    pub peer: SideKey,
+    /// The other side is away too.
+    pub peer_away: bool,
+    /// The young person's topic and language, if known.
+    pub topic: Option<TopicId>,
+    pub language: Option<Language>,
+    /// A counsellor's side is resumed only under this pseudonym.
+    pub pseudonym: Option<String>,
+    /// What the other side sent while this side was away, in order.
+    pub held: Vec<Blob>,
+    /// A young person's side not yet heard from in the chat: the place it
+    /// had, should the pairing be undone.
+    pub unconfirmed: Option<Request>,
+    /// When the pairing is undone if the young person's handshake message
+    /// 1 has not come, and when the resume window ends.
+    pub handshake_due: Option<Instant>,
+    pub window_ends: Instant,
+}
+
 /// What the core tells the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteCommand {
     /// A client enters the queue, or re-enters it at the place its
     /// `request.turn` gives it. The core has checked the queue's limit
     /// against the router's view.
-    Enqueue { client: ConnId, request: Request },
+    Enqueue {
+        client: ConnId,
+        request: Request,
+    },
     /// A client leaves the queue (paired elsewhere, away, gone).
-    Withdraw { client: ConnId },
+    Withdraw {
+        client: ConnId,
+    },
     /// What a counsellor can take now: sets or replaces its offer.
-    Offer { counsellor: ConnId, offer: Offer },
+    Offer {
+        counsellor: ConnId,
+        offer: Offer,
+    },
     /// A counsellor is gone.
-    SignOut { counsellor: ConnId },
+    SignOut {
+        counsellor: ConnId,
+    },
     /// Every waiting client is due its position and estimate.
     Announce,
     /// A message for the other side of a chat, on another relay.
-    Deliver { to: SideKey, message: PeerMessage },
+    Deliver {
+        to: SideKey,
+        message: PeerMessage,
+    },
+    /// This relay holds a capability or ticket by this hash (or no longer
+    /// does): a RESUME anywhere else is sent here.
+    Hold {
+        hash: CapHash,
+    },
+    Release {
+        hash: CapHash,
+    },
+    /// A RESUME on `conn` with a capability or ticket this relay does not
+    /// hold (or holds for someone else): the router finds the relay that
+    /// does. Every claim is answered with [`RouteEvent::HandedOver`].
+    Claim {
+        conn: ConnId,
+        hash: CapHash,
+        claimant: Claimant,
+    },
+    /// The answer to [`RouteEvent::Claimed`]: what this relay let go for
+    /// the claim (`None`: nothing, or not to this claimant).
+    HandOver {
+        claim: ClaimId,
+        handed: Option<Handed>,
+    },
 }
 
 /// What the router tells the core.
@@ -139,6 +238,19 @@ pub enum RouteEvent {
     },
     /// A message from the other side of a chat, for the side `to` here.
     Delivered { to: SideKey, message: PeerMessage },
+    /// Another relay has a RESUME for what this relay holds under `hash`:
+    /// the core answers with [`RouteCommand::HandOver`].
+    Claimed {
+        claim: ClaimId,
+        hash: CapHash,
+        claimant: Claimant,
+    },
+    /// The answer to a [`RouteCommand::Claim`] for `conn`.
+    HandedOver {
+        conn: ConnId,
+        hash: CapHash,
+        handed: Option<Handed>,
+    },
     /// A waiting client's place: its position (1 = next) and estimated
     /// wait (`None`: not known). `announce`: the whole queue is told, so a
     /// client due a heartbeat hears it even if nothing changed.
@@ -284,8 +396,21 @@ impl<P: PairingBackend + Send> Router for LocalRouter<P> {
             RouteCommand::Offer { counsellor, offer } => self.queue.offer(counsellor, offer),
             RouteCommand::SignOut { counsellor } => self.queue.remove_counsellor(counsellor),
             RouteCommand::Announce => self.announce = true,
-            // Every chat of a single relay is local.
-            RouteCommand::Deliver { .. } => return,
+            // Every chat of a single relay is local, and whatever it can
+            // resume it already found itself.
+            RouteCommand::Deliver { .. }
+            | RouteCommand::Hold { .. }
+            | RouteCommand::Release { .. }
+            | RouteCommand::HandOver { .. } => return,
+            RouteCommand::Claim { conn, hash, .. } => {
+                let answer = RouteEvent::HandedOver {
+                    conn,
+                    hash,
+                    handed: None,
+                };
+                self.events.push_back(answer);
+                return;
+            }
         }
         self.dirty = true;
     }
