@@ -864,6 +864,41 @@ struct HeldRoute {
     ready: bool,
 }
 
+/// A connection task's routes by chat. A young person has one chat and a
+/// counsellor a handful, so a short list that grows one place at a time
+/// does better than a hash map, whose first allocation is four buckets of
+/// a route each on every idle connection.
+#[derive(Default)]
+struct ChatRoutes(Vec<(ChatNumber, HeldRoute)>);
+
+impl ChatRoutes {
+    fn insert(&mut self, chat: ChatNumber, route: HeldRoute) {
+        if let Some(held) = self.get_mut(&chat) {
+            *held = route;
+            return;
+        }
+        self.0.reserve_exact(1);
+        self.0.push((chat, route));
+    }
+
+    fn remove(&mut self, chat: &ChatNumber) -> Option<HeldRoute> {
+        let at = self.0.iter().position(|(c, _)| c == chat)?;
+        let (_, route) = self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(route)
+    }
+
+    fn get_mut(&mut self, chat: &ChatNumber) -> Option<&mut HeldRoute> {
+        self.0.iter_mut().find(|(c, _)| c == chat).map(|(_, r)| r)
+    }
+
+    fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
 /// The reading half of a connection task: decodes, delivers FORWARD frames
 /// on routed chats itself, and hands everything else to the driver.
 struct Reader {
@@ -876,7 +911,7 @@ struct Reader {
     stage: Stage,
     /// The budget for frames other than FORWARD.
     control: TokenBucket,
-    routes: HashMap<ChatNumber, HeldRoute>,
+    routes: ChatRoutes,
     /// Barriers asked for and not yet passed.
     barriers: usize,
     /// A bad frame was read: nothing more is delivered or read.
@@ -898,7 +933,7 @@ impl Reader {
             decoder: FrameDecoder::default(),
             stage,
             control: TokenBucket::new(rate, burst, std::time::Instant::now()),
-            routes: HashMap::new(),
+            routes: ChatRoutes::default(),
             barriers: 0,
             broken: false,
         }

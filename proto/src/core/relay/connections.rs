@@ -73,7 +73,7 @@ impl Relay {
                 state: State::AwaitingHello {
                     deadline: now.mono + self.limits.hello_timeout,
                 },
-                links: BTreeMap::new(),
+                links: Links::default(),
                 ticket: None,
                 choice: (None, None),
                 next_chat: 1,
@@ -176,6 +176,10 @@ impl Relay {
                 return Flow::Read;
             };
             let Some(front) = c.backlog.front() else {
+                // An idle connection keeps no room for frames.
+                if c.backlog.capacity() > 0 {
+                    c.backlog = VecDeque::new();
+                }
                 c.blocked_until = None;
                 if std::mem::take(&mut c.paused) {
                     self.out.push_back(Output::Unblock { conn });
@@ -641,7 +645,7 @@ impl Relay {
             self.index.tickets.remove(&ticket);
             self.index.hashes_changed.push(ticket);
         }
-        for (chat, link) in &c.links {
+        for (chat, link) in c.links.iter() {
             Self::unindex_link(&mut self.index, conn, *chat, link);
         }
         if let Some(name) = c.pseudonym()

@@ -249,6 +249,73 @@ struct Link {
     route: Option<Route>,
 }
 
+/// A connection's live chats by its own chat number, in order. A young
+/// person has one and a counsellor a handful, so a sorted list that grows
+/// one place at a time: a B-tree's first node holds room for eleven links
+/// on every connection, chatting or not.
+#[derive(Debug, Default)]
+struct Links(Vec<(ChatNumber, Link)>);
+
+impl Links {
+    fn find(&self, chat: &ChatNumber) -> Result<usize, usize> {
+        self.0.binary_search_by_key(chat, |(c, _)| *c)
+    }
+
+    fn get(&self, chat: &ChatNumber) -> Option<&Link> {
+        let at = self.find(chat).ok()?;
+        self.0.get(at).map(|(_, link)| link)
+    }
+
+    fn get_mut(&mut self, chat: &ChatNumber) -> Option<&mut Link> {
+        let at = self.find(chat).ok()?;
+        self.0.get_mut(at).map(|(_, link)| link)
+    }
+
+    fn contains_key(&self, chat: &ChatNumber) -> bool {
+        self.find(chat).is_ok()
+    }
+
+    fn insert(&mut self, chat: ChatNumber, link: Link) -> Option<Link> {
+        match self.find(&chat) {
+            Ok(at) => self.0.get_mut(at).map(|(_, old)| std::mem::replace(old, link)),
+            Err(at) => {
+                self.0.reserve_exact(1);
+                self.0.insert(at, (chat, link));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, chat: &ChatNumber) -> Option<Link> {
+        let at = self.find(chat).ok()?;
+        let (_, link) = self.0.remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(link)
+    }
+
+    fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &ChatNumber> {
+        self.0.iter().map(|(chat, _)| chat)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Link> {
+        self.0.iter().map(|(_, link)| link)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ChatNumber, &Link)> {
+        self.0.iter().map(|(chat, link)| (chat, link))
+    }
+}
+
 /// One side of a chat whose connection dropped, waiting to be resumed.
 struct Detached {
     pairing: PairingId,
@@ -352,7 +419,7 @@ struct Conn {
     claiming: bool,
     state: State,
     /// Live chats of this connection by its own chat number.
-    links: BTreeMap<ChatNumber, Link>,
+    links: Links,
     /// A client's queue ticket (the hash of what JOINED gave it).
     ticket: Option<CapHash>,
     /// The topic and language a client chose in JOIN.
