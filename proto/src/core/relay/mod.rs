@@ -277,7 +277,10 @@ impl Links {
 
     fn insert(&mut self, chat: ChatNumber, link: Link) -> Option<Link> {
         match self.find(&chat) {
-            Ok(at) => self.0.get_mut(at).map(|(_, old)| std::mem::replace(old, link)),
+            Ok(at) => self
+                .0
+                .get_mut(at)
+                .map(|(_, old)| std::mem::replace(old, link)),
             Err(at) => {
                 self.0.reserve_exact(1);
                 self.0.insert(at, (chat, link));
