@@ -12,10 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use fluister::core::frame::{Blob, PairingId};
+use fluister::core::ratelimit::pow_valid;
 use fluister::crypto::cert::{CertificateBody, OrgPublicKey};
 use fluister::crypto::content::{Content, split_text};
 use fluister::crypto::e2e::{self, CounsellorKeys, Received};
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore};
 use x25519_dalek::PublicKey;
 
 /// `web/`, with its locked npm packages installed (`npm ci`) the first
@@ -132,4 +133,28 @@ fn the_javascript_client_and_the_rust_counsellor_chat_end_to_end() {
         "JS decrypts Rust"
     );
     assert!(node.wait().expect("node exits").success());
+}
+
+#[test]
+fn a_proof_of_work_solved_in_javascript_is_what_the_relay_accepts() {
+    let mut challenge = [0u8; 16];
+    OsRng.fill_bytes(&mut challenge);
+    let script = "import { solve } from './src/pow.js'; \
+        const challenge = Uint8Array.from(Buffer.from(process.argv[1], 'hex')); \
+        process.stdout.write(Buffer.from(await solve(challenge, 14)).toString('hex'));";
+    let out = Command::new("node")
+        .args(["--input-type=module", "-e", script, &hex::encode(challenge)])
+        .current_dir(web())
+        .output()
+        .unwrap_or_else(|e| panic!("node (20 or later) must be installed: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let solution: [u8; 8] = hex::decode(out.stdout)
+        .expect("hex")
+        .try_into()
+        .expect("8 bytes");
+    assert!(pow_valid(&challenge, 14, &solution), "the relay's check");
 }
