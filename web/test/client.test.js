@@ -1,0 +1,155 @@
+// The young person's state machine, driven as a page drives it, against a
+// relay played by the test and a counsellor made of this library's Noise
+// responder with the keys of proto/vectors/handshake.json.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+
+import { YoungPersonClient } from '../src/client.js';
+import { Handshake } from '../src/noise.js';
+import { pad, unpad, parseContent, textChunks, ackContent, MESSAGE_2_PAYLOAD, TRANSPORT_PLAINTEXT } from '../src/e2e.js';
+import { solve, powValid } from '../src/pow.js';
+
+const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
+const hs = JSON.parse(readFileSync(new URL('../../proto/vectors/handshake.json', import.meta.url), 'utf8'));
+const inputs = hs.inputs;
+
+/** Everything the client wants sent, and every event, drained. */
+function drain(client) {
+  const sent = [];
+  const events = [];
+  for (let f; (f = client.pollTransmit()); ) sent.push(f);
+  for (let e; (e = client.pollEvent()); ) events.push(e);
+  return { sent, events };
+}
+
+/** The counsellor's end of the chat, on the vector's keys. */
+class Counsellor {
+  constructor(pairingId) {
+    const prologueHex = hs.prologue.hex.slice(0, -32) + Buffer.from(pairingId).toString('hex');
+    this.hs = new Handshake({ initiator: false, prologue: fromHex(prologueHex), staticKey: fromHex(inputs.counsellor_static_secret) });
+    this.nextSend = 0n;
+  }
+  answer(message1) {
+    this.hs.readMessage(message1);
+    const m2 = this.hs.writeMessage(pad(fromHex(inputs.certificate), MESSAGE_2_PAYLOAD));
+    ({ send: this.send, receive: this.receive } = this.hs.split());
+    return m2;
+  }
+  seal(content) {
+    const seq = this.nextSend++;
+    const blob = new Uint8Array(1032);
+    new DataView(blob.buffer).setBigUint64(0, seq);
+    blob.set(this.send.encryptAt(seq, new Uint8Array(0), pad(content, TRANSPORT_PLAINTEXT)), 8);
+    return blob;
+  }
+  open(blob) {
+    const seq = new DataView(blob.buffer, blob.byteOffset).getBigUint64(0);
+    return parseContent(unpad(this.receive.decryptAt(seq, new Uint8Array(0), blob.subarray(8))));
+  }
+}
+
+const welcome = { type: 'WELCOME', version: 1, role: 'client', topics: 1, languages: ['nl', 'en'], powDifficulty: 8, powChallenge: new Uint8Array(16).fill(3) };
+const topic = { type: 'TOPIC', id: 4, labelNl: 'Geld verdienen', labelEn: 'Making money' };
+const pairingId = fromHex(inputs.pairing_id);
+
+/** A client that has chosen, solved and joined. */
+async function joined(orgKey = fromHex(inputs.org_public_key)) {
+  const client = new YoungPersonClient({ orgKey, now: () => inputs.now_unix });
+  client.connected();
+  assert.deepEqual(drain(client).sent, [{ type: 'HELLO', version: 1, role: 'client' }]);
+  client.handleFrame(welcome);
+  assert.deepEqual(drain(client).events, [], 'not before its topics');
+  client.handleFrame(topic);
+  const { events } = drain(client);
+  assert.deepEqual(events, [{ event: 'connected', v: 1, topics: [{ id: 4, nl: 'Geld verdienen', en: 'Making money' }], languages: ['nl', 'en'] }]);
+  client.join(4, 'nl');
+  const work = client.pollWork();
+  assert.equal(work.purpose, 'join');
+  const solution = await solve(work.challenge, work.difficulty);
+  client.joinWith(solution);
+  const [join] = drain(client).sent;
+  assert.equal(join.type, 'JOIN');
+  assert.equal(join.topic, 4);
+  assert.equal(join.language, 'nl');
+  assert.ok(powValid(welcome.powChallenge, 8, join.powSolution));
+  client.handleFrame({ type: 'JOINED', resume: new Uint8Array(32).fill(9) });
+  client.handleFrame({ type: 'QUEUED', position: 2, estimatedWaitSecs: null });
+  client.handleFrame({ type: 'QUEUED', position: 1, estimatedWaitSecs: 45 });
+  assert.deepEqual(drain(client).events, [
+    { event: 'queued', v: 1, position: 2 },
+    { event: 'queued', v: 1, position: 1, estimated_wait_secs: 45 },
+  ]);
+  return client;
+}
+
+test('a young person joins, is paired with a verified Sam, and the chat goes both ways with delivered marks', async () => {
+  const client = await joined();
+  const early = client.send('Hallo?'); // typed while waiting: held
+  client.handleFrame({ type: 'PAIRED', chat: 1, pairingId, resume: new Uint8Array(32).fill(5), topic: null, language: null });
+  const [m1] = drain(client).sent;
+  assert.equal(m1.type, 'FORWARD');
+  const sam = new Counsellor(pairingId);
+  client.handleFrame({ type: 'FORWARD', chat: 1, blob: sam.answer(m1.blob) });
+  let out = drain(client);
+  assert.deepEqual(out.events, [{ event: 'paired', v: 1, counsellor: 'Sam' }, { event: 'sent', v: 1, id: early }]);
+  assert.deepEqual(sam.open(out.sent[0].blob), { kind: 'text', final: true, text: 'Hallo?' });
+
+  const id = client.send('Ik weet niet wat ik moet doen');
+  out = drain(client);
+  assert.deepEqual(out.events, [{ event: 'sent', v: 1, id }]);
+  assert.equal(sam.open(out.sent[0].blob).text, 'Ik weet niet wat ik moet doen');
+  client.handleFrame({ type: 'FORWARD', chat: 1, blob: sam.seal(ackContent(1n)) });
+  assert.deepEqual(drain(client).events, [{ event: 'delivered', v: 1, id: early }]);
+  for (const chunk of textChunks('Fijn dat je schrijft.')) client.handleFrame({ type: 'FORWARD', chat: 1, blob: sam.seal(chunk) });
+  assert.deepEqual(drain(client).events, [{ event: 'message', v: 1, text: 'Fijn dat je schrijft.' }]);
+  client.tick();
+  const ack = drain(client).sent;
+  assert.equal(ack.length, 1, 'one ACK on the tick');
+  assert.deepEqual(sam.open(ack[0].blob), { kind: 'ack', upTo: 2n });
+  client.tick();
+  assert.equal(drain(client).sent.length, 0, 'nothing owed, nothing sent');
+
+  client.handleFrame({ type: 'END', chat: 1, reason: 'user_ended' });
+  assert.deepEqual(drain(client).events, [
+    { event: 'not_delivered', v: 1, id },
+    { event: 'ended', v: 1, reason: 'peer_ended' },
+  ]);
+  assert.equal(client.session, null, 'keys wiped');
+  assert.equal(client.ticket, null);
+});
+
+test('a message 2 from another organisation ends with END(SECURITY_FAILURE) and nothing else', async () => {
+  const client = await joined(new Uint8Array(32).fill(8));
+  client.send('niet versturen');
+  client.handleFrame({ type: 'PAIRED', chat: 1, pairingId, resume: new Uint8Array(32), topic: null, language: null });
+  const [m1] = drain(client).sent;
+  client.handleFrame({ type: 'FORWARD', chat: 1, blob: new Counsellor(pairingId).answer(m1.blob) });
+  const { sent, events } = drain(client);
+  assert.deepEqual(sent, [{ type: 'END', chat: 1, reason: 'security_failure' }]);
+  assert.equal(events.at(-1).event, 'ended');
+  assert.equal(events.at(-1).reason, 'security_failure');
+  assert.ok(events.some((e) => e.event === 'not_delivered'), 'the held line never left');
+});
+
+test('outside opening hours the young person hears when the chat opens', async () => {
+  const client = await joined();
+  client.handleFrame({ type: 'UNAVAILABLE', reason: 'closed', nextOpen: 1_800_003_600n });
+  assert.deepEqual(drain(client).events, [{ event: 'closed', v: 1, next_open: 1_800_003_600 }]);
+  const busy = await joined();
+  busy.handleFrame({ type: 'UNAVAILABLE', reason: 'busy', nextOpen: null });
+  assert.deepEqual(drain(busy).events, [{ event: 'ended', v: 1, reason: 'busy' }]);
+});
+
+test('a transfer keeps the young person and shows the new counsellor', async () => {
+  const client = await joined();
+  client.handleFrame({ type: 'PAIRED', chat: 1, pairingId, resume: new Uint8Array(32), topic: null, language: null });
+  client.handleFrame({ type: 'FORWARD', chat: 1, blob: new Counsellor(pairingId).answer(drain(client).sent[0].blob) });
+  drain(client);
+  client.handleFrame({ type: 'END', chat: 1, reason: 'transferred' });
+  client.handleFrame({ type: 'QUEUED', position: 1, estimatedWaitSecs: null });
+  client.handleFrame({ type: 'PAIRED', chat: 2, pairingId, resume: new Uint8Array(32), topic: null, language: null });
+  const [m1] = drain(client).sent;
+  client.handleFrame({ type: 'FORWARD', chat: 2, blob: new Counsellor(pairingId).answer(m1.blob) });
+  assert.deepEqual(drain(client).events, [{ event: 'transferred', v: 1, counsellor: 'Sam' }]);
+});
