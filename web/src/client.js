@@ -7,15 +7,19 @@
  * Inputs: `connected()` when the control stream is up, `handleFrame(frame)`
  * for each frame from the relay (decoded by `frames.js`), `join(...)` when
  * the young person chose, `joinWith(solution)` once the proof of work it
- * asked for is solved, `send(text)`, `tick(now)` once a second (acks go out
- * on this tick, §6.4) and `end()`.
+ * asked for is solved, `send(text)`, `tick()` once a second (acks go out
+ * on this tick, §6.4), `lost()` and `end()`.
  * Outputs, drained in order: `pollTransmit()` gives frames to send,
  * `pollEvent()` the events of proto/EVENTS.md (`{ event: 'queued',
  * position: 3 }`), and `pollWork()` the proof of work to solve (`{ challenge,
  * difficulty, purpose: 'join' | 'proof' }`).
  *
- * Resumption (reconnecting with the ticket or capability) and resending
- * what was not acknowledged come next; the session keeps what they need.
+ * A connection that drops without our doing (`lost()`) is taken up again
+ * (§7.4): the next `connected()` sends RESUME with the chat's capability,
+ * or the queue ticket, instead of HELLO. The client keeps every blob the
+ * counsellor has not acknowledged (messages and its own ACKs, §7.4 point
+ * 3) and sends them again, same sequence numbers, after RESUMED or
+ * PEER_BACK; during the handshake it sends message 1 again.
  *
  * @module
  */
@@ -49,6 +53,14 @@ export class YoungPersonClient {
     this.now = now;
     /** @type {'connecting' | 'welcomed' | 'joining' | 'waiting' | 'handshaking' | 'chatting' | 'transferring' | 'ended'} */
     this.state = 'connecting';
+    /** What RESUME presents on the next connection, while the connection is away. */
+    /** @type {Uint8Array | null} */
+    this.resumeWith = null;
+    /** Sealed blobs the other side has not acknowledged, oldest first. */
+    /** @type {{ seq: bigint, blob: Uint8Array }[]} */
+    this.outstanding = [];
+    /** @type {Uint8Array | null} handshake message 1, until message 2 */
+    this.message1 = null;
     /** @type {Record<string, any>[]} */
     this.transmit = [];
     /** @type {ClientEvent[]} */
@@ -98,9 +110,33 @@ export class YoungPersonClient {
     return this.work.shift() ?? null;
   }
 
-  /** The control stream is up: HELLO goes first (§7.1). */
+  /**
+   * The control stream is up: HELLO goes first (§7.1), or RESUME after a
+   * lost connection (§7.4).
+   */
   connected() {
+    if (this.resumeWith) {
+      this.transmit.push({ type: 'RESUME', capability: this.resumeWith });
+      return;
+    }
     this.transmit.push({ type: 'HELLO', version: 1, role: 'client' });
+  }
+
+  /**
+   * The connection dropped without our doing. What can be resumed is
+   * resumed on the next connection; anything else starts again.
+   */
+  lost() {
+    if (this.state === 'ended') return;
+    const inChat = ['handshaking', 'chatting'].includes(this.state);
+    this.resumeWith = inChat ? this.capability : this.ticket;
+    if (!this.resumeWith) {
+      // Nothing to take up: a fresh HELLO, topics and JOIN.
+      this.topics = [];
+      this.welcome = null;
+      this.state = 'connecting';
+    }
+    this.emit('reconnecting', { reason: 'lost' });
   }
 
   /**
@@ -155,6 +191,7 @@ export class YoungPersonClient {
         this.ticket = frame.resume;
         return;
       case 'QUEUED':
+        this.resumed();
         this.emit('queued', {
           position: frame.position,
           ...(frame.estimatedWaitSecs === null ? {} : { estimated_wait_secs: frame.estimatedWaitSecs }),
@@ -172,7 +209,15 @@ export class YoungPersonClient {
         }
         return;
       case 'PAIRED':
+        this.resumed();
         return this.paired(frame);
+      case 'RESUMED':
+        this.chat = frame.chat;
+        this.resumed();
+        return this.resend();
+      case 'RESUME_FAILED':
+        // The chat (or place) ended while we were away; the relay closes.
+        return this.finish('ended_while_away');
       case 'FORWARD':
         if (frame.chat === this.chat) this.forwarded(frame.blob);
         return;
@@ -186,13 +231,35 @@ export class YoungPersonClient {
         }
         return this.finish(ENDED_BY_PEER[/** @type {keyof typeof ENDED_BY_PEER} */ (frame.reason)] ?? 'peer_ended');
       case 'PEER_AWAY':
-      case 'PEER_BACK':
-        if (frame.chat === this.chat) this.emit(frame.type === 'PEER_AWAY' ? 'peer_away' : 'peer_back');
+        if (frame.chat === this.chat) this.emit('peer_away');
         return;
+      case 'PEER_BACK':
+        if (frame.chat !== this.chat) return;
+        this.emit('peer_back');
+        return this.resend();
       default:
         this.emit('error', { message: `unexpected ${frame.type}`, fatal: true, code: 'unexpected_frame' });
         this.state = 'ended';
     }
+  }
+
+  /** An answer to RESUME arrived: we are back. */
+  resumed() {
+    if (!this.resumeWith) return;
+    this.resumeWith = null;
+    this.emit('resumed');
+  }
+
+  /**
+   * What the other side may have missed, again: message 1 during the
+   * handshake, else every blob it has not acknowledged, in order.
+   */
+  resend() {
+    if (this.state === 'handshaking' && this.message1) {
+      this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: this.message1 });
+      return;
+    }
+    for (const { blob } of this.outstanding) this.transmit.push({ type: 'FORWARD', chat: this.chat, blob });
   }
 
   welcomed() {
@@ -207,7 +274,9 @@ export class YoungPersonClient {
     this.capability = frame.resume;
     this.session = new ClientSession({ orgKey: this.orgKey, pairingId: frame.pairingId });
     this.state = 'handshaking';
-    this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: this.session.start() });
+    this.outstanding = [];
+    this.message1 = this.session.start();
+    this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: this.message1 });
   }
 
   /** @param {Uint8Array} blob */
@@ -221,6 +290,7 @@ export class YoungPersonClient {
         this.everPaired = true;
         this.counsellor = pseudonym;
         this.state = 'chatting';
+        this.message1 = null;
         this.emit(transfer ? 'transferred' : 'paired', { counsellor: pseudonym });
         for (const line of this.held.splice(0)) this.sendNow(line.id, line.text);
         return;
@@ -250,6 +320,7 @@ export class YoungPersonClient {
       this.transmit.push({ type: 'END', chat: this.chat, reason: 'security_failure' });
       return this.finish('security_failure', 'ack_of_unsent');
     }
+    this.outstanding = this.outstanding.filter((m) => m.seq >= upTo);
     while (this.unacknowledged.length && this.unacknowledged[0].lastSeq < upTo) {
       const done = /** @type {{ id: number }} */ (this.unacknowledged.shift());
       this.emit('delivered', { id: done.id });
@@ -280,9 +351,10 @@ export class YoungPersonClient {
     }
     let lastSeq = 0n;
     for (const chunk of chunks) {
-      const { seq, blob } = /** @type {ClientSession} */ (this.session).seal(chunk);
-      lastSeq = seq;
-      this.transmit.push({ type: 'FORWARD', chat: this.chat, blob });
+      const sealed = /** @type {ClientSession} */ (this.session).seal(chunk);
+      lastSeq = sealed.seq;
+      this.outstanding.push(sealed);
+      this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: sealed.blob });
     }
     this.unacknowledged.push({ id, lastSeq });
     this.emit('sent', { id });
@@ -292,8 +364,10 @@ export class YoungPersonClient {
   tick() {
     if (this.state === 'chatting' && this.ackOwed && this.session) {
       this.ackOwed = false;
-      const { blob } = this.session.seal(ackContent(this.session.nextReceive));
-      this.transmit.push({ type: 'FORWARD', chat: this.chat, blob });
+      // An ACK takes a sequence number too: it is resent like a message.
+      const sealed = this.session.seal(ackContent(this.session.nextReceive));
+      this.outstanding.push(sealed);
+      this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: sealed.blob });
     }
   }
 
@@ -320,6 +394,9 @@ export class YoungPersonClient {
     if (reason) this.emit('ended', detail ? { reason, detail } : { reason });
     this.session?.destroy();
     this.session = null;
+    this.outstanding = [];
+    this.message1 = null;
+    this.resumeWith = null;
     this.ticket?.fill(0);
     this.capability?.fill(0);
     this.ticket = null;

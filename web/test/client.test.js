@@ -153,3 +153,81 @@ test('a transfer keeps the young person and shows the new counsellor', async () 
   client.handleFrame({ type: 'FORWARD', chat: 2, blob: new Counsellor(pairingId).answer(m1.blob) });
   assert.deepEqual(drain(client).events, [{ event: 'transferred', v: 1, counsellor: 'Sam' }]);
 });
+
+/** A client in a chat with Sam, both sides ready. */
+async function chatting() {
+  const client = await joined();
+  client.handleFrame({ type: 'PAIRED', chat: 1, pairingId, resume: new Uint8Array(32).fill(5), topic: null, language: null });
+  const sam = new Counsellor(pairingId);
+  client.handleFrame({ type: 'FORWARD', chat: 1, blob: sam.answer(drain(client).sent[0].blob) });
+  drain(client);
+  return { client, sam };
+}
+
+test('a chat resumes after a lost connection: RESUME with the capability, then what was not acknowledged again', async () => {
+  const { client, sam } = await chatting();
+  const a = client.send('eerste');
+  const b = client.send('tweede');
+  const [first, second] = drain(client).sent;
+  assert.equal(sam.open(first.blob).text, 'eerste');
+  client.handleFrame({ type: 'FORWARD', chat: 1, blob: sam.seal(ackContent(1n)) });
+  assert.deepEqual(drain(client).events, [{ event: 'delivered', v: 1, id: a }]);
+
+  client.lost();
+  assert.deepEqual(drain(client).events, [{ event: 'reconnecting', v: 1, reason: 'lost' }]);
+  client.connected();
+  assert.deepEqual(drain(client).sent, [{ type: 'RESUME', capability: new Uint8Array(32).fill(5) }]);
+  client.handleFrame({ type: 'RESUMED', chat: 3 });
+  const { sent, events } = drain(client);
+  assert.deepEqual(events, [{ event: 'resumed', v: 1 }]);
+  assert.equal(sent.length, 1, 'only what Sam has not acknowledged');
+  assert.equal(sent[0].chat, 3, 'under the new chat number');
+  assert.deepEqual(sent[0].blob, second.blob, 'the same blob: same sequence number and keys');
+  assert.equal(sam.open(sent[0].blob).text, 'tweede');
+  client.handleFrame({ type: 'FORWARD', chat: 3, blob: sam.seal(ackContent(2n)) });
+  assert.deepEqual(drain(client).events, [{ event: 'delivered', v: 1, id: b }]);
+});
+
+test('the counsellor coming back gets what it has not acknowledged again', async () => {
+  const { client } = await chatting();
+  client.send('ben je er nog?');
+  const [original] = drain(client).sent;
+  client.handleFrame({ type: 'PEER_AWAY', chat: 1 });
+  client.handleFrame({ type: 'PEER_BACK', chat: 1 });
+  const { sent, events } = drain(client);
+  assert.deepEqual(events.map((e) => e.event), ['peer_away', 'peer_back']);
+  assert.deepEqual(sent, [original]);
+});
+
+test('a handshake resumes with message 1 again', async () => {
+  const client = await joined();
+  client.handleFrame({ type: 'PAIRED', chat: 1, pairingId, resume: new Uint8Array(32).fill(6), topic: null, language: null });
+  const [m1] = drain(client).sent;
+  client.lost();
+  client.connected();
+  assert.equal(drain(client).sent[0].type, 'RESUME');
+  client.handleFrame({ type: 'RESUMED', chat: 2 });
+  const { sent } = drain(client);
+  assert.deepEqual(sent, [{ type: 'FORWARD', chat: 2, blob: m1.blob }]);
+  client.handleFrame({ type: 'FORWARD', chat: 2, blob: new Counsellor(pairingId).answer(m1.blob) });
+  assert.deepEqual(drain(client).events, [{ event: 'paired', v: 1, counsellor: 'Sam' }]);
+});
+
+test('a waiting young person comes back to its place with its ticket, or hears the chat ended while away', async () => {
+  const client = await joined();
+  client.lost();
+  client.connected();
+  const away = drain(client);
+  assert.deepEqual(away.sent, [{ type: 'RESUME', capability: new Uint8Array(32).fill(9) }]);
+  assert.deepEqual(away.events.map((e) => e.event), ['reconnecting']);
+  client.handleFrame({ type: 'QUEUED', position: 1, estimatedWaitSecs: null });
+  assert.deepEqual(drain(client).events.map((e) => e.event), ['resumed', 'queued']);
+
+  const { client: gone } = await chatting();
+  gone.send('weg?');
+  gone.lost();
+  gone.connected();
+  gone.handleFrame({ type: 'RESUME_FAILED' });
+  const events = drain(gone).events.map((e) => e.event + (e.reason ? `:${e.reason}` : ''));
+  assert.deepEqual(events, ['sent', 'reconnecting:lost', 'not_delivered', 'ended:ended_while_away']);
+});
