@@ -28,6 +28,13 @@ import { ClientSession, SecurityFailure, ackContent, textChunks } from './e2e.js
 
 /** @typedef {Record<string, any> & { event: string, v: 1 }} ClientEvent */
 
+/** Message frames a sender keeps unacknowledged per chat (§8). */
+export const MAX_UNACKED_FRAMES = 128;
+/** Own ACKs kept for resending per chat; the oldest is dropped (§8). */
+export const MAX_ACK_LOG = 64;
+/** Lines typed before the chat could take them (§8). */
+export const MAX_HELD_LINES = 100;
+
 /** What an END from the relay means to the young person (EVENTS.md). */
 const ENDED_BY_PEER = {
   user_ended: 'peer_ended',
@@ -57,7 +64,7 @@ export class YoungPersonClient {
     /** @type {Uint8Array | null} */
     this.resumeWith = null;
     /** Sealed blobs the other side has not acknowledged, oldest first. */
-    /** @type {{ seq: bigint, blob: Uint8Array }[]} */
+    /** @type {{ seq: bigint, blob: Uint8Array, ack: boolean }[]} */
     this.outstanding = [];
     /** @type {Uint8Array | null} handshake message 1, until message 2 */
     this.message1 = null;
@@ -334,7 +341,7 @@ export class YoungPersonClient {
   send(text) {
     const id = this.nextId++;
     if (this.state === 'chatting') this.sendNow(id, text);
-    else if (this.held.length < 100 && this.state !== 'ended') this.held.push({ id, text });
+    else if (this.held.length < MAX_HELD_LINES && this.state !== 'ended') this.held.push({ id, text });
     else this.emit('not_delivered', { id });
     return id;
   }
@@ -349,11 +356,17 @@ export class YoungPersonClient {
       this.emit('not_delivered', { id });
       return;
     }
+    const unacked = this.outstanding.filter((m) => !m.ack).length;
+    if (unacked + chunks.length > MAX_UNACKED_FRAMES) {
+      this.emit('error', { message: 'too many messages waiting; try again shortly', fatal: false });
+      this.emit('not_delivered', { id });
+      return;
+    }
     let lastSeq = 0n;
     for (const chunk of chunks) {
       const sealed = /** @type {ClientSession} */ (this.session).seal(chunk);
       lastSeq = sealed.seq;
-      this.outstanding.push(sealed);
+      this.outstanding.push({ ...sealed, ack: false });
       this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: sealed.blob });
     }
     this.unacknowledged.push({ id, lastSeq });
@@ -366,7 +379,9 @@ export class YoungPersonClient {
       this.ackOwed = false;
       // An ACK takes a sequence number too: it is resent like a message.
       const sealed = this.session.seal(ackContent(this.session.nextReceive));
-      this.outstanding.push(sealed);
+      this.outstanding.push({ ...sealed, ack: true });
+      const acks = this.outstanding.filter((m) => m.ack);
+      if (acks.length > MAX_ACK_LOG) this.outstanding.splice(this.outstanding.indexOf(acks[0]), 1);
       this.transmit.push({ type: 'FORWARD', chat: this.chat, blob: sealed.blob });
     }
   }

@@ -4,7 +4,7 @@
  * (`transport.js`): the one place with timers and promises. It connects,
  * feeds frames in, sends what the machine asks, solves the proof of work
  * it asks for (in a Web Worker on a page), ticks once a second for ACKs,
- * and reconnects after a lost connection with backoff and jitter, so that
+ * paces what it sends by the rule of §8.1 (`pacer.js`), and reconnects after a lost connection with backoff and jitter, so that
  * the machine resumes (§7.4).
  *
  * ```js
@@ -19,6 +19,7 @@
  */
 
 import { YoungPersonClient } from './client.js';
+import { Pacer } from './pacer.js';
 
 /** Close codes after which the young person does not reconnect (§3.3 "stop"). */
 const STOP = new Set([
@@ -63,9 +64,10 @@ export function startChat(options) {
   let link = null;
   let ended = false;
   let attempts = 0;
+  const pacer = new Pacer({ send: (frame) => link?.send(frame) });
 
   const pump = () => {
-    for (let frame; (frame = client.pollTransmit()); ) link?.send(frame);
+    for (let frame; (frame = client.pollTransmit()); ) if (link) pacer.push(frame);
     for (let work; (work = client.pollWork()); ) {
       const { challenge, difficulty, purpose } = work;
       options.solve(challenge, difficulty).then((solution) => {
@@ -85,6 +87,8 @@ export function startChat(options) {
     if (ended) return;
     ended = true;
     clearInterval(ticker);
+    // An END must not wait behind its pace when the link closes next.
+    pacer.sendAll();
     const last = link;
     link = null;
     last?.close('NO_ERROR');
@@ -106,6 +110,8 @@ export function startChat(options) {
         opened.onClose((ending) => {
           if (link !== opened || ended) return;
           link = null;
+          // What waited for its turn goes again after the resume.
+          pacer.clear();
           if (ending.code && STOP.has(ending.code)) {
             if (ending.code !== 'NO_ERROR' && ending.code !== 'BUSY' && ending.code !== 'SHUTTING_DOWN') {
               const code = CODE_NAMES[/** @type {keyof typeof CODE_NAMES} */ (ending.code)] ?? ending.code.toLowerCase();

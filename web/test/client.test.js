@@ -231,3 +231,23 @@ test('a waiting young person comes back to its place with its ticket, or hears t
   const events = drain(gone).events.map((e) => e.event + (e.reason ? `:${e.reason}` : ''));
   assert.deepEqual(events, ['sent', 'reconnecting:lost', 'not_delivered', 'ended:ended_while_away']);
 });
+
+test('at most 128 message frames wait for an ACK, and at most 64 own ACKs are kept', async () => {
+  const { client, sam } = await chatting();
+  for (let i = 0; i < 128; i++) client.send(`bericht ${i}`);
+  const refused = client.send('één te veel');
+  const { events } = drain(client);
+  assert.equal(events.filter((e) => e.event === 'sent').length, 128);
+  assert.deepEqual(events.slice(-2), [
+    { event: 'error', v: 1, message: 'too many messages waiting; try again shortly', fatal: false },
+    { event: 'not_delivered', v: 1, id: refused },
+  ]);
+  // Seventy of Sam's messages, each answered by an ACK on the tick.
+  for (let i = 0; i < 70; i++) {
+    client.handleFrame({ type: 'FORWARD', chat: 1, blob: sam.seal(textChunks(`${i}`)[0]) });
+    client.tick();
+  }
+  drain(client);
+  assert.equal(client.outstanding.filter((m) => m.ack).length, 64, 'the oldest ACKs dropped');
+  assert.equal(client.outstanding.filter((m) => !m.ack).length, 128);
+});
