@@ -358,7 +358,7 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{A, B, Cluster, Did, forward, paired, to};
+    use super::super::test_support::{A, Across, B, Cluster, Did, forward, paired, to};
     use crate::core::CloseCode;
     use crate::core::frame::{ChatNumber, EndReason, Frame, ResumeCapability};
 
@@ -372,10 +372,13 @@ mod tests {
     #[test]
     fn a_counsellor_resumes_on_another_relay_with_what_was_held() {
         let mut c = Cluster::new();
-        let sam = c.counsellor(B, "Sam", 1);
-        let (y, did) = c.client(A, None);
-        let (y_chat, _, _) = paired(&to(&did[A], y)).expect("paired");
-        let (_, _, s_cap) = paired(&to(&did[B], sam)).expect("paired");
+        let Across {
+            y,
+            y_chat,
+            sam,
+            s_cap,
+            ..
+        } = c.chat_across();
         c.send(A, y, forward(y_chat, 1));
         let did = c.lose(B, sam);
         assert_eq!(did[A], vec![Did::Sent(y, Frame::PeerAway { chat: y_chat })]);
@@ -506,10 +509,13 @@ mod tests {
     #[test]
     fn a_counsellor_side_goes_only_to_its_own_pseudonym_and_stays_resumable() {
         let mut c = Cluster::new();
-        let sam = c.counsellor(B, "Sam", 1);
-        let (y, did) = c.client(A, None);
-        let (y_chat, _, _) = paired(&to(&did[A], y)).expect("paired");
-        let (_, _, s_cap) = paired(&to(&did[B], sam)).expect("paired");
+        let Across {
+            y,
+            y_chat,
+            sam,
+            s_cap,
+            ..
+        } = c.chat_across();
         c.lose(B, sam);
         let (noor, did) = c.resume(A, Some("Noor"), s_cap);
         assert_eq!(to(&did[A], noor), vec![Frame::ResumeFailed]);
@@ -525,10 +531,13 @@ mod tests {
     #[test]
     fn a_counsellor_connection_that_died_unheard_is_taken_over_from_another_relay() {
         let mut c = Cluster::new();
-        let sam = c.counsellor(B, "Sam", 1);
-        let (y, did) = c.client(A, None);
-        let (y_chat, _, _) = paired(&to(&did[A], y)).expect("paired");
-        let (_, _, s_cap) = paired(&to(&did[B], sam)).expect("paired");
+        let Across {
+            y,
+            y_chat,
+            sam,
+            s_cap,
+            ..
+        } = c.chat_across();
         // B still thinks Sam's old connection is alive.
         let (back, did) = c.resume(A, Some("Sam"), s_cap);
         let Some(Frame::Resumed { chat }) = to(&did[A], back).first().cloned() else {

@@ -791,6 +791,15 @@ mod test_support {
         pub nodes: [Bench; 2],
     }
 
+    /// A chat across two relays (see [`Cluster::chat_across`]).
+    pub(in crate::core::relay) struct Across {
+        pub y: ConnId,
+        pub y_chat: ChatNumber,
+        pub sam: ConnId,
+        pub s_chat: ChatNumber,
+        pub s_cap: ResumeCapability,
+    }
+
     pub(in crate::core::relay) const A: usize = 0;
     pub(in crate::core::relay) const B: usize = 1;
 
@@ -837,6 +846,22 @@ mod test_support {
                 }
             }
             panic!("the relays keep waking each other");
+        }
+
+        /// Sam, available for one chat on relay B, paired with a young
+        /// person who joins on relay A.
+        pub fn chat_across(&mut self) -> Across {
+            let sam = self.counsellor(B, "Sam", 1);
+            let (y, did) = self.client(A, None);
+            let (y_chat, _, _) = paired(&to(&did[A], y)).expect("the young person is paired");
+            let (s_chat, _, s_cap) = paired(&to(&did[B], sam)).expect("Sam is paired");
+            Across {
+                y,
+                y_chat,
+                sam,
+                s_chat,
+                s_cap,
+            }
         }
 
         /// A new connection on relay `n` that presents `capability`, and

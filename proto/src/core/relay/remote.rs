@@ -320,7 +320,7 @@ impl Relay {
 mod tests {
     use std::time::Duration;
 
-    use super::super::test_support::{A, B, Cluster, Did, ended, forward, paired, to};
+    use super::super::test_support::{A, Across, B, Cluster, Did, ended, forward, paired, to};
     use crate::core::frame::{
         ChatNumber, EndReason, Frame, Label, PairingId, ResumeCapability, Role, TopicId,
         TransferTarget,
@@ -368,10 +368,14 @@ mod tests {
     #[test]
     fn a_side_away_on_its_relay_holds_what_the_other_relay_sends_until_it_resumes() {
         let mut c = Cluster::new();
-        let sam = c.counsellor(B, "Sam", 1);
-        let (y, did) = c.client(A, None);
-        let (y_chat, _, _) = paired(&to(&did[A], y)).expect("paired");
-        let (s_chat, _, s_cap) = paired(&to(&did[B], sam)).expect("paired");
+        let Across {
+            y,
+            y_chat,
+            sam,
+            s_chat,
+            s_cap,
+            ..
+        } = c.chat_across();
         c.send(A, y, forward(y_chat, 1));
 
         let did = c.lose(B, sam);
