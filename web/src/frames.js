@@ -17,6 +17,8 @@
  * @module
  */
 
+import { concatBytes } from '@noble/hashes/utils.js';
+
 /** The protocol version this library speaks. */
 export const PROTOCOL_VERSION = 1;
 /** Header bytes before every body. */
@@ -583,7 +585,7 @@ export class FrameDecoder {
   push(chunk) {
     const frames = [];
     if (this.error) return { frames, error: this.error };
-    const data = concat(this.pending, chunk);
+    const data = this.pending.length ? concatBytes(this.pending, chunk) : chunk;
     let at = 0;
     try {
       while (data.length - at >= HEADER_LEN) {
@@ -603,16 +605,4 @@ export class FrameDecoder {
     this.pending = data.slice(at);
     return { frames, error: null };
   }
-}
-
-/**
- * @param {Uint8Array} a
- * @param {Uint8Array} b
- */
-function concat(a, b) {
-  if (a.length === 0) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
 }

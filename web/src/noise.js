@@ -23,8 +23,9 @@
 
 import { x25519 } from '@noble/curves/ed25519.js';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
-import { hmac } from '@noble/hashes/hmac.js';
+import { hkdf } from '@noble/hashes/hkdf.js';
 import { sha256 } from '@noble/hashes/sha2.js';
+import { concatBytes as concat } from '@noble/hashes/utils.js';
 
 export const PROTOCOL_NAME = 'Noise_NX_25519_ChaChaPoly_SHA256';
 const DH_LEN = 32;
@@ -44,19 +45,6 @@ export class NoiseError extends Error {
 
 const ascii = (/** @type {string} */ s) => new TextEncoder().encode(s);
 
-/**
- * @param {...Uint8Array} parts
- */
-function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 /** Overwrites key material that is no longer needed. */
 export function wipe(/** @type {Uint8Array | null | undefined} */ bytes) {
   bytes?.fill(0);
@@ -73,14 +61,17 @@ export function nonce(n) {
   return out;
 }
 
-/** Noise's HKDF with two or three outputs (§4.3 of the Noise spec). */
-function hkdf(/** @type {Uint8Array} */ chainingKey, /** @type {Uint8Array} */ ikm, outputs = 2) {
-  const temp = hmac(sha256, chainingKey, ikm);
-  const out1 = hmac(sha256, temp, Uint8Array.of(1));
-  const out2 = hmac(sha256, temp, concat(out1, Uint8Array.of(2)));
-  const out3 = outputs === 3 ? hmac(sha256, temp, concat(out2, Uint8Array.of(3))) : null;
-  wipe(temp);
-  return [out1, out2, out3];
+/**
+ * Noise's HKDF with two outputs (§4.3 of the Noise spec): RFC 5869 with
+ * the chaining key as salt and an empty info, 64 bytes cut in two.
+ * @param {Uint8Array} chainingKey
+ * @param {Uint8Array} ikm
+ */
+function hkdf2(chainingKey, ikm) {
+  const out = hkdf(sha256, ikm, chainingKey, new Uint8Array(0), 2 * HASH_LEN);
+  const keys = [out.slice(0, HASH_LEN), out.slice(HASH_LEN)];
+  wipe(out);
+  return keys;
 }
 
 /**
@@ -189,7 +180,7 @@ export class Handshake {
 
   /** @param {Uint8Array} ikm */
   mixKey(ikm) {
-    const [ck, k] = hkdf(this.ck, ikm);
+    const [ck, k] = hkdf2(this.ck, ikm);
     wipe(this.ck);
     this.ck = ck;
     this.cipher.destroy();
@@ -304,7 +295,7 @@ export class Handshake {
    */
   split() {
     if (!this.isFinished()) throw new NoiseError('the handshake is not finished');
-    const [k1, k2] = hkdf(this.ck, new Uint8Array(0));
+    const [k1, k2] = hkdf2(this.ck, new Uint8Array(0));
     const handshakeHash = this.h.slice();
     this.destroy();
     const [send, receive] = this.initiator ? [k1, k2] : [k2, k1];

@@ -9,8 +9,8 @@ import { YoungPersonClient } from '../src/client.js';
 import { Handshake } from '../src/noise.js';
 import { pad, unpad, parseContent, textChunks, ackContent, MESSAGE_2_PAYLOAD, TRANSPORT_PLAINTEXT } from '../src/e2e.js';
 import { solve, powValid } from '../src/pow.js';
+import { hexToBytes as fromHex } from '@noble/hashes/utils.js';
 
-const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
 const hs = JSON.parse(readFileSync(new URL('../../proto/vectors/handshake.json', import.meta.url), 'utf8'));
 const inputs = hs.inputs;
 

@@ -20,14 +20,8 @@ function fakeLink(kind = 'websocket') {
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 5));
 
-test('reconnect delays double up to 8 s with at most half again of jitter', () => {
-  assert.equal(backoff(0, () => 0), 500);
-  assert.equal(backoff(1, () => 0), 1000);
-  assert.equal(backoff(10, () => 0), 8000);
-  assert.equal(backoff(10, () => 0.999), 11996);
-});
-
-test('the driver connects, reports the transport, joins, and resumes on a new link after a loss', async () => {
+/** A chat over stand-in links; `links` and `events` record what happened. */
+function started(options = {}) {
   const links = [];
   const events = [];
   const chat = startChat({
@@ -40,7 +34,20 @@ test('the driver connects, reports the transport, joins, and resumes on a new li
     solve: async () => new Uint8Array(8),
     onEvent: (e) => events.push(e),
     sleep: async () => {},
+    ...options,
   });
+  return { chat, links, events };
+}
+
+test('reconnect delays double up to 8 s with at most half again of jitter', () => {
+  assert.equal(backoff(0, () => 0), 500);
+  assert.equal(backoff(1, () => 0), 1000);
+  assert.equal(backoff(10, () => 0), 8000);
+  assert.equal(backoff(10, () => 0.999), 11996);
+});
+
+test('the driver connects, reports the transport, joins, and resumes on a new link after a loss', async () => {
+  const { chat, links, events } = started();
   await settle();
   const [first] = links;
   assert.deepEqual(first.sent, [{ type: 'HELLO', version: 1, role: 'client' }]);
@@ -67,19 +74,7 @@ test('the driver connects, reports the transport, joins, and resumes on a new li
 });
 
 test('a relay that closes with a stop code ends the chat without reconnecting', async () => {
-  const links = [];
-  const events = [];
-  startChat({
-    orgKey: new Uint8Array(32),
-    connect: async () => {
-      const link = fakeLink();
-      links.push(link);
-      return link;
-    },
-    solve: async () => new Uint8Array(8),
-    onEvent: (e) => events.push(e),
-    sleep: async () => {},
-  });
+  const { links, events } = started();
   await settle();
   links[0].end({ code: 'UNSUPPORTED_VERSION' });
   await settle();
@@ -88,38 +83,19 @@ test('a relay that closes with a stop code ends the chat without reconnecting', 
 });
 
 test('an unreachable relay is given up after its attempts', async () => {
-  const events = [];
   let tries = 0;
-  startChat({
-    orgKey: new Uint8Array(32),
-    connect: async () => {
-      tries++;
-      throw new Error('refused');
-    },
-    solve: async () => new Uint8Array(8),
-    onEvent: (e) => events.push(e),
-    sleep: async () => {},
-    maxAttempts: 3,
-  });
+  const connect = async () => {
+    tries++;
+    throw new Error('refused');
+  };
+  const { events } = started({ connect, maxAttempts: 3 });
   await settle();
   assert.equal(tries, 4);
   assert.equal(events.at(-1).code, 'unreachable');
 });
 
 test('a relay restarting ends the wait with relay_shutdown, not an error', async () => {
-  const links = [];
-  const events = [];
-  startChat({
-    orgKey: new Uint8Array(32),
-    connect: async () => {
-      const link = fakeLink();
-      links.push(link);
-      return link;
-    },
-    solve: async () => new Uint8Array(8),
-    onEvent: (e) => events.push(e),
-    sleep: async () => {},
-  });
+  const { links, events } = started();
   await settle();
   links[0].end({ code: 'SHUTTING_DOWN' });
   await settle();

@@ -19,11 +19,10 @@ import {
   verifyCertificate,
   MESSAGE_2_PAYLOAD,
 } from '../src/e2e.js';
+import { hexToBytes as fromHex, bytesToHex as toHex } from '@noble/hashes/utils.js';
 
 const vectors = (name) =>
   JSON.parse(readFileSync(new URL(`../../proto/vectors/${name}`, import.meta.url), 'utf8'));
-const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
-const toHex = (bytes) => Buffer.from(bytes).toString('hex');
 
 const hs = vectors('handshake.json');
 const inputs = hs.inputs;

@@ -6,9 +6,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, existsSync } from 'node:fs';
 
 import { Handshake, NoiseError } from '../src/noise.js';
+import { hexToBytes as fromHex, bytesToHex as toHex } from '@noble/hashes/utils.js';
 
-const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
-const toHex = (bytes) => Buffer.from(bytes).toString('hex');
 
 function sharedVectors() {
   const dir = process.env.FLUISTER_SHARED_VECTORS ?? new URL('../../../shared/vectors/', import.meta.url).pathname;

@@ -12,10 +12,9 @@
 import { createInterface } from 'node:readline';
 
 import { ClientSession, SecurityFailure, textChunks } from '../src/e2e.js';
+import { hexToBytes as fromHex, bytesToHex as toHex } from '@noble/hashes/utils.js';
 
 const [orgHex, pairingHex, now] = process.argv.slice(2);
-const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
-const toHex = (bytes) => Buffer.from(bytes).toString('hex');
 const say = (line) => process.stdout.write(`${line}\n`);
 
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
