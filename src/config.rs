@@ -122,7 +122,61 @@ pub struct RelayConfig {
     pub hours: Option<HoursConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Origins (`scheme://host[:port]`) whose pages may open the web
+    /// transports. Empty: any origin. A browser always sends its page's
+    /// origin; a request from elsewhere is refused before any frame.
+    #[serde(default)]
+    pub web_origins: Vec<String>,
+    #[serde(default)]
+    pub web: WebConfig,
 }
+
+/// `[web]`: the browser's ways in (WebTransport on the UDP port, WebSocket
+/// over TLS on the same port number over TCP; PROTOCOL.md §3.4) and the
+/// young person's page.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Accept WebTransport and WebSocket, and serve the page. Default true.
+    pub enabled: bool,
+    /// Serve the young person's page at `/` on the TCP port. Default true.
+    pub page: bool,
+    /// A folder with the page's files to serve instead of the built-in page.
+    pub page_dir: Option<PathBuf>,
+    /// The organisation's name, shown on the page.
+    pub organisation: String,
+    /// The organisation's public key (64 hex digits), with which the page
+    /// verifies counsellors. Without it the page cannot start a chat.
+    pub org_key: Option<String>,
+    /// Where quick exit takes the young person.
+    pub exit_url: String,
+    /// The page's language until the young person picks one: "nl" or "en".
+    pub default_language: String,
+    /// Plain HTTP on a loopback address, for the demo: the page and
+    /// WebSocket without TLS (a loopback page is a secure context).
+    pub loopback_http: Option<SocketAddr>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            page: true,
+            page_dir: None,
+            organisation: "Fluister".into(),
+            org_key: None,
+            exit_url: DEFAULT_EXIT_URL.into(),
+            default_language: "nl".into(),
+            loopback_http: None,
+        }
+    }
+}
+
+/// Where quick exit goes when the config does not say.
+pub const DEFAULT_EXIT_URL: &str = "https://www.google.com/";
+
+/// Languages the page has text for.
+pub const PAGE_LANGUAGES: [&str; 2] = ["nl", "en"];
 
 /// `[admin]`: the HTTP listener for metrics and health checks.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -348,8 +402,33 @@ impl Default for RelayConfig {
             topics: None,
             hours: None,
             limits: LimitsConfig::default(),
+            web_origins: Vec::new(),
+            web: WebConfig::default(),
         }
     }
+}
+
+/// Whether `origin` is an origin as browsers send it: `https://host`,
+/// `http://host`, with an optional port, nothing after.
+pub fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("an origin starts with https:// or http://")?;
+    if rest.is_empty() {
+        return Err("an origin names a host");
+    }
+    if rest.contains('/') {
+        return Err("an origin has no path (not even a trailing /)");
+    }
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        || rest.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        return Err("an origin is lowercase ASCII: scheme, host and optional port");
+    }
+    Ok(())
 }
 
 fn range<T: PartialOrd + std::fmt::Display>(
@@ -559,6 +638,67 @@ impl RelayConfig {
         Ok(config)
     }
 
+    /// Checks `web_origins` and `[web]`.
+    fn validate_web(&self) -> Result<(), ConfigError> {
+        for origin in &self.web_origins {
+            if let Err(reason) = check_origin(origin) {
+                return Err(ConfigError::Invalid {
+                    key: "web_origins",
+                    reason: format!("{origin:?}: {reason}"),
+                });
+            }
+        }
+        let web = &self.web;
+        if let Some(key) = &web.org_key
+            && !(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "web.org_key",
+                reason: "not an organisation public key (64 hex digits)".into(),
+            });
+        }
+        let name_len = web.organisation.chars().count();
+        if name_len == 0 || name_len > 100 || web.organisation.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid {
+                key: "web.organisation",
+                reason: "must be 1 to 100 characters without control characters".into(),
+            });
+        }
+        if !(web.exit_url.starts_with("https://") || web.exit_url.starts_with("http://"))
+            || web
+                .exit_url
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ConfigError::Invalid {
+                key: "web.exit_url",
+                reason: format!("{:?} is not an http(s) URL", web.exit_url),
+            });
+        }
+        if !PAGE_LANGUAGES.contains(&web.default_language.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "web.default_language",
+                reason: format!(
+                    "{:?}: the page has text for {}",
+                    web.default_language,
+                    PAGE_LANGUAGES.join(", ")
+                ),
+            });
+        }
+        if let Some(addr) = web.loopback_http
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid {
+                key: "web.loopback_http",
+                reason: format!(
+                    "{addr} is not a loopback address: plain HTTP carries chats \
+                     unencrypted to the network; use the TLS port instead"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid {
@@ -581,6 +721,7 @@ impl RelayConfig {
             });
         }
         range("tls_watch_secs", self.tls_watch_secs, 0, 3600)?;
+        self.validate_web()?;
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(ConfigError::Invalid {
                 key: "log_level",

@@ -33,6 +33,8 @@ use x509_parser::prelude::FromDer;
 
 use crate::core::frame::{ALPN, MAX_FRAME_LEN};
 
+pub mod by_alpn;
+
 /// Why TLS material could not be used.
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -215,12 +217,20 @@ impl Default for TransportSizes {
     }
 }
 
+/// Unidirectional streams a peer may open: none are used by the protocol,
+/// but HTTP/3 (WebTransport) needs three at once (its control stream and
+/// QPACK's two), and browsers refuse a server that grants fewer from the
+/// start. A native connection's are never read; what a peer writes to
+/// them counts against the connection's receive window (PROTOCOL.md §3.2).
+pub const WEB_UNI_STREAMS: u8 = 3;
+
 /// QUIC transport settings for chat-sized traffic.
 pub fn transport_config(sizes: TransportSizes) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    // One bidirectional control stream per connection; no unidirectional ones.
+    // One bidirectional control stream per connection (WebTransport's
+    // connections get more once their ALPN is known).
     t.max_concurrent_bidi_streams(1u8.into());
-    t.max_concurrent_uni_streams(0u8.into());
+    t.max_concurrent_uni_streams(WEB_UNI_STREAMS.into());
     t.stream_receive_window(sizes.stream_receive_window.into());
     t.receive_window(sizes.receive_window.into());
     t.send_window(u64::from(2 * sizes.receive_window));
@@ -232,17 +242,54 @@ pub fn transport_config(sizes: TransportSizes) -> quinn::TransportConfig {
     t
 }
 
-/// The relay's QUIC server config.
+/// The relay's TLS configs: QUIC (native and WebTransport, one endpoint)
+/// and TCP (WebSocket and the page).
+pub struct RelayTls {
+    pub quic: quinn::ServerConfig,
+    pub tcp: Arc<rustls::ServerConfig>,
+}
+
+/// The relay's QUIC server config, which picks its TLS config by ALPN
+/// ([`by_alpn`]): native clients get `fluister/1` with an optional client
+/// certificate, browsers `h3` without one. Also the TCP config for the
+/// web paths, which never asks for a client certificate either.
 pub fn server_config(
     files: &ServerFiles,
     transport: quinn::TransportConfig,
-) -> Result<quinn::ServerConfig, TlsError> {
+) -> Result<RelayTls, TlsError> {
+    let native = relay_rustls(files, true, vec![ALPN.to_vec()])?;
+    let web = relay_rustls(files, false, vec![by_alpn::WEB_ALPN.to_vec()])?;
+    let tcp = relay_rustls(files, false, vec![b"http/1.1".to_vec()])?;
+    let quic = by_alpn::ByAlpn {
+        native: Arc::new(QuicServerConfig::try_from(native).map_err(rustls_err)?),
+        web: Arc::new(QuicServerConfig::try_from(web).map_err(rustls_err)?),
+    };
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(Arc::new(transport));
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0);
+    server.validation_token_config(tokens);
+    server.migration(true);
+    Ok(RelayTls {
+        quic: server,
+        tcp: Arc::new(tcp),
+    })
+}
+
+/// One rustls config of the relay: TLS 1.3, `alpn`, nothing that links
+/// visits, and client certificates checked against the counsellor CA
+/// when `counsellors` is set and a CA is configured.
+fn relay_rustls(
+    files: &ServerFiles,
+    counsellors: bool,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?;
-    let builder = match &files.counsellor_ca {
-        Some(ca) => {
+    let builder = match (&files.counsellor_ca, counsellors) {
+        (Some(ca), true) => {
             let mut roots = RootCertStore::empty();
             for c in ca {
                 roots.add(c.clone()).map_err(rustls_err)?;
@@ -254,24 +301,17 @@ pub fn server_config(
                 .map_err(rustls_err)?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        _ => builder.with_no_client_auth(),
     };
     let mut tls = builder
         .with_single_cert(files.chain.clone(), files.key.clone_key())
         .map_err(rustls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn;
     // Nothing that lets a later visit be linked to this one.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
     tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(tls).map_err(rustls_err)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(transport));
-    let mut tokens = quinn::ValidationTokenConfig::default();
-    tokens.sent(0);
-    server.validation_token_config(tokens);
-    server.migration(true);
-    Ok(server)
+    Ok(tls)
 }
 
 /// A client's QUIC config: trust `roots` (or the public web PKI when
@@ -357,8 +397,10 @@ pub fn self_signed_relay_cert(
     dn.push(DnType::CommonName, "fluister relay");
     params.distinguished_name = dn;
     let now = time::OffsetDateTime::now_utc();
+    // The whole validity is `days` long: browsers pin a certificate by its
+    // hash only if that is at most 14 days.
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(i64::from(days));
+    params.not_after = params.not_before + time::Duration::days(i64::from(days));
     let cert = params.self_signed(&key).map_err(rustls_err)?;
     Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
 }

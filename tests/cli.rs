@@ -1013,9 +1013,12 @@ fn a_relay_killed_and_restarted_is_noticed_at_once() {
         .port();
     let config = std::fs::read_to_string(setup.path("org/test-relay.toml"))
         .unwrap()
-        .replace(
+        // The relay's port only: the admin listener keeps an ephemeral
+        // one (the web transports take the relay's port number on TCP).
+        .replacen(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\""),
+            1,
         );
     std::fs::write(setup.path("org/fixed.toml"), config).unwrap();
     let relay = || spawn(&["relay", "--config", &setup.path("org/fixed.toml")]);

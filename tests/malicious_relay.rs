@@ -33,7 +33,7 @@ async fn evil_relay(
         crls: Vec::new(),
         revoked: Vec::new(),
     };
-    let server = tls::server_config(&files, transport).unwrap();
+    let server = tls::server_config(&files, transport).unwrap().quic;
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let task = tokio::spawn(async move {

@@ -65,6 +65,9 @@ enum Command {
         /// TCP address of the admin listener (metrics, health).
         #[arg(long, default_value = crate::config::DEFAULT_ADMIN_LISTEN)]
         admin_listen: std::net::SocketAddr,
+        /// Loopback TCP address of the young person's page (plain HTTP).
+        #[arg(long, default_value = DEMO_PAGE_LISTEN)]
+        page_listen: std::net::SocketAddr,
     },
     /// Sign in as a counsellor and take chats. One line = one message;
     /// "/help" lists the commands (several chats, @N, /end, /block, /transfer, /away ...).
@@ -414,7 +417,8 @@ async fn run(command: Command) -> CliResult {
         Command::Demo {
             listen,
             admin_listen,
-        } => demo(listen, admin_listen).await,
+            page_listen,
+        } => demo(listen, admin_listen, page_listen).await,
         Command::Counsellor {
             conn,
             identity,
@@ -592,7 +596,14 @@ fn write_public_cert(pem: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(path)
 }
 
-async fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> CliResult {
+/// Where the demo serves the young person's page.
+const DEMO_PAGE_LISTEN: &str = "127.0.0.1:7480";
+
+async fn demo(
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    page_listen: std::net::SocketAddr,
+) -> CliResult {
     let dir = tempfile::Builder::new()
         .prefix("fluister-demo-")
         .tempdir()?;
@@ -601,7 +612,21 @@ async fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) 
     let mut config = RelayConfig::load(&dir.path().join(org::RELAY_CONFIG_FILE))?;
     config.listen = listen;
     config.admin.listen = admin_listen;
+    // A certificate generated in memory, valid for two weeks at most, so
+    // that a browser pins it for WebTransport by its hash; the page itself
+    // comes over plain HTTP on loopback, a secure context without a
+    // certificate warning.
+    config.tls_cert = None;
+    config.tls_key = None;
+    config.web.org_key = Some(report.org_public_key.to_hex());
+    config.web.organisation = "Fluister demo".into();
+    config.web.loopback_http = Some(page_listen);
     let running = relay::start(&config, Default::default()).await?;
+    // The CLI clients pin the certificate the relay runs with.
+    std::fs::write(
+        dir.path().join(org::RELAY_CERT_FILE),
+        running.certificate_pem(),
+    )?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "fluister".into());
@@ -625,6 +650,13 @@ async fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) 
         report.org_public_key.to_hex(),
         ca.display()
     );
+    if let Some(page) = running.loopback_http_addr() {
+        println!();
+        println!(
+            "Or chat as a young person from the web page, in Chromium, Chrome, Edge or Firefox:"
+        );
+        println!("  http://{page}/");
+    }
     println!();
     println!(
         "Type a line and press Enter to send it. Ctrl-D ends the chat. Ctrl-C here stops the demo and deletes its keys."

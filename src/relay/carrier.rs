@@ -1,9 +1,9 @@
 //! What a connection task needs of the transport under a control stream:
 //! a connection it can close or wait on ([`Carrier`]), and the stream's two
 //! halves as chunks in ([`ChunksIn`]) and bytes out ([`BytesOut`]). Native
-//! QUIC implements them here; WebTransport and WebSocket can implement them
-//! next to it, and the connection task, the driver and the core stay as
-//! they are.
+//! QUIC implements them here; WebTransport and WebSocket implement them in
+//! `web`, and the connection task, the driver and the core do not know
+//! which transport they serve.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,13 +20,21 @@ pub(super) trait Carrier: Send + Sync + 'static {
     fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 }
 
+/// Why reading a control stream stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadEnd {
+    /// The connection ended (§3.3).
+    Departed(Departure),
+    /// The transport's own framing was broken (a WebSocket text message,
+    /// or a message that is not one whole frame): closed with this code.
+    Broken(CloseCode),
+}
+
 /// The reading half of a control stream.
 pub(super) trait ChunksIn: Send + 'static {
     /// The next bytes read (at most a frame's worth), `Ok(None)` when the
-    /// peer finished the stream, or how the connection ended.
-    fn next_chunk(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<bytes::Bytes>, Departure>> + Send;
+    /// peer finished the stream, or why reading stopped.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<bytes::Bytes>, ReadEnd>> + Send;
 }
 
 /// The writing half of a control stream.
@@ -55,10 +63,10 @@ impl Carrier for Quic {
 }
 
 impl ChunksIn for quinn::RecvStream {
-    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, Departure> {
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, ReadEnd> {
         match self.read_chunk(MAX_FRAME_LEN, true).await {
             Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
-            Err(e) => Err(departure_of(&e)),
+            Err(e) => Err(ReadEnd::Departed(departure_of(&e))),
         }
     }
 }

@@ -48,6 +48,7 @@ mod carrier;
 mod metrics;
 mod reload;
 pub mod server_files;
+mod web;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -67,7 +68,7 @@ use crate::core::ratelimit::{KeyedLimiter, SourceTag, TokenBucket};
 use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route, Stage};
 use crate::core::{CloseCode, Departure, Now};
 use crate::tls;
-use carrier::{BytesOut, Carrier, ChunksIn};
+use carrier::{BytesOut, Carrier, ChunksIn, ReadEnd};
 
 /// Capacity of the channel from connection tasks to the driver.
 const DRIVER_QUEUE: usize = 1024;
@@ -104,6 +105,13 @@ pub enum RelayError {
     #[error("cannot listen on {addr} (admin.listen): {source}")]
     BindAdmin {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A TCP socket for the web transports could not be bound.
+    #[error("cannot listen on TCP {addr} ({key}): {source}")]
+    BindWeb {
+        addr: SocketAddr,
+        key: &'static str,
         source: std::io::Error,
     },
 }
@@ -308,6 +316,8 @@ impl Outlet {
 /// [`RunningRelay::shutdown`].
 pub struct RunningRelay {
     local_addr: SocketAddr,
+    web_addr: Option<SocketAddr>,
+    loopback_http_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     certificate_pem: String,
     shutdown: watch::Sender<bool>,
@@ -323,6 +333,17 @@ impl RunningRelay {
     /// The UDP address the relay listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TCP address of WebSocket and the page over TLS, if `[web]` is on.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// The plain-HTTP loopback address of the page and WebSocket
+    /// (`web.loopback_http`), if set.
+    pub fn loopback_http_addr(&self) -> Option<SocketAddr> {
+        self.loopback_http_addr
     }
 
     /// The relay's TLS certificate (PEM) at start, for clients to pin with `--ca`.
@@ -379,8 +400,10 @@ pub async fn start(
         keep_alive: Duration::from_secs(config.limits.keep_alive_secs),
     };
     let transport = move || tls::transport_config(sizes);
-    let mut server = tls::server_config(&files, transport())?;
+    let relay_tls = tls::server_config(&files, transport())?;
+    let mut server = relay_tls.quic;
     server.max_incoming(config.limits.max_connections);
+    let tcp_tls: web::TcpTls = Arc::new(std::sync::RwLock::new(relay_tls.tcp));
     let bind_err = |source| RelayError::Bind {
         addr: config.listen,
         source,
@@ -450,6 +473,7 @@ pub async fn start(
     let reloader = reload::Reloader {
         config: config.clone(),
         endpoint: endpoint.clone(),
+        tcp_tls: tcp_tls.clone(),
         transport: Box::new(transport),
         max_incoming: config.limits.max_connections,
         events: events_tx.clone(),
@@ -486,13 +510,30 @@ pub async fn start(
                     0 => u32::MAX,
                     n => n,
                 };
-                KeyedLimiter::new(
+                Arc::new(std::sync::Mutex::new(KeyedLimiter::new(
                     attempts,
                     Duration::from_secs(config.limits.address_epoch_secs),
                     std::time::Instant::now(),
                     &mut OsRng,
-                )
+                )))
             }),
+        origins: web::Origins::new(&config.web_origins),
+        web: config.web.enabled,
+    };
+    let (web_addr, loopback_http_addr) = if config.web.enabled {
+        let context = web::WebContext {
+            events: events_tx.clone(),
+            settings: admission.tasks.clone(),
+            origins: admission.origins.clone(),
+            per_address: admission.per_address.clone(),
+            page: None,
+            idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+            keep_alive: Duration::from_secs(config.limits.keep_alive_secs),
+            tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        };
+        start_web(config, &files, local_addr, tcp_tls, context, &shutdown_rx).await?
+    } else {
+        (None, None)
     };
     tokio::spawn(accept_loop(
         endpoint.clone(),
@@ -512,6 +553,8 @@ pub async fn start(
     );
     Ok(RunningRelay {
         local_addr,
+        web_addr,
+        loopback_http_addr,
         admin_addr,
         certificate_pem: files.chain_pem,
         shutdown: shutdown_tx,
@@ -524,12 +567,63 @@ pub async fn start(
     })
 }
 
+/// Binds the web transports' TCP listeners: TLS on `udp`'s port number
+/// (WebSocket and the page), and plain HTTP on `web.loopback_http` if set.
+async fn start_web(
+    config: &RelayConfig,
+    files: &tls::ServerFiles,
+    udp: SocketAddr,
+    tcp_tls: web::TcpTls,
+    mut context: web::WebContext,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), RelayError> {
+    let bind = |addr: SocketAddr, key: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RelayError::BindWeb { addr, key, source })
+    };
+    let tls_listener = bind(udp, "listen").await?;
+    let web_addr = tls_listener.local_addr().ok();
+    let loopback = match config.web.loopback_http {
+        Some(addr) => Some(bind(addr, "web.loopback_http").await?),
+        None => None,
+    };
+    let loopback_addr = loopback.as_ref().and_then(|l| l.local_addr().ok());
+    if config.web.page {
+        let addresses = web::page::Addresses {
+            udp,
+            loopback_http: loopback_addr,
+        };
+        let hashes = web::page::pinnable_hashes(&files.chain);
+        context.page = Some(Arc::new(web::page::Site::new(
+            &config.web,
+            &addresses,
+            hashes,
+        )));
+    }
+    web::serve_tcp(
+        tls_listener,
+        Some(tcp_tls),
+        context.clone(),
+        shutdown.clone(),
+    );
+    if let Some(listener) = loopback {
+        web::serve_tcp(listener, None, context, shutdown.clone());
+    }
+    Ok((web_addr, loopback_addr))
+}
+
 /// What the accept loop decides before a handshake starts.
 struct Admission {
     tasks: TaskSettings,
     retry_above_handshakes: usize,
-    /// Attempts per source address, keyed and forgotten each epoch.
-    per_address: Option<KeyedLimiter>,
+    /// Attempts per source address, keyed and forgotten each epoch; shared
+    /// with the web transports' TCP listener.
+    per_address: Option<Arc<std::sync::Mutex<KeyedLimiter>>>,
+    /// The `Origin` allow-list for WebTransport.
+    origins: web::Origins,
+    /// Whether `h3` connections (WebTransport) are served.
+    web: bool,
 }
 
 /// What every connection task is given.
@@ -569,8 +663,9 @@ impl Admission {
     /// here, in memory, and goes nowhere else.
     fn admit(&mut self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Option<SourceTag>)> {
         let mut tag = None;
-        if let Some(limiter) = &mut self.per_address {
+        if let Some(limiter) = &self.per_address {
             let source = source_bytes(incoming.remote_address().ip());
+            let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
             let (source_tag, allowed) =
                 limiter.check(&source, std::time::Instant::now(), &mut OsRng);
             if !allowed {
@@ -610,6 +705,7 @@ async fn accept_loop(
                     events.clone(),
                     shutdown.clone(),
                     admission.tasks.clone(),
+                    admission.web.then(|| admission.origins.clone()),
                 ));
             }
             _ = shutdown.changed() => {
@@ -648,45 +744,80 @@ async fn connection_task(
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
     settings: TaskSettings,
+    web: Option<web::Origins>,
 ) {
     // The connection is served by a task of its own: a task keeps the
     // size of its largest state for its whole life, and what the
     // handshake needed is gone once the connection is up.
-    let opened = Box::pin(open(*incoming, source, shutdown, &settings)).await;
-    if let Some((carrier, recv, send, peer)) = opened {
-        tokio::spawn(serve(carrier, recv, send, peer, events, settings));
-    }
-}
-
-/// The QUIC handshake and the control stream, with who is on the other end.
-async fn open(
-    incoming: quinn::Incoming,
-    source: Option<SourceTag>,
-    shutdown: watch::Receiver<bool>,
-    settings: &TaskSettings,
-) -> Option<(
-    Arc<carrier::Quic>,
-    quinn::RecvStream,
-    quinn::SendStream,
-    Peer,
-)> {
     if *shutdown.borrow() {
         incoming.refuse();
-        return None;
+        return;
     }
-    let metrics = settings.metrics.clone();
     // Counted from the handshake until the control stream is up. A failed
     // handshake says nothing useful and its error may carry an address:
     // drop it silently.
     settings.handshakes.fetch_add(1, Ordering::Relaxed);
-    let opened = async {
-        let connection = incoming.await.ok()?;
-        let stream = tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await;
-        Some((connection, stream))
-    }
-    .await;
+    let opened = Box::pin(open(*incoming, source, web, &settings)).await;
     settings.handshakes.fetch_sub(1, Ordering::Relaxed);
-    let (connection, stream) = opened?;
+    match opened {
+        Some(Opened::Native(carrier, recv, send, peer)) => {
+            tokio::spawn(serve(carrier, recv, send, peer, events, settings));
+        }
+        Some(Opened::Web(carrier, recv, send, peer)) => {
+            tokio::spawn(serve(carrier, recv, send, peer, events, settings));
+        }
+        None => {}
+    }
+}
+
+/// A QUIC connection with its control stream up, by ALPN.
+enum Opened {
+    Native(
+        Arc<carrier::Quic>,
+        quinn::RecvStream,
+        quinn::SendStream,
+        Peer,
+    ),
+    Web(
+        Arc<web::webtransport::WtCarrier>,
+        web::webtransport::WtIn,
+        web::webtransport::WtOut,
+        Peer,
+    ),
+}
+
+/// The QUIC handshake and the control stream (native, or the
+/// WebTransport session's one stream), with who is on the other end.
+async fn open(
+    incoming: quinn::Incoming,
+    source: Option<SourceTag>,
+    web: Option<web::Origins>,
+    settings: &TaskSettings,
+) -> Option<Opened> {
+    let metrics = settings.metrics.clone();
+    let connection = incoming.await.ok()?;
+    let alpn = connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(tls::by_alpn::WEB_ALPN) {
+        let Some(origins) = web else {
+            close(&connection, CloseCode::NotAuthorized);
+            return None;
+        };
+        // Only the young person's role comes in over the web: no
+        // certificate was asked for, and none is looked at.
+        let peer = Peer {
+            credential: Credential::Anonymous,
+            serial: None,
+            source,
+        };
+        return match web::webtransport::open(connection, &origins, STREAM_TIMEOUT).await {
+            Ok((carrier, recv, send)) => Some(Opened::Web(carrier, recv, send, peer)),
+            Err(_) => None,
+        };
+    }
+    let stream = tokio::time::timeout(STREAM_TIMEOUT, connection.accept_bi()).await;
     let Ok(Ok((send, recv))) = stream else {
         close(&connection, CloseCode::Timeout);
         metrics.closed(CloseCode::Timeout);
@@ -707,7 +838,7 @@ async fn open(
         serial,
         source,
     };
-    Some((carrier, recv, send, peer))
+    Some(Opened::Native(carrier, recv, send, peer))
 }
 
 /// Takes one frame's worth from `budget`, waiting until it has it.
@@ -847,7 +978,20 @@ async fn serve(
                 closed.await;
                 break Departure::Lost;
             }
-            Err(departure) => break departure,
+            Err(ReadEnd::Departed(departure)) => break departure,
+            Err(ReadEnd::Broken(code)) => {
+                // The core closes with the code; nothing more is read.
+                reader.broken = true;
+                reader.routes.clear();
+                let frames = Event::Frames {
+                    conn,
+                    frames: Vec::new(),
+                    invalid: Some(code),
+                };
+                if !to_driver(&reader.events, frames).await {
+                    break Departure::Lost;
+                }
+            }
         }
     };
     to_driver(&reader.events, Event::Disconnected { conn, departure }).await;

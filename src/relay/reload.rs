@@ -67,6 +67,8 @@ impl Watched {
 pub struct Reloader {
     pub config: RelayConfig,
     pub endpoint: quinn::Endpoint,
+    /// The web transports' TCP TLS config, swapped with the QUIC one.
+    pub tcp_tls: super::web::TcpTls,
     pub transport: Box<dyn Fn() -> quinn::TransportConfig + Send>,
     pub max_incoming: usize,
     pub events: mpsc::Sender<Event>,
@@ -129,14 +131,16 @@ impl Reloader {
         let loaded = super::server_files::load(&self.config)
             .map_err(|e| e.to_string())
             .and_then(|files| {
-                let mut server =
+                let relay_tls =
                     tls::server_config(&files, (self.transport)()).map_err(|e| e.to_string())?;
+                let mut server = relay_tls.quic;
                 server.max_incoming(self.max_incoming);
-                Ok((files, server))
+                Ok((files, server, relay_tls.tcp))
             });
         match loaded {
-            Ok((files, server)) => {
+            Ok((files, server, tcp)) => {
                 self.endpoint.set_server_config(Some(server));
+                *self.tcp_tls.write().unwrap_or_else(|e| e.into_inner()) = tcp;
                 let _ = self
                     .events
                     .send(Event::Revoked {

@@ -15,6 +15,11 @@ use crate::tls::{
     revocation_list, self_signed_relay_cert,
 };
 
+/// Days a generated certificate is valid: under the 14 days for which
+/// browsers pin a certificate by its hash (WebTransport's
+/// `serverCertificateHashes`).
+pub const GENERATED_CERT_DAYS: u32 = 13;
+
 /// Reads and checks the config's files. Without `tls_cert` and `tls_key`
 /// a certificate for loopback is generated. Errors name the key and file.
 pub fn load(config: &RelayConfig) -> Result<ServerFiles, ConfigError> {
@@ -36,9 +41,11 @@ pub fn load(config: &RelayConfig) -> Result<ServerFiles, ConfigError> {
             read("tls_cert", cert)?,
             zeroize::Zeroizing::new(read("tls_key", key)?),
         ),
-        _ => self_signed_relay_cert(&loopback_hosts(), 14).map_err(|e| ConfigError::Invalid {
-            key: "tls_cert",
-            reason: e.to_string(),
+        _ => self_signed_relay_cert(&loopback_hosts(), GENERATED_CERT_DAYS).map_err(|e| {
+            ConfigError::Invalid {
+                key: "tls_cert",
+                reason: e.to_string(),
+            }
         })?,
     };
     let cert_path = config.tls_cert.clone().unwrap_or_default();

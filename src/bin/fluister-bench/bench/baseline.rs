@@ -21,7 +21,7 @@ pub async fn serve_echo(files: tls::ServerFiles) -> Result<(), BenchError> {
         keep_alive: super::LOAD_LIVENESS.1,
         ..Default::default()
     });
-    let mut server = tls::server_config(&files, transport)?;
+    let mut server = tls::server_config(&files, transport)?.quic;
     server.max_incoming(100_000);
     // The relay's socket buffers, so that the two compare fairly.
     let socket =

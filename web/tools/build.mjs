@@ -1,0 +1,28 @@
+// Builds the young person's page into dist/: the page's script and the
+// proof-of-work worker bundled with esbuild (ES modules, no source maps,
+// nothing from a third party at run time), and the static files copied.
+// The relay compiles dist/ in; `npm run build` must reproduce it byte for
+// byte (tests/web_page.rs checks).
+import { build } from 'esbuild';
+import { cpSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const web = join(dirname(fileURLToPath(import.meta.url)), '..');
+const out = join(web, process.argv[2] ?? 'dist');
+rmSync(out, { recursive: true, force: true });
+mkdirSync(join(out, 'i18n'), { recursive: true });
+const common = {
+  bundle: true,
+  format: 'esm',
+  target: 'es2022',
+  minify: true,
+  legalComments: 'none',
+  charset: 'utf8',
+  logLevel: 'warning',
+};
+await build({ ...common, entryPoints: [join(web, 'page/app.js')], outfile: join(out, 'app.js') });
+await build({ ...common, entryPoints: [join(web, 'src/pow-worker.js')], outfile: join(out, 'pow-worker.js') });
+for (const file of ['index.html', 'style.css', 'i18n/nl.json', 'i18n/en.json']) {
+  cpSync(join(web, 'page', file), join(out, file));
+}
