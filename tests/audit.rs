@@ -1,6 +1,8 @@
 //! The privacy audit: a real relay process at TRACE logging, with its own
 //! empty working directory, HOME and TMPDIR, carries 20 chats with known
-//! canary texts from clients bound to known local ports. Afterwards
+//! canary texts from clients bound to known local ports, and 4 more over
+//! WebSocket and WebTransport with canaries in the User-Agent and Origin
+//! headers as well. Afterwards
 //! everything the relay produced is scanned (stdout, stderr, every file
 //! under its directories) for the clients' addresses and ports, pairing ids,
 //! key bytes in hex and base64, and the canaries. The relay must also have
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine;
+use common::web;
 use common::*;
 use fluister::client::chat::ChatEvent;
 use fluister::client::{self, ConnectOptions};
@@ -29,6 +32,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fluister");
 const CHATS: usize = 20;
+/// Chats over the web transports, alternating WebSocket and WebTransport.
+const WEB_CHATS: usize = 4;
 
 /// Everything that must never show up in the relay's output.
 #[derive(Default)]
@@ -331,6 +336,34 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
         stream.leave().await;
         sam.expect(is_ended).await;
     }
+    // The web transports: canaries in the User-Agent, the Origin and the
+    // text, from known local ports, over WebSocket and WebTransport.
+    let relay_addr: std::net::SocketAddr = relay.addr.parse().unwrap();
+    for i in 0..WEB_CHATS {
+        let mut tag = [0u8; 6];
+        OsRng.fill_bytes(&mut tag);
+        let agent = format!("CanaryAgent/{i}-{}", hex::encode(tag));
+        let origin = format!("https://canary-origin-{i}-{}.example", hex::encode(tag));
+        let word = format!("canary-web-{i}-{}", hex::encode(tag));
+        for needle in [&agent, &origin, &word] {
+            needles.text.insert(needle.clone());
+        }
+        let headers = [("user-agent", agent.as_str()), ("origin", origin.as_str())];
+        let port = free_udp_port();
+        needles.ports.insert(port);
+        needles.text.insert(format!("127.0.0.1:{port}"));
+        let mut link = if i % 2 == 0 {
+            web::websocket(relay_addr, &ca, "/fluister/1", &headers, Some(port)).await
+        } else {
+            web::webtransport(relay_addr, &ca, "/fluister/1", &headers, Some(port)).await
+        }
+        .unwrap();
+        let (chat, mut session) = web::join_and_pair(&mut link, &org).await;
+        needles.key_bytes(session.handshake_hash());
+        web::both_ways(&mut link, chat, &mut session, &mut sam, &word).await;
+        link.leave().await;
+        sam.expect(is_ended).await;
+    }
     sam.hang_up();
     sam.finish().await.unwrap();
 
@@ -410,7 +443,7 @@ async fn the_relay_keeps_nothing_that_identifies_anyone() {
         "the relay logged at all: {stderr_text}"
     );
     println!(
-        "audit: {CHATS} chats; scanned {scanned} bytes in {} outputs (stdout, stderr, /metrics) and {} files; {} needles; {} findings",
+        "audit: {CHATS} native and {WEB_CHATS} web chats; scanned {scanned} bytes in {} outputs (stdout, stderr, /metrics) and {} files; {} needles; {} findings",
         3,
         files.len(),
         needles.text.len() + needles.raw.len() + needles.ports.len(),

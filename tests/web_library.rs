@@ -158,3 +158,78 @@ fn a_proof_of_work_solved_in_javascript_is_what_the_relay_accepts() {
         .expect("8 bytes");
     assert!(pow_valid(&challenge, 14, &solution), "the relay's check");
 }
+
+/// Every file of `dir` below it, as (relative path, bytes), sorted.
+fn files_below(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                found.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The relay compiles `web/dist/` in: it must be what `npm run build`
+/// makes of the page's sources today.
+#[test]
+fn the_built_page_in_dist_matches_its_sources() {
+    let web = web();
+    let fresh = tempfile::tempdir().unwrap();
+    let status = Command::new("node")
+        .arg("tools/build.mjs")
+        .arg(fresh.path())
+        .current_dir(&web)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the page's build failed");
+    let built = files_below(fresh.path());
+    let committed = files_below(&web.join("dist"));
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&built), names(&committed));
+    for ((name, new), (_, old)) in built.iter().zip(&committed) {
+        assert!(
+            new == old,
+            "web/dist/{name} is stale: run `npm run build` in web/ and commit dist/"
+        );
+    }
+}
+
+/// The young person's page in headless Chromium (Debian's `chromium`,
+/// driven by playwright-core) against `fluister demo` and real
+/// counsellors: WebTransport, WebSocket, a cut connection, a transfer,
+/// quick exit, closed hours, axe-core on every screen, and screenshots in
+/// `target/screenshots/` (web/test-browser/).
+#[test]
+fn the_page_works_in_chromium() {
+    let web = web();
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let out = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "test-browser/"])
+        .env("FLUISTER_BIN", env!("CARGO_BIN_EXE_fluister"))
+        .env("SCREENSHOT_DIR", &screenshots)
+        .current_dir(&web)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.contains("# fail 0"),
+        "the browser tests failed (Chromium at /usr/bin/chromium is needed):\n{report}"
+    );
+    // What each test used and found, for the record.
+    for line in report.lines().filter(|l| l.contains("{\"test\"")) {
+        println!("{line}");
+    }
+}

@@ -237,12 +237,22 @@ fn init_logging(default: &str, format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The QUIC stack formats peer addresses into its messages (quinn-udp
-    // even at warn, for send errors), so its logs are off whatever RUST_LOG
-    // says; rustls may speak only of errors.
+    // even at warn, for send errors), and the web stack formats requests
+    // with their headers (web-transport-quinn logs each CONNECT with its
+    // User-Agent and Origin at debug), so their logs are off whatever
+    // RUST_LOG says; rustls may speak only of errors. The privacy audit
+    // (tests/audit.rs) runs at trace and checks.
     for dep in [
         "quinn=off",
         "quinn_proto=off",
         "quinn_udp=off",
+        "web_transport_quinn=off",
+        "web_transport_proto=off",
+        "tungstenite=off",
+        "tokio_tungstenite=off",
+        "hyper=off",
+        "hyper_util=off",
+        "axum=off",
         "rustls=error",
     ] {
         if let Ok(d) = dep.parse() {

@@ -937,6 +937,9 @@ async fn serve(
 
     let mut reader = Reader::new(conn, stage, settings, events);
     let mut closed = carrier.closed();
+    // Whether the peer ended the connection itself: then nothing is left
+    // to write to it.
+    let mut peer_ended = false;
     let departure = loop {
         // What the driver says comes first: a route granted or withdrawn
         // applies to everything read after it.
@@ -978,7 +981,10 @@ async fn serve(
                 closed.await;
                 break Departure::Lost;
             }
-            Err(ReadEnd::Departed(departure)) => break departure,
+            Err(ReadEnd::Departed(departure)) => {
+                peer_ended = true;
+                break departure;
+            }
             Err(ReadEnd::Broken(code)) => {
                 // The core closes with the code; nothing more is read.
                 reader.broken = true;
@@ -995,8 +1001,18 @@ async fn serve(
         }
     };
     to_driver(&reader.events, Event::Disconnected { conn, departure }).await;
-    // Let the writer flush a close it was told to make; then it is done.
-    let _ = tokio::time::timeout(FLUSH_ON_CLOSE * 2, writer).await;
+    // Let the writer flush a close it was told to make; then it is done,
+    // and so is the transport (a peer's task may still hold this
+    // connection's outlet until its route is withdrawn, which must not
+    // keep a WebSocket's TCP connection open).
+    let mut writer = writer;
+    if peer_ended
+        || tokio::time::timeout(FLUSH_ON_CLOSE * 2, &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
+    }
 }
 
 /// A chat side's route as its connection task holds it, with the chat's

@@ -3,6 +3,8 @@
 //! channels.
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

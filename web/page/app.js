@@ -82,7 +82,7 @@ function show(/** @type {string} */ screen) {
   for (const section of document.querySelectorAll('[data-screen]')) {
     /** @type {HTMLElement} */ (section).hidden = section.getAttribute('data-screen') !== screen;
   }
-  document.body.dataset.screen = screen;
+  document.body.dataset.current = screen;
   const heading = /** @type {HTMLElement | null} */ (document.querySelector(`[data-screen="${screen}"] h1`));
   if (screen !== 'chat') heading?.setAttribute('tabindex', '-1');
   if (screen === 'chat') /** @type {HTMLElement} */ ($('[data-message]')).focus();
@@ -292,10 +292,12 @@ function solveInWorker(/** @type {Uint8Array} */ challenge, /** @type {number} *
 
 /** Where the relay is: the config's list, or the host this page came from. */
 function relayUrls() {
-  const relays = state.config.relays?.length
-    ? state.config.relays
-    : [{ webtransport: `https://${location.host}/fluister/1`, websocket: `wss://${location.host}/fluister/1` }];
-  return relays[0];
+  const relay = state.config.relays?.[0] ?? {};
+  const ws = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return {
+    webtransport: relay.webtransport ?? `https://${location.host}/fluister/1`,
+    websocket: relay.websocket ?? `${ws}//${location.host}/fluister/1`,
+  };
 }
 
 function begin() {

@@ -5,11 +5,11 @@
 // byte (tests/web_page.rs checks).
 import { build } from 'esbuild';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const web = join(dirname(fileURLToPath(import.meta.url)), '..');
-const out = join(web, process.argv[2] ?? 'dist');
+const out = resolve(web, process.argv[2] ?? 'dist');
 rmSync(out, { recursive: true, force: true });
 mkdirSync(join(out, 'i18n'), { recursive: true });
 const common = {

@@ -57,7 +57,9 @@ struct PageConfig {
 #[derive(Serialize)]
 struct RelayUrls {
     webtransport: String,
-    websocket: String,
+    /// Absent: the host the page came from (`ws:` or `wss:` as the page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    websocket: Option<String>,
 }
 
 /// The page as one relay serves it.
@@ -114,9 +116,11 @@ impl Site {
             };
             let webtransport = format!("https://{host}:{}", addresses.udp.port());
             Served {
+                // WebSocket on the host the page came from, so that the
+                // page also works behind a proxy on another port.
                 config: config(vec![RelayUrls {
                     webtransport: format!("{webtransport}{PATH}"),
-                    websocket: format!("ws://{host}:{}{PATH}", http.port()),
+                    websocket: None,
                 }]),
                 csp: csp(&format!(" {webtransport}")),
             }

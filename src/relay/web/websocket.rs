@@ -57,6 +57,7 @@ pub(in crate::relay) fn split(
         stream,
         idle_timeout,
         done: done.clone(),
+        sink: sink.clone(),
     };
     (carrier, reader, WsOut { sink, done })
 }
@@ -152,6 +153,8 @@ pub(in crate::relay) struct WsIn {
     stream: SplitStream<WebSocket>,
     idle_timeout: Duration,
     done: watch::Sender<bool>,
+    /// To answer the peer's close at once.
+    sink: Sink,
 }
 
 impl WsIn {
@@ -166,6 +169,11 @@ impl WsIn {
                         Some(tungstenite::Error::Capacity(_)) => {
                             ReadEnd::Broken(CloseCode::FrameTooLarge)
                         }
+                        // The TCP connection ended without a close: lost,
+                        // like a QUIC connection that timed out.
+                        Some(tungstenite::Error::Protocol(
+                            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                        )) => ReadEnd::Departed(Departure::Lost),
                         Some(tungstenite::Error::Protocol(_)) => {
                             ReadEnd::Broken(CloseCode::MalformedFrame)
                         }
@@ -181,6 +189,13 @@ impl WsIn {
                 }
                 Message::Text(_) => return Err(ReadEnd::Broken(CloseCode::MalformedFrame)),
                 Message::Close(frame) => {
+                    // Answer the close (tungstenite queued the answer) now,
+                    // before the connection's task lets go of the socket.
+                    let sink = self.sink.clone();
+                    tokio::spawn(async move {
+                        let answer = async { sink.lock().await.close().await };
+                        let _ = tokio::time::timeout(CLOSE_WRITE, answer).await;
+                    });
                     return Err(ReadEnd::Departed(departure_of_close(frame.map(|f| f.code))));
                 }
                 Message::Ping(_) | Message::Pong(_) => continue,
