@@ -1010,5 +1010,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loopback"), "{e}");
+        for origin in [
+            "https://chat.example.org/",
+            "chat.example.org",
+            "https://Chat.example",
+        ] {
+            let text = format!("web_origins = [\"{origin}\"]\n");
+            let e = RelayConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains("web_origins"), "{e}");
+        }
+        RelayConfig::parse("web_origins = [\"https://chat.example.org:8443\"]\n").unwrap();
+        let e = RelayConfig::parse("[web]\nloopback_http = \"0.0.0.0:80\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web.loopback_http") && e.contains("loopback"),
+            "{e}"
+        );
+        let e = RelayConfig::parse("[web]\norg_key = \"abc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.org_key"), "{e}");
     }
 }
