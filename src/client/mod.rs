@@ -10,6 +10,7 @@
 pub mod anonymous;
 pub mod chat;
 pub mod counsellor;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -622,3 +622,88 @@ async fn counsellor_role(
     let drain = tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     Ok((input_tx, drain))
 }
+
+/// A young person paired over a web binding (WebSocket or WebTransport).
+pub struct WebChatClient {
+    link: fluister::client::web::WebLink,
+    chat: ChatNumber,
+}
+
+/// Which web binding [`web_clients`] use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WebBinding {
+    WebSocket,
+    WebTransport,
+}
+
+/// Joins `count` young people over `binding` and returns them once each is
+/// paired (the relay's TCP port number is its UDP one).
+pub async fn web_clients(
+    relay: SocketAddr,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+    count: usize,
+    binding: WebBinding,
+) -> Result<Vec<WebChatClient>, BenchError> {
+    use fluister::client::web;
+    let lost = |what: &str| BenchError::Lost(format!("a web client: {what}"));
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let path = "/fluister/1";
+        let mut link = match binding {
+            WebBinding::WebSocket => web::websocket(relay, ca, path, &[], None).await,
+            WebBinding::WebTransport => web::webtransport(relay, ca, path, &[], None).await,
+        }
+        .map_err(|e| lost(&e))?;
+        link.send(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+        })
+        .await;
+        let Ok(Frame::Welcome { pow, .. }) = link.next().await else {
+            return Err(lost("no WELCOME"));
+        };
+        link.send(&Frame::Join {
+            topic: None,
+            language: None,
+            pow_solution: pow_solve(&pow.nonce, pow.difficulty),
+        })
+        .await;
+        let chat = loop {
+            match link.next().await {
+                Ok(Frame::Paired { chat, .. }) => break chat,
+                Ok(_) => {}
+                Err(e) => return Err(lost(&format!("not paired: {e:?}"))),
+            }
+        };
+        out.push(WebChatClient { link, chat });
+    }
+    Ok(out)
+}
+
+/// [`closed_loop`] over web clients.
+pub async fn web_closed_loop(
+    clients: Vec<WebChatClient>,
+    duration: Duration,
+    epoch: Instant,
+) -> Result<(f64, Vec<WebChatClient>), BenchError> {
+    super::closed_loop(
+        clients,
+        duration,
+        move |mut c: WebChatClient, seq| async move {
+            c.link
+                .send(&Frame::Forward {
+                    chat: c.chat,
+                    blob: blob_with_stamp(epoch, seq),
+                })
+                .await;
+            loop {
+                match c.link.next().await {
+                    Ok(Frame::Forward { .. }) => return Ok(c),
+                    Ok(_) => {}
+                    Err(_) => return Err(BenchError::Lost("a web echo did not come back".into())),
+                }
+            }
+        },
+    )
+    .await
+}

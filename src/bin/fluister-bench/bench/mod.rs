@@ -13,10 +13,12 @@
 //!    chats, closed loop;
 //! 2. latency: p50/p99/p99.9 at 10, 50 and 90 % of the 100-chat maximum,
 //!    open loop;
-//! 3. memory: the process's resident memory per idle paired chat and per
+//! 3. web: forwarding over WebSocket and over WebTransport against native
+//!    QUIC, 100 chats each on one relay, in interleaved rounds;
+//! 4. memory: the process's resident memory per idle paired chat and per
 //!    waiting client, at 1,000 and 10,000;
-//! 4. surge: new chats per second, proof of work off and on;
-//! 5. attack: a young person's time to be paired while 1,500 connections
+//! 5. surge: new chats per second, proof of work off and on;
+//! 6. attack: a young person's time to be paired while 1,500 connections
 //!    sit idle after HELLO and a paced attacker fills the queue, and what
 //!    each place cost the attacker, with the per-address limit off and on.
 //!
@@ -185,7 +187,7 @@ impl Latencies {
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub smoke: bool,
-    /// Run only these parts: core, forwarding, latency, memory, surge, attack (all if empty).
+    /// Run only these parts: core, forwarding, latency, web, memory, surge, attack (all if empty).
     pub only: Vec<String>,
     pub seconds: f64,
     pub json: PathBuf,
@@ -539,7 +541,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Runs every measurement and writes the report.
 /// The parts that drive relay processes over loopback.
-const NETWORK_PARTS: [&str; 5] = ["forwarding", "latency", "memory", "surge", "attack"];
+const NETWORK_PARTS: [&str; 6] = ["forwarding", "latency", "web", "memory", "surge", "attack"];
 
 pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let part = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
@@ -650,6 +652,8 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         &[1000, 10_000]
     };
     let surge_count = if options.smoke { 20 } else { 1000 };
+    // Chats per binding in the web part.
+    let web_chats = if options.smoke { 4 } else { 100 };
     let chat_counts: &[usize] = if part("forwarding") || part("latency") {
         chat_counts
     } else {
@@ -664,6 +668,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
                 .iter()
                 .map(|&n| counsellors_for(n, load::MEMORY_CAPACITY)),
         )
+        .chain(part("web").then(|| counsellors_for(3 * web_chats, load::CAPACITY)))
         .max()
         .unwrap_or(1)
         .max(8);
@@ -784,7 +789,55 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         drop(echo);
     }
 
-    // 3: memory.
+    // 3: the web bindings against native QUIC, on one relay.
+    if part("web") {
+        let chats = web_chats;
+        let relay = setup.relay(false)?;
+        let endpoints = setup.endpoints(4)?;
+        let configs = setup.counsellor_configs(counsellors_for(3 * chats, load::CAPACITY))?;
+        let _counsellors =
+            load::counsellors(&endpoints, relay.addr, configs, load::CAPACITY, epoch).await?;
+        let mut native = load::clients(&endpoints, relay.addr, chats, true).await?;
+        let mut ws =
+            load::web_clients(relay.addr, &setup.ca, chats, load::WebBinding::WebSocket).await?;
+        let mut wt =
+            load::web_clients(relay.addr, &setup.ca, chats, load::WebBinding::WebTransport).await?;
+        let (mut rates, mut ws_ratios, mut wt_ratios) =
+            ([Vec::new(), Vec::new(), Vec::new()], Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (n, back) = load::closed_loop(native, secs / rounds, epoch).await?;
+            native = back;
+            let (w, back) = load::web_closed_loop(ws, secs / rounds, epoch).await?;
+            ws = back;
+            let (t, back) = load::web_closed_loop(wt, secs / rounds, epoch).await?;
+            wt = back;
+            rates[0].push(n);
+            rates[1].push(w);
+            rates[2].push(t);
+            ws_ratios.push(w / n);
+            wt_ratios.push(t / n);
+        }
+        let native_rate = mean(&rates[0]);
+        row(
+            format!("forwarding over WebSocket, {chats} chats, against native QUIC"),
+            "frames/s",
+            mean(&rates[1]),
+            native_rate,
+            Some(median(&mut ws_ratios)),
+            "",
+        );
+        row(
+            format!("forwarding over WebTransport, {chats} chats, against native QUIC"),
+            "frames/s",
+            mean(&rates[2]),
+            native_rate,
+            Some(median(&mut wt_ratios)),
+            "",
+        );
+        drop((native, ws, wt));
+    }
+
+    // 4: memory.
     for &count in memory_counts {
         let endpoints = setup.endpoints(8)?;
         // Waiting clients: no counsellors, everyone queued.
@@ -840,7 +893,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         );
     }
 
-    // 4: surge.
+    // 5: surge.
     let surges: &[bool] = if part("surge") { &[false, true] } else { &[] };
     for &pow in surges {
         let relay = setup.relay(pow)?;
@@ -893,7 +946,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         );
     }
 
-    // 5: a young person's way in while the helpline is under attack.
+    // 6: a young person's way in while the helpline is under attack.
     if part("attack") {
         let plan = if options.smoke {
             load::AttackPlan {
