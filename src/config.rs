@@ -150,7 +150,8 @@ pub struct WebConfig {
     pub org_key: Option<String>,
     /// Where quick exit takes the young person.
     pub exit_url: String,
-    /// The page's language until the young person picks one: "nl" or "en".
+    /// The page's language until the young person picks one: "nl" or "en"
+    /// for the built-in page; any language a `page_dir` page has.
     pub default_language: String,
     /// Plain HTTP on a loopback address, for the demo: the page and
     /// WebSocket without TLS (a loopback page is a secure context).
@@ -675,11 +676,21 @@ impl RelayConfig {
                 reason: format!("{:?} is not an http(s) URL", web.exit_url),
             });
         }
-        if !PAGE_LANGUAGES.contains(&web.default_language.as_str()) {
+        // The built-in page has Dutch and English; a page of the operator's
+        // own (`page_dir`) may have any language, listed in its
+        // i18n/languages.json.
+        let two_letters = web.default_language.len() == 2
+            && web.default_language.bytes().all(|b| b.is_ascii_lowercase());
+        let known = match web.page_dir {
+            None => PAGE_LANGUAGES.contains(&web.default_language.as_str()),
+            Some(_) => two_letters,
+        };
+        if !known {
             return Err(ConfigError::Invalid {
                 key: "web.default_language",
                 reason: format!(
-                    "{:?}: the page has text for {}",
+                    "{:?}: the built-in page has text for {} (a page in page_dir may \
+                     have any two-letter language code)",
                     web.default_language,
                     PAGE_LANGUAGES.join(", ")
                 ),

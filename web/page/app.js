@@ -28,6 +28,8 @@ const state = {
   /** @type {any} */ config: null,
   /** @type {Texts} */ texts: {},
   language: 'nl',
+  /** The page's languages (`i18n/languages.json`): adding one is adding files. */
+  /** @type {{ code: string, name: string }[]} */ pageLanguages: [{ code: 'nl', name: 'Nederlands' }],
   /** @type {ReturnType<typeof startChat> | null} */ chat: null,
   /** @type {{ id: number, nl: string, en: string }[]} */ topics: [],
   /** @type {string[]} */ languages: [],
@@ -48,6 +50,13 @@ function t(/** @type {string} */ key, /** @type {Record<string, string | number>
   return text.replace(/\{(\w+)\}/g, (_, name) => String(fields[name] ?? ''));
 }
 
+/** The language the switch offers: the one after the current, in the list's order. */
+function nextLanguage() {
+  const list = state.pageLanguages;
+  const at = list.findIndex((l) => l.code === state.language);
+  return list[(at + 1) % list.length];
+}
+
 async function loadTexts(/** @type {string} */ language) {
   const response = await fetch(`i18n/${language}.json`, { cache: 'no-store', credentials: 'omit' });
   state.texts = await response.json();
@@ -65,10 +74,11 @@ function applyTexts() {
     const [attr, key] = /** @type {string} */ (element.getAttribute('data-i18n-attr')).split(':');
     element.setAttribute(attr, t(key));
   }
-  const other = state.language === 'nl' ? 'en' : 'nl';
+  const next = nextLanguage();
   const switcher = $('[data-switch-language]');
-  switcher.textContent = t('switch_to');
-  switcher.setAttribute('lang', other);
+  switcher.textContent = next.name;
+  switcher.setAttribute('lang', next.code);
+  switcher.hidden = state.pageLanguages.length < 2;
   document.title = state.config ? `${t('connecting_title')} · ${state.config.organisation}` : t('connecting_title');
   renderChoices();
   renderQueue();
@@ -340,8 +350,11 @@ async function main() {
   const response = await fetch('config.json', { cache: 'no-store', credentials: 'omit' });
   state.config = await response.json();
   $('[data-org]').textContent = state.config.organisation;
-  await loadTexts(state.config.defaultLanguage === 'en' ? 'en' : 'nl');
-  $('[data-switch-language]').addEventListener('click', () => void loadTexts(state.language === 'nl' ? 'en' : 'nl'));
+  const languages = await fetch('i18n/languages.json', { cache: 'no-store', credentials: 'omit' });
+  state.pageLanguages = await languages.json();
+  const preferred = state.pageLanguages.find((l) => l.code === state.config.defaultLanguage) ?? state.pageLanguages[0];
+  await loadTexts(preferred.code);
+  $('[data-switch-language]').addEventListener('click', () => void loadTexts(nextLanguage().code));
   if (!state.config.orgKey) {
     state.endedReason = null;
     $('[data-ended-reason]').textContent = t('not_configured');

@@ -23,6 +23,7 @@ const common = {
 };
 await build({ ...common, entryPoints: [join(web, 'page/app.js')], outfile: join(out, 'app.js') });
 await build({ ...common, entryPoints: [join(web, 'src/pow-worker.js')], outfile: join(out, 'pow-worker.js') });
-for (const file of ['index.html', 'style.css', 'i18n/nl.json', 'i18n/en.json']) {
-  cpSync(join(web, 'page', file), join(out, file));
-}
+cpSync(join(web, 'page/index.html'), join(out, 'index.html'));
+cpSync(join(web, 'page/style.css'), join(out, 'style.css'));
+// Every language the page has: i18n/languages.json and one file each.
+cpSync(join(web, 'page/i18n'), join(out, 'i18n'), { recursive: true });

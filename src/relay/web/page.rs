@@ -34,6 +34,10 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         "i18n/en.json",
         include_bytes!("../../../web/dist/i18n/en.json"),
     ),
+    (
+        "i18n/languages.json",
+        include_bytes!("../../../web/dist/i18n/languages.json"),
+    ),
 ];
 
 /// The largest file served from `page_dir`.
