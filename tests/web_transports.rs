@@ -115,37 +115,25 @@ async fn bad_input_on_the_web_paths_gets_a_clear_close_and_harms_no_other_chat()
     ws.send_text("hello").await;
     assert_eq!(ws.next().await.err(), Some(WebEnd::Closed(0x01)), "text");
     // Half a frame in one message, and two frames in one.
-    let mut ws = web::websocket(web_addr, &ca, "/fluister/1", &headers, None)
-        .await
-        .unwrap();
-    ws.send_raw(&hello[..2]).await;
-    assert_eq!(ws.next().await.err(), Some(WebEnd::Closed(0x01)), "half");
-    let mut ws = web::websocket(web_addr, &ca, "/fluister/1", &headers, None)
-        .await
-        .unwrap();
-    ws.send_raw(&[hello.clone(), hello.clone()].concat()).await;
     assert_eq!(
-        ws.next().await.err(),
+        ws_end_after(web_addr, &ca, &hello[..2]).await,
+        Some(WebEnd::Closed(0x01)),
+        "half"
+    );
+    assert_eq!(
+        ws_end_after(web_addr, &ca, &[hello.clone(), hello.clone()].concat()).await,
         Some(WebEnd::Closed(0x01)),
         "two in one"
     );
     // A header that declares too long a body.
-    let mut ws = web::websocket(web_addr, &ca, "/fluister/1", &headers, None)
-        .await
-        .unwrap();
-    ws.send_raw(&[0x05, 0xff, 0xff]).await;
     assert_eq!(
-        ws.next().await.err(),
+        ws_end_after(web_addr, &ca, &[0x05, 0xff, 0xff]).await,
         Some(WebEnd::Closed(0x02)),
         "too large"
     );
     // The counsellor role, on either web transport.
-    let mut ws = web::websocket(web_addr, &ca, "/fluister/1", &headers, None)
-        .await
-        .unwrap();
-    ws.send_raw(&counsellor_hello).await;
     assert_eq!(
-        ws.next().await.err(),
+        ws_end_after(web_addr, &ca, &counsellor_hello).await,
         Some(WebEnd::Closed(0x05)),
         "ws counsellor"
     );
@@ -198,6 +186,20 @@ async fn bad_input_on_the_web_paths_gets_a_clear_close_and_harms_no_other_chat()
     good.leave().await;
     assert_eq!(sam.expect(is_ended).await, ended_in(1, "peer_ended"));
     relay.shutdown().await;
+}
+
+/// How a fresh WebSocket from the allowed page ends after sending `raw`
+/// as one binary message.
+async fn ws_end_after(
+    web_addr: std::net::SocketAddr,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+    raw: &[u8],
+) -> Option<WebEnd> {
+    let mut ws = web::websocket(web_addr, ca, "/fluister/1", &browser_headers(), None)
+        .await
+        .unwrap();
+    ws.send_raw(raw).await;
+    ws.next().await.err()
 }
 
 /// Raw HTTP/1.1 over TLS to the relay's TCP port: the head of the answer.

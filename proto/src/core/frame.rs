@@ -1144,7 +1144,9 @@ fn check_header(kind: u8, len: u16) -> Result<(), FrameError> {
 
 /// The length of the whole frame at the start of `bytes`, if it is all
 /// there (`None`: only part of it is); an error if its header is bad.
-fn whole_frame_at(bytes: &[u8]) -> Result<Option<usize>, FrameError> {
+/// Transports that carry one frame per message (WebSocket) cut and check
+/// with it too.
+pub fn whole_frame_at(bytes: &[u8]) -> Result<Option<usize>, FrameError> {
     let [kind, hi, lo, ..] = *bytes else {
         return Ok(None);
     };

@@ -27,6 +27,7 @@ pub(super) mod webtransport;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State, WebSocketUpgrade};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -217,28 +218,17 @@ async fn privacy_headers(mut response: Response) -> Response {
 }
 
 /// `GET /fluister/1`: the WebSocket binding.
-async fn websocket_upgrade(State(context): State<WebContext>, request: Request) -> Response {
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok());
+async fn websocket_upgrade(
+    State(context): State<WebContext>,
+    Extension(info): Extension<ConnInfo>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !context.origins.allows(origin) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let source = request
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|i| i.source);
-    let (mut parts, _) = request.into_parts();
-    let upgrade =
-        match <WebSocketUpgrade as axum::extract::FromRequestParts<WebContext>>::from_request_parts(
-            &mut parts, &context,
-        )
-        .await
-        {
-            Ok(upgrade) => upgrade,
-            Err(rejection) => return rejection.into_response(),
-        };
+    let source = info.source;
     upgrade
         .max_message_size(MAX_FRAME_LEN)
         .max_frame_size(MAX_FRAME_LEN)

@@ -26,7 +26,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Mutex, watch};
 
-use crate::core::frame::{EndReason, HEADER_LEN, MAX_BODY_LEN};
+use crate::core::frame::{EndReason, whole_frame_at};
 use crate::core::{CloseCode, Departure};
 use crate::relay::carrier::{BytesOut, Carrier, ChunksIn, ReadEnd};
 
@@ -133,19 +133,15 @@ pub fn departure_of_close(code: Option<u16>) -> Departure {
     }
 }
 
-/// Whether one message is exactly one frame: `Err` with the close code if not.
+/// Whether one message is exactly one frame: `Err` with the close code if
+/// not (the frame decoder's own header check: an unknown type or a wrong
+/// length is `MALFORMED_FRAME`, too long a body `FRAME_TOO_LARGE`).
 pub fn one_whole_frame(message: &[u8]) -> Result<(), CloseCode> {
-    let Some(header) = message.get(..HEADER_LEN) else {
-        return Err(CloseCode::MalformedFrame);
-    };
-    let declared = usize::from(u16::from_be_bytes([header[1], header[2]]));
-    if declared > MAX_BODY_LEN {
-        return Err(CloseCode::FrameTooLarge);
+    match whole_frame_at(message) {
+        Ok(Some(len)) if len == message.len() => Ok(()),
+        Ok(_) => Err(CloseCode::MalformedFrame),
+        Err(e) => Err(e.close_code()),
     }
-    if HEADER_LEN + declared != message.len() {
-        return Err(CloseCode::MalformedFrame);
-    }
-    Ok(())
 }
 
 /// The reading half.
@@ -225,10 +221,8 @@ impl BytesOut for WsOut {
         let mut sink = self.sink.lock().await;
         let mut rest = bytes;
         // One message per frame, whatever the core handed over at once.
-        while let Some(header) = rest.get(..HEADER_LEN) {
-            let len = HEADER_LEN + usize::from(u16::from_be_bytes([header[1], header[2]]));
-            let Some(frame) = rest.get(..len) else { break };
-            let message = Message::Binary(bytes::Bytes::copy_from_slice(frame));
+        while let Ok(Some(len)) = whole_frame_at(rest) {
+            let message = Message::Binary(bytes::Bytes::copy_from_slice(&rest[..len]));
             if sink.feed(message).await.is_err() {
                 self.done.send_replace(true);
                 return false;
@@ -255,10 +249,16 @@ mod tests {
 
     #[test]
     fn a_message_is_one_whole_frame_or_it_is_refused() {
-        let mut frame = vec![0x02, 0, 4];
-        frame.extend_from_slice(&[1, 2, 3, 4]);
+        let frame = crate::core::frame::Frame::Hello {
+            version: crate::core::frame::PROTOCOL_VERSION,
+            role: crate::core::frame::Role::Client,
+        }
+        .encode();
         assert_eq!(one_whole_frame(&frame), Ok(()));
-        assert_eq!(one_whole_frame(&frame[..5]), Err(CloseCode::MalformedFrame));
+        assert_eq!(
+            one_whole_frame(&frame[..frame.len() - 1]),
+            Err(CloseCode::MalformedFrame)
+        );
         assert_eq!(one_whole_frame(&[0x02]), Err(CloseCode::MalformedFrame));
         let mut two = frame.clone();
         two.extend_from_slice(&frame);
