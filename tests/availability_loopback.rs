@@ -173,6 +173,7 @@ async fn a_phone_out_of_a_tunnel_delivers_its_backlog() {
         reconnect: Some(Reconnect {
             options: options.clone(),
             give_up_after: WAIT,
+            alternates: Vec::new(),
         }),
         ..Default::default()
     };
@@ -203,6 +204,7 @@ async fn lines_typed_while_reconnecting_are_resolved_when_the_chat_is_lost() {
         reconnect: Some(Reconnect {
             options: options.clone(),
             give_up_after: Duration::from_secs(3),
+            alternates: Vec::new(),
         }),
         ..Default::default()
     };
@@ -244,6 +246,7 @@ async fn a_counsellor_cut_off_from_the_relay_resolves_every_chat() {
         reconnect: Some(Reconnect {
             options: options.clone(),
             give_up_after: Duration::from_secs(3),
+            alternates: Vec::new(),
         }),
         ..Default::default()
     };

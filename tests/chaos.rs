@@ -166,6 +166,12 @@ struct Tally {
     delivered: u64,
     not_delivered: u64,
     received: u64,
+    /// Connections this test killed on purpose.
+    killed: u64,
+    /// `reconnecting` and `resumed` events the clients reported, for
+    /// any cause (a kill, or the proxy's faults).
+    reconnecting: u64,
+    resumed: u64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +209,7 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
             reconnect: Some(Reconnect {
                 options: opts,
                 give_up_after: Duration::from_secs(60),
+                alternates: Vec::new(),
             }),
             ..Default::default()
         };
@@ -252,6 +259,7 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
                 reconnect: Some(Reconnect {
                     options: opts,
                     give_up_after: Duration::from_secs(60),
+                    alternates: Vec::new(),
                 }),
                 ..Default::default()
             };
@@ -294,6 +302,7 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
                 if i % 10 == 0 && k == MESSAGES_PER_SIDE / 2 {
                     // The app is killed mid-chat: to the relay, a lost connection.
                     killer.close(EndpointClose::Reconnecting.code().into(), b"");
+                    tally.killed += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -325,6 +334,8 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
                             "client {i}: message {id} confirmed twice"
                         );
                     }
+                    ChatEvent::Reconnecting { .. } => tally.reconnecting += 1,
+                    ChatEvent::Resumed { .. } => tally.resumed += 1,
                     ChatEvent::Ended { .. } => break,
                     _ => {}
                 }
@@ -360,6 +371,9 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
             total.delivered += t.delivered;
             total.not_delivered += t.not_delivered;
             total.received += t.received;
+            total.killed += t.killed;
+            total.reconnecting += t.reconnecting;
+            total.resumed += t.resumed;
         }
     };
     tokio::time::timeout(Duration::from_secs(240), all)
@@ -367,7 +381,7 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
         .expect("chaos run took too long");
     let seen: usize = seen_by_counsellors.lock().unwrap().values().sum();
     println!(
-        "chaos: {CHATS} chats; clients sent {} messages: {} delivered, {} reported not delivered; counsellors received {seen} (each once, in order) and echoed; clients received {} echoes. Proxy: {} datagrams forwarded, {} dropped, {} duplicated, {} delayed, {} NAT rebinds; {} client connections killed and resumed.",
+        "chaos: {CHATS} chats; clients sent {} messages: {} delivered, {} reported not delivered; counsellors received {seen} (each once, in order) and echoed; clients received {} echoes. Proxy: {} datagrams forwarded, {} dropped, {} duplicated, {} delayed, {} NAT rebinds; {} client connections killed; clients reported {} reconnects begun and {} resumed.",
         total.sent,
         total.delivered,
         total.not_delivered,
@@ -377,7 +391,9 @@ async fn chats_through_a_faulty_network_lose_nothing_silently() {
         faults.duplicated.load(Ordering::Relaxed),
         faults.delayed.load(Ordering::Relaxed),
         faults.rebound.load(Ordering::Relaxed),
-        CHATS / 10,
+        total.killed,
+        total.reconnecting,
+        total.resumed,
     );
     assert_eq!(total.sent, (CHATS * MESSAGES_PER_SIDE) as u64);
     assert!(

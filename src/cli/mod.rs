@@ -493,6 +493,7 @@ fn reconnect(options: &ConnectOptions) -> client::Reconnect {
     client::Reconnect {
         options: options.clone(),
         give_up_after: crate::core::limits::Limits::DEFAULT_RESUME_WINDOW,
+        alternates: Vec::new(),
     }
 }
 

@@ -1,34 +1,24 @@
-//! What both chat roles share: the events a user sees ([`ChatEvent`], the
-//! versioned list in `proto/EVENTS.md`), the welcome exchange, and one
-//! end-to-end conversation (`Conversation`): sealing, pacing, resending
-//! and delivery bookkeeping.
+//! What a user of either chat role sees: the events ([`ChatEvent`], the
+//! versioned list in `proto/EVENTS.md`) with their JSON and text forms,
+//! and the relay's welcome.
 //!
-//! The roles themselves are [`super::anonymous::run_client`] and
-//! [`super::counsellor::run_counsellor`]; each reads lines from an input
-//! channel (closed = end of input) and frames from the relay, and reports
-//! [`ChatEvent`]s on an output channel. Every line a person types as a
-//! message gets an id and ends, always, as `delivered` or `not_delivered`.
-
-use std::collections::VecDeque;
+//! The roles are state machines in [`super::machine`], run by
+//! [`run_client`] and [`run_counsellor`] (`super::driver`); each reads
+//! lines from an input channel (closed = end of input) and frames from the
+//! relay, and reports [`ChatEvent`]s on an output channel. Every line a
+//! person types as a message gets an id and ends, always, as `delivered` or
+//! `not_delivered`. [`hello`] and [`join`] are the raw steps, for load
+//! tests that drive the wire themselves.
 
 use serde::Serialize;
 
-use tokio::sync::mpsc;
-
 use super::{ClientError, RelayStream};
 use crate::core::frame::{
-    Blob, ChatNumber, EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence,
-    Role, TopicId,
+    EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence, Role, TopicId,
 };
-use crate::core::limits::{
-    MAX_ACK_LOG, MAX_UNACKED_FRAMES, PACE_FORWARD_BURST, PACE_FORWARD_PER_SEC,
-};
-use crate::core::ratelimit::TokenBucket;
-use crate::crypto::content::{Content, ContentError, Reassembler, split_text};
-use crate::crypto::e2e::{self, Received, Session};
 
-pub use super::anonymous::{ClientRequest, run_client};
-pub use super::counsellor::{CounsellorSettings, run_counsellor};
+pub use super::driver::{ClientRequest, CounsellorSettings, run_client, run_counsellor};
+pub use super::machine::link::{ACK_INTERVAL, ANSWER_TIMEOUT};
 
 /// The version of the event list (`proto/EVENTS.md`); every JSON event
 /// carries it as `"v"`.
@@ -407,10 +397,6 @@ impl ChatEvent {
     }
 }
 
-pub(crate) async fn emit(events: &mpsc::Sender<ChatEvent>, event: ChatEvent) {
-    let _ = events.send(event).await;
-}
-
 /// A counsellor's event for a colleague.
 pub(crate) fn colleague_event(name: &Label, presence: Presence) -> ChatEvent {
     ChatEvent::Colleague {
@@ -418,8 +404,6 @@ pub(crate) fn colleague_event(name: &Label, presence: Presence) -> ChatEvent {
         presence: presence.as_str().into(),
     }
 }
-
-pub(crate) use crate::org::now_unix;
 
 /// What the relay said in WELCOME and the TOPIC frames after it.
 pub struct Welcome {
@@ -448,11 +432,6 @@ impl Welcome {
         }
     }
 }
-
-/// How long to wait for the relay's answer to HELLO or RESUME before the
-/// connection counts as lost. A connection can look up on our side while the
-/// relay never completed it (the network moved us mid-handshake).
-pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends HELLO and reads WELCOME and its TOPIC frames.
 pub async fn hello(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
@@ -522,444 +501,9 @@ async fn hello_unbounded(relay: &mut RelayStream, role: Role) -> Result<Welcome,
     })
 }
 
-/// How often owed acknowledgements go out. Acks ride a fixed tick, not the
-/// moment a message arrives, so their timing does not mirror typing.
-pub const ACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A message sealed and not yet acknowledged, kept for resending.
-struct Pending {
-    id: u64,
-    first_seq: u64,
-    blobs: Vec<Blob>,
-    /// `sent` was reported for it.
-    announced: bool,
-}
-
-impl Pending {
-    fn last_seq(&self) -> u64 {
-        self.first_seq + self.blobs.len() as u64 - 1
-    }
-}
-
-/// A transport message waiting for its turn under the pacing rule.
-struct Outgoing {
-    blob: Blob,
-    /// The message id this blob completes, if it is a message's last chunk.
-    completes: Option<u64>,
-}
-
-/// Why a message could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// Longer than the protocol allows.
-    TooLong,
-    /// Too much is waiting for acknowledgement already.
-    Full,
-}
-
-/// One established chat: the end-to-end session, reassembly of incoming
-/// messages, and delivery bookkeeping for outgoing ones. Sealed blobs go
-/// out through a pacer that follows the spec's sending rule (PROTOCOL.md
-/// §8.1), so the relay never has to slow this sender down.
-pub(crate) struct Conversation {
-    chat: ChatNumber,
-    /// The chat number as shown to the user (counsellors see it; clients not).
-    shown: Option<u32>,
-    session: Session,
-    reassembler: Reassembler,
-    unacked: VecDeque<Pending>,
-    /// Our own ACKs, by sequence number, until the peer's cumulative ACK
-    /// covers them. They take sequence numbers too: one lost with a dropped
-    /// connection would otherwise leave a gap the peer can never fill.
-    acks_sent: VecDeque<(u64, Blob)>,
-    outbox: VecDeque<Outgoing>,
-    pacer: TokenBucket,
-    owe_ack: bool,
-    /// The handshake message that opened this chat, until the first
-    /// transport message: a repeat of it (after the peer was away) is not
-    /// a transport message and is ignored.
-    handshake_echo: Option<Blob>,
-}
-
-impl Conversation {
-    /// `shown` is the number the user sees for this chat (counsellors), or
-    /// `None` (clients, who have one chat).
-    pub fn new(chat: ChatNumber, session: Session, shown: Option<u32>) -> Self {
-        Conversation {
-            chat,
-            shown,
-            session,
-            reassembler: Reassembler::default(),
-            unacked: Default::default(),
-            acks_sent: Default::default(),
-            outbox: Default::default(),
-            pacer: TokenBucket::new(
-                PACE_FORWARD_PER_SEC,
-                PACE_FORWARD_BURST,
-                std::time::Instant::now(),
-            ),
-            owe_ack: false,
-            handshake_echo: None,
-        }
-    }
-
-    /// Remembers the handshake message that opened the chat (see
-    /// `handshake_echo`).
-    pub fn remember_handshake(&mut self, blob: Blob) {
-        self.handshake_echo = Some(blob);
-    }
-
-    pub fn chat(&self) -> ChatNumber {
-        self.chat
-    }
-
-    /// After a resume the relay numbers the chat anew on the new connection.
-    pub fn set_chat(&mut self, chat: ChatNumber) {
-        self.chat = chat;
-    }
-
-    fn unacked_frames(&self) -> usize {
-        self.unacked.iter().map(|p| p.blobs.len()).sum()
-    }
-
-    /// Splits and seals message `id` and queues it to be sent. It is kept
-    /// until acknowledged: if the connection is lost, it goes out again
-    /// after a resume (or is reported not delivered).
-    pub fn queue(&mut self, id: u64, text: &str) -> Result<(), Refused> {
-        let chunks = split_text(text).map_err(|_| Refused::TooLong)?;
-        if self.unacked_frames() + chunks.len() > MAX_UNACKED_FRAMES {
-            return Err(Refused::Full);
-        }
-        let first_seq = self.session.next_seq();
-        let mut blobs = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            // Sealing fails only when 2^64 - 1 messages were sent.
-            blobs.push(self.session.seal(chunk).map_err(|_| Refused::Full)?);
-        }
-        let last = blobs.len() - 1;
-        for (i, blob) in blobs.iter().enumerate() {
-            self.outbox.push_back(Outgoing {
-                blob: blob.clone(),
-                completes: (i == last).then_some(id),
-            });
-        }
-        self.unacked.push_back(Pending {
-            id,
-            first_seq,
-            blobs,
-            announced: false,
-        });
-        Ok(())
-    }
-
-    /// Sends what the pacer allows now; reports each message whose last
-    /// chunk left as sent. A write that fails leaves the rest for the
-    /// resume, which sends everything unacknowledged again.
-    pub async fn flush(
-        &mut self,
-        relay: &mut RelayStream,
-        events: &mpsc::Sender<ChatEvent>,
-    ) -> Result<(), ClientError> {
-        while !self.outbox.is_empty() && self.pacer.take(std::time::Instant::now(), 1.0) {
-            let Some(out) = self.outbox.pop_front() else {
-                break;
-            };
-            match relay
-                .send(&Frame::Forward {
-                    chat: self.chat,
-                    blob: out.blob,
-                })
-                .await
-            {
-                Ok(()) => {}
-                Err(ClientError::Lost(_) | ClientError::Closed(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            if let Some(id) = out.completes
-                && let Some(p) = self.unacked.iter_mut().find(|p| p.id == id)
-                && !p.announced
-            {
-                p.announced = true;
-                emit(
-                    events,
-                    ChatEvent::Sent {
-                        id,
-                        chat: self.shown,
-                    },
-                )
-                .await;
-            }
-        }
-        Ok(())
-    }
-
-    /// When [`Conversation::flush`] has more to send, if anything waits.
-    pub fn next_flush(&mut self) -> Option<tokio::time::Instant> {
-        if self.outbox.is_empty() {
-            return None;
-        }
-        let now = std::time::Instant::now();
-        Some(tokio::time::Instant::from_std(
-            self.pacer.ready_at(now, 1.0),
-        ))
-    }
-
-    /// Queues again everything not yet acknowledged, messages and our own
-    /// ACKs, in sequence order (after a resume, or when the peer is back);
-    /// the receiver drops what it already has.
-    pub fn resend(&mut self) {
-        let mut all: Vec<(u64, Outgoing)> = self
-            .acks_sent
-            .iter()
-            .map(|(seq, blob)| {
-                (
-                    *seq,
-                    Outgoing {
-                        blob: blob.clone(),
-                        completes: None,
-                    },
-                )
-            })
-            .collect();
-        for p in &self.unacked {
-            let last = p.blobs.len() - 1;
-            all.extend(p.blobs.iter().enumerate().map(|(j, blob)| {
-                (
-                    p.first_seq + j as u64,
-                    Outgoing {
-                        blob: blob.clone(),
-                        completes: (j == last).then_some(p.id),
-                    },
-                )
-            }));
-        }
-        all.sort_by_key(|(seq, _)| *seq);
-        self.outbox = all.into_iter().map(|(_, out)| out).collect();
-    }
-
-    /// Opens one transport blob and reports what it completes: a message,
-    /// or deliveries it acknowledges. Content that breaks §6.4 (malformed,
-    /// reserved flags, not UTF-8, too long, an ACK of what was never sent)
-    /// is an error: the chat must end as a security failure.
-    pub async fn receive(
-        &mut self,
-        blob: &Blob,
-        events: &mpsc::Sender<ChatEvent>,
-    ) -> Result<(), e2e::E2eError> {
-        if self.handshake_echo.as_ref() == Some(blob) {
-            return Ok(());
-        }
-        let received = self.session.open(blob)?;
-        self.handshake_echo = None;
-        match received {
-            Received::Duplicate | Received::Early => {}
-            Received::Content(Content::Ack { up_to }) => {
-                if up_to > self.session.next_seq() {
-                    return Err(ContentError::AckBeyondSent.into());
-                }
-                while self.acks_sent.front().is_some_and(|(seq, _)| *seq < up_to) {
-                    self.acks_sent.pop_front();
-                }
-                while self.unacked.front().is_some_and(|p| p.last_seq() < up_to) {
-                    if let Some(p) = self.unacked.pop_front() {
-                        emit(
-                            events,
-                            ChatEvent::Delivered {
-                                id: p.id,
-                                chat: self.shown,
-                            },
-                        )
-                        .await;
-                    }
-                }
-            }
-            Received::Content(Content::Unknown(_)) => self.owe_ack = true,
-            Received::Content(chunk) => {
-                self.owe_ack = true;
-                if let Some(text) = self.reassembler.push(chunk)? {
-                    emit(
-                        events,
-                        ChatEvent::Message {
-                            text,
-                            chat: self.shown,
-                        },
-                    )
-                    .await;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues an acknowledgement if anything arrived since the last one.
-    pub fn ack_if_owed(&mut self) -> Result<(), ClientError> {
-        if !self.owe_ack {
-            return Ok(());
-        }
-        self.owe_ack = false;
-        let seq = self.session.next_seq();
-        let blob = self.session.seal(&Content::Ack {
-            up_to: self.session.received(),
-        })?;
-        if self.acks_sent.len() >= MAX_ACK_LOG {
-            self.acks_sent.pop_front();
-        }
-        self.acks_sent.push_back((seq, blob.clone()));
-        self.outbox.push_back(Outgoing {
-            blob,
-            completes: None,
-        });
-        Ok(())
-    }
-
-    /// The chat is over: every message not acknowledged is reported as not
-    /// delivered, so nothing is lost without the sender knowing.
-    pub async fn give_up(self, events: &mpsc::Sender<ChatEvent>) {
-        for p in self.unacked {
-            emit(
-                events,
-                ChatEvent::NotDelivered {
-                    id: p.id,
-                    chat: self.shown,
-                },
-            )
-            .await;
-        }
-    }
-
-    /// Whether a sent message still waits for its acknowledgement.
-    pub fn has_unacked_messages(&self) -> bool {
-        !self.unacked.is_empty()
-    }
-}
-
-/// Ends a chat whose end-to-end check failed; the peer learns only that.
-pub(crate) async fn abort(relay: &mut RelayStream, chat: ChatNumber) {
-    let _ = relay
-        .send(&Frame::End {
-            chat,
-            reason: EndReason::SecurityFailure,
-        })
-        .await;
-}
-
-/// Reports lines that will never be sent (typed while the chat could not
-/// take them, or still unread when it ended) as not delivered.
-pub(crate) async fn not_delivered(
-    events: &mpsc::Sender<ChatEvent>,
-    ids: impl IntoIterator<Item = u64>,
-    chat: Option<u32>,
-) {
-    for id in ids {
-        emit(events, ChatEvent::NotDelivered { id, chat }).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::frame::PairingId;
-    use crate::crypto::e2e::{ClientHandshake, E2eError, counsellor_respond, test_counsellor_keys};
-    use x25519_dalek::StaticSecret;
-
-    /// A client's and a counsellor's session of one chat.
-    fn sessions() -> (Session, Session) {
-        let keys = test_counsellor_keys(StaticSecret::from([2; 32]));
-        let org = keys.org;
-        let pairing = PairingId([3; 16]);
-        let (hs, m1) = ClientHandshake::start(&org, &pairing, &mut rand_core::OsRng);
-        let (counsellor, m2) =
-            counsellor_respond(&keys, &pairing, &m1, &mut rand_core::OsRng).unwrap();
-        let (client, _) = hs.finish(&m2, 1_000).unwrap();
-        (client, counsellor)
-    }
-
-    fn receiver(
-        session: Session,
-    ) -> (
-        Conversation,
-        mpsc::Receiver<ChatEvent>,
-        mpsc::Sender<ChatEvent>,
-    ) {
-        let (tx, rx) = mpsc::channel(64);
-        (Conversation::new(ChatNumber::FIRST, session, None), rx, tx)
-    }
-
-    #[tokio::test]
-    async fn content_that_breaks_the_rules_is_a_security_failure() {
-        // An ACK of messages never sent.
-        let (mut sender, counsellor) = sessions();
-        let (mut conversation, _rx, tx) = receiver(counsellor);
-        let ack = sender.seal(&Content::Ack { up_to: 1 }).unwrap();
-        assert_eq!(
-            conversation.receive(&ack, &tx).await,
-            Err(E2eError::Content(ContentError::AckBeyondSent))
-        );
-        // TEXT with a reserved flag bit, and a chunk that is not UTF-8.
-        for (bytes, error) in [
-            (vec![0x01, 0x02, b'x'], ContentError::BadFlags),
-            (vec![0x01, 0x01, 0xc3], ContentError::NotUtf8),
-            (
-                vec![0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                ContentError::Truncated,
-            ),
-        ] {
-            let (mut sender, counsellor) = sessions();
-            let (mut conversation, _rx, tx) = receiver(counsellor);
-            let blob = sender.seal_unchecked(&bytes).unwrap();
-            assert_eq!(
-                conversation.receive(&blob, &tx).await,
-                Err(E2eError::Content(error)),
-                "{bytes:?}"
-            );
-        }
-        // A message longer than 16 384 bytes, in chunks that are each fine.
-        let (mut sender, counsellor) = sessions();
-        let (mut conversation, _rx, tx) = receiver(counsellor);
-        let chunk = "x".repeat(1004);
-        let mut result = Ok(());
-        for _ in 0..17 {
-            let blob = sender
-                .seal(&Content::Text {
-                    last: false,
-                    text: chunk.clone(),
-                })
-                .unwrap();
-            result = conversation.receive(&blob, &tx).await;
-            if result.is_err() {
-                break;
-            }
-        }
-        assert_eq!(result, Err(E2eError::Content(ContentError::TooLong)));
-    }
-
-    #[tokio::test]
-    async fn an_ack_up_to_what_was_sent_is_fine_and_delivers() {
-        let (mut client, counsellor) = sessions();
-        let (mut conversation, mut rx, tx) = receiver(counsellor);
-        conversation.queue(1, "hallo").unwrap();
-        let ack = client.seal(&Content::Ack { up_to: 1 }).unwrap();
-        conversation.receive(&ack, &tx).await.unwrap();
-        assert_eq!(
-            rx.recv().await,
-            Some(ChatEvent::Delivered { id: 1, chat: None })
-        );
-    }
-
-    #[test]
-    fn the_send_buffer_refuses_past_its_limit_and_never_loses_silently() {
-        let (client, _) = sessions();
-        let mut conversation = Conversation::new(ChatNumber::FIRST, client, None);
-        let long = "x".repeat(16_000); // 16 frames
-        for id in 1..=8 {
-            conversation.queue(id, &long).unwrap();
-        }
-        assert_eq!(conversation.queue(9, "nog een"), Err(Refused::Full));
-        assert_eq!(
-            conversation.queue(10, &"x".repeat(16_385)),
-            Err(Refused::TooLong)
-        );
-    }
 
     #[test]
     fn events_carry_the_list_version() {

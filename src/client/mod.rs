@@ -4,12 +4,13 @@
 //! [`connect`] resolves the relay, opens a QUIC connection (ALPN
 //! `fluister/1`, no resumption, optionally presenting a counsellor
 //! credential) and the control stream. [`RelayStream`] turns that stream
-//! into frames in both directions. [`chat`] runs the client and counsellor
-//! roles over it, reporting [`chat::ChatEvent`]s.
+//! into frames in both directions. The chat roles are sans-IO state
+//! machines ([`machine`]) that one tokio driver ([`driver`]) runs over it,
+//! reporting [`chat::ChatEvent`]s.
 
-pub mod anonymous;
 pub mod chat;
-pub mod counsellor;
+pub mod driver;
+pub mod machine;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -184,6 +185,9 @@ pub struct Reconnect {
     pub options: ConnectOptions,
     /// Give up resuming after this long (the relay's resume window).
     pub give_up_after: Duration,
+    /// Other addresses of the same service (`HOST:PORT`), tried in turn
+    /// after `options.relay` when a connection attempt fails.
+    pub alternates: Vec<String>,
 }
 
 impl std::fmt::Debug for Reconnect {
@@ -193,27 +197,14 @@ impl std::fmt::Debug for Reconnect {
 }
 
 impl Reconnect {
-    /// Tries to connect until it works, the time is up, or the relay says
-    /// something that trying again cannot change ([`ClientError::is_final`]).
-    pub async fn connect(&self) -> Result<RelayStream, ClientError> {
-        let deadline = tokio::time::Instant::now() + self.give_up_after;
-        let mut last = ClientError::Lost("could not reconnect in time".into());
-        while tokio::time::Instant::now() < deadline {
-            // No attempt outlasts the time there is.
-            match tokio::time::timeout_at(deadline, connect(self.options.clone())).await {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(e)) if e.is_final() => return Err(e),
-                Ok(Err(e)) => last = e,
-                Err(_) => break,
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-        Err(last)
+    /// The relay addresses to try in turn: the first one, then the others.
+    pub fn addresses(&self) -> Vec<String> {
+        std::iter::once(self.options.relay.clone())
+            .chain(self.alternates.iter().cloned())
+            .collect()
     }
 }
 
-/// Pause between two attempts to reach the relay.
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long a leaving endpoint waits for the relay's close after it
 /// finished its stream (PROTOCOL.md §7.1).
 pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
@@ -419,11 +410,6 @@ impl RelayStream {
             self.decoder.push(&chunk.bytes, &mut frames)?;
             self.pending.extend(frames);
         }
-    }
-
-    /// Puts a frame back, to be returned by the next [`RelayStream::next`].
-    pub(crate) fn unread(&mut self, frame: Frame) {
-        self.pending.push_front(frame);
     }
 
     /// Leaves on purpose and without losing what was sent (PROTOCOL.md

@@ -470,6 +470,7 @@ pub fn reconnect_options(
             bind: None,
         },
         give_up_after,
+        alternates: Vec::new(),
     }
 }
 
