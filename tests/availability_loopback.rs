@@ -102,8 +102,8 @@ async fn all_delivered(party: &mut Party, ids: impl IntoIterator<Item = u64>) {
 /// a proxy the test can cut.
 async fn relay_behind_a_proxy(org: &Org) -> (fluister::relay::RunningRelay, Proxy) {
     let mut config = org.config();
-    config.limits.idle_timeout_secs = 5;
-    config.limits.keep_alive_secs = 1;
+    config.transport.idle_timeout_secs = 5;
+    config.transport.keep_alive_secs = 1;
     let relay = fluister::relay::start(&config, Default::default())
         .await
         .unwrap();

@@ -627,7 +627,7 @@ fn two_counsellors_a_queue_and_a_transfer_through_the_cli() {
     sam.say("/transfer Noor");
     assert_eq!(
         sam.event(),
-        json!({"event": "transfer_refused", "chat": 1, "reason": "that counsellor is away"})
+        json!({"event": "transfer_refused", "chat": 1, "reason": "that counsellor is away", "code": "colleague_away"})
     );
     // Noor comes back and takes the waiting client; then Sam hands over.
     noor.say("/available");
@@ -746,7 +746,8 @@ fn outside_opening_hours_the_client_hears_when_the_chat_opens() {
 fn sigterm_drains_the_relay_and_no_message_is_lost_silently() {
     let setup = org_setup();
     let path = setup.path("org/test-relay.toml");
-    let config = std::fs::read_to_string(&path).unwrap() + "\n[limits]\ndrain_deadline_secs = 5\n";
+    let config =
+        std::fs::read_to_string(&path).unwrap() + "\n[transport]\ndrain_deadline_secs = 5\n";
     std::fs::write(&path, config).unwrap();
     let (mut relay, addr) = start_relay(&setup);
     let mut counsellor = spawn_counsellor(&setup, &addr);

@@ -606,7 +606,7 @@ fn young_person_closed_with(code: CloseCode) -> Peer {
 
 #[test]
 fn every_terminal_close_code_ends_a_young_person_at_once_and_every_transient_one_reconnects() {
-    for code in CloseCode::ALL {
+    for &code in CloseCode::ALL {
         let Peer {
             events,
             outcome,
@@ -646,7 +646,7 @@ fn every_terminal_close_code_ends_a_young_person_at_once_and_every_transient_one
 
 #[test]
 fn every_terminal_close_code_ends_a_counsellors_chats_at_once_and_every_transient_one_resumes() {
-    for code in CloseCode::ALL {
+    for &code in CloseCode::ALL {
         let (mut w, _young, sam) = World::chat();
         w.say(sam, "hoe gaat het?");
         w.close(sam, code);

@@ -27,7 +27,7 @@ fn hello_is_answered_with_the_topics_and_languages() {
     assert!(matches!(
         &frames[0],
         Frame::Welcome { version: 1, role: Role::Client, topics: 6, languages, pow }
-            if *languages == vec![lang("nl"), lang("en")] && pow.difficulty == Limits::DEFAULT_POW_MIN_DIFFICULTY
+            if *languages == vec![lang("nl"), lang("en")] && pow.difficulty == Limits::default().pow_min_difficulty
     ));
     assert_eq!(frames.len(), 7);
     assert!(
@@ -1150,7 +1150,7 @@ fn no_hello_in_time_closes_the_connection() {
     let mut h = Harness::new(Limits::default());
     let x = h.connect(Credential::Anonymous);
     let deadline = h.relay.poll_timeout().unwrap();
-    assert_eq!(deadline, h.now.mono + Limits::DEFAULT_HELLO_TIMEOUT);
+    assert_eq!(deadline, h.now.mono + Limits::default().hello_timeout);
     assert_eq!(h.wait(9), vec![]);
     assert_eq!(h.wait(1), vec![Out::Close(x, CloseCode::Timeout, true)]);
     assert_eq!(h.relay.poll_timeout(), None);

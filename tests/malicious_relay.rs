@@ -139,7 +139,7 @@ async fn a_relay_with_its_own_key_and_a_forged_certificate_is_refused() {
             static_key: PublicKey::from(&relay_static).to_bytes(),
             not_before: now() - 60,
             not_after: now() + 3600,
-            pseudonym: "Sam".into(),
+            pseudonym: fluister::core::frame::Label::new("Sam").unwrap(),
         }
         .sign(&relay_org)
         .unwrap()

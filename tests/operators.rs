@@ -288,7 +288,7 @@ async fn metrics_and_health_show_the_service_without_anything_about_anyone() {
     client.hang_up();
     sam.expect(|e| matches!(e, ChatEvent::Ended { .. })).await;
     let m = samples(&get(admin, "/metrics").await.1);
-    assert_eq!(m["fluister_chats_ended_total{reason=\"peer_ended\"}"], 1.0);
+    assert_eq!(m["fluister_chats_ended_total{reason=\"user_ended\"}"], 1.0);
 
     // Draining: not ready any more, while the process still answers.
     let draining = tokio::spawn(relay.shutdown());
@@ -314,7 +314,7 @@ async fn metrics_count_the_busy_the_unfinished_and_no_departure_as_slow() {
     config.limits.admissions_per_sec = 1000;
     config.limits.admissions_burst = 1000;
     // All of them come from 127.0.0.1.
-    config.limits.per_address_places = 0;
+    config.limits.per_source_places = 0;
     let relay = fluister::relay::start(&config, Default::default())
         .await
         .unwrap();

@@ -123,7 +123,7 @@ async fn a_second_visit_gets_no_tls_resumption_and_no_address_token() {
 async fn attempts_past_the_per_address_limit_are_refused() {
     let org = Org::new();
     let mut config = org.config();
-    config.limits.per_address_attempts = 2;
+    config.transport.per_address_attempts = 2;
     let relay = fluister::relay::start(&config, Default::default())
         .await
         .unwrap();

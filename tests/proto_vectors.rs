@@ -599,7 +599,7 @@ fn fixed() -> Fixed {
         static_key: PublicKey::from(&counsellor_static).to_bytes(),
         not_before: 1_798_761_600, // 2027-01-01T00:00:00Z
         not_after: 1_801_353_600,  // 2027-01-31T00:00:00Z
-        pseudonym: "Sam".into(),
+        pseudonym: fluister::core::frame::Label::new("Sam").unwrap(),
     };
     Fixed {
         org,

@@ -107,7 +107,7 @@ async fn waiting_clients_move_up_the_queue() {
 async fn the_counsellor_disconnecting_ends_the_chat_for_the_client_after_the_resume_window() {
     let org = Org::new();
     let mut config = org.config();
-    config.limits.resume_window_secs = 1;
+    config.limits.resume_window = std::time::Duration::from_secs(1);
     let relay = fluister::relay::start(&config, Default::default())
         .await
         .unwrap();

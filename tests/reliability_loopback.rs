@@ -129,7 +129,7 @@ async fn after_the_resume_window_both_sides_are_told_the_chat_ended() {
     use fluister::client::chat::{ChatEvent, ClientRequest};
     let org = Org::new();
     let mut config = org.config();
-    config.limits.resume_window_secs = 1;
+    config.limits.resume_window = std::time::Duration::from_secs(1);
     let relay = fluister::relay::start(&config, Default::default())
         .await
         .unwrap();
@@ -291,5 +291,38 @@ async fn a_counsellor_who_ends_right_after_sending_sees_the_message_delivered() 
         message("sterkte, je kunt altijd terugkomen")
     );
     assert_eq!(client.next().await, ended("peer_ended"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_whose_first_relay_address_is_gone_comes_back_through_the_next() {
+    use fluister::client::chat::{ChatEvent, ClientRequest};
+    let org = Org::new();
+    let relay = start_relay(&org, &Tap::default()).await;
+    let mut sam = sam(&org, &relay).await;
+    let stream = connect_anonymous(&org, &relay).await;
+    let connection = stream.connection().clone();
+    // The first address the client knows is a relay that is gone (nothing
+    // answers on it); the second is the one it is chatting through.
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut reconnect = reconnect_options(&org, &relay, None, WAIT);
+    reconnect.options.relay = gone.local_addr().unwrap().to_string();
+    reconnect.options.connect_timeout = std::time::Duration::from_secs(1);
+    reconnect.alternates = vec![relay.local_addr().to_string()];
+    let request = ClientRequest {
+        reconnect: Some(reconnect),
+        ..Default::default()
+    };
+    let mut client = client_party_for(stream, org.public, request);
+    client.expect(is_paired).await;
+    sam.expect(is_paired).await;
+    // Lost, to the relay (as after a timeout, without waiting for one).
+    connection.close(EndpointClose::Reconnecting.code().into(), b"");
+    client
+        .expect(|e| matches!(e, ChatEvent::Resumed { .. }))
+        .await;
+    client.say("via het tweede adres").await;
+    assert_eq!(messages(&mut sam, 1).await, vec!["via het tweede adres"]);
+    drop(gone);
     relay.shutdown().await;
 }

@@ -83,7 +83,7 @@ fn the_javascript_client_and_the_rust_counsellor_chat_end_to_end() {
         static_key: PublicKey::from(&static_secret).to_bytes(),
         not_before: 0,
         not_after: u64::MAX / 2,
-        pseudonym: "Noor".into(),
+        pseudonym: fluister::core::frame::Label::new("Noor").unwrap(),
     }
     .sign(&org_key)
     .expect("a certificate");

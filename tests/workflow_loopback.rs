@@ -293,7 +293,8 @@ async fn a_transfer_to_an_away_colleague_is_refused_and_the_chat_stays() {
         sam.next().await,
         ChatEvent::TransferRefused {
             chat: 1,
-            reason: "that counsellor is away".into()
+            reason: "that counsellor is away".into(),
+            code: fluister::core::frame::Refusal::ColleagueAway,
         }
     );
     sam.say("Ik blijf bij je.").await;
@@ -309,7 +310,7 @@ async fn a_counsellor_signing_in_among_many_colleagues_gets_the_whole_list() {
     // reader.
     let org = Org::new();
     let mut config = org.config();
-    config.limits.max_buffered_frames = 8;
+    config.transport.max_buffered_frames = 8;
     config.limits.max_capacity = 1;
     let relay = fluister::relay::start(&config, Default::default())
         .await

@@ -15,3 +15,7 @@
 
 pub mod core;
 pub mod crypto;
+
+/// For [`limits_table!`]: the serde its tables derive with.
+#[doc(hidden)]
+pub use serde as __serde;

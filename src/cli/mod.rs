@@ -492,7 +492,7 @@ async fn run(command: Command) -> CliResult {
 fn reconnect(options: &ConnectOptions) -> client::Reconnect {
     client::Reconnect {
         options: options.clone(),
-        give_up_after: crate::core::limits::Limits::DEFAULT_RESUME_WINDOW,
+        give_up_after: crate::core::limits::Limits::default().resume_window,
         alternates: Vec::new(),
     }
 }

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use super::{ClientError, RelayStream};
 use crate::core::frame::{
-    EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence, Role, TopicId,
+    EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence, Refusal, Role,
+    TopicId,
 };
 
 pub use super::driver::{ClientRequest, CounsellorSettings, run_client, run_counsellor};
@@ -218,12 +219,17 @@ pub enum ChatEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
-    /// Counsellor: a transfer did not happen; the chat stays.
-    TransferRefused { chat: u32, reason: String },
+    /// Counsellor: a transfer did not happen; the chat stays. `reason` in
+    /// words, `code` for scripts and translations.
+    TransferRefused {
+        chat: u32,
+        reason: String,
+        code: Refusal,
+    },
     /// Counsellor: clients waiting, per topic.
     QueueStats { waiting: Vec<Waiting> },
     /// Counsellor: a colleague signed in, changed status or left.
-    Colleague { name: String, presence: String },
+    Colleague { name: String, presence: Presence },
     /// Counsellor: what it now takes.
     Status { available: bool, capacity: u8 },
     /// Counsellor: its open chats.
@@ -359,7 +365,7 @@ impl ChatEvent {
                 Some(detail) => format!("{}Chat ended: {} ({detail}).", at(chat), reason.text()),
                 None => format!("{}Chat ended: {}.", at(chat), reason.text()),
             },
-            ChatEvent::TransferRefused { chat, reason } => {
+            ChatEvent::TransferRefused { chat, reason, .. } => {
                 format!("[@{chat}] Transfer refused: {reason}.")
             }
             ChatEvent::QueueStats { waiting } => {
@@ -373,11 +379,11 @@ impl ChatEvent {
                     .collect();
                 format!("Queue: {total} waiting ({}).", parts.join(", "))
             }
-            ChatEvent::Colleague { name, presence } => match presence.as_str() {
-                "signed_out" => format!("Colleague {name} signed out."),
-                "away" => format!("Colleague {name} is away."),
-                "full" => format!("Colleague {name} has no room for another chat."),
-                _ => format!("Colleague {name} is available."),
+            ChatEvent::Colleague { name, presence } => match presence {
+                Presence::SignedOut => format!("Colleague {name} signed out."),
+                Presence::Away => format!("Colleague {name} is away."),
+                Presence::Full => format!("Colleague {name} has no room for another chat."),
+                Presence::Available => format!("Colleague {name} is available."),
             },
             ChatEvent::Status {
                 available,
@@ -401,7 +407,7 @@ impl ChatEvent {
 pub(crate) fn colleague_event(name: &Label, presence: Presence) -> ChatEvent {
     ChatEvent::Colleague {
         name: name.to_string(),
-        presence: presence.as_str().into(),
+        presence,
     }
 }
 

@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 
 pub mod lifecycle;
 
+use crate::core::frame::Label;
 use crate::crypto::cert::{self, CertError, CertificateBody, OrgPublicKey};
 use crate::crypto::e2e::{self, CounsellorKeys};
 
@@ -390,14 +391,16 @@ fn issue(
         static_key: PublicKey::from(static_secret).to_bytes(),
         not_before: now.saturating_sub(3600),
         not_after,
-        pseudonym: pseudonym.to_owned(),
+        pseudonym: Label::new(pseudonym).map_err(|_| {
+            OrgError::Invalid(format!(
+                "pseudonym must be 1 to {} bytes, printable, without leading or trailing spaces",
+                cert::MAX_PSEUDONYM_LEN
+            ))
+        })?,
     };
-    let certificate = body.sign(&org_key).map_err(|_| {
-        OrgError::Invalid(format!(
-            "pseudonym must be 1 to {} bytes, printable, without leading or trailing spaces",
-            cert::MAX_PSEUDONYM_LEN
-        ))
-    })?;
+    let certificate = body
+        .sign(&org_key)
+        .map_err(|e| OrgError::Invalid(format!("cannot sign the certificate: {e}")))?;
 
     // The relay credential: a TLS client certificate from the counsellor CA,
     // a key pair of its own, unrelated to the end-to-end key. Its random

@@ -394,10 +394,10 @@ pub async fn start(
     config.validate()?;
     let files = server_files::load(config)?;
     let sizes = tls::TransportSizes {
-        stream_receive_window: config.limits.stream_receive_window,
-        receive_window: config.limits.receive_window,
-        idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
-        keep_alive: Duration::from_secs(config.limits.keep_alive_secs),
+        stream_receive_window: config.transport.stream_receive_window,
+        receive_window: config.transport.receive_window,
+        idle_timeout: Duration::from_secs(config.transport.idle_timeout_secs),
+        keep_alive: Duration::from_secs(config.transport.keep_alive_secs),
     };
     let transport = move || tls::transport_config(sizes);
     let relay_tls = tls::server_config(&files, transport())?;
@@ -490,7 +490,7 @@ pub async fn start(
     let core_limits = config.core_limits();
     let admission = Admission {
         tasks: TaskSettings {
-            max_buffered: config.limits.max_buffered_frames,
+            max_buffered: config.transport.max_buffered_frames,
             max_capacity: usize::from(config.limits.max_capacity),
             forward_per_sec: core_limits.forward_frames_per_sec,
             forward_burst: core_limits.forward_frames_burst,
@@ -500,19 +500,19 @@ pub async fn start(
             handshakes: handshakes.clone(),
             metrics: metrics.clone(),
         },
-        retry_above_handshakes: config.limits.retry_above_handshakes,
+        retry_above_handshakes: config.transport.retry_above_handshakes,
         // Sources are tagged for the attempts limit and for the limit on
         // places in the queue; without either, not at all.
-        per_address: (config.limits.per_address_attempts > 0
-            || config.limits.per_address_places > 0)
+        per_address: (config.transport.per_address_attempts > 0
+            || config.limits.per_source_places > 0)
             .then(|| {
-                let attempts = match config.limits.per_address_attempts {
+                let attempts = match config.transport.per_address_attempts {
                     0 => u32::MAX,
                     n => n,
                 };
                 Arc::new(std::sync::Mutex::new(KeyedLimiter::new(
                     attempts,
-                    Duration::from_secs(config.limits.address_epoch_secs),
+                    Duration::from_secs(config.transport.address_epoch_secs),
                     std::time::Instant::now(),
                     &mut OsRng,
                 )))
@@ -527,8 +527,8 @@ pub async fn start(
             origins: admission.origins.clone(),
             per_address: admission.per_address.clone(),
             page: None,
-            idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
-            keep_alive: Duration::from_secs(config.limits.keep_alive_secs),
+            idle_timeout: Duration::from_secs(config.transport.idle_timeout_secs),
+            keep_alive: Duration::from_secs(config.transport.keep_alive_secs),
             tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         };
         start_web(config, &files, local_addr, tcp_tls, context, &shutdown_rx).await?
@@ -563,7 +563,7 @@ pub async fn start(
         reload: reload_tx,
         driver,
         endpoint,
-        drain_deadline: Duration::from_secs(config.limits.drain_deadline_secs),
+        drain_deadline: Duration::from_secs(config.transport.drain_deadline_secs),
     })
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::frame::{Label, Language, TopicId};
 use super::hours::OpeningHours;
+use super::limit_table::LimitError;
 
 /// The pacing rule every conforming sender follows (PROTOCOL.md §8.1):
 /// per chat, at most [`PACE_FORWARD_BURST`] FORWARD frames at once and
@@ -22,118 +23,145 @@ pub const MAX_UNACKED_FRAMES: usize = 128;
 /// is dropped.
 pub const MAX_ACK_LOG: usize = 64;
 
-/// Limits the core enforces. Built from the config by the shell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Most clients waiting in the queue (transfers back to the queue do not
-    /// count); a client beyond it is told "busy" at once.
-    pub max_queue: usize,
-    /// Most connections (both roles) the core tracks at once.
-    pub max_connections: usize,
-    /// Time from connection to HELLO before the connection is closed with
-    /// `Timeout`.
-    pub hello_timeout: Duration,
-    /// Time from PAIRED to the young person's handshake message 1; past it
-    /// the pairing is undone and the counsellor's capacity freed.
-    pub handshake_timeout: Duration,
-    /// Longest a client waits in the queue before it is told so and let go.
-    pub max_wait: Duration,
-    /// After this wait a client whose topic no counsellor serves may go to
-    /// any counsellor of its language.
-    pub topic_fallback: Duration,
-    /// Most chats one counsellor may take at once.
-    pub max_capacity: u8,
-    /// Most anonymous connections at once (below `max_connections`, so
-    /// counsellors always find room).
-    pub max_anonymous_connections: usize,
-    /// Queue admissions (JOINs) per second, and the burst allowed above it.
-    pub admissions_per_sec: u32,
-    pub admissions_burst: u32,
-    /// FORWARD frames per second the relay reads for one side of one chat,
-    /// and the burst above it. Past it the relay reads more slowly (QUIC
-    /// flow control holds the sender back); it never closes for it.
-    pub forward_frames_per_sec: u32,
-    pub forward_frames_burst: u32,
-    /// Other frames per second the relay reads from one connection, and
-    /// the burst above it; paced the same way.
-    pub control_frames_per_sec: u32,
-    pub control_frames_burst: u32,
-    /// Proof-of-work difficulty bounds (leading zero bits) and the rate of
-    /// solved JOINs per second above which it rises.
-    pub pow_min_difficulty: u8,
-    pub pow_max_difficulty: u8,
-    pub pow_target_arrivals_per_sec: u32,
-    /// While the queue is more than half full, a waiting client proves work
-    /// again this often to keep its place (`None`: never).
-    pub queue_rent_interval: Option<Duration>,
-    /// Places in the queue one source (an IPv4 address or IPv6 /64, as the
-    /// shell tags it) may hold at once; 0 = no limit.
-    pub per_source_places: usize,
-    /// How long a chat waits for a side whose connection dropped.
-    pub resume_window: Duration,
-    /// Frames held for a side that is away; past it the chat ends.
-    pub max_held_frames: usize,
+crate::limits_table! {
+    /// Limits the core enforces: the `[limits]` section of the relay's
+    /// config, read straight into this struct.
+    pub struct Limits in "limits" {
+        /// Most open connections, anonymous clients and counsellors together.
+        max_connections: usize = "max_connections", default 2000, range 1..=1_000_000;
+        /// Most clients waiting in the queue (transfers back to the queue do not
+        /// count); a client beyond it is told "busy" at once.
+        max_queue: usize = "max_queue", default 500, range 1..=100_000;
+        /// Time from connection to HELLO before the connection is closed with
+        /// `Timeout`.
+        hello_timeout: Duration = "hello_timeout_secs", default 10, range 1..=120;
+        /// Time from PAIRED to the young person's handshake message 1; past it
+        /// the pairing is undone and the counsellor's capacity freed.
+        handshake_timeout: Duration = "handshake_timeout_secs", default 10, range 5..=600;
+        /// Longest a client waits in the queue before it is told so and let go.
+        max_wait: Duration = "max_wait_secs", default 45 * 60, range 60..=86_400;
+        /// After this wait a client whose topic no counsellor serves may go to
+        /// any counsellor of its language.
+        topic_fallback: Duration = "topic_fallback_secs", default 120, range 0..=86_400;
+        /// Most chats one counsellor may take at once.
+        max_capacity: u8 = "max_capacity", default 8, range 1..=32;
+        /// Most anonymous connections at once (at most `max_connections`, and
+        /// below it so that counsellors always find room).
+        max_anonymous_connections: usize = "max_anonymous_connections", default 1500,
+            range 1..=1_000_000;
+        /// Queue admissions (JOINs) per second over the whole relay.
+        admissions_per_sec: u32 = "admissions_per_sec", default 10, range 1..=10_000;
+        /// The burst of admissions allowed above `admissions_per_sec`.
+        admissions_burst: u32 = "admissions_burst", default 30, range 1..=100_000;
+        /// FORWARD frames per second the relay reads for one side of one chat.
+        /// Past it the relay reads more slowly (QUIC flow control holds the
+        /// sender back); it never closes for it. Never below the senders'
+        /// pacing rule (§8.1).
+        forward_frames_per_sec: u32 = "forward_frames_per_sec",
+            default 2 * PACE_FORWARD_PER_SEC, range 32..=1_000_000;
+        /// The burst of FORWARD frames above `forward_frames_per_sec`.
+        forward_frames_burst: u32 = "forward_frames_burst",
+            default 2 * PACE_FORWARD_BURST, range 64..=1_000_000;
+        /// Other frames per second the relay reads from one connection, paced
+        /// the same way.
+        control_frames_per_sec: u32 = "control_frames_per_sec",
+            default 2 * PACE_CONTROL_PER_SEC, range 5..=1_000_000;
+        /// The burst of other frames above `control_frames_per_sec`.
+        control_frames_burst: u32 = "control_frames_burst",
+            default 2 * PACE_CONTROL_BURST, range 40..=1_000_000;
+        /// The proof-of-work difficulty's floor, in leading zero bits.
+        pow_min_difficulty: u8 = "pow_min_difficulty", default 8, range 0..=20;
+        /// The proof-of-work difficulty's ceiling (at least the floor).
+        pow_max_difficulty: u8 = "pow_max_difficulty",
+            default super::frame::MAX_POW_DIFFICULTY, range 0..=20;
+        /// Solved JOINs per second above which the difficulty rises one bit per
+        /// second; below half of it, it falls again.
+        pow_target_arrivals_per_sec: u32 = "pow_target_arrivals_per_sec", default 10,
+            range 1..=100_000;
+        /// While the queue is more than half full, a waiting client proves work
+        /// again this often to keep its place (`None`, 0 in the config: never).
+        queue_rent_interval: Option<Duration> = "queue_rent_secs", default 300,
+            range 60..=86_400, or 0 off;
+        /// Places in the queue one source (an IPv4 address or IPv6 /64, as the
+        /// shell tags it) may hold at once; 0 = no limit.
+        per_source_places: usize = "per_address_places", default 5, range 0..=10_000;
+        /// How long a chat waits for a side whose connection dropped.
+        resume_window: Duration = "resume_window_secs", default 120, range 1..=3600;
+        /// Frames held for a side that is away; past it the chat ends. Room
+        /// for everything a paced sender may have unacknowledged
+        /// ([`MAX_UNACKED_FRAMES`] and [`MAX_ACK_LOG`]).
+        max_held_frames: usize = "max_held_frames",
+            default MAX_UNACKED_FRAMES + MAX_ACK_LOG, range 129..=4096;
+    }
 }
 
 impl Limits {
-    pub const DEFAULT_MAX_QUEUE: usize = 500;
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
-    pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(45 * 60);
-    pub const DEFAULT_TOPIC_FALLBACK: Duration = Duration::from_secs(120);
-    pub const DEFAULT_MAX_CAPACITY: u8 = 8;
-    pub const DEFAULT_MAX_ANONYMOUS_CONNECTIONS: usize = 1500;
-    pub const DEFAULT_ADMISSIONS_PER_SEC: u32 = 10;
-    pub const DEFAULT_ADMISSIONS_BURST: u32 = 30;
-    /// Twice the senders' pacing rule ([`PACE_FORWARD_PER_SEC`]), so that
-    /// a paced sender is never slowed down.
-    pub const DEFAULT_FORWARD_FRAMES_PER_SEC: u32 = 2 * PACE_FORWARD_PER_SEC;
-    pub const DEFAULT_FORWARD_FRAMES_BURST: u32 = 2 * PACE_FORWARD_BURST;
-    pub const DEFAULT_CONTROL_FRAMES_PER_SEC: u32 = 2 * PACE_CONTROL_PER_SEC;
-    pub const DEFAULT_CONTROL_FRAMES_BURST: u32 = 2 * PACE_CONTROL_BURST;
-    pub const DEFAULT_POW_MIN_DIFFICULTY: u8 = 8;
-    pub const DEFAULT_POW_MAX_DIFFICULTY: u8 = super::frame::MAX_POW_DIFFICULTY;
-    pub const DEFAULT_POW_TARGET_ARRIVALS_PER_SEC: u32 = 10;
-    pub const DEFAULT_QUEUE_RENT_INTERVAL: Duration = Duration::from_secs(300);
-    pub const DEFAULT_PER_SOURCE_PLACES: usize = 5;
-    pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
-    /// Room for everything a paced sender may have unacknowledged
-    /// ([`MAX_UNACKED_FRAMES`] and [`MAX_ACK_LOG`]).
-    pub const DEFAULT_MAX_HELD_FRAMES: usize = MAX_UNACKED_FRAMES + MAX_ACK_LOG;
     /// A waiting client hears from the relay at least this often.
     pub const QUEUE_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
     /// Counsellors hear QUEUE_STATS at most this often (PROTOCOL.md §7.3,
     /// "Queue feedback"): on a busy evening every JOIN would otherwise
     /// send a frame to every counsellor signed in.
     pub const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
-}
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_queue: Self::DEFAULT_MAX_QUEUE,
-            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
-            hello_timeout: Self::DEFAULT_HELLO_TIMEOUT,
-            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
-            max_wait: Self::DEFAULT_MAX_WAIT,
-            topic_fallback: Self::DEFAULT_TOPIC_FALLBACK,
-            max_capacity: Self::DEFAULT_MAX_CAPACITY,
-            max_anonymous_connections: Self::DEFAULT_MAX_ANONYMOUS_CONNECTIONS,
-            admissions_per_sec: Self::DEFAULT_ADMISSIONS_PER_SEC,
-            admissions_burst: Self::DEFAULT_ADMISSIONS_BURST,
-            forward_frames_per_sec: Self::DEFAULT_FORWARD_FRAMES_PER_SEC,
-            forward_frames_burst: Self::DEFAULT_FORWARD_FRAMES_BURST,
-            control_frames_per_sec: Self::DEFAULT_CONTROL_FRAMES_PER_SEC,
-            control_frames_burst: Self::DEFAULT_CONTROL_FRAMES_BURST,
-            pow_min_difficulty: Self::DEFAULT_POW_MIN_DIFFICULTY,
-            pow_max_difficulty: Self::DEFAULT_POW_MAX_DIFFICULTY,
-            pow_target_arrivals_per_sec: Self::DEFAULT_POW_TARGET_ARRIVALS_PER_SEC,
-            queue_rent_interval: Some(Self::DEFAULT_QUEUE_RENT_INTERVAL),
-            per_source_places: Self::DEFAULT_PER_SOURCE_PLACES,
-            resume_window: Self::DEFAULT_RESUME_WINDOW,
-            max_held_frames: Self::DEFAULT_MAX_HELD_FRAMES,
+    /// The ranges of the table, and the rules between limits: at most as
+    /// many anonymous connections as connections, a ceiling at or above
+    /// the floor, and rates never below the senders' pacing rule.
+    pub fn check(&self) -> Result<(), LimitError> {
+        self.check_ranges()?;
+        let relation = |path, reason: &str| {
+            Err(LimitError::Relation {
+                path,
+                reason: reason.into(),
+            })
+        };
+        if self.max_anonymous_connections > self.max_connections {
+            return relation(
+                "limits.max_anonymous_connections",
+                "must not be above `max_connections`",
+            );
         }
+        if self.pow_max_difficulty < self.pow_min_difficulty {
+            return relation(
+                "limits.pow_max_difficulty",
+                "must not be below `pow_min_difficulty`",
+            );
+        }
+        // Kept with the pacing constants, which the table's ranges repeat
+        // as numbers: a paced sender is never slowed.
+        let paced = [
+            (
+                "limits.forward_frames_per_sec",
+                self.forward_frames_per_sec,
+                PACE_FORWARD_PER_SEC,
+            ),
+            (
+                "limits.forward_frames_burst",
+                self.forward_frames_burst,
+                PACE_FORWARD_BURST,
+            ),
+            (
+                "limits.control_frames_per_sec",
+                self.control_frames_per_sec,
+                PACE_CONTROL_PER_SEC,
+            ),
+            (
+                "limits.control_frames_burst",
+                self.control_frames_burst,
+                PACE_CONTROL_BURST,
+            ),
+        ];
+        for (path, value, pace) in paced {
+            if value < pace {
+                return relation(path, "must not be below the senders' pacing rule (§8.1)");
+            }
+        }
+        if self.max_held_frames <= MAX_UNACKED_FRAMES {
+            return relation(
+                "limits.max_held_frames",
+                "must hold all a paced sender may have unacknowledged, and its ACK",
+            );
+        }
+        Ok(())
     }
 }
 

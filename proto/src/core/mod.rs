@@ -12,6 +12,7 @@
 
 pub mod frame;
 pub mod hours;
+pub mod limit_table;
 pub mod limits;
 pub mod pairing;
 pub mod ratelimit;
@@ -37,108 +38,92 @@ impl Now {
     }
 }
 
-/// QUIC application close codes the relay sends (PROTOCOL.md §3.3). A peer
-/// gets one of these, never our internal error text. 0x09 and 0x0c are
-/// reserved: earlier drafts used them for a second stream (QUIC's stream
-/// limits stop that first) and for rate limits (the relay now slows a fast
-/// sender with flow control instead of closing it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum CloseCode {
-    /// Normal close.
-    NoError = 0x00,
-    /// Unknown frame type, wrong body length or a bad field value.
-    MalformedFrame = 0x01,
-    /// A frame header declared a body longer than any frame may be.
-    FrameTooLarge = 0x02,
-    /// A well-formed frame that is not allowed in the connection's state.
-    UnexpectedFrame = 0x03,
-    /// HELLO named a protocol version this relay does not speak: "please update".
-    UnsupportedVersion = 0x04,
-    /// The counsellor role was requested without a valid relay credential,
-    /// or a counsellor credential asked for the anonymous role.
-    NotAuthorized = 0x05,
-    /// The relay has no room for another connection; try again later.
-    Busy = 0x06,
-    /// The peer did not take its next step in time: control stream, HELLO,
-    /// JOIN, PROOF or handshake message 1 (PROTOCOL.md §8).
-    Timeout = 0x07,
-    /// The relay is shutting down.
-    ShuttingDown = 0x08,
-    /// The peer did not read; the relay's buffer for it overflowed.
-    SlowConsumer = 0x0a,
-    /// Something failed inside the relay; not the peer's fault.
-    InternalError = 0x0b,
-    /// JOIN or PROOF carried a wrong proof-of-work solution.
-    ProofOfWorkFailed = 0x0d,
-    /// The counsellor's relay credential was revoked by the organisation.
-    Revoked = 0x0e,
+/// Defines [`CloseCode`] from one table: each code with its number, its
+/// stable snake_case name and the reason phrase that goes on the wire.
+macro_rules! close_codes {
+    (
+        $(#[$meta:meta])*
+        pub enum CloseCode {
+            $( $(#[$vmeta:meta])* $variant:ident = $code:literal, $name:literal, $reason:literal; )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum CloseCode {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl CloseCode {
+            /// Every code, for tests and metrics.
+            pub const ALL: &'static [CloseCode] = &[$(CloseCode::$variant),+];
+
+            /// The QUIC application error code.
+            pub fn code(self) -> u32 {
+                match self {
+                    $(CloseCode::$variant => $code,)+
+                }
+            }
+
+            pub fn from_code(code: u64) -> Option<CloseCode> {
+                match code {
+                    $($code => Some(CloseCode::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// A stable snake_case name, for metrics labels and `--json` output.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(CloseCode::$variant => $name,)+
+                }
+            }
+
+            /// Short reason phrase sent in the QUIC CONNECTION_CLOSE frame.
+            pub fn reason(self) -> &'static str {
+                match self {
+                    $(CloseCode::$variant => $reason,)+
+                }
+            }
+        }
+    };
 }
 
-impl CloseCode {
-    /// Every code, for tests and metrics.
-    pub const ALL: [CloseCode; 13] = [
-        CloseCode::NoError,
-        CloseCode::MalformedFrame,
-        CloseCode::FrameTooLarge,
-        CloseCode::UnexpectedFrame,
-        CloseCode::UnsupportedVersion,
-        CloseCode::NotAuthorized,
-        CloseCode::Busy,
-        CloseCode::Timeout,
-        CloseCode::ShuttingDown,
-        CloseCode::SlowConsumer,
-        CloseCode::InternalError,
-        CloseCode::ProofOfWorkFailed,
-        CloseCode::Revoked,
-    ];
-
-    pub fn code(self) -> u32 {
-        self as u32
-    }
-
-    pub fn from_code(code: u64) -> Option<CloseCode> {
-        Self::ALL.into_iter().find(|c| u64::from(c.code()) == code)
-    }
-
-    /// A stable snake_case name, for metrics labels and `--json` output.
-    pub fn name(self) -> &'static str {
-        use CloseCode::*;
-        match self {
-            NoError => "no_error",
-            MalformedFrame => "malformed_frame",
-            FrameTooLarge => "frame_too_large",
-            UnexpectedFrame => "unexpected_frame",
-            UnsupportedVersion => "unsupported_version",
-            NotAuthorized => "not_authorized",
-            Busy => "busy",
-            Timeout => "timeout",
-            ShuttingDown => "shutting_down",
-            SlowConsumer => "slow_consumer",
-            InternalError => "internal_error",
-            ProofOfWorkFailed => "proof_of_work_failed",
-            Revoked => "revoked",
-        }
-    }
-
-    /// Short reason phrase sent in the QUIC CONNECTION_CLOSE frame.
-    pub fn reason(self) -> &'static str {
-        use CloseCode::*;
-        match self {
-            NoError => "bye",
-            MalformedFrame => "malformed frame",
-            FrameTooLarge => "frame too large",
-            UnexpectedFrame => "unexpected frame",
-            UnsupportedVersion => "unsupported protocol version, please update",
-            NotAuthorized => "not authorized",
-            Busy => "relay busy, try again later",
-            Timeout => "timeout",
-            ShuttingDown => "relay shutting down",
-            SlowConsumer => "peer too slow",
-            InternalError => "internal error",
-            ProofOfWorkFailed => "proof of work failed",
-            Revoked => "your sign-in was revoked by the helpline",
-        }
+close_codes! {
+    /// QUIC application close codes the relay sends (PROTOCOL.md §3.3). A
+    /// peer gets one of these, never our internal error text. 0x09 and 0x0c
+    /// are reserved: earlier drafts used them for a second stream (QUIC's
+    /// stream limits stop that first) and for rate limits (the relay now
+    /// slows a fast sender with flow control instead of closing it).
+    pub enum CloseCode {
+        /// Normal close.
+        NoError = 0x00, "no_error", "bye";
+        /// Unknown frame type, wrong body length or a bad field value.
+        MalformedFrame = 0x01, "malformed_frame", "malformed frame";
+        /// A frame header declared a body longer than any frame may be.
+        FrameTooLarge = 0x02, "frame_too_large", "frame too large";
+        /// A well-formed frame that is not allowed in the connection's state.
+        UnexpectedFrame = 0x03, "unexpected_frame", "unexpected frame";
+        /// HELLO named a protocol version this relay does not speak: "please update".
+        UnsupportedVersion = 0x04, "unsupported_version",
+            "unsupported protocol version, please update";
+        /// The counsellor role was requested without a valid relay credential,
+        /// or a counsellor credential asked for the anonymous role.
+        NotAuthorized = 0x05, "not_authorized", "not authorized";
+        /// The relay has no room for another connection; try again later.
+        Busy = 0x06, "busy", "relay busy, try again later";
+        /// The peer did not take its next step in time: control stream, HELLO,
+        /// JOIN, PROOF or handshake message 1 (PROTOCOL.md §8).
+        Timeout = 0x07, "timeout", "timeout";
+        /// The relay is shutting down.
+        ShuttingDown = 0x08, "shutting_down", "relay shutting down";
+        /// The peer did not read; the relay's buffer for it overflowed.
+        SlowConsumer = 0x0a, "slow_consumer", "peer too slow";
+        /// Something failed inside the relay; not the peer's fault.
+        InternalError = 0x0b, "internal_error", "internal error";
+        /// JOIN or PROOF carried a wrong proof-of-work solution.
+        ProofOfWorkFailed = 0x0d, "proof_of_work_failed", "proof of work failed";
+        /// The counsellor's relay credential was revoked by the organisation.
+        Revoked = 0x0e, "revoked", "your sign-in was revoked by the helpline";
     }
 }
 

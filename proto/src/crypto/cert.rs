@@ -11,13 +11,15 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
+use crate::core::frame::{Label, MAX_LABEL_LEN};
+
 /// Domain separation: what the organisation key signs is always this string
 /// followed by the certificate body, and nothing else starts with it.
 pub const SIGNING_CONTEXT: &[u8] = b"fluister counsellor certificate v1";
 /// The certificate format version this implementation reads and writes.
 pub const CERT_VERSION: u8 = 1;
 /// Longest pseudonym, in UTF-8 bytes.
-pub const MAX_PSEUDONYM_LEN: usize = 64;
+pub const MAX_PSEUDONYM_LEN: usize = MAX_LABEL_LEN;
 /// Clock difference tolerated on both validity bounds, in seconds.
 pub const CLOCK_SKEW_SECS: u64 = 300;
 /// Encoded size without the pseudonym.
@@ -101,28 +103,23 @@ pub struct CertificateBody {
     pub static_key: [u8; 32],
     pub not_before: u64,
     pub not_after: u64,
-    pub pseudonym: String,
-}
-
-/// A pseudonym follows the rules of every label (PROTOCOL.md §4.1).
-fn valid_pseudonym(p: &str) -> bool {
-    crate::core::frame::valid_label(p)
+    /// A pseudonym follows the rules of every label (PROTOCOL.md §4.1):
+    /// the one check, [`Label::new`], is the only way to make one.
+    pub pseudonym: Label,
 }
 
 impl CertificateBody {
     /// The canonical encoding of the signed fields (everything but the signature).
     pub fn encode(&self) -> Result<Vec<u8>, CertError> {
-        if !valid_pseudonym(&self.pseudonym) {
-            return Err(CertError::Malformed);
-        }
         let mut out = Vec::with_capacity(MAX_CERT_LEN);
         out.push(CERT_VERSION);
         out.extend_from_slice(&self.org_key);
         out.extend_from_slice(&self.static_key);
         out.extend_from_slice(&self.not_before.to_be_bytes());
         out.extend_from_slice(&self.not_after.to_be_bytes());
-        out.push(self.pseudonym.len() as u8);
-        out.extend_from_slice(self.pseudonym.as_bytes());
+        let pseudonym = self.pseudonym.as_str().as_bytes();
+        out.push(pseudonym.len() as u8);
+        out.extend_from_slice(pseudonym);
         Ok(out)
     }
 
@@ -160,11 +157,9 @@ pub fn parse(bytes: &[u8]) -> Result<(CertificateBody, [u8; 64]), CertError> {
         return Err(CertError::Malformed);
     }
     let pseudonym = std::str::from_utf8(&bytes[82..82 + name_len])
-        .map_err(|_| CertError::Malformed)?
-        .to_owned();
-    if !valid_pseudonym(&pseudonym) {
-        return Err(CertError::Malformed);
-    }
+        .ok()
+        .and_then(|name| Label::new(name).ok())
+        .ok_or(CertError::Malformed)?;
     let mut signature = [0u8; 64];
     signature.copy_from_slice(&bytes[82 + name_len..]);
     let body = CertificateBody {
@@ -185,7 +180,7 @@ pub struct VerifiedCertificate {
 
 impl VerifiedCertificate {
     pub fn pseudonym(&self) -> &str {
-        &self.body.pseudonym
+        self.body.pseudonym.as_str()
     }
     pub fn static_key(&self) -> &[u8; 32] {
         &self.body.static_key
@@ -265,7 +260,7 @@ mod tests {
             static_key: [5u8; 32],
             not_before: NOW - DAY,
             not_after: NOW + DAY,
-            pseudonym: "Sam".into(),
+            pseudonym: Label::new("Sam").unwrap(),
         }
     }
 
@@ -371,8 +366,11 @@ mod tests {
         let mut v2 = cert.clone();
         v2[0] = 2;
         assert_eq!(check(&v2, &o), Err(CertError::UnsupportedVersion(2)));
-        let mut b = body(&o);
-        b.pseudonym = " Sam".into();
-        assert_eq!(b.sign(&o), Err(CertError::Malformed));
+        // A pseudonym that breaks the label rules cannot be put in a
+        // certificate at all, and one signed by other software is refused.
+        let good = body(&o).sign(&o).unwrap();
+        let mut spaced = good.clone();
+        spaced[82] = b' ';
+        assert_eq!(parse(&spaced), Err(CertError::Malformed));
     }
 }

@@ -266,7 +266,7 @@ pub fn test_counsellor_keys(static_secret: StaticSecret) -> CounsellorKeys {
         static_key: x25519_dalek::PublicKey::from(&static_secret).to_bytes(),
         not_before: 0,
         not_after: u64::MAX / 2,
-        pseudonym: "Sam".into(),
+        pseudonym: crate::core::frame::Label::new("Sam").unwrap(),
     }
     .sign(&org_key)
     .unwrap();

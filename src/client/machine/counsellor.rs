@@ -500,7 +500,8 @@ impl Counsellor {
                 let shown = self.shown(chat).unwrap_or(chat.get());
                 self.link.emit(ChatEvent::TransferRefused {
                     chat: shown,
-                    reason: reason.as_str().into(),
+                    reason: reason.text().into(),
+                    code: reason,
                 });
             }
             Frame::QueueStats { waiting } => {

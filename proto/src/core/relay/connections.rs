@@ -690,7 +690,7 @@ mod tests {
     fn a_connection_that_never_says_hello_is_closed_for_timeout() {
         let mut b = Bench::new();
         let y = b.connect(Credential::Anonymous);
-        let secs = Limits::DEFAULT_HELLO_TIMEOUT.as_secs();
+        let secs = Limits::default().hello_timeout.as_secs();
         assert_eq!(b.after(secs - 1), vec![]);
         assert_eq!(b.after(1), vec![Did::Closed(y, CloseCode::Timeout)]);
         assert_eq!(b.relay.counts(), (0, 0));

@@ -218,7 +218,7 @@ mod tests {
         let mut b = Bench::new();
         assert_eq!(b.relay.poll_timeout(), None);
         let y = b.connect(Credential::Anonymous);
-        let hello_due = b.now.mono + Limits::DEFAULT_HELLO_TIMEOUT;
+        let hello_due = b.now.mono + Limits::default().hello_timeout;
         assert_eq!(b.relay.poll_timeout(), Some(hello_due));
         b.hello(y, Role::Client);
         let join_due = b.relay.poll_timeout();

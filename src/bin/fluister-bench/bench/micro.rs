@@ -19,7 +19,10 @@ use fluister::core::relay::{ConnId, Credential, Relay};
 use fluister::core::{Departure, Now};
 
 /// Chats per counsellor: the default maximum capacity.
-const CAPACITY: usize = Limits::DEFAULT_MAX_CAPACITY as usize;
+/// As many chats as a counsellor may take by default.
+fn capacity() -> usize {
+    usize::from(Limits::default().max_capacity)
+}
 
 /// One relay size: chats (every counsellor full) and waiting young people.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +34,7 @@ pub struct Shape {
 impl Shape {
     /// Open connections: both sides of every chat and the waiting clients.
     pub fn connections(self) -> usize {
-        self.chats * 2 + self.chats.div_ceil(CAPACITY) + self.waiting
+        self.chats * 2 + self.chats.div_ceil(capacity()) + self.waiting
     }
 }
 
@@ -119,7 +122,7 @@ impl Filled {
             now,
             clients: Vec::with_capacity(shape.chats),
         };
-        for n in 0..shape.chats.div_ceil(CAPACITY) {
+        for n in 0..shape.chats.div_ceil(capacity()) {
             filled.counsellor(n);
         }
         for _ in 0..shape.chats {
@@ -149,7 +152,7 @@ impl Filled {
         };
         let status = Frame::Status {
             available: true,
-            capacity: CAPACITY as u8,
+            capacity: capacity() as u8,
             topics: Vec::new(),
             languages: Vec::new(),
         };
@@ -249,8 +252,8 @@ pub fn shapes(smoke: bool) -> Vec<(String, Shape)> {
     let chats = |connections: usize| {
         // Two sides per chat and a counsellor per CAPACITY chats; every
         // counsellor full.
-        let per_counsellor = 2 * CAPACITY + 1;
-        connections.div_ceil(per_counsellor) * CAPACITY
+        let per_counsellor = 2 * capacity() + 1;
+        connections.div_ceil(per_counsellor) * capacity()
     };
     let sizes: &[usize] = if smoke {
         &[100, 1_000]

@@ -1005,7 +1005,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
                 ),
                 "places",
                 attacked.places as f64,
-                fluister::core::limits::Limits::DEFAULT_MAX_QUEUE as f64,
+                fluister::core::limits::Limits::default().max_queue as f64,
                 None,
                 "",
             );
