@@ -11,7 +11,9 @@ use fluister::client::ClientError;
 use fluister::client::chat::{ChatEvent, EndedReason, ReconnectReason};
 use fluister::client::machine::anonymous::{Anonymous, MAX_LINES_BEFORE_PAIRED, Wish};
 use fluister::client::machine::counsellor::{Counsellor, Preferences};
-use fluister::client::machine::link::{BACKOFF_CEILING, BACKOFF_FIRST, BACKOFF_MAX, ENDING_WAIT};
+use fluister::client::machine::link::{
+    BACKOFF_CEILING, BACKOFF_FIRST, BACKOFF_MAX, ENDING_WAIT, Start,
+};
 use fluister::client::machine::{Input, LinkEvent, Machine, Transmit};
 use fluister::core::frame::{EndReason, FrameDecoder};
 use fluister::core::limits::{Limits, Service};
@@ -105,8 +107,7 @@ impl World {
         let org = test_counsellor_keys(StaticSecret::from([2; 32])).org;
         let seed = self.peers.len() as u64 + 100;
         self.add(Credential::Anonymous, move |now| {
-            let rng = ChaCha20Rng::seed_from_u64(seed);
-            Box::new(Anonymous::new(now, UNIX_START as u64, rng, org, wish))
+            Box::new(Anonymous::new(start(now, seed), org, wish))
         })
     }
 
@@ -122,14 +123,7 @@ impl World {
             pseudonym: "Sam".into(),
         };
         self.add(credential, move |now| {
-            let rng = ChaCha20Rng::seed_from_u64(seed);
-            Box::new(Counsellor::new(
-                now,
-                UNIX_START as u64,
-                rng,
-                keys,
-                preferences,
-            ))
+            Box::new(Counsellor::new(start(now, seed), keys, preferences))
         })
     }
 
@@ -359,6 +353,15 @@ impl World {
         w.events(young);
         w.events(sam);
         (w, young, sam)
+    }
+}
+
+/// A machine's start on the world's clock, with a seeded RNG.
+fn start(now: Instant, seed: u64) -> Start {
+    Start {
+        now,
+        unix_now: UNIX_START as u64,
+        rng: ChaCha20Rng::seed_from_u64(seed),
     }
 }
 

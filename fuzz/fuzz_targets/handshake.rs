@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         static_key: PublicKey::from(&static_secret).to_bytes(),
         not_before: 0,
         not_after: u64::MAX / 2,
-        pseudonym: "Sam".into(),
+        pseudonym: fluister::core::frame::Label::new("Sam").unwrap(),
     }
     .sign(&org_key)
     .unwrap();

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::chat::ChatEvent;
 use super::machine::anonymous::{Anonymous, Wish};
 use super::machine::counsellor::{Counsellor, Preferences};
+use super::machine::link::Start;
 use super::machine::{Input, LinkEvent, Machine, Transmit};
 use super::{ClientError, Reconnect, RelayStream};
 use crate::core::ratelimit::pow_solve;
@@ -65,9 +66,13 @@ impl Default for CounsellorSettings {
     }
 }
 
-/// The randomness a machine draws from: a CSPRNG seeded by the system.
-fn machine_rng() -> ChaCha20Rng {
-    ChaCha20Rng::from_rng(OsRng).unwrap_or_else(|_| ChaCha20Rng::from_seed(rand_seed()))
+/// A machine starts now, with a CSPRNG seeded by the system.
+fn start() -> Start {
+    Start {
+        now: Instant::now(),
+        unix_now: crate::org::now_unix(),
+        rng: ChaCha20Rng::from_rng(OsRng).unwrap_or_else(|_| ChaCha20Rng::from_seed(rand_seed())),
+    }
 }
 
 /// A seed straight from the system, should seeding through `OsRng` fail.
@@ -91,13 +96,7 @@ pub async fn run_client(
         language: request.language,
         give_up_after: request.reconnect.as_ref().map(|r| r.give_up_after),
     };
-    let machine = Anonymous::new(
-        Instant::now(),
-        crate::org::now_unix(),
-        machine_rng(),
-        org,
-        wish,
-    );
+    let machine = Anonymous::new(start(), org, wish);
     let io = Io::new(relay, request.reconnect, request.quick_exit, input, events);
     io.drive(machine).await
 }
@@ -117,13 +116,7 @@ pub async fn run_counsellor(
         languages: settings.languages,
         give_up_after: settings.reconnect.as_ref().map(|r| r.give_up_after),
     };
-    let machine = Counsellor::new(
-        Instant::now(),
-        crate::org::now_unix(),
-        machine_rng(),
-        keys,
-        preferences,
-    );
+    let machine = Counsellor::new(start(), keys, preferences);
     let io = Io::new(
         relay,
         settings.reconnect,

@@ -24,10 +24,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rand_chacha::ChaCha20Rng;
-
 use super::conversation::{Conversation, Refused};
-use super::link::{Clock, ENDING_WAIT, Greeting, Link, Verdict};
+use super::link::{ENDING_WAIT, Greeting, Link, Start, Verdict};
 use super::{Input, LinkEvent, Machine, Transmit};
 use crate::client::ClientError;
 use crate::client::chat::{ChatEvent, EndedReason, ReconnectReason, Welcome};
@@ -122,15 +120,8 @@ pub struct Anonymous {
 
 impl Anonymous {
     /// A machine over a connection that is already open: HELLO goes out.
-    pub fn new(
-        now: Instant,
-        unix_now: u64,
-        rng: ChaCha20Rng,
-        org: OrgPublicKey,
-        wish: Wish,
-    ) -> Self {
-        let mut link = Link::new(Clock::new(now, unix_now), rng, wish.give_up_after);
-        let greeting = link.greet(now, Role::Client);
+    pub fn new(start: Start, org: OrgPublicKey, wish: Wish) -> Self {
+        let (link, greeting) = Link::open(start, Role::Client, wish.give_up_after);
         Anonymous {
             link,
             org,

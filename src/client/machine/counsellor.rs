@@ -21,10 +21,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use rand_chacha::ChaCha20Rng;
-
 use super::conversation::Conversation;
-use super::link::{Clock, ENDING_WAIT, Greeting, Link, Verdict};
+use super::link::{ENDING_WAIT, Greeting, Link, Start, Verdict};
 use super::{Input, LinkEvent, Machine, Transmit};
 use crate::client::ClientError;
 use crate::client::chat::{self, ChatEvent, EndedReason, ReconnectReason, Waiting, Welcome};
@@ -238,15 +236,8 @@ pub struct Counsellor {
 
 impl Counsellor {
     /// A machine over a connection that is already open: HELLO goes out.
-    pub fn new(
-        now: Instant,
-        unix_now: u64,
-        rng: ChaCha20Rng,
-        keys: CounsellorKeys,
-        preferences: Preferences,
-    ) -> Self {
-        let mut link = Link::new(Clock::new(now, unix_now), rng, preferences.give_up_after);
-        let greeting = link.greet(now, Role::Counsellor);
+    pub fn new(start: Start, keys: CounsellorKeys, preferences: Preferences) -> Self {
+        let (link, greeting) = Link::open(start, Role::Counsellor, preferences.give_up_after);
         Counsellor {
             link,
             keys,

@@ -73,6 +73,14 @@ impl Clock {
     }
 }
 
+/// What every machine starts from: the time, the wall clock at that time
+/// (certificates are checked in unix seconds), and its randomness.
+pub struct Start {
+    pub now: Instant,
+    pub unix_now: u64,
+    pub rng: ChaCha20Rng,
+}
+
 /// Where the connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -118,6 +126,15 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link over a connection that is already open, with HELLO for
+    /// `role` on its way.
+    pub fn open(start: Start, role: Role, give_up_after: Option<Duration>) -> (Link, Greeting) {
+        let clock = Clock::new(start.now, start.unix_now);
+        let mut link = Link::new(clock, start.rng, give_up_after);
+        let greeting = link.greet(start.now, role);
+        (link, greeting)
+    }
+
     /// A link over a connection that is already open.
     pub fn new(clock: Clock, rng: ChaCha20Rng, give_up_after: Option<Duration>) -> Link {
         Link {
