@@ -15,7 +15,7 @@ use fluister::client::machine::link::{
     BACKOFF_CEILING, BACKOFF_FIRST, BACKOFF_MAX, ENDING_WAIT, Start,
 };
 use fluister::client::machine::{Input, LinkEvent, Machine, Transmit};
-use fluister::core::frame::{EndReason, FrameDecoder};
+use fluister::core::frame::{EndReason, FrameDecoder, FromRelay};
 use fluister::core::limits::{Limits, Service};
 use fluister::core::ratelimit::pow_solve;
 use fluister::core::relay::{ConnId, Credential, Output, Relay};
@@ -155,7 +155,8 @@ impl World {
             match transmit {
                 Transmit::Frame(frame) => {
                     if let Some(conn) = conn {
-                        self.relay.handle_data(now, conn, &frame.encode());
+                        // Typed end to end: the core takes what the machine sends.
+                        self.relay.handle_frames(now, conn, vec![frame], None);
                     }
                 }
                 Transmit::SolveProof {
@@ -229,6 +230,8 @@ impl World {
                 let mut frames = Vec::new();
                 FrameDecoder::default().push(&bytes, &mut frames).unwrap();
                 for frame in frames {
+                    // The relay's core sends only what relays send.
+                    let frame = FromRelay::try_from(frame).expect("a relay-only frame");
                     self.peers[n]
                         .machine
                         .handle_link(now, LinkEvent::Frame(frame));

@@ -21,6 +21,7 @@ use super::machine::counsellor::{Counsellor, Preferences};
 use super::machine::link::Start;
 use super::machine::{Input, LinkEvent, Machine, Transmit};
 use super::{ClientError, Reconnect, RelayStream};
+use crate::core::frame::{Frame, FromRelay};
 use crate::core::ratelimit::pow_solve;
 use crate::crypto::cert::OrgPublicKey;
 use crate::crypto::e2e::CounsellorKeys;
@@ -192,7 +193,16 @@ impl Io {
             };
             let now = Instant::now();
             match woke {
-                Woke::Relay(Ok(Some(frame))) => machine.handle_link(now, LinkEvent::Frame(frame)),
+                Woke::Relay(Ok(Some(frame))) => match FromRelay::try_from(frame) {
+                    Ok(frame) => machine.handle_link(now, LinkEvent::Frame(frame)),
+                    // A frame only an endpoint sends: the relay broke the
+                    // protocol (§4.2).
+                    Err(_) => {
+                        self.relay = None;
+                        let unexpected = LinkEvent::Down(ClientError::UnexpectedFrame);
+                        machine.handle_link(now, unexpected);
+                    }
+                },
                 Woke::Relay(Ok(None)) => {
                     self.relay = None;
                     let lost = ClientError::Lost("the relay ended the stream".into());
@@ -227,7 +237,7 @@ impl Io {
                     let Some(relay) = self.relay.as_mut() else {
                         continue;
                     };
-                    if let Err(e) = relay.send(&frame).await {
+                    if let Err(e) = relay.send(&Frame::from(frame)).await {
                         self.relay = None;
                         machine.handle_link(Instant::now(), LinkEvent::Down(e));
                     }
@@ -306,7 +316,7 @@ impl Io {
 
 /// What woke the driver.
 enum Woke {
-    Relay(Result<Option<crate::core::frame::Frame>, ClientError>),
+    Relay(Result<Option<Frame>, ClientError>),
     Timeout,
     Input(Option<String>),
     Proof(u64, [u8; 8]),
@@ -314,9 +324,7 @@ enum Woke {
 }
 
 /// The next frame on the connection; never ready without one.
-async fn next_frame(
-    relay: &mut Option<RelayStream>,
-) -> Result<Option<crate::core::frame::Frame>, ClientError> {
+async fn next_frame(relay: &mut Option<RelayStream>) -> Result<Option<Frame>, ClientError> {
     match relay {
         Some(relay) => relay.next().await,
         None => std::future::pending().await,

@@ -63,7 +63,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::core::frame::{ChatNumber, Frame, FrameDecoder};
+use crate::core::frame::{ChatNumber, Frame, FrameDecoder, ToRelay};
 use crate::core::ratelimit::{KeyedLimiter, SourceTag, TokenBucket};
 use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route, Stage};
 use crate::core::{CloseCode, Departure, Now};
@@ -153,7 +153,7 @@ enum Event {
     /// close code if the bytes after them were not a valid frame.
     Frames {
         conn: ConnId,
-        frames: Vec<Frame>,
+        frames: Vec<ToRelay>,
         invalid: Option<CloseCode>,
     },
     /// The task was granted a route in `chat`: it may deliver there itself
@@ -1145,14 +1145,15 @@ impl Reader {
         if let Some(observe) = &self.settings.observer {
             observe(Direction::In, bytes);
         }
-        let mut frames = Vec::new();
+        let mut decoded = Vec::new();
         let mut invalid = self
             .decoder
-            .push(bytes, &mut frames)
+            .push(bytes, &mut decoded)
             .err()
             .map(|e| e.close_code());
         // A frame the connection could never send closes it; nothing from
         // there on is acted on.
+        let mut frames = ToRelay::from_decoded(decoded, &mut invalid);
         for (i, frame) in frames.iter().enumerate() {
             if let Err(code) = self.stage.check(frame) {
                 frames.truncate(i);
@@ -1163,7 +1164,7 @@ impl Reader {
         let mut others = Vec::new();
         for frame in frames {
             match frame {
-                Frame::Forward { chat, blob } => match self.deliver(chat, blob).await {
+                ToRelay::Forward { chat, blob } => match self.deliver(chat, blob).await {
                     Ok(()) => {}
                     Err((frame, slow_peer)) => {
                         if let Some(peer) = slow_peer
@@ -1176,7 +1177,7 @@ impl Reader {
                 },
                 // After these the chat's frames go through the core, which
                 // knows whether the chat is still there.
-                Frame::End { chat, .. } | Frame::Transfer { chat, .. } => {
+                ToRelay::End { chat, .. } | ToRelay::Transfer { chat, .. } => {
                     self.routes.remove(&chat);
                     others.push(frame);
                 }
@@ -1198,7 +1199,7 @@ impl Reader {
         // read, and QUIC holds the sender back.
         let control = others
             .iter()
-            .filter(|f| !matches!(f, Frame::Forward { .. }))
+            .filter(|f| !matches!(f, ToRelay::Forward { .. }))
             .count();
         for _ in 0..control {
             spend_one(&mut self.control).await;
@@ -1219,19 +1220,15 @@ impl Reader {
         &mut self,
         chat: ChatNumber,
         blob: crate::core::frame::Blob,
-    ) -> Result<(), (Frame, Option<ConnId>)> {
+    ) -> Result<(), (ToRelay, Option<ConnId>)> {
         let Some(route) = self.routes.get_mut(&chat).filter(|r| r.ready) else {
             // A frame on this chat goes through the driver: so must every
             // later one until a new route (and barrier) says otherwise.
             self.routes.remove(&chat);
-            return Err((Frame::Forward { chat, blob }, None));
+            return Err((ToRelay::Forward { chat, blob }, None));
         };
         spend_one(&mut route.budget).await;
-        let mut frame = Frame::Forward {
-            chat: route.to.chat,
-            blob,
-        };
-        let bytes = frame.encode();
+        let bytes = Frame::forward_bytes(route.to.chat, &blob);
         let len = bytes.len() as u64;
         let observed = self.settings.observer.clone().map(|o| (o, bytes.clone()));
         let outcome = route.to.outlet.deliver(route.to.chat, bytes);
@@ -1243,13 +1240,10 @@ impl Reader {
             self.settings.metrics.forwarded(len);
             return Ok(());
         }
-        // Back to this side's own chat number, for the core.
+        // With this side's own chat number, for the core.
         self.routes.remove(&chat);
-        if let Frame::Forward { chat: number, .. } = &mut frame {
-            *number = chat;
-        }
         let slow_peer = matches!(outcome, Delivery::Full).then_some(peer);
-        Err((frame, slow_peer))
+        Err((ToRelay::Forward { chat, blob }, slow_peer))
     }
 }
 
@@ -1580,7 +1574,7 @@ mod reader_tests {
         };
         // A young person's connection that said HELLO.
         let mut stage = Stage::new(&Credential::Anonymous);
-        let hello = Frame::Hello {
+        let hello = ToRelay::Hello {
             version: crate::core::frame::PROTOCOL_VERSION,
             role: crate::core::frame::Role::Client,
         };
@@ -1616,7 +1610,7 @@ mod reader_tests {
             let mut frames = Vec::new();
             while let Ok(event) = self.driver.try_recv() {
                 if let Event::Frames { frames: f, .. } = event {
-                    frames.extend(f);
+                    frames.extend(f.into_iter().map(Frame::from));
                 }
             }
             frames
@@ -1647,6 +1641,7 @@ mod reader_tests {
             Ok(Event::Frames {
                 frames, invalid, ..
             }) => {
+                let frames: Vec<Frame> = frames.into_iter().map(Frame::from).collect();
                 assert_eq!(
                     frames,
                     vec![forward(1, 1)],
@@ -1691,7 +1686,10 @@ mod reader_tests {
         assert_eq!(f.reader.barriers, 1, "reading waits for the barrier");
         // In the driver's queue: the early frame first, then the barrier.
         match f.driver.try_recv() {
-            Ok(Event::Frames { frames, .. }) => assert_eq!(frames, vec![forward(1, 1)]),
+            Ok(Event::Frames { frames, .. }) => {
+                let frames: Vec<Frame> = frames.into_iter().map(Frame::from).collect();
+                assert_eq!(frames, vec![forward(1, 1)])
+            }
             _ => panic!("the early frame first"),
         }
         assert!(matches!(f.driver.try_recv(), Ok(Event::Barrier { .. })));

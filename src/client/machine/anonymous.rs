@@ -31,7 +31,8 @@ use crate::client::ClientError;
 use crate::client::chat::{ChatEvent, EndedReason, ReconnectReason, Welcome};
 use crate::core::CloseCode;
 use crate::core::frame::{
-    Blob, ChatNumber, EndReason, Frame, Language, ResumeCapability, Role, TopicId, Unavailable,
+    Blob, ChatNumber, EndReason, FromRelay, Language, ResumeCapability, Role, ToRelay, TopicId,
+    Unavailable,
 };
 use crate::crypto::cert::OrgPublicKey;
 use crate::crypto::e2e::{ClientHandshake, E2eError};
@@ -181,7 +182,7 @@ impl Anonymous {
     /// An end-to-end check failed: END(SECURITY_FAILURE) and nothing else,
     /// then away (§6.1).
     fn security_failure(&mut self, chat: ChatNumber, e: E2eError) {
-        self.link.send(Frame::End {
+        self.link.send(ToRelay::End {
             chat,
             reason: EndReason::SecurityFailure,
         });
@@ -231,7 +232,7 @@ impl Anonymous {
     }
 
     fn joined(&mut self, wait: PowWait, pow_solution: [u8; 8]) {
-        self.link.send(Frame::Join {
+        self.link.send(ToRelay::Join {
             topic: wait.topic,
             language: wait.language,
             pow_solution,
@@ -308,7 +309,7 @@ impl Anonymous {
             Phase::Handshaking { resume, .. } | Phase::Chatting(_, resume) => *resume,
             _ => return,
         };
-        self.link.send(Frame::Resume { capability });
+        self.link.send(ToRelay::Resume { capability });
         self.link.expect_answer(now);
         self.back = Back::Resuming;
     }
@@ -323,11 +324,11 @@ impl Anonymous {
     }
 
     /// The relay's answer to RESUME.
-    fn resume_answer(&mut self, now: Instant, frame: Frame) {
+    fn resume_answer(&mut self, now: Instant, frame: FromRelay) {
         self.link.answered();
         self.back = Back::Here;
         match (std::mem::replace(&mut self.phase, Phase::Done), frame) {
-            (Phase::Waiting { transferring }, Frame::ResumeFailed) => {
+            (Phase::Waiting { transferring }, FromRelay::ResumeFailed) => {
                 self.phase = Phase::Waiting { transferring };
                 self.join_again(now, transferring);
             }
@@ -346,11 +347,11 @@ impl Anonymous {
                     resume,
                     ..
                 },
-                Frame::Resumed { chat },
+                FromRelay::Resumed { chat },
             ) => {
                 // The counsellor answers a repeated message 1 with the
                 // same message 2.
-                self.link.send(Frame::Forward {
+                self.link.send(ToRelay::Forward {
                     chat,
                     blob: hello.clone(),
                 });
@@ -363,7 +364,7 @@ impl Anonymous {
                 };
                 self.link.emit(ChatEvent::Resumed { chat: None });
             }
-            (Phase::Chatting(mut conversation, resume), Frame::Resumed { chat }) => {
+            (Phase::Chatting(mut conversation, resume), FromRelay::Resumed { chat }) => {
                 conversation.set_chat(chat);
                 conversation.resend();
                 self.phase = Phase::Chatting(conversation, resume);
@@ -382,18 +383,18 @@ impl Anonymous {
 
     /// Whether a frame is for a chat that already ended here (§7.1: such
     /// frames raced the end and are dropped).
-    fn for_ended_chat(&self, frame: &Frame) -> bool {
+    fn for_ended_chat(&self, frame: &FromRelay) -> bool {
         let chat = match frame {
-            Frame::Forward { chat, .. }
-            | Frame::End { chat, .. }
-            | Frame::PeerAway { chat }
-            | Frame::PeerBack { chat } => *chat,
+            FromRelay::Forward { chat, .. }
+            | FromRelay::End { chat, .. }
+            | FromRelay::PeerAway { chat }
+            | FromRelay::PeerBack { chat } => *chat,
             _ => return false,
         };
         self.last_ended.is_some_and(|ended| chat <= ended)
     }
 
-    fn frame(&mut self, now: Instant, frame: Frame) {
+    fn frame(&mut self, now: Instant, frame: FromRelay) {
         if self.for_ended_chat(&frame) {
             return;
         }
@@ -404,13 +405,13 @@ impl Anonymous {
                 Ok(Some(welcome)) => return self.greeted(welcome),
                 Err(e) => return self.fail(e),
             },
-            (s @ Phase::Waiting { .. }, Frame::Joined { resume }) => {
+            (s @ Phase::Waiting { .. }, FromRelay::Joined { resume }) => {
                 self.ticket = Some(resume);
                 s
             }
             (
                 s @ Phase::Waiting { .. },
-                Frame::Queued {
+                FromRelay::Queued {
                     position,
                     estimated_wait_secs,
                 },
@@ -421,7 +422,7 @@ impl Anonymous {
                 });
                 s
             }
-            (s @ Phase::Waiting { .. }, Frame::Challenge { pow }) => {
+            (s @ Phase::Waiting { .. }, FromRelay::Challenge { pow }) => {
                 // Keep the place in a crowded queue: solved by the driver,
                 // answered in `handle_proof`.
                 self.link.instruct(Transmit::SolveProof {
@@ -430,7 +431,7 @@ impl Anonymous {
                 });
                 s
             }
-            (Phase::Waiting { .. }, Frame::Unavailable { reason, next_open }) => {
+            (Phase::Waiting { .. }, FromRelay::Unavailable { reason, next_open }) => {
                 let last_word = match reason {
                     Unavailable::Closed => {
                         self.link.emit(ChatEvent::Closed { next_open });
@@ -446,7 +447,7 @@ impl Anonymous {
             }
             (
                 Phase::Waiting { transferring },
-                Frame::Paired {
+                FromRelay::Paired {
                     chat,
                     pairing_id,
                     resume,
@@ -455,7 +456,7 @@ impl Anonymous {
             ) => {
                 let (handshake, blob) =
                     ClientHandshake::start(&self.org, &pairing_id, &mut self.link.rng);
-                self.link.send(Frame::Forward {
+                self.link.send(ToRelay::Forward {
                     chat,
                     blob: blob.clone(),
                 });
@@ -467,16 +468,16 @@ impl Anonymous {
                     resume,
                 }
             }
-            (s @ Phase::Handshaking { .. }, Frame::PeerAway { .. })
-            | (s @ Phase::Chatting(..), Frame::PeerAway { .. }) => {
+            (s @ Phase::Handshaking { .. }, FromRelay::PeerAway { .. })
+            | (s @ Phase::Chatting(..), FromRelay::PeerAway { .. }) => {
                 self.link.emit(ChatEvent::PeerAway { chat: None });
                 s
             }
-            (s @ Phase::Handshaking { .. }, Frame::PeerBack { .. }) => {
+            (s @ Phase::Handshaking { .. }, FromRelay::PeerBack { .. }) => {
                 // The counsellor may have lost message 1; it answers a
                 // repeat with the same message 2.
                 if let Phase::Handshaking { chat, hello, .. } = &s {
-                    self.link.send(Frame::Forward {
+                    self.link.send(ToRelay::Forward {
                         chat: *chat,
                         blob: hello.clone(),
                     });
@@ -492,7 +493,7 @@ impl Anonymous {
                     resume,
                     ..
                 },
-                Frame::Forward { chat: c, blob },
+                FromRelay::Forward { chat: c, blob },
             ) if c == chat => match handshake.finish(&blob, self.link.clock.unix(now)) {
                 Ok((session, certificate)) => {
                     let counsellor = certificate.pseudonym().to_owned();
@@ -518,7 +519,7 @@ impl Anonymous {
                 }
                 Err(e) => return self.security_failure(chat, e),
             },
-            (Phase::Chatting(mut conversation, resume), Frame::Forward { chat: c, blob })
+            (Phase::Chatting(mut conversation, resume), FromRelay::Forward { chat: c, blob })
                 if c == conversation.chat() =>
             {
                 let received = conversation.receive(now, &blob, &mut self.link);
@@ -528,7 +529,7 @@ impl Anonymous {
                 }
                 return;
             }
-            (Phase::Chatting(mut conversation, resume), Frame::PeerBack { .. }) => {
+            (Phase::Chatting(mut conversation, resume), FromRelay::PeerBack { .. }) => {
                 conversation.resend();
                 conversation.flush(now, &mut self.link);
                 self.link.emit(ChatEvent::PeerBack { chat: None });
@@ -538,7 +539,7 @@ impl Anonymous {
             // here, a new pairing (or the queue) follows.
             (
                 Phase::Handshaking { chat, .. },
-                Frame::End {
+                FromRelay::End {
                     chat: c,
                     reason: EndReason::Transferred,
                 },
@@ -548,7 +549,7 @@ impl Anonymous {
             }
             (
                 Phase::Chatting(conversation, _),
-                Frame::End {
+                FromRelay::End {
                     chat: c,
                     reason: EndReason::Transferred,
                 },
@@ -557,7 +558,7 @@ impl Anonymous {
                 self.last_ended = Some(c);
                 Phase::Waiting { transferring: true }
             }
-            (phase, Frame::End { chat: c, reason }) if self.chat_of(&phase) == Some(c) => {
+            (phase, FromRelay::End { chat: c, reason }) if self.chat_of(&phase) == Some(c) => {
                 self.phase = phase;
                 self.link.instruct(Transmit::Leave);
                 return self.end(EndedReason::from_wire(reason));
@@ -628,7 +629,7 @@ impl Anonymous {
             _ => (None, EndedReason::LeftQueue),
         };
         if let Some(chat) = chat {
-            self.link.send(Frame::End {
+            self.link.send(ToRelay::End {
                 chat,
                 reason: EndReason::UserEnded,
             });
@@ -683,7 +684,7 @@ impl Machine for Anonymous {
         }
         match self.phase {
             Phase::Solving(wait) => self.joined(wait, solution),
-            Phase::Waiting { .. } => self.link.send(Frame::Proof { solution }),
+            Phase::Waiting { .. } => self.link.send(ToRelay::Proof { solution }),
             _ => {}
         }
     }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::link::{ACK_INTERVAL, Link};
 use crate::client::chat::ChatEvent;
-use crate::core::frame::{Blob, ChatNumber, Frame};
+use crate::core::frame::{Blob, ChatNumber, ToRelay};
 use crate::core::limits::{
     MAX_ACK_LOG, MAX_UNACKED_FRAMES, PACE_FORWARD_BURST, PACE_FORWARD_PER_SEC,
 };
@@ -165,7 +165,7 @@ impl Conversation {
             let Some(out) = self.outbox.pop_front() else {
                 break;
             };
-            link.send(Frame::Forward {
+            link.send(ToRelay::Forward {
                 chat: self.chat,
                 blob: out.blob,
             });

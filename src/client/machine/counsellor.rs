@@ -28,8 +28,8 @@ use crate::client::ClientError;
 use crate::client::chat::{self, ChatEvent, EndedReason, ReconnectReason, Waiting, Welcome};
 use crate::core::CloseCode;
 use crate::core::frame::{
-    Blob, ChatNumber, EndReason, Frame, Label, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId,
-    ResumeCapability, Role, TopicId, TransferTarget,
+    Blob, ChatNumber, EndReason, FromRelay, Label, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId,
+    ResumeCapability, Role, ToRelay, TopicId, TransferTarget,
 };
 use crate::crypto::e2e::{self, CounsellorKeys};
 
@@ -286,7 +286,7 @@ impl Counsellor {
     }
 
     fn send_status(&mut self) {
-        self.link.send(Frame::Status {
+        self.link.send(ToRelay::Status {
             available: self.available,
             capacity: self.capacity,
             topics: self.topics.clone(),
@@ -349,7 +349,7 @@ impl Counsellor {
         let open: Vec<(u32, ResumeCapability)> =
             self.slots.iter().map(|(n, s)| (*n, s.resume)).collect();
         for (n, capability) in open {
-            self.link.send(Frame::Resume { capability });
+            self.link.send(ToRelay::Resume { capability });
             self.resuming.push_back(n);
         }
     }
@@ -434,7 +434,7 @@ impl Counsellor {
 
     // ---- frames ----
 
-    fn frame(&mut self, now: Instant, frame: Frame) {
+    fn frame(&mut self, now: Instant, frame: FromRelay) {
         match &mut self.phase {
             Phase::Done => return,
             Phase::Greeting { greeting, first } => {
@@ -449,7 +449,7 @@ impl Counsellor {
             Phase::Working => {}
         }
         match frame {
-            Frame::Paired {
+            FromRelay::Paired {
                 chat,
                 pairing_id,
                 resume,
@@ -475,8 +475,8 @@ impl Counsellor {
                     language: language.map(|l| l.as_str().to_owned()),
                 });
             }
-            Frame::Forward { chat, blob } => self.forward(now, chat, blob),
-            Frame::End { chat, reason } => {
+            FromRelay::Forward { chat, blob } => self.forward(now, chat, blob),
+            FromRelay::End { chat, reason } => {
                 if let Some(shown) = self.shown(chat)
                     && let Some(slot) = self.slots.remove(&shown)
                 {
@@ -487,7 +487,7 @@ impl Counsellor {
                     ));
                 }
             }
-            Frame::TransferRefused { chat, reason } => {
+            FromRelay::TransferRefused { chat, reason } => {
                 let shown = self.shown(chat).unwrap_or(chat.get());
                 self.link.emit(ChatEvent::TransferRefused {
                     chat: shown,
@@ -495,7 +495,7 @@ impl Counsellor {
                     code: reason,
                 });
             }
-            Frame::QueueStats { waiting } => {
+            FromRelay::QueueStats { waiting } => {
                 let waiting = waiting
                     .into_iter()
                     .map(|(topic, count)| Waiting {
@@ -505,10 +505,10 @@ impl Counsellor {
                     .collect();
                 self.link.emit(ChatEvent::QueueStats { waiting });
             }
-            Frame::Colleague { name, presence } => {
+            FromRelay::Colleague { name, presence } => {
                 self.link.emit(chat::colleague_event(&name, presence));
             }
-            Frame::Resumed { chat } => {
+            FromRelay::Resumed { chat } => {
                 let Some(shown) = self.resuming.pop_front() else {
                     return self.fail(ClientError::UnexpectedFrame);
                 };
@@ -522,7 +522,7 @@ impl Counsellor {
                     self.link.emit(ChatEvent::Resumed { chat: Some(shown) });
                 }
             }
-            Frame::ResumeFailed => {
+            FromRelay::ResumeFailed => {
                 let Some(shown) = self.resuming.pop_front() else {
                     return self.fail(ClientError::UnexpectedFrame);
                 };
@@ -532,12 +532,12 @@ impl Counsellor {
                         .emit(ChatEvent::ended(EndedReason::EndedWhileAway, Some(shown)));
                 }
             }
-            Frame::PeerAway { chat } => {
+            FromRelay::PeerAway { chat } => {
                 if let Some(shown) = self.shown(chat) {
                     self.link.emit(ChatEvent::PeerAway { chat: Some(shown) });
                 }
             }
-            Frame::PeerBack { chat } => {
+            FromRelay::PeerBack { chat } => {
                 if let Some(shown) = self.shown(chat) {
                     if let Some(conversation) =
                         self.slots.get_mut(&shown).and_then(Slot::conversation)
@@ -569,7 +569,7 @@ impl Counsellor {
                             Box::new(Conversation::new(now, chat, session, Some(shown))),
                             Some((blob, reply.clone())),
                         );
-                        self.link.send(Frame::Forward { chat, blob: reply });
+                        self.link.send(ToRelay::Forward { chat, blob: reply });
                         self.link.emit(ChatEvent::Ready { chat: shown });
                         Ok(())
                     }
@@ -577,7 +577,7 @@ impl Counsellor {
                 }
             }
             SlotState::Chatting(_, Some((hello, reply))) if *hello == blob => {
-                self.link.send(Frame::Forward {
+                self.link.send(ToRelay::Forward {
                     chat,
                     blob: reply.clone(),
                 });
@@ -596,7 +596,7 @@ impl Counsellor {
                 slot.give_up(&mut self.link);
             }
             // The young person learns only that a check failed.
-            self.link.send(Frame::End {
+            self.link.send(ToRelay::End {
                 chat,
                 reason: EndReason::SecurityFailure,
             });
@@ -621,7 +621,7 @@ impl Counsellor {
         }
         let chat = slot.chat;
         slot.give_up(&mut self.link);
-        self.link.send(Frame::End { chat, reason });
+        self.link.send(ToRelay::End { chat, reason });
         let said = if reason == EndReason::Blocked {
             EndedReason::YouBlocked
         } else {
@@ -713,7 +713,7 @@ impl Counsellor {
             Command::Transfer(chat, target) => match self.pick(chat) {
                 Ok(n) => {
                     let chat = self.slots[&n].chat;
-                    self.link.send(Frame::Transfer { chat, target })
+                    self.link.send(ToRelay::Transfer { chat, target })
                 }
                 Err(message) => self.link.error(message),
             },

@@ -18,7 +18,7 @@ use rand_core::RngCore;
 use super::Transmit;
 use crate::client::ClientError;
 use crate::client::chat::{ChatEvent, Welcome};
-use crate::core::frame::{Frame, PROTOCOL_VERSION, Role};
+use crate::core::frame::{FromRelay, PROTOCOL_VERSION, Role, ToRelay};
 
 /// How long to wait for the relay's answer to HELLO or RESUME before the
 /// connection counts as lost. A connection can look up on our side while
@@ -167,7 +167,7 @@ impl Link {
 
     /// Queues a frame for the current connection. Without one it is
     /// dropped: whatever matters is sent again after the resume.
-    pub fn send(&mut self, frame: Frame) {
+    pub fn send(&mut self, frame: ToRelay) {
         if self.is_open() {
             self.transmits.push_back(Transmit::Frame(frame));
         }
@@ -213,7 +213,7 @@ impl Link {
 
     /// Sends HELLO; WELCOME must follow within [`ANSWER_TIMEOUT`].
     pub fn greet(&mut self, now: Instant, role: Role) -> Greeting {
-        self.send(Frame::Hello {
+        self.send(ToRelay::Hello {
             version: PROTOCOL_VERSION,
             role,
         });
@@ -315,11 +315,11 @@ pub struct Greeting {
 
 impl Greeting {
     /// One frame of the greeting; `Some` when the welcome is complete.
-    pub fn frame(&mut self, frame: Frame) -> Result<Option<Welcome>, ClientError> {
+    pub fn frame(&mut self, frame: FromRelay) -> Result<Option<Welcome>, ClientError> {
         match (self.welcome.take(), frame) {
             (
                 None,
-                Frame::Welcome {
+                FromRelay::Welcome {
                     version,
                     role,
                     topics,
@@ -344,7 +344,7 @@ impl Greeting {
             }
             (
                 Some((mut welcome, remaining)),
-                Frame::Topic {
+                FromRelay::Topic {
                     id,
                     label_nl,
                     label_en,

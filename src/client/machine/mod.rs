@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::client::ClientError;
 use crate::client::chat::ChatEvent;
-use crate::core::frame::{Frame, PowChallenge};
+use crate::core::frame::{FromRelay, PowChallenge, ToRelay};
 use link::Link;
 
 /// What happened to the connection to the relay.
@@ -37,7 +37,7 @@ pub enum LinkEvent {
     /// A new connection is open (after [`Transmit::Connect`]).
     Up,
     /// A frame from the relay.
-    Frame(Frame),
+    Frame(FromRelay),
     /// The connection is gone, or an attempt to open one failed.
     Down(ClientError),
 }
@@ -57,7 +57,7 @@ pub enum Input {
 #[derive(Debug)]
 pub enum Transmit {
     /// Write a frame on the current connection.
-    Frame(Frame),
+    Frame(ToRelay),
     /// Solve a proof of work off the async threads and hand the solution
     /// to [`Machine::handle_proof`] with this generation.
     SolveProof {

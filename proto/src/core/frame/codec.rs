@@ -202,6 +202,18 @@ impl Frame {
         HEADER_LEN + body_len(self.kind()).unwrap_or(0)
     }
 
+    /// A FORWARD frame's bytes, written from a borrowed blob: the relay's
+    /// fast path forwards without moving the blob into a frame.
+    pub fn forward_bytes(chat: ChatNumber, blob: &Blob) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_FRAME_LEN);
+        let mut w = Writer(&mut out);
+        w.u8(kind::FORWARD);
+        w.u16((4 + BLOB_LEN) as u16);
+        w.u32(chat.0);
+        w.bytes(blob.as_bytes());
+        out
+    }
+
     /// Appends the encoded frame to `out`. Lists longer than their slots
     /// are cut; constructors of such frames check their input first.
     pub fn encode_into(&self, out: &mut Vec<u8>) {

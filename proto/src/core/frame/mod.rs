@@ -9,11 +9,19 @@
 //! wrong lengths and bad field values; it never panics and never allocates
 //! more than one maximum frame.
 //!
+//! Frames are typed by direction: [`ToRelay`] is what an endpoint sends,
+//! [`FromRelay`] what the relay sends (FORWARD and END are in both), and
+//! [`Frame`] is either, as the codec reads and writes it. The relay's core
+//! acts only on `ToRelay` and sends only `FromRelay`; the client's state
+//! machines the other way round. A frame that comes the wrong way does not
+//! convert, and closes its connection with UNEXPECTED_FRAME (§3.3).
+//!
 //! The module is split by job: `types.rs` holds what a frame is made of
 //! (the one-byte wire enums, each generated from one table, the newtypes
-//! nothing invalid can be put in, and [`Frame`] itself), `codec.rs` turns
-//! a frame into its body and back (a body parser must consume the whole
-//! body), and `decoder.rs` cuts a byte stream into frames.
+//! nothing invalid can be put in, [`Frame`] and its two directions),
+//! `codec.rs` turns a frame into its body and back (a body parser must
+//! consume the whole body), and `decoder.rs` cuts a byte stream into
+//! frames.
 //!
 //! ```
 //! use fluister_proto::core::frame::{Frame, FrameDecoder, Role};

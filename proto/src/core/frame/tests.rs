@@ -550,3 +550,26 @@ fn a_body_with_bytes_no_field_reads_is_refused() {
         Err(FrameError::BadField("trailing bytes"))
     );
 }
+
+proptest! {
+    /// Every frame goes one way or both (FORWARD, END), and converts to
+    /// its direction and back unchanged; the relay's fast path writes a
+    /// FORWARD as the codec does.
+    #[test]
+    fn every_frame_has_a_direction(frame in arb_frame()) {
+        let to = ToRelay::try_from(frame.clone());
+        let from = FromRelay::try_from(frame.clone());
+        prop_assert!(to.is_ok() || from.is_ok(), "{:?} goes nowhere", frame);
+        let both = matches!(frame, Frame::Forward { .. } | Frame::End { .. });
+        prop_assert_eq!(to.is_ok() && from.is_ok(), both);
+        if let Ok(to) = to {
+            prop_assert_eq!(Frame::from(to), frame.clone());
+        }
+        if let Ok(from) = from {
+            prop_assert_eq!(Frame::from(from), frame.clone());
+        }
+        if let Frame::Forward { chat, blob } = &frame {
+            prop_assert_eq!(Frame::forward_bytes(*chat, blob), frame.encode());
+        }
+    }
+}

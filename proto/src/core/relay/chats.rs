@@ -41,7 +41,7 @@ impl Relay {
                 chat: peer_chat,
             } => self.send(
                 peer,
-                &Frame::Forward {
+                FromRelay::Forward {
                     chat: peer_chat,
                     blob,
                 },
@@ -105,7 +105,7 @@ impl Relay {
             _ => {
                 self.send(
                     conn,
-                    &Frame::TransferRefused {
+                    FromRelay::TransferRefused {
                         chat,
                         reason: Refusal::ClientAway,
                     },
@@ -118,7 +118,7 @@ impl Relay {
             TransferTarget::Colleague(name) => match self.find_colleague(conn, name) {
                 Ok(id) => Some(id),
                 Err(reason) => {
-                    self.send(conn, &Frame::TransferRefused { chat, reason });
+                    self.send(conn, FromRelay::TransferRefused { chat, reason });
                     return;
                 }
             },
@@ -146,7 +146,7 @@ impl Relay {
         // The counsellor hears END(TRANSFERRED) as confirmation, too.
         self.send(
             conn,
-            &Frame::End {
+            FromRelay::End {
                 chat,
                 reason: EndReason::Transferred,
             },
@@ -260,7 +260,7 @@ impl Relay {
         self.refresh_offer(counsellor);
         self.send(
             client,
-            &Frame::Paired {
+            FromRelay::Paired {
                 chat: client_chat,
                 pairing_id,
                 resume: client_cap,
@@ -270,7 +270,7 @@ impl Relay {
         );
         self.send(
             counsellor,
-            &Frame::Paired {
+            FromRelay::Paired {
                 chat: counsellor_chat,
                 pairing_id,
                 resume: counsellor_cap,
@@ -446,12 +446,12 @@ impl Relay {
             .flat_map(|(_, ids)| ids.iter().copied())
             .collect();
         others.sort();
-        let frame = Frame::Colleague {
+        let frame = FromRelay::Colleague {
             name: label,
             presence: now,
         };
         for id in others {
-            self.send(id, &frame);
+            self.send(id, frame.clone());
         }
     }
 
@@ -571,7 +571,7 @@ impl Relay {
             self.stats.ended(EndReason::PeerDisconnected);
             self.send(
                 conn,
-                &Frame::End {
+                FromRelay::End {
                     chat,
                     reason: EndReason::PeerDisconnected,
                 },
@@ -595,7 +595,7 @@ impl Relay {
                 if self.unlink(peer, peer_chat).is_some() {
                     self.send(
                         peer,
-                        &Frame::End {
+                        FromRelay::End {
                             chat: peer_chat,
                             reason,
                         },

@@ -94,8 +94,13 @@ impl Relay {
             return Flow::Read;
         };
         let mut frames = Vec::new();
-        let invalid = c.decoder.push(bytes, &mut frames).err();
-        self.handle_frames(now, conn, frames, invalid.map(|e| e.close_code()))
+        let mut invalid = c
+            .decoder
+            .push(bytes, &mut frames)
+            .err()
+            .map(|e| e.close_code());
+        let frames = ToRelay::from_decoded(frames, &mut invalid);
+        self.handle_frames(now, conn, frames, invalid)
     }
 
     /// Frames a shell decoded itself from the connection's stream, in
@@ -105,7 +110,7 @@ impl Relay {
         &mut self,
         now: Now,
         conn: ConnId,
-        frames: Vec<Frame>,
+        frames: Vec<ToRelay>,
         invalid: Option<CloseCode>,
     ) -> Flow {
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -192,7 +197,7 @@ impl Relay {
             }
             if paced {
                 let bucket = match front {
-                    Pending::Frame(Frame::Forward { chat, .. }) => {
+                    Pending::Frame(ToRelay::Forward { chat, .. }) => {
                         c.links.get_mut(chat).map(|l| &mut l.forward)
                     }
                     Pending::Frame(_) => Some(&mut c.control),
@@ -267,7 +272,7 @@ impl Relay {
             for chat in chats {
                 self.send(
                     *id,
-                    &Frame::End {
+                    FromRelay::End {
                         chat,
                         reason: EndReason::RelayShutdown,
                     },
@@ -316,7 +321,7 @@ impl Relay {
         &mut self,
         now: Now,
         conn: ConnId,
-        frame: Frame,
+        frame: ToRelay,
     ) -> Result<(), CloseCode> {
         let c = self.conns.get_mut(&conn).ok_or(CloseCode::InternalError)?;
         // What the connection could never send here is refused by the rules
@@ -325,8 +330,8 @@ impl Relay {
         let role = match &c.state {
             State::AwaitingHello { .. } => {
                 return match frame {
-                    Frame::Hello { version, role } => self.handle_hello(now, conn, version, role),
-                    Frame::Resume { capability } => self.handle_resume(now, conn, capability),
+                    ToRelay::Hello { version, role } => self.handle_hello(now, conn, version, role),
+                    ToRelay::Resume { capability } => self.handle_resume(now, conn, capability),
                     _ => Err(CloseCode::UnexpectedFrame),
                 };
             }
@@ -336,19 +341,19 @@ impl Relay {
         match (role, frame) {
             (
                 Role::Client,
-                Frame::Join {
+                ToRelay::Join {
                     topic,
                     language,
                     pow_solution,
                 },
             ) => self.handle_join(now, conn, topic, language, pow_solution),
-            (Role::Client, Frame::Proof { solution }) => self.handle_proof(conn, solution),
-            (_, Frame::Forward { chat, blob }) => self.handle_forward(conn, chat, blob),
-            (Role::Counsellor, Frame::Resume { capability }) => {
+            (Role::Client, ToRelay::Proof { solution }) => self.handle_proof(conn, solution),
+            (_, ToRelay::Forward { chat, blob }) => self.handle_forward(conn, chat, blob),
+            (Role::Counsellor, ToRelay::Resume { capability }) => {
                 self.handle_resume(now, conn, capability)
             }
             // The reason was checked by the stage (§4.2).
-            (_, Frame::End { chat, reason }) => {
+            (_, ToRelay::End { chat, reason }) => {
                 if !c.links.contains_key(&chat) {
                     return if c.is_ended_chat(chat) {
                         Ok(())
@@ -361,7 +366,7 @@ impl Relay {
             }
             (
                 Role::Counsellor,
-                Frame::Status {
+                ToRelay::Status {
                     available,
                     capacity,
                     topics,
@@ -387,7 +392,7 @@ impl Relay {
                 self.pump_router(now);
                 Ok(())
             }
-            (Role::Counsellor, Frame::Transfer { chat, target }) => {
+            (Role::Counsellor, ToRelay::Transfer { chat, target }) => {
                 if !c.links.contains_key(&chat) {
                     return if c.is_ended_chat(chat) {
                         Ok(())
@@ -398,7 +403,7 @@ impl Relay {
                 self.handle_transfer(now, conn, chat, target);
                 Ok(())
             }
-            // HELLO twice, relay-only frames, frames of the other role.
+            // HELLO twice, frames of the other role.
             _ => Err(CloseCode::UnexpectedFrame),
         }
     }
@@ -420,7 +425,7 @@ impl Relay {
             .collect();
         self.send(
             conn,
-            &Frame::Welcome {
+            FromRelay::Welcome {
                 version: PROTOCOL_VERSION,
                 role,
                 topics: topics.len() as u8,
@@ -431,7 +436,7 @@ impl Relay {
         for t in topics {
             self.send(
                 conn,
-                &Frame::Topic {
+                FromRelay::Topic {
                     id: t.id,
                     label_nl: t.label_nl,
                     label_en: t.label_en,
@@ -496,19 +501,19 @@ impl Relay {
             if let Some(name) = self.conns.get(&conn).and_then(|c| c.pseudonym()) {
                 let name = name.to_owned();
                 self.by_name.entry(name.clone()).or_default().insert(conn);
-                let colleagues: Vec<Frame> = self
+                let colleagues: Vec<FromRelay> = self
                     .presence
                     .iter()
                     .filter(|(other, _)| **other != name)
                     .filter_map(|(other, presence)| {
-                        Some(Frame::Colleague {
+                        Some(FromRelay::Colleague {
                             name: Label::new(other.as_str()).ok()?,
                             presence: *presence,
                         })
                     })
                     .collect();
                 for frame in colleagues {
-                    self.send(conn, &frame);
+                    self.send(conn, frame);
                 }
             }
             self.refresh_offer(conn);
@@ -660,11 +665,11 @@ impl Relay {
         }
     }
 
-    pub(super) fn send(&mut self, conn: ConnId, frame: &Frame) {
+    pub(super) fn send(&mut self, conn: ConnId, frame: FromRelay) {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        let bytes = frame.encode();
+        let bytes = Frame::from(frame).encode();
         // Coalesce consecutive frames for one connection into one write.
         if let Some(Output::Send {
             conn: last,

@@ -75,7 +75,7 @@ impl Relay {
     }
 
     fn resume_failed(&mut self, conn: ConnId, first_frame: bool) {
-        self.send(conn, &Frame::ResumeFailed);
+        self.send(conn, FromRelay::ResumeFailed);
         if first_frame {
             self.close(conn, CloseCode::NoError, true);
         }
@@ -267,7 +267,7 @@ impl Relay {
     fn resume_handed(&mut self, now: Now, conn: ConnId, hash: CapHash, s: HandedSide) {
         let Some(chat) = self.issue_chat(conn) else {
             self.keep_handed(now, hash, Handed::Side(Box::new(s)));
-            self.send(conn, &Frame::ResumeFailed);
+            self.send(conn, FromRelay::ResumeFailed);
             return;
         };
         let d = self.detached_from(hash, s);
@@ -295,7 +295,7 @@ impl Relay {
         match resume {
             Some(resume) => self.send(
                 conn,
-                &Frame::Paired {
+                FromRelay::Paired {
                     chat,
                     pairing_id: d.pairing,
                     resume,
@@ -303,7 +303,7 @@ impl Relay {
                     language: None,
                 },
             ),
-            None => self.send(conn, &Frame::Resumed { chat }),
+            None => self.send(conn, FromRelay::Resumed { chat }),
         }
         self.after_resume(conn, chat, d);
     }

@@ -74,9 +74,9 @@ use std::time::{Duration, Instant};
 use rand_core::{CryptoRng, RngCore};
 
 use super::frame::{
-    Blob, ChatNumber, EndReason, Frame, FrameDecoder, Label, Language, MAX_LANGUAGES, MAX_TOPICS,
-    PROTOCOL_VERSION, PairingId, PowChallenge, Presence, Refusal, ResumeCapability, Role, TopicId,
-    TransferTarget, Unavailable,
+    Blob, ChatNumber, EndReason, Frame, FrameDecoder, FromRelay, Label, Language, MAX_LANGUAGES,
+    MAX_TOPICS, PROTOCOL_VERSION, PairingId, PowChallenge, Presence, Refusal, ResumeCapability,
+    Role, ToRelay, TopicId, TransferTarget, Unavailable,
 };
 use super::limits::{Limits, Service};
 pub use super::pairing::ConnId;
@@ -394,7 +394,7 @@ enum State {
 
 /// Something read from a connection and not yet acted on.
 enum Pending {
-    Frame(Frame),
+    Frame(ToRelay),
     /// The bytes after the frames before it were not a valid frame.
     Invalid(CloseCode),
     /// The peer finished its stream: it leaves.

@@ -77,7 +77,7 @@ impl Relay {
                 .and_then(|t| u64::try_from(t).ok());
             self.send(
                 conn,
-                &Frame::Unavailable {
+                FromRelay::Unavailable {
                     reason: Unavailable::Closed,
                     next_open,
                 },
@@ -101,7 +101,7 @@ impl Relay {
         if over_source_limit || queue_full || !self.admissions.take(now.mono, 1.0) {
             self.send(
                 conn,
-                &Frame::Unavailable {
+                FromRelay::Unavailable {
                     reason: Unavailable::Busy,
                     next_open: None,
                 },
@@ -147,7 +147,7 @@ impl Relay {
         if let Some(pow) = challenge {
             w.rent.owed = Some((pow, now.mono + challenge_lifetime(pow.difficulty)));
             self.stats.rent_challenges += 1;
-            self.send(conn, &Frame::Challenge { pow });
+            self.send(conn, FromRelay::Challenge { pow });
         }
     }
 
@@ -191,7 +191,7 @@ impl Relay {
             c.ticket = Some(cap_hash(&ticket));
         }
         self.touch(conn);
-        self.send(conn, &Frame::Joined { resume: ticket });
+        self.send(conn, FromRelay::Joined { resume: ticket });
     }
 
     /// Puts a client in the waiting state.
@@ -330,7 +330,7 @@ impl Relay {
             self.touch(client);
             self.send(
                 client,
-                &Frame::Queued {
+                FromRelay::Queued {
                     position,
                     estimated_wait_secs: estimate,
                 },
@@ -433,7 +433,7 @@ impl Relay {
         if changed {
             self.send(
                 id,
-                &Frame::QueueStats {
+                FromRelay::QueueStats {
                     waiting: stats.to_vec(),
                 },
             );

@@ -124,7 +124,7 @@ impl Relay {
         };
         self.send(
             conn,
-            &Frame::Paired {
+            FromRelay::Paired {
                 chat,
                 pairing_id: pairing,
                 resume,
@@ -147,14 +147,14 @@ impl Relay {
         peer: RemotePeer,
         colleague: Option<ConnId>,
     ) {
-        let end = Frame::End {
+        let end = FromRelay::End {
             chat,
             reason: EndReason::Transferred,
         };
         let Some(colleague) = colleague else {
             self.end_chat(conn, chat, EndReason::Transferred);
             // The counsellor hears END(TRANSFERRED) as confirmation, too.
-            self.send(conn, &end);
+            self.send(conn, end);
             return;
         };
         if self.unlink(conn, chat).is_none() {
@@ -162,7 +162,7 @@ impl Relay {
         }
         self.stats.ended(EndReason::Transferred);
         self.refresh_offer(conn);
-        self.send(conn, &end);
+        self.send(conn, end);
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let pairing = PairingId(id);
@@ -205,16 +205,16 @@ impl Relay {
             return;
         };
         match message {
-            PeerMessage::Forward(blob) => self.send(conn, &Frame::Forward { chat, blob }),
+            PeerMessage::Forward(blob) => self.send(conn, FromRelay::Forward { chat, blob }),
             PeerMessage::Away | PeerMessage::Back => {
                 let away = message == PeerMessage::Away;
                 peer.away = away;
                 let frame = if away {
-                    Frame::PeerAway { chat }
+                    FromRelay::PeerAway { chat }
                 } else {
-                    Frame::PeerBack { chat }
+                    FromRelay::PeerBack { chat }
                 };
-                self.send(conn, &frame);
+                self.send(conn, frame);
             }
             PeerMessage::End(reason) => {
                 let is_client = self
@@ -222,7 +222,7 @@ impl Relay {
                     .get(&conn)
                     .is_some_and(|c| c.pseudonym().is_none());
                 self.unlink(conn, chat);
-                self.send(conn, &Frame::End { chat, reason });
+                self.send(conn, FromRelay::End { chat, reason });
                 if is_client && reason == EndReason::Transferred {
                     self.back_to_queue(now, conn, None);
                 } else {
@@ -234,7 +234,7 @@ impl Relay {
                 self.unlink(conn, chat);
                 self.send(
                     conn,
-                    &Frame::End {
+                    FromRelay::End {
                         chat,
                         reason: EndReason::Transferred,
                     },
@@ -257,7 +257,7 @@ impl Relay {
                     Some(place) => {
                         self.send(
                             conn,
-                            &Frame::End {
+                            FromRelay::End {
                                 chat,
                                 reason: EndReason::Transferred,
                             },
@@ -266,7 +266,7 @@ impl Relay {
                     }
                     None => {
                         let reason = EndReason::PeerDisconnected;
-                        self.send(conn, &Frame::End { chat, reason });
+                        self.send(conn, FromRelay::End { chat, reason });
                         self.chat_over(conn, reason);
                     }
                 }

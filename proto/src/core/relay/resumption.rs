@@ -104,7 +104,7 @@ impl Relay {
     ) {
         self.repoint(link.peer, Peer::Away(link.mine));
         match link.peer {
-            Peer::Live { conn: peer, chat } => self.send(peer, &Frame::PeerAway { chat }),
+            Peer::Live { conn: peer, chat } => self.send(peer, FromRelay::PeerAway { chat }),
             Peer::Remote(r) => self.deliver(r.key, PeerMessage::Away),
             Peer::Away(_) => {}
         }
@@ -263,7 +263,7 @@ impl Relay {
         self.repoint(d.peer, Peer::Live { conn, chat });
         self.send(
             conn,
-            &Frame::Paired {
+            FromRelay::Paired {
                 chat,
                 pairing_id: u.pairing_id,
                 resume,
@@ -400,7 +400,7 @@ impl Relay {
         };
         self.link(conn, chat, link);
         self.repoint(d.peer, Peer::Live { conn, chat });
-        self.send(conn, &Frame::Resumed { chat });
+        self.send(conn, FromRelay::Resumed { chat });
         self.after_resume(conn, chat, d);
         Ok(())
     }
@@ -409,18 +409,18 @@ impl Relay {
     /// other side, in both directions.
     pub(super) fn after_resume(&mut self, conn: ConnId, chat: ChatNumber, d: Detached) {
         for blob in d.held {
-            self.send(conn, &Frame::Forward { chat, blob });
+            self.send(conn, FromRelay::Forward { chat, blob });
         }
         match d.peer {
             Peer::Live {
                 conn: peer,
                 chat: peer_chat,
-            } => self.send(peer, &Frame::PeerBack { chat: peer_chat }),
-            Peer::Away(_) => self.send(conn, &Frame::PeerAway { chat }),
+            } => self.send(peer, FromRelay::PeerBack { chat: peer_chat }),
+            Peer::Away(_) => self.send(conn, FromRelay::PeerAway { chat }),
             Peer::Remote(r) => {
                 self.deliver(r.key, PeerMessage::Back);
                 if r.away {
-                    self.send(conn, &Frame::PeerAway { chat });
+                    self.send(conn, FromRelay::PeerAway { chat });
                 }
             }
         }

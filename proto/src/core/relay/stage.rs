@@ -2,7 +2,9 @@
 //! the rules that depend only on who is connecting and on whether it said
 //! HELLO, and on nothing the relay shares between connections.
 //!
-//! A [`Stage`] sees every frame a connection sends, in order. The shell's
+//! A [`Stage`] sees every frame a connection sends, in order, as a
+//! [`ToRelay`]: a frame only the relay sends was refused before, when it
+//! did not convert. The shell's
 //! connection task checks each frame with one before anything reaches the
 //! shared driver, so a frame that could never be right closes its
 //! connection there; the core checks the same frames with its own
@@ -12,7 +14,7 @@
 
 use super::Credential;
 use crate::core::CloseCode;
-use crate::core::frame::{EndReason, Frame, PROTOCOL_VERSION, Role};
+use crate::core::frame::{EndReason, PROTOCOL_VERSION, Role, ToRelay};
 
 /// One connection's stage: who it is, and whether it said HELLO (or
 /// RESUME, whose outcome only the core knows).
@@ -40,13 +42,13 @@ impl Stage {
 
     /// Checks the next frame the connection sent. An error is the code the
     /// connection is closed with; nothing after that frame counts.
-    pub fn check(&mut self, frame: &Frame) -> Result<(), CloseCode> {
+    pub fn check(&mut self, frame: &ToRelay) -> Result<(), CloseCode> {
         let unexpected = Err(CloseCode::UnexpectedFrame);
         match frame {
             // After a RESUME only the core knows whether HELLO may follow.
-            Frame::Hello { .. } if self.resumed => Ok(()),
-            Frame::Hello { .. } if self.greeted => unexpected,
-            Frame::Hello { version, role } => {
+            ToRelay::Hello { .. } if self.resumed => Ok(()),
+            ToRelay::Hello { .. } if self.greeted => unexpected,
+            ToRelay::Hello { version, role } => {
                 if *version != PROTOCOL_VERSION {
                     return Err(CloseCode::UnsupportedVersion);
                 }
@@ -58,13 +60,13 @@ impl Stage {
                 self.greeted = true;
                 Ok(())
             }
-            Frame::Resume { .. } => {
+            ToRelay::Resume { .. } => {
                 self.resumed = true;
                 Ok(())
             }
             _ if !(self.greeted || self.resumed) => unexpected,
-            Frame::Forward { .. } => Ok(()),
-            Frame::End { reason, .. } => {
+            ToRelay::Forward { .. } => Ok(()),
+            ToRelay::End { reason, .. } => {
                 // §4.2: who may end a chat for which reason.
                 let allowed = match self.role {
                     Role::Client => {
@@ -77,11 +79,12 @@ impl Stage {
                 };
                 if allowed { Ok(()) } else { unexpected }
             }
-            Frame::Join { .. } | Frame::Proof { .. } if self.role == Role::Client => Ok(()),
-            Frame::Status { .. } | Frame::Transfer { .. } if self.role == Role::Counsellor => {
+            ToRelay::Join { .. } | ToRelay::Proof { .. } if self.role == Role::Client => Ok(()),
+            ToRelay::Status { .. } | ToRelay::Transfer { .. } if self.role == Role::Counsellor => {
                 Ok(())
             }
-            // Frames of the other role, and frames only the relay sends.
+            // Frames of the other role (frames only the relay sends are no
+            // `ToRelay`).
             _ => unexpected,
         }
     }
@@ -90,10 +93,11 @@ impl Stage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::frame::Frame;
     use crate::core::frame::{BLOB_LEN, Blob, ChatNumber, ResumeCapability};
 
-    fn hello(role: Role) -> Frame {
-        Frame::Hello {
+    fn hello(role: Role) -> ToRelay {
+        ToRelay::Hello {
             version: PROTOCOL_VERSION,
             role,
         }
@@ -105,8 +109,8 @@ mod tests {
         }
     }
 
-    fn end(reason: EndReason) -> Frame {
-        Frame::End {
+    fn end(reason: EndReason) -> ToRelay {
+        ToRelay::End {
             chat: ChatNumber::FIRST,
             reason,
         }
@@ -114,13 +118,13 @@ mod tests {
 
     #[test]
     fn hello_first_with_the_version_and_the_role_the_credential_allows() {
-        let forward = Frame::Forward {
+        let forward = ToRelay::Forward {
             chat: ChatNumber::FIRST,
             blob: Blob::new([0; BLOB_LEN]),
         };
         let mut young = Stage::new(&Credential::Anonymous);
         assert_eq!(young.check(&forward), Err(CloseCode::UnexpectedFrame));
-        let old = Frame::Hello {
+        let old = ToRelay::Hello {
             version: PROTOCOL_VERSION + 1,
             role: Role::Client,
         };
@@ -146,7 +150,7 @@ mod tests {
     fn each_role_sends_its_own_frames_and_ends_chats_for_its_own_reasons() {
         let mut young = Stage::new(&Credential::Anonymous);
         young.check(&hello(Role::Client)).unwrap();
-        let status = Frame::Status {
+        let status = ToRelay::Status {
             available: true,
             capacity: 1,
             topics: Vec::new(),
@@ -158,15 +162,13 @@ mod tests {
             Err(CloseCode::UnexpectedFrame)
         );
         assert_eq!(young.check(&end(EndReason::UserEnded)), Ok(()));
-        assert_eq!(
-            young.check(&Frame::ResumeFailed),
-            Err(CloseCode::UnexpectedFrame)
-        );
+        // A frame only the relay sends is not even a `ToRelay`.
+        assert!(ToRelay::try_from(Frame::ResumeFailed).is_err());
         let mut sam = Stage::new(&counsellor());
         sam.check(&hello(Role::Counsellor)).unwrap();
         assert_eq!(sam.check(&status), Ok(()));
         assert_eq!(sam.check(&end(EndReason::Blocked)), Ok(()));
-        let join = Frame::Join {
+        let join = ToRelay::Join {
             topic: None,
             language: None,
             pow_solution: [0; 8],
@@ -177,7 +179,7 @@ mod tests {
     #[test]
     fn after_a_resume_the_core_decides_about_hello() {
         let mut young = Stage::new(&Credential::Anonymous);
-        let resume = Frame::Resume {
+        let resume = ToRelay::Resume {
             capability: ResumeCapability([1; 32]),
         };
         assert_eq!(young.check(&resume), Ok(()));

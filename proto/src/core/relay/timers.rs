@@ -154,7 +154,7 @@ impl Relay {
         for id in wait_over {
             self.send(
                 id,
-                &Frame::Unavailable {
+                FromRelay::Unavailable {
                     reason: Unavailable::WaitExceeded,
                     next_open: None,
                 },
