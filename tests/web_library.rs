@@ -212,7 +212,10 @@ fn the_built_page_in_dist_matches_its_sources() {
 fn the_page_works_in_chromium() {
     let web = web();
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    let out = Command::new("node")
+    // Bounded: the suite takes under a minute; a browser or process that
+    // hangs fails the test instead of holding the whole run.
+    let out = Command::new("timeout")
+        .args(["--kill-after=10", "300", "node"])
         .args(["--test", "--test-concurrency=1", "test-browser/"])
         .env("FLUISTER_BIN", env!("CARGO_BIN_EXE_fluister"))
         .env("SCREENSHOT_DIR", &screenshots)

@@ -37,10 +37,24 @@ export async function freePort() {
 }
 
 /** A child process whose stdout lines (JSON or text) can be awaited. */
+/** Every process the tests started and that still runs. */
+const running = new Set();
+
+/**
+ * Stops every process still running: a test that failed half-way must not
+ * leave one behind, or node (and the `cargo test` waiting for it) never
+ * exits.
+ */
+export function stopAll() {
+  return Promise.all([...running].map((p) => p.stop()));
+}
+
 export class Proc {
   constructor(args, label) {
     this.label = label;
     this.child = spawn(BIN, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
+    running.add(this);
+    this.child.once('exit', () => running.delete(this));
     this.lines = [];
     this.waiters = [];
     this.stderr = '';

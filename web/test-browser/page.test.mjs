@@ -19,6 +19,7 @@ import {
   screen,
   screenshots,
   startDemo,
+  stopAll,
 } from './harness.mjs';
 
 let setup;
@@ -32,6 +33,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await setup?.demo.stop();
+  await stopAll();
   writeFileSync(join(SCREENSHOTS, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
   for (const line of report) console.log(`# ${JSON.stringify(line)}`);
 });
@@ -206,7 +208,9 @@ test('outside opening hours the page says when the chat opens', async () => {
   }
   await screen(page, 'choose');
   await page.click('[data-choose-form] button[type=submit]');
-  await screen(page, 'closed');
+  await screen(page, 'closed').catch((e) => {
+    throw new Error(`${e.message}\nclosed relay stderr: ${relay.stderr.slice(-2000)}\npage errors: ${page.errors.join('\n')}`);
+  });
   const text = await page.textContent('[data-next-open]');
   assert.match(text, /We zijn weer open op/);
   const axe = await axeViolations(page);
