@@ -381,14 +381,15 @@ impl Setup {
             "{}\
              [limits]\n\
              max_connections = 30000\nmax_anonymous_connections = 25000\nmax_queue = 25000\n\
-             max_capacity = 32\nmax_buffered_frames = 1024\n\
+             max_capacity = 32\n\
              admissions_per_sec = 10000\nadmissions_burst = 100000\n\
              forward_frames_per_sec = 1000000\nforward_frames_burst = 1000000\n\
              control_frames_per_sec = 1000000\ncontrol_frames_burst = 1000000\n\
              pow_min_difficulty = {pow_min}\npow_max_difficulty = {pow_max}\n\
              queue_rent_secs = 0\nper_address_places = 0\n\
-             retry_above_handshakes = 100000\nhello_timeout_secs = 60\n\
-             handshake_timeout_secs = 600\n\
+             hello_timeout_secs = 60\nhandshake_timeout_secs = 600\n\
+             [transport]\n\
+             max_buffered_frames = 1024\nretry_above_handshakes = 100000\n\
              idle_timeout_secs = {idle}\nkeep_alive_secs = {keep_alive}\n",
             self.config_head(),
             idle = LOAD_LIVENESS.0.as_secs(),
