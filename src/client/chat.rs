@@ -12,10 +12,11 @@
 
 use serde::Serialize;
 
+use super::machine::link::Greeting;
 use super::{ClientError, RelayStream};
 use crate::core::frame::{
-    EndReason, Frame, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence, Refusal, Role,
-    TopicId,
+    EndReason, Frame, FromRelay, Label, Language, PROTOCOL_VERSION, PowChallenge, Presence,
+    Refusal, Role, TopicId,
 };
 
 pub use super::driver::{ClientRequest, CounsellorSettings, run_client, run_counsellor};
@@ -463,6 +464,8 @@ pub async fn join(
         .await
 }
 
+/// HELLO, then WELCOME and its TOPIC frames, read as the state machines
+/// read them ([`Greeting`]).
 async fn hello_unbounded(relay: &mut RelayStream, role: Role) -> Result<Welcome, ClientError> {
     relay
         .send(&Frame::Hello {
@@ -470,41 +473,16 @@ async fn hello_unbounded(relay: &mut RelayStream, role: Role) -> Result<Welcome,
             role,
         })
         .await?;
-    let (count, languages, pow) = match relay.next().await? {
-        Some(Frame::Welcome {
-            version,
-            role: accepted,
-            topics,
-            languages,
-            pow,
-        }) => {
-            if version != PROTOCOL_VERSION {
-                return Err(ClientError::Version(version));
-            }
-            if accepted != role {
-                return Err(ClientError::UnexpectedFrame);
-            }
-            (topics, languages, pow)
-        }
-        Some(_) => return Err(ClientError::UnexpectedFrame),
-        None => return Err(ClientError::Lost("the relay ended the stream".into())),
-    };
-    let mut topics = Vec::new();
-    for _ in 0..count {
-        match relay.next().await? {
-            Some(Frame::Topic {
-                id,
-                label_nl,
-                label_en,
-            }) => topics.push((id, label_nl, label_en)),
-            _ => return Err(ClientError::UnexpectedFrame),
+    let mut greeting = Greeting::new(role);
+    loop {
+        let Some(frame) = relay.next().await? else {
+            return Err(ClientError::Lost("the relay ended the stream".into()));
+        };
+        let frame = FromRelay::try_from(frame).map_err(|_| ClientError::UnexpectedFrame)?;
+        if let Some(welcome) = greeting.frame(frame)? {
+            return Ok(welcome);
         }
     }
-    Ok(Welcome {
-        topics,
-        languages,
-        pow,
-    })
 }
 
 #[cfg(test)]

@@ -166,16 +166,12 @@ impl RelayConfig {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        if let Some(moved) = moved_transport_key(text) {
-            return Err(ConfigError::Parse {
-                path: PathBuf::new(),
-                message: moved,
-            });
-        }
-        // The file alone first, so that its errors carry their lines.
+        // The file alone first, so that its errors carry their lines. A
+        // transport key still under `[limits]` is refused there as unknown;
+        // only then is the text read again, to say where the key went.
         let from_file: RelayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
-            message: describe_toml_error(text, &e),
+            message: moved_transport_key(text).unwrap_or_else(|| describe_toml_error(text, &e)),
         })?;
         let overrides = env_overrides(env);
         let config = if overrides.is_empty() {

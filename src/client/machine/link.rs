@@ -218,10 +218,7 @@ impl Link {
             role,
         });
         self.expect_answer(now);
-        Greeting {
-            role,
-            welcome: None,
-        }
+        Greeting::new(role)
     }
 
     /// The relay must answer what was just sent within [`ANSWER_TIMEOUT`].
@@ -314,6 +311,14 @@ pub struct Greeting {
 }
 
 impl Greeting {
+    /// Waits for the WELCOME that answers a HELLO for `role`.
+    pub fn new(role: Role) -> Greeting {
+        Greeting {
+            role,
+            welcome: None,
+        }
+    }
+
     /// One frame of the greeting; `Some` when the welcome is complete.
     pub fn frame(&mut self, frame: FromRelay) -> Result<Option<Welcome>, ClientError> {
         match (self.welcome.take(), frame) {
