@@ -49,6 +49,11 @@ export function stopAll() {
   return Promise.all([...running].map((p) => p.stop()));
 }
 
+/** Stops every counsellor still running; the relay stays. */
+export function stopCounsellors() {
+  return Promise.all([...running].filter((p) => p.isCounsellor).map((p) => p.stop()));
+}
+
 export class Proc {
   constructor(args, label) {
     this.label = label;
@@ -142,6 +147,7 @@ export function addCounsellor(setup, name) {
 /** `fluister counsellor --json`, signed in. */
 export async function counsellor(setup, identity = setup.identity, label = 'counsellor') {
   const proc = new Proc(['counsellor', '--relay', setup.relay, '--identity', identity, '--ca', setup.ca, '--json'], label);
+  proc.isCounsellor = true;
   await proc.event('connected');
   return proc;
 }

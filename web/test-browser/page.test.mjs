@@ -1,7 +1,7 @@
 // The young person's page in headless Chromium against the real relay and
 // real counsellors (see harness.mjs). Run by tests/web_page.rs with
 // FLUISTER_BIN set; screenshots go to SCREENSHOT_DIR.
-import { after, before, test } from 'node:test';
+import { after, afterEach, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,6 +20,7 @@ import {
   screenshots,
   startDemo,
   stopAll,
+  stopCounsellors,
 } from './harness.mjs';
 
 let setup;
@@ -29,6 +30,10 @@ before(async () => {
   setup = await startDemo();
   browser = await launch();
 });
+
+// A test that failed half-way must not leave its counsellors signed in:
+// the next test's young person would be paired with them.
+afterEach(() => stopCounsellors());
 
 after(async () => {
   await browser?.close();
@@ -87,8 +92,12 @@ test('a chat both ways over WebTransport: queue, verified counsellor, delivered 
   shots.push(...(await screenshots(page, 'chat')));
 
   // A transfer to a colleague: the page names the new counsellor.
+  // Noor is signed in once WELCOME came, but available only once the relay
+  // has her STATUS: wait until Sam sees her so, or the transfer is refused.
   const noor = await counsellor(setup, addCounsellor(setup, 'Noor'), 'Noor');
+  await sam.event('colleague', { name: 'Noor', presence: 'available' });
   sam.say(`/transfer @${paired.chat} Noor`);
+  await sam.event('ended', { reason: 'transferred' });
   await page.waitForFunction(() => /Noor/.test(document.querySelector('[data-verified]')?.textContent ?? ''));
   assert.match(await page.textContent('[data-verified]'), /Je praat nu met Noor, geverifieerd door Fluister demo/);
   await noor.event('ready');
