@@ -80,6 +80,7 @@ async fn messages_are_confirmed_end_to_end_in_both_directions() {
                 id: 1,
                 chat: Some(1),
             } => seen.push("delivered"),
+            ChatEvent::Said { id: 1, .. } => seen.push("said"),
             ChatEvent::Message { .. }
             | ChatEvent::QueueStats { .. }
             | ChatEvent::Status { .. }
@@ -87,7 +88,7 @@ async fn messages_are_confirmed_end_to_end_in_both_directions() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(seen, vec!["sent", "delivered"]);
+    assert_eq!(seen, vec!["said", "sent", "delivered"]);
     relay.shutdown().await;
 }
 

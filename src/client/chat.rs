@@ -187,6 +187,10 @@ pub enum ChatEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<u32>,
     },
+    /// Counsellor: the text just typed for chat `chat` is message `id`
+    /// (for the console, which shows it; `--json` leaves it out, as the
+    /// terminal already shows what was typed).
+    Said { id: u64, chat: u32, text: String },
     /// Our message `id` left for the relay.
     Sent {
         id: u64,
@@ -303,6 +307,7 @@ impl ChatEvent {
         let at = |chat: &Option<u32>| chat.map(|c| format!("[@{c}] ")).unwrap_or_default();
         match self {
             ChatEvent::Connected { .. } => "Connected to the relay.".into(),
+            ChatEvent::Said { chat, text, .. } => format!("[@{chat}] you: {text}"),
             ChatEvent::Queued {
                 position,
                 estimated_wait_secs,

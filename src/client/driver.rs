@@ -89,7 +89,7 @@ pub async fn run_client(
     relay: RelayStream,
     org: OrgPublicKey,
     request: ClientRequest,
-    input: mpsc::Receiver<String>,
+    input: mpsc::Receiver<impl Into<Input> + Send>,
     events: mpsc::Sender<ChatEvent>,
 ) -> Result<(), ClientError> {
     let wish = Wish {
@@ -107,7 +107,7 @@ pub async fn run_counsellor(
     relay: RelayStream,
     keys: CounsellorKeys,
     settings: CounsellorSettings,
-    input: mpsc::Receiver<String>,
+    input: mpsc::Receiver<impl Into<Input> + Send>,
     events: mpsc::Sender<ChatEvent>,
 ) -> Result<(), ClientError> {
     let preferences = Preferences {
@@ -129,27 +129,27 @@ pub async fn run_counsellor(
 }
 
 /// The driver's side of the world.
-struct Io {
+struct Io<I> {
     relay: Option<RelayStream>,
     reconnect: Option<Reconnect>,
     /// Which of the relay addresses the next connection tries.
     next_address: usize,
     quick_exit: Option<watch::Receiver<bool>>,
-    input: mpsc::Receiver<String>,
+    input: mpsc::Receiver<I>,
     input_open: bool,
     events: mpsc::Sender<ChatEvent>,
     proofs_tx: mpsc::Sender<(u64, [u8; 8])>,
     proofs: mpsc::Receiver<(u64, [u8; 8])>,
 }
 
-impl Io {
+impl<I: Into<Input>> Io<I> {
     fn new(
         relay: RelayStream,
         reconnect: Option<Reconnect>,
         quick_exit: Option<watch::Receiver<bool>>,
-        input: mpsc::Receiver<String>,
+        input: mpsc::Receiver<I>,
         events: mpsc::Sender<ChatEvent>,
-    ) -> Io {
+    ) -> Io<I> {
         let (proofs_tx, proofs) = mpsc::channel(4);
         Io {
             relay: Some(relay),
@@ -170,7 +170,7 @@ impl Io {
             if let Some(outcome) = machine.take_outcome() {
                 // Lines typed but not read yet: the machine reports them.
                 while let Ok(line) = self.input.try_recv() {
-                    machine.handle_input(Instant::now(), Input::Line(line));
+                    machine.handle_input(Instant::now(), line.into());
                 }
                 self.transmit(&mut machine).await;
                 self.show(&mut machine).await;
@@ -213,7 +213,7 @@ impl Io {
                     machine.handle_link(now, LinkEvent::Down(e));
                 }
                 Woke::Timeout => machine.handle_timeout(now),
-                Woke::Input(Some(line)) => machine.handle_input(now, Input::Line(line)),
+                Woke::Input(Some(line)) => machine.handle_input(now, line.into()),
                 Woke::Input(None) => {
                     self.input_open = false;
                     machine.handle_input(now, Input::EndOfInput);
@@ -315,10 +315,10 @@ impl Io {
 }
 
 /// What woke the driver.
-enum Woke {
+enum Woke<I> {
     Relay(Result<Option<Frame>, ClientError>),
     Timeout,
-    Input(Option<String>),
+    Input(Option<I>),
     Proof(u64, [u8; 8]),
     QuickExit,
 }

@@ -290,6 +290,7 @@ pub fn is_bookkeeping(e: &ChatEvent) -> bool {
         ChatEvent::Status { .. }
             | ChatEvent::QueueStats { .. }
             | ChatEvent::Colleague { .. }
+            | ChatEvent::Said { .. }
             | ChatEvent::Sent { .. }
             | ChatEvent::Delivered { .. }
             | ChatEvent::Ready { .. }

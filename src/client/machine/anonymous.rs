@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::conversation::{Conversation, Refused};
+use super::counsellor::Command;
 use super::link::{ENDING_WAIT, Greeting, Link, Start, Verdict};
 use super::{Input, LinkEvent, Machine, Transmit};
 use crate::client::ClientError;
@@ -671,6 +672,8 @@ impl Machine for Anonymous {
     fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Line(line) => self.typed(now, line),
+            Input::Command(Command::Say(None, text)) => self.typed(now, text),
+            Input::Command(_) => self.link.error("only messages can be sent here"),
             Input::EndOfInput => self.input_done = true,
             Input::QuickExit => self.quick_exit(),
         }

@@ -739,7 +739,16 @@ impl Counsellor {
             return;
         };
         match conversation.queue(id, text) {
-            Ok(()) => conversation.flush(now, &mut self.link),
+            Ok(()) => {
+                // For a frontend that shows what was sent: which id the
+                // text got.
+                self.link.emit(ChatEvent::Said {
+                    id,
+                    chat: n,
+                    text: text.to_owned(),
+                });
+                conversation.flush(now, &mut self.link)
+            }
             Err(refused) => {
                 self.link
                     .emit(ChatEvent::NotDelivered { id, chat: Some(n) });
@@ -769,6 +778,7 @@ impl Machine for Counsellor {
         }
         match input {
             Input::Line(line) => self.line(now, &line),
+            Input::Command(command) => self.command(now, command),
             Input::EndOfInput => {
                 // Sign out: no new chats from now on; every chat ends once
                 // what was sent in it is confirmed.

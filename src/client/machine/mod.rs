@@ -4,8 +4,8 @@
 //!
 //! A machine takes what happens as calls: [`Machine::handle_link`] (a new
 //! connection, a frame from the relay, the connection lost),
-//! [`Machine::handle_input`] (a line typed, the end of input, a quick
-//! exit), [`Machine::handle_proof`] (a proof of work solved) and
+//! [`Machine::handle_input`] (a line typed, a command, the end of input,
+//! a quick exit), [`Machine::handle_proof`] (a proof of work solved) and
 //! [`Machine::handle_timeout`], each with the time `now`. What it wants
 //! done comes out of [`Machine::poll_transmit`] (frames to send, a new
 //! connection, leave), what the user should see out of
@@ -47,10 +47,19 @@ pub enum LinkEvent {
 pub enum Input {
     /// A line: a message, or (counsellors) a command.
     Line(String),
+    /// A command from a richer frontend (the counsellor's console), already
+    /// parsed; a message in it may span several lines.
+    Command(counsellor::Command),
     /// Input ended: leave once what was sent is confirmed.
     EndOfInput,
     /// Leave at once.
     QuickExit,
+}
+
+impl From<String> for Input {
+    fn from(line: String) -> Input {
+        Input::Line(line)
+    }
 }
 
 /// What a machine asks its driver to do, in order.

@@ -301,7 +301,7 @@ pub async fn surge(
                 bind: None,
             })
             .await?;
-            let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+            let (input_tx, input_rx) = tokio::sync::mpsc::channel::<String>(4);
             let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
             let role = tokio::spawn(chat::run_client(
                 stream,
@@ -491,7 +491,7 @@ pub(super) async fn attack(
         bind: Some(SocketAddr::from(([127, 0, 0, 3], 0))),
     })
     .await?;
-    let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<String>(4);
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
     let role = tokio::spawn(chat::run_client(
         stream,
