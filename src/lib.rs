@@ -2,7 +2,8 @@
 //! people and the counsellors of a helpline.
 //!
 //! Layers, from the wire inwards: [`relay`] (the tokio/quinn shell) and
-//! [`client`] (both chat roles over QUIC) move bytes; [`core`] decides, with
+//! [`client`] (both chat roles over QUIC) move bytes, and [`console`]
+//! puts the counsellor's client behind a web UI on loopback; [`core`] decides, with
 //! no I/O; [`crypto`] makes sure only the two ends can read a chat. `core`
 //! and `crypto` are the `fluister-proto` crate in `proto/`, next to the
 //! spec, re-exported here: a crate without tokio, quinn or a clock.
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod files;
 pub mod org;
 pub mod relay;

@@ -327,16 +327,45 @@ fn the_demo_prints_commands_that_work() {
         "127.0.0.1:0",
     ]);
     let mut counsellor_cmd = None;
+    let mut console_cmd = None;
     let mut chat_cmd = None;
-    while counsellor_cmd.is_none() || chat_cmd.is_none() {
+    while counsellor_cmd.is_none() || chat_cmd.is_none() || console_cmd.is_none() {
         let line = demo.line();
         let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         match words.get(1).map(String::as_str) {
             Some("counsellor") if words[0].ends_with("fluister") => counsellor_cmd = Some(words),
+            Some("console") if words[0].ends_with("fluister") => console_cmd = Some(words),
             Some("chat") if words[0].ends_with("fluister") => chat_cmd = Some(words),
             _ => {}
         }
     }
+    // The console's command signs in and prints a link that opens it.
+    let mut console_args = console_cmd.unwrap();
+    console_args.remove(0);
+    let console = spawn(&console_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let link = loop {
+        let line = console.line();
+        if let Some(link) = line.trim().strip_prefix("http://") {
+            break link.to_owned();
+        }
+    };
+    let (host, query) = link.split_once('/').unwrap();
+    let mut http = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        http,
+        "GET /{query} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut http, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    // SIGTERM signs it out (a killed one would stay signed in until the
+    // relay's idle timeout, and could be given the young person below).
+    let mut console = console;
+    let _ = Command::new("kill")
+        .arg(console.child.id().to_string())
+        .status();
+    console.wait_success();
     let with_json = |mut w: Vec<String>| {
         w.remove(0);
         w.push("--json".into());

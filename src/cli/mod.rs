@@ -77,18 +77,39 @@ enum Command {
         /// Counsellor identity file from `fluister org add-counsellor`.
         #[arg(long, value_name = "FILE")]
         identity: PathBuf,
-        /// How many chats to take at once.
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
-        capacity: u8,
-        /// Topic ids to serve, comma-separated (default: all).
-        #[arg(long, value_name = "IDS", value_delimiter = ',')]
-        topics: Option<Vec<u16>>,
-        /// Languages to serve, comma-separated (default: all the relay offers).
-        #[arg(long, value_name = "CODES", value_delimiter = ',')]
-        languages: Option<Vec<String>>,
-        /// Sign in as away (take no chats until "/available").
+        #[command(flatten)]
+        taking: Taking,
+    },
+    /// Sign in as a counsellor and work in the browser: serves the
+    /// counsellor's console on loopback and prints a one-time link to it.
+    Console {
+        /// Relay address.
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: String,
+        /// PEM certificate to trust for the relay (default: the public web PKI).
+        #[arg(long, value_name = "CERT")]
+        ca: Option<PathBuf>,
+        /// Seconds to wait for the relay to answer.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        connect_timeout: u64,
+        /// Counsellor identity file from `fluister org add-counsellor`.
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        #[command(flatten)]
+        taking: Taking,
+        /// Where the console's web UI listens (port 0: any free port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Listen on an address beyond loopback: anyone who can reach it and
+        /// gets the link can read and write your chats, unencrypted.
         #[arg(long)]
-        away: bool,
+        risk_plaintext_on_network: bool,
+        /// Canned replies, one per line (default: replies.txt beside the identity file).
+        #[arg(long, value_name = "FILE")]
+        replies: Option<PathBuf>,
+        /// Open the link in the desktop's browser.
+        #[arg(long)]
+        open: bool,
     },
     /// Chat anonymously with a counsellor (one line = one message; end of input ends the chat).
     Chat {
@@ -104,6 +125,36 @@ enum Command {
         #[arg(long, value_name = "CODE")]
         language: Option<String>,
     },
+}
+
+/// What a counsellor takes.
+#[derive(Args)]
+struct Taking {
+    /// How many chats to take at once.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    capacity: u8,
+    /// Topic ids to serve, comma-separated (default: all).
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    topics: Option<Vec<u16>>,
+    /// Languages to serve, comma-separated (default: all the relay offers).
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    languages: Option<Vec<String>>,
+    /// Sign in as away (take no chats until "/available", or the console's switch).
+    #[arg(long)]
+    away: bool,
+}
+
+impl Taking {
+    fn settings(self, options: &ConnectOptions) -> chat::CounsellorSettings {
+        chat::CounsellorSettings {
+            reconnect: Some(reconnect(options)),
+            available: !self.away,
+            capacity: self.capacity,
+            topics: self.topics,
+            languages: self.languages,
+            quick_exit: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -432,24 +483,15 @@ async fn run(command: Command) -> CliResult {
         Command::Counsellor {
             conn,
             identity,
-            capacity,
-            topics,
-            languages,
-            away,
+            taking,
         } => {
             let identity = org::Identity::load(&identity)?;
             let credential = identity.relay_credential()?;
             let json = conn.json;
             let options = connect_options(&conn, Some(credential))?;
             let (quick_exit, exit_rx) = tokio::sync::watch::channel(false);
-            let settings = chat::CounsellorSettings {
-                reconnect: Some(reconnect(&options)),
-                available: !away,
-                capacity,
-                topics,
-                languages,
-                quick_exit: Some(exit_rx),
-            };
+            let mut settings = taking.settings(&options);
+            settings.quick_exit = Some(exit_rx);
             let stream = client::connect(options).await?;
             if !json {
                 println!(
@@ -461,6 +503,44 @@ async fn run(command: Command) -> CliResult {
                 chat::run_counsellor(stream, identity.keys, settings, input, events)
             })
             .await
+        }
+        Command::Console {
+            relay,
+            ca,
+            connect_timeout,
+            identity: identity_file,
+            taking,
+            listen,
+            risk_plaintext_on_network,
+            replies,
+            open,
+        } => {
+            let identity = org::Identity::load(&identity_file)?;
+            let credential = identity.relay_credential()?;
+            let conn = ConnArgs {
+                relay,
+                ca,
+                json: false,
+                connect_timeout,
+            };
+            let options = connect_options(&conn, Some(credential))?;
+            let settings = taking.settings(&options);
+            let replies = replies.unwrap_or_else(|| {
+                identity_file
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("replies.txt")
+            });
+            let console = crate::console::ConsoleOptions {
+                listen,
+                beyond_loopback: risk_plaintext_on_network,
+                replies,
+                open,
+            };
+            let prepared = crate::console::prepare(console).await?;
+            let stream = client::connect(options).await?;
+            let pseudonym = identity.pseudonym.to_string();
+            crate::console::run(prepared, stream, identity.keys, pseudonym, settings).await
         }
         Command::Chat {
             conn,
@@ -560,6 +640,10 @@ where
     let printer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Some(event) = event_rx.recv().await {
+            // The terminal already shows what was typed.
+            if matches!(event, ChatEvent::Said { .. }) {
+                continue;
+            }
             let line = if json {
                 event.to_json()
             } else {
@@ -579,7 +663,7 @@ where
     result.map_err(Into::into)
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -648,7 +732,15 @@ async fn demo(
         dir.path().display()
     );
     println!();
-    println!("Join as the counsellor (in a second terminal):");
+    println!(
+        "Join as the counsellor, in your browser (in a second terminal; it prints a link to open):"
+    );
+    println!(
+        "  {exe} console --relay {addr} --identity {} --ca {}",
+        identity.display(),
+        ca.display()
+    );
+    println!("or in the terminal:");
     println!(
         "  {exe} counsellor --relay {addr} --identity {} --ca {}",
         identity.display(),
