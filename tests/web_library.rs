@@ -203,16 +203,18 @@ fn the_built_page_in_dist_matches_its_sources() {
     }
 }
 
-/// The young person's page in headless Chromium (Debian's `chromium`,
-/// driven by playwright-core) against `fluister demo` and real
-/// counsellors: WebTransport, WebSocket, a cut connection, a transfer,
-/// quick exit, closed hours, axe-core on every screen, and screenshots in
-/// `target/screenshots/` (web/test-browser/).
+/// The young person's page and the counsellor's console in headless
+/// Chromium (Debian's `chromium`, driven by playwright-core) against
+/// `fluister demo`, real counsellors and real consoles: WebTransport,
+/// WebSocket, a cut connection, transfers, quick exit, closed hours; the
+/// console's chats, marks, routing, end-and-block and guard; axe-core on
+/// every screen, and screenshots in `target/screenshots/`
+/// (web/test-browser/).
 #[test]
-fn the_page_works_in_chromium() {
+fn the_page_and_the_console_work_in_chromium() {
     let web = web();
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    // Bounded: the suite takes under a minute; a browser or process that
+    // Bounded: the suite takes about a minute; a browser or process that
     // hangs fails the test instead of holding the whole run.
     let out = Command::new("timeout")
         .args(["--kill-after=10", "300", "node"])

@@ -7,9 +7,11 @@ import { spawn, execFileSync } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { createSocket } from 'node:dgram';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { after, afterEach, before } from 'node:test';
 import { chromium } from 'playwright-core';
 
 const require = createRequire(import.meta.url);
@@ -114,7 +116,10 @@ export class Proc {
     if (this.child.exitCode !== null) return Promise.resolve();
     const exited = new Promise((resolve) => this.child.once('exit', resolve));
     this.child.stdin.end();
-    const term = setTimeout(() => this.child.kill('SIGTERM'), this.label.includes('relay') || this.label === 'demo' ? 0 : 5000);
+    // A console ignores the end of its input (Enter makes a new link);
+    // SIGTERM signs it out.
+    const now = this.label.includes('relay') || this.label === 'demo' || this.isConsole;
+    const term = setTimeout(() => this.child.kill('SIGTERM'), now ? 0 : 5000);
     const kill = setTimeout(() => this.child.kill('SIGKILL'), 10000);
     return exited.then(() => {
       clearTimeout(term);
@@ -140,8 +145,9 @@ export async function startDemo() {
 
 /** A second counsellor of the demo's organisation. */
 export function addCounsellor(setup, name) {
-  execFileSync(BIN, ['org', 'add-counsellor', '--dir', setup.orgDir, '--name', name, '--days', '1']);
-  return join(setup.orgDir, 'counsellors', `${name}.identity`);
+  const identity = join(setup.orgDir, 'counsellors', `${name}.identity`);
+  if (!existsSync(identity)) execFileSync(BIN, ['org', 'add-counsellor', '--dir', setup.orgDir, '--name', name, '--days', '1']);
+  return identity;
 }
 
 /** `fluister counsellor --json`, signed in. */
@@ -155,7 +161,12 @@ export async function counsellor(setup, identity = setup.identity, label = 'coun
 /** A TCP proxy to `port` whose connections can all be cut at once. */
 export async function cuttableProxy(port) {
   const sockets = new Set();
+  let holding = false;
   const server = createServer((client) => {
+    if (holding) {
+      client.destroy();
+      return;
+    }
     const upstream = tcpConnect(port, '127.0.0.1');
     for (const s of [client, upstream]) {
       sockets.add(s);
@@ -170,11 +181,57 @@ export async function cuttableProxy(port) {
     cut: () => {
       for (const s of sockets) s.destroy();
     },
+    /** Cuts every connection and refuses new ones until `release()`. */
+    hold: () => {
+      holding = true;
+      for (const s of sockets) s.destroy();
+    },
+    release: () => {
+      holding = false;
+    },
     close: () => {
       for (const s of sockets) s.destroy();
       server.close();
     },
   };
+}
+
+/**
+ * `fluister console` on a free loopback port, signed in, with the one-time
+ * link it printed. Its canned replies live in a fresh temporary folder.
+ */
+export async function startConsole(setup, identity = setup.identity, label = 'console', args = []) {
+  const port = await freePort();
+  const replies = join(mkdtempSync(join(tmpdir(), 'fluister-console-')), 'replies.txt');
+  const proc = new Proc(
+    ['console', '--relay', setup.relay, '--identity', identity, '--ca', setup.ca, '--listen', `127.0.0.1:${port}`, '--replies', replies, ...args],
+    label,
+  );
+  proc.isCounsellor = true;
+  proc.isConsole = true;
+  const link = (await proc.waitFor((l) => typeof l === 'string' && /\?token=[0-9a-f]{64}$/.test(l.trim()))).trim();
+  return { proc, link, port, origin: `http://127.0.0.1:${port}`, replies };
+}
+
+/** A console's page in a browser context of its own, signed in. */
+export async function openConsole(browser, link, viewport = { width: 1280, height: 800 }) {
+  // A Dutch helpline's counsellor: the page follows the browser's language.
+  const context = await browser.newContext({ viewport, locale: 'nl-NL' });
+  const page = await context.newPage();
+  watchErrors(page);
+  await page.goto(link);
+  await page.waitForSelector('[data-link][data-state="online"]');
+  return { context, page };
+}
+
+/** Collects the page's errors, and CSP refusals, in `page.errors`. */
+function watchErrors(page) {
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  page.on('console', (m) => {
+    if (process.env.DEBUG_PAGE) console.error('page:', m.type(), m.text());
+    if (m.type() === 'error' && /Content.Security.Policy|Refused/i.test(m.text())) page.errors.push(m.text());
+  });
 }
 
 /** Headless Chromium as the machine has it; QUIC left on for WebTransport. */
@@ -191,12 +248,7 @@ export async function newPage(browser, exitUrl = 'https://www.google.com/') {
   const context = await browser.newContext({ viewport: { width: 360, height: 740 } });
   await context.route(`${exitUrl}**`, (route) => route.fulfill({ contentType: 'text/html', body: '<title>exit</title><p>elsewhere</p>' }));
   const page = await context.newPage();
-  page.errors = [];
-  page.on('pageerror', (e) => page.errors.push(e.message));
-  page.on('console', (m) => {
-    if (process.env.DEBUG_PAGE) console.error('page:', m.type(), m.text());
-    if (m.type() === 'error' && /Content.Security.Policy|Refused/i.test(m.text())) page.errors.push(m.text());
-  });
+  watchErrors(page);
   return { context, page };
 }
 
@@ -232,3 +284,29 @@ export async function screenshots(page, name) {
 
 /** The results each test records, printed at the end for the closing note. */
 export const report = [];
+
+/**
+ * The hooks of a test file: `fluister demo` and Chromium before its tests,
+ * every counsellor stopped after each (one that failed half-way must not
+ * stay signed in: the next test's young person would be paired with it),
+ * and at the end everything stopped and the report written to
+ * `report-NAME.json` and printed. `suite.setup` and `suite.browser` are
+ * there once the tests run.
+ */
+export function demoSuite(name) {
+  const suite = { setup: null, browser: null };
+  before(async () => {
+    suite.setup = await startDemo();
+    suite.browser = await launch();
+  });
+  afterEach(() => stopCounsellors());
+  after(async () => {
+    await suite.browser?.close();
+    await suite.setup?.demo.stop();
+    await stopAll();
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    writeFileSync(join(SCREENSHOTS, `report-${name}.json`), `${JSON.stringify(report, null, 2)}\n`);
+    for (const line of report) console.log(`# ${JSON.stringify(line)}`);
+  });
+  return suite;
+}

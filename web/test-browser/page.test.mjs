@@ -1,7 +1,7 @@
 // The young person's page in headless Chromium against the real relay and
-// real counsellors (see harness.mjs). Run by tests/web_page.rs with
+// real counsellors (see harness.mjs). Run by tests/web_library.rs with
 // FLUISTER_BIN set; screenshots go to SCREENSHOT_DIR.
-import { after, afterEach, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,35 +13,14 @@ import {
   counsellor,
   cuttableProxy,
   freePort,
-  launch,
   newPage,
   report,
   screen,
   screenshots,
-  startDemo,
-  stopAll,
-  stopCounsellors,
+  demoSuite,
 } from './harness.mjs';
 
-let setup;
-let browser;
-
-before(async () => {
-  setup = await startDemo();
-  browser = await launch();
-});
-
-// A test that failed half-way must not leave its counsellors signed in:
-// the next test's young person would be paired with them.
-afterEach(() => stopCounsellors());
-
-after(async () => {
-  await browser?.close();
-  await setup?.demo.stop();
-  await stopAll();
-  writeFileSync(join(SCREENSHOTS, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
-  for (const line of report) console.log(`# ${JSON.stringify(line)}`);
-});
+const suite = demoSuite('page');
 
 /** Types a line on the page and sends it. */
 async function type(page, text) {
@@ -55,11 +34,11 @@ function mark(page, n) {
 }
 
 test('a chat both ways over WebTransport: queue, verified counsellor, delivered marks, a transfer, quick exit', async () => {
-  const sam = await counsellor(setup, setup.identity, 'Demo counsellor');
+  const sam = await counsellor(suite.setup, suite.setup.identity, 'Demo counsellor');
   sam.say('/away');
   await sam.event('status', { available: false });
-  const { context, page } = await newPage(browser);
-  await page.goto(setup.pageUrl);
+  const { context, page } = await newPage(suite.browser);
+  await page.goto(suite.setup.pageUrl);
   await screen(page, 'choose');
   const axe = { choose: await axeViolations(page) };
   const shots = await screenshots(page, 'choose');
@@ -94,7 +73,7 @@ test('a chat both ways over WebTransport: queue, verified counsellor, delivered 
   // A transfer to a colleague: the page names the new counsellor.
   // Noor is signed in once WELCOME came, but available only once the relay
   // has her STATUS: wait until Sam sees her so, or the transfer is refused.
-  const noor = await counsellor(setup, addCounsellor(setup, 'Noor'), 'Noor');
+  const noor = await counsellor(suite.setup, addCounsellor(suite.setup, 'Noor'), 'Noor');
   await sam.event('colleague', { name: 'Noor', presence: 'available' });
   sam.say(`/transfer @${paired.chat} Noor`);
   await sam.event('ended', { reason: 'transferred' });
@@ -111,7 +90,7 @@ test('a chat both ways over WebTransport: queue, verified counsellor, delivered 
   await page.waitForURL('https://www.google.com/**');
   await noor.event('ended');
   const storage = await context.newPage();
-  await storage.goto(setup.pageUrl);
+  await storage.goto(suite.setup.pageUrl);
   const left = await storage.evaluate(async () => ({
     local: localStorage.length,
     session: sessionStorage.length,
@@ -133,9 +112,9 @@ test('a chat both ways over WebTransport: queue, verified counsellor, delivered 
 });
 
 test('the same chat over WebSocket, and a cut connection resumes with nothing lost', async () => {
-  const sam = await counsellor(setup, setup.identity, 'Demo counsellor');
-  const proxy = await cuttableProxy(setup.pagePort);
-  const { context, page } = await newPage(browser);
+  const sam = await counsellor(suite.setup, suite.setup.identity, 'Demo counsellor');
+  const proxy = await cuttableProxy(suite.setup.pagePort);
+  const { context, page } = await newPage(suite.browser);
   await page.goto(`http://127.0.0.1:${proxy.port}/?transport=websocket`);
   await screen(page, 'choose');
   await page.click('[data-choose-form] button[type=submit]');
@@ -202,10 +181,10 @@ test('outside opening hours the page says when the chat opens', async () => {
     `date = "${day(tomorrow)}"`,
     'open = ["09:00-17:00"]',
   ].join('\n');
-  const path = join(setup.orgDir, 'closed.toml');
+  const path = join(suite.setup.orgDir, 'closed.toml');
   writeFileSync(path, `${config}\n`);
   const relay = new Proc(['relay', '--config', path], 'closed relay');
-  const { context, page } = await newPage(browser);
+  const { context, page } = await newPage(suite.browser);
   for (let i = 0; ; i++) {
     try {
       await page.goto(`http://127.0.0.1:${pagePort}/`);
