@@ -15,10 +15,12 @@
  * be turned off), the page title and the favicon.
  *
  * It keeps nothing: no cookies of its own, no Web Storage, no IndexedDB,
- * no caches. A reload rebuilds everything from the console's replay.
+ * no caches. A reload rebuilds everything from the console's replay. An
+ * ended chat stays on screen until it is closed, or two minutes at most,
+ * so that its last lines can be read; then its text is gone.
  */
 
-import { apply, attention, close, elapsed, emptyModel, look, transferTargets } from './model.js';
+import { apply, attention, close, closeExpired, elapsed, emptyModel, look, transferTargets } from './model.js';
 
 /** @typedef {import('./model.js').Chat} Chat */
 
@@ -397,7 +399,10 @@ function updatePanel(/** @type {HTMLElement} */ panel, /** @type {Chat} */ chat)
   away.hidden = !chat.peerAway;
   away.textContent = chat.peerAway ? t('peer_away') : '';
   let info = '';
-  if (chat.ended) info = ui.texts[`ended_${chat.ended}`] ? t(`ended_${chat.ended}`) : t('ended_other', { reason: chat.ended });
+  if (chat.ended) {
+    info = ui.texts[`ended_${chat.ended}`] ? t(`ended_${chat.ended}`) : t('ended_other', { reason: chat.ended });
+    info += ` ${t('ended_closes')}`;
+  }
   else if (chat.notice) info = ui.texts[chat.notice.key] ? t(chat.notice.key) : t('refused_other', chat.notice.fields ?? {});
   else if (!chat.ready) info = t('waiting_handshake');
   else if (chat.back) info = t('peer_back');
@@ -614,8 +619,9 @@ function wire() {
       render();
     }
   });
-  // The running time of each chat.
+  // The running time of each chat; an ended chat goes after two minutes.
   setInterval(() => {
+    if (closeExpired(ui.model, Date.now())) render();
     for (const [n, panel] of ui.panels) {
       const chat = ui.model.chats.get(n);
       if (chat && !chat.ended) $('[data-elapsed]', panel).textContent = t('running_for', { time: elapsed(Date.now() - chat.startedAt) });

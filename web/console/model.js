@@ -15,7 +15,7 @@
 /**
  * @typedef {{ id: number, mine: boolean, text: string, status?: string }} Line
  * @typedef {{ chat: number, topic?: number, language?: string, startedAt: number, ready: boolean,
- *   lines: Line[], unread: number, peerAway: boolean, back?: boolean, ended?: string, notice?: { key: string, fields?: Record<string, string> } }} Chat
+ *   lines: Line[], unread: number, peerAway: boolean, back?: boolean, ended?: string, endedAt?: number, notice?: { key: string, fields?: Record<string, string> } }} Chat
  */
 
 /** A fresh model: nothing known yet. */
@@ -145,6 +145,7 @@ export function apply(model, event, now, inView = () => false) {
     case 'ended':
       if (chat) {
         chat.ended = event.reason;
+        chat.endedAt = at;
         chat.peerAway = false;
         for (const line of chat.lines) if (line.mine && line.status !== 'delivered') line.status = 'not_delivered';
       }
@@ -175,6 +176,21 @@ export function look(/** @type {Model} */ model, /** @type {number} */ n) {
   model.unseen.delete(n);
   const chat = model.chats.get(n);
   if (chat) chat.unread = 0;
+}
+
+/** How long an ended chat stays on screen, for its last lines to be read. */
+export const ENDED_KEPT_MS = 120_000;
+
+/** Closes the ended chats shown for longer than {@link ENDED_KEPT_MS}. */
+export function closeExpired(/** @type {Model} */ model, /** @type {number} */ now) {
+  let closed = false;
+  for (const chat of [...model.chats.values()]) {
+    if (chat.ended && chat.endedAt !== undefined && now - chat.endedAt >= ENDED_KEPT_MS) {
+      close(model, chat.chat);
+      closed = true;
+    }
+  }
+  return closed;
 }
 
 /** Closes an ended chat's panel; what it showed is gone. */

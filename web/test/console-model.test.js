@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { apply, attention, close, elapsed, emptyModel, look, transferTargets } from '../console/model.js';
+import { ENDED_KEPT_MS, apply, attention, close, closeExpired, elapsed, emptyModel, look, transferTargets } from '../console/model.js';
 
 const T0 = 1_000_000;
 
@@ -66,6 +66,13 @@ test('own messages carry their marks from said to delivered, never back, and not
   ]);
   assert.equal(model.chats.get(1).ended, 'peer_ended');
   close(model, 1);
+  assert.equal(model.chats.size, 0);
+  // Not closed by hand: gone after ENDED_KEPT_MS all the same.
+  apply(model, { event: 'paired', chat: 2 }, T0);
+  apply(model, { event: 'ended', chat: 2, reason: 'you_ended' }, T0);
+  assert.equal(closeExpired(model, T0 + ENDED_KEPT_MS - 1), false);
+  assert.equal(model.chats.size, 1);
+  assert.equal(closeExpired(model, T0 + ENDED_KEPT_MS), true);
   assert.equal(model.chats.size, 0);
 });
 
