@@ -56,8 +56,12 @@ pub struct ConsoleOptions {
 /// What the page and the client share.
 pub(crate) struct Hub {
     pub board: Board,
-    /// The one live connection, if a page is open.
-    pub live: Option<mpsc::Sender<String>>,
+    /// The one live connection, if a page is open, by its number.
+    pub live: Option<(u64, mpsc::Sender<String>)>,
+    /// Live connections opened so far.
+    pub lives_opened: u64,
+    /// Links made so far: a new one ends the session of the last.
+    pub links_made: u64,
     /// The client's input; dropped to sign out.
     pub input: Option<mpsc::Sender<Input>>,
     pub pseudonym: String,
@@ -71,11 +75,20 @@ impl Hub {
     /// Sends one line to the open page, if any. A page that does not keep
     /// up is let go; it reconnects and gets the board replayed.
     pub fn tell(&mut self, line: String) {
-        if let Some(live) = &self.live
+        if let Some((_, live)) = &self.live
             && live.try_send(line).is_err()
         {
             self.live = None;
         }
+    }
+
+    /// Why live connection `number`, opened after `links_made` links, was
+    /// let go: `true` if it was replaced (by another page or a new link)
+    /// and must stop; `false` if it fell behind or the console stopped.
+    pub fn replaced(&self, number: u64, links_made: u64) -> bool {
+        !self.finished
+            && (self.links_made != links_made
+                || self.live.as_ref().is_some_and(|(n, _)| *n != number))
     }
 }
 
@@ -134,6 +147,8 @@ pub async fn run(
     let hub: Shared = Arc::new(Mutex::new(Hub {
         board: Board::default(),
         live: None,
+        lives_opened: 0,
+        links_made: 1,
         input: Some(input_tx),
         pseudonym: pseudonym.clone(),
         replies,
@@ -199,7 +214,10 @@ async fn new_links_on_enter(guard: Arc<Mutex<Guard>>, hub: Shared) {
     while let Ok(Some(_)) = lines.next_line().await {
         let link = guard.lock().unwrap_or_else(|e| e.into_inner()).new_link();
         // The page open now belongs to the old link.
-        lock(&hub).live = None;
+        let mut hub = lock(&hub);
+        hub.links_made += 1;
+        hub.live = None;
+        drop(hub);
         println!("A new link (the old one and its page no longer work):");
         println!("  {link}");
     }
@@ -237,5 +255,47 @@ fn open_in_browser(link: &str) {
         .is_err()
     {
         eprintln!("Could not start a browser ({opener}); open the link by hand.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub {
+            board: Board::default(),
+            live: None,
+            lives_opened: 0,
+            links_made: 1,
+            input: None,
+            pseudonym: "Sam".into(),
+            replies: Vec::new(),
+            replies_path: PathBuf::from("replies.txt"),
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn a_page_that_falls_behind_reconnects_and_a_replaced_one_stops() {
+        let mut hub = hub();
+        let (tx, _rx) = mpsc::channel(1);
+        hub.live = Some((1, tx));
+        hub.tell("one".into());
+        // The queue is full: let go, but not replaced.
+        hub.tell("two".into());
+        assert!(hub.live.is_none());
+        assert!(!hub.replaced(1, 1));
+        // Another page took over.
+        let (tx, _rx2) = mpsc::channel(1);
+        hub.live = Some((2, tx));
+        assert!(hub.replaced(1, 1) && !hub.replaced(2, 1));
+        // A new link ends every page of the last one.
+        hub.links_made = 2;
+        hub.live = None;
+        assert!(hub.replaced(2, 1));
+        // Stopped: nothing is replaced any more.
+        hub.finished = true;
+        assert!(!hub.replaced(2, 1));
     }
 }

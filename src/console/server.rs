@@ -212,10 +212,12 @@ fn console_error(message: &str) -> String {
 /// commands the other way.
 async fn live(mut socket: WebSocket, hub: Shared) {
     let (tx, mut rx) = mpsc::channel::<String>(LIVE_QUEUE);
-    let opening = {
+    let (number, links_made, opening) = {
         let mut hub = lock(&hub);
         // The page open until now is let go (its sender dropped).
-        hub.live = Some(tx);
+        hub.lives_opened += 1;
+        let number = hub.lives_opened;
+        hub.live = Some((number, tx));
         let mut lines = vec![
             json!({
                 "event": "console",
@@ -229,7 +231,7 @@ async fn live(mut socket: WebSocket, hub: Shared) {
         if hub.finished {
             lines.push(signed_out_line());
         }
-        lines
+        (number, hub.links_made, lines)
     };
     for line in opening {
         if socket.send(Message::Text(line.into())).await.is_err() {
@@ -245,10 +247,10 @@ async fn live(mut socket: WebSocket, hub: Shared) {
                     }
                 }
                 None => {
-                    // Another page took over, a new link was made, or the
-                    // console stopped.
-                    let finished = lock(&hub).finished;
-                    if !finished {
+                    // Another page took over or a new link was made (the
+                    // page stops), the page fell behind (it reconnects and
+                    // gets the board replayed), or the console stopped.
+                    if lock(&hub).replaced(number, links_made) {
                         let replaced = json!({"event": "replaced", "v": EVENTS_VERSION}).to_string();
                         let _ = socket.send(Message::Text(replaced.into())).await;
                     }
