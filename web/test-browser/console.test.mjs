@@ -113,6 +113,8 @@ test('a young person and the console chat both ways, with unread and delivered m
   await console_.waitForSelector('[data-replies] button >> text=Tweede antwoord');
   assert.match(readFileSync(sam.replies, 'utf8'), /^Eerste antwoord\nTweede antwoord$/m);
 
+  axe.chat = await axeViolations(console_);
+
   // The young person's connection goes away: the console warns, and says
   // when it is back.
   await young.proxy.hold();
