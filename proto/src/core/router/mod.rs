@@ -60,6 +60,7 @@
 //! END(TRANSFERRED) and is back at its place, a counsellor hears
 //! END(PEER_DISCONNECTED).
 
+pub mod lease;
 #[cfg(any(test, feature = "test-support"))]
 mod linked;
 
