@@ -70,6 +70,11 @@ pub struct Offer {
     pub available: bool,
     pub load: usize,
     pub capacity: usize,
+    /// How many of the router's pairings with this counsellor its relay
+    /// had taken in (started, or refused) when it made this offer. A
+    /// router that made more counts the rest into `load`: they are on
+    /// their way, and the relay's `load` does not show them yet.
+    pub pairings_seen: u64,
     /// Empty = every topic.
     pub topics: Vec<TopicId>,
     /// Empty = every language.
@@ -201,6 +206,8 @@ pub struct LocalQueue {
     counsellors: BTreeMap<u64, (ConnId, Offer, Option<Instant>)>,
     signed_in: HashMap<ConnId, u64>,
     sign_ins: u64,
+    /// Pairings made with each counsellor, for [`Offer::pairings_seen`].
+    pairings_made: HashMap<ConnId, u64>,
     with_room: usize,
     serving: Serving,
 }
@@ -223,6 +230,7 @@ impl LocalQueue {
             counsellors: BTreeMap::new(),
             signed_in: HashMap::new(),
             sign_ins: 0,
+            pairings_made: HashMap::new(),
             with_room: 0,
             serving: Serving::default(),
         }
@@ -353,7 +361,13 @@ impl PairingBackend for LocalQueue {
         Some(request)
     }
 
-    fn offer(&mut self, counsellor: ConnId, offer: Offer) {
+    fn offer(&mut self, counsellor: ConnId, mut offer: Offer) {
+        // Pairings made since the relay's count are on their way to it.
+        let made = self.pairings_made.get(&counsellor).copied().unwrap_or(0);
+        let in_flight = made.saturating_sub(offer.pairings_seen);
+        offer.load = offer
+            .load
+            .saturating_add(usize::try_from(in_flight).unwrap_or(usize::MAX));
         let key = match self.signed_in.get(&counsellor) {
             Some(key) => *key,
             None => {
@@ -385,6 +399,7 @@ impl PairingBackend for LocalQueue {
     }
 
     fn remove_counsellor(&mut self, counsellor: ConnId) {
+        self.pairings_made.remove(&counsellor);
         let Some(key) = self.signed_in.remove(&counsellor) else {
             return;
         };
@@ -432,6 +447,7 @@ impl PairingBackend for LocalQueue {
         entry.1.load += 1;
         entry.2 = Some(now);
         let (counsellor, after) = (entry.0, entry.1.clone());
+        *self.pairings_made.entry(counsellor).or_default() += 1;
         self.recount_room(Some(&before), Some(&after));
         Some((client, counsellor))
     }
@@ -492,6 +508,7 @@ mod tests {
 
     fn offer(load: usize, capacity: usize, topics: &[u16], languages: &[&str]) -> Offer {
         Offer {
+            pairings_seen: 0,
             available: true,
             load,
             capacity,

@@ -15,9 +15,15 @@ impl Relay {
     ) -> Result<(), CloseCode> {
         let link = self.link_mut(conn, chat).map(|link| {
             // The client has its PAIRED and started the handshake: the
-            // ticket no longer leads here, and the pairing stands.
+            // ticket no longer leads here, and the pairing stands, unless
+            // a counsellor's relay elsewhere refuses its half: until that
+            // side answers, the place is kept for that.
             link.handshake_due = None;
-            (link.peer, link.unconfirmed.take())
+            let unconfirmed = link.unconfirmed.take();
+            if let (Peer::Remote(_), Some(u)) = (&link.peer, &unconfirmed) {
+                link.place_if_refused = Some(u.request);
+            }
+            (link.peer, unconfirmed)
         });
         if let Some((_, Some(u))) = link {
             self.index.unconfirmed_live.remove(&u.ticket);
@@ -371,6 +377,7 @@ impl Relay {
                 now.mono,
             ),
             handshake_due: None,
+            place_if_refused: None,
             route: None,
         }
     }
@@ -385,6 +392,7 @@ impl Relay {
             return;
         };
         let offer = Offer {
+            pairings_seen: s.pairings_seen,
             available: s.available,
             load: c.links.len(),
             capacity: s.capacity,

@@ -490,6 +490,7 @@ impl Relay {
                 c.state = State::Counsellor(CounsellorState {
                     available: false,
                     capacity: 1,
+                    pairings_seen: 0,
                     topics: Vec::new(),
                     languages: Vec::new(),
                     last_stats: None,

@@ -245,6 +245,11 @@ struct Link {
     /// A client's side until its handshake message 1: when the pairing is
     /// undone if that message has not come.
     handshake_due: Option<Instant>,
+    /// A young person's side whose counsellor is on another relay, from
+    /// its handshake message 1 until the counsellor's side first answers:
+    /// its place in the queue, should the counsellor's relay refuse its
+    /// half (no room any more: the router's view of it was late).
+    place_if_refused: Option<Request>,
     /// The route the shell was last given for this side.
     route: Option<Route>,
 }
@@ -380,6 +385,9 @@ enum ClientStage {
 struct CounsellorState {
     available: bool,
     capacity: usize,
+    /// The router's pairings with this counsellor taken in so far
+    /// ([`Offer::pairings_seen`]).
+    pairings_seen: u64,
     topics: Vec<TopicId>,
     languages: Vec<Language>,
     last_stats: Option<Vec<(Option<TopicId>, u16)>>,
@@ -786,9 +794,10 @@ mod test_support {
         }
     }
 
-    /// Two relays, A (0) and B (1), sharing one queue on one virtual clock.
+    /// Relays sharing one queue on one virtual clock: two, A (0) and B
+    /// (1), unless made with [`Cluster::with_nodes`].
     pub(in crate::core::relay) struct Cluster {
-        pub nodes: [Bench; 2],
+        pub nodes: Vec<Bench>,
     }
 
     /// A chat across two relays (see [`Cluster::chat_across`]).
@@ -809,6 +818,11 @@ mod test_support {
         }
 
         pub fn with_latency(latency: Duration) -> Cluster {
+            Cluster::with_nodes(2, latency)
+        }
+
+        /// `count` relays whose router's answers each take `latency`.
+        pub fn with_nodes(count: u16, latency: Duration) -> Cluster {
             let limits = Limits {
                 pow_min_difficulty: 0,
                 pow_max_difficulty: 0,
@@ -821,13 +835,18 @@ mod test_support {
                 Bench::with_router(limits.clone(), router, start, u64::from(n) + 1)
             };
             Cluster {
-                nodes: [node(0), node(1)],
+                nodes: (0..count).map(node).collect(),
             }
+        }
+
+        /// Nothing done yet, on any relay.
+        fn nothing(&self) -> Vec<Vec<Did>> {
+            vec![Vec::new(); self.nodes.len()]
         }
 
         /// Lets each relay act on what the other sent it, until neither
         /// has anything due; what each did.
-        pub fn settle(&mut self, mut did: [Vec<Did>; 2]) -> [Vec<Did>; 2] {
+        pub fn settle(&mut self, mut did: Vec<Vec<Did>>) -> Vec<Vec<Did>> {
             for _ in 0..32 {
                 let mut quiet = true;
                 for (n, bench) in self.nodes.iter_mut().enumerate() {
@@ -871,7 +890,7 @@ mod test_support {
             n: usize,
             counsellor: Option<&str>,
             capability: ResumeCapability,
-        ) -> (ConnId, [Vec<Did>; 2]) {
+        ) -> (ConnId, Vec<Vec<Did>>) {
             let credential = match counsellor {
                 Some(name) => Credential::Counsellor {
                     pseudonym: name.into(),
@@ -885,22 +904,22 @@ mod test_support {
             (conn, self.send(n, conn, Frame::Resume { capability }))
         }
 
-        /// Moves the clock on by `by` on both relays, and settles.
-        pub fn after(&mut self, by: Duration) -> [Vec<Did>; 2] {
+        /// Moves the clock on by `by` on every relay, and settles.
+        pub fn after(&mut self, by: Duration) -> Vec<Vec<Did>> {
             for bench in &mut self.nodes {
                 bench.now.advance(by);
             }
-            self.settle([Vec::new(), Vec::new()])
+            self.settle(self.nothing())
         }
 
         /// `frame` from `conn` on relay `n`, and what both relays did.
-        pub fn send(&mut self, n: usize, conn: ConnId, frame: Frame) -> [Vec<Did>; 2] {
-            let mut did = [Vec::new(), Vec::new()];
+        pub fn send(&mut self, n: usize, conn: ConnId, frame: Frame) -> Vec<Vec<Did>> {
+            let mut did = self.nothing();
             did[n] = self.nodes[n].send(conn, frame);
             self.settle(did)
         }
 
-        pub fn client(&mut self, n: usize, topic: Option<TopicId>) -> (ConnId, [Vec<Did>; 2]) {
+        pub fn client(&mut self, n: usize, topic: Option<TopicId>) -> (ConnId, Vec<Vec<Did>>) {
             let conn = self.nodes[n].connect(Credential::Anonymous);
             self.nodes[n].hello(conn, Role::Client);
             let join = Frame::Join {
@@ -916,7 +935,7 @@ mod test_support {
         }
 
         /// A counsellor available on relay `n`, and what both relays did.
-        pub fn sign_in(&mut self, n: usize, name: &str, capacity: u8) -> (ConnId, [Vec<Did>; 2]) {
+        pub fn sign_in(&mut self, n: usize, name: &str, capacity: u8) -> (ConnId, Vec<Vec<Did>>) {
             let conn = self.nodes[n].connect(Credential::Counsellor {
                 pseudonym: name.into(),
             });
@@ -930,12 +949,12 @@ mod test_support {
             (conn, self.send(n, conn, status))
         }
 
-        pub fn lose(&mut self, n: usize, conn: ConnId) -> [Vec<Did>; 2] {
+        pub fn lose(&mut self, n: usize, conn: ConnId) -> Vec<Vec<Did>> {
             let now = self.nodes[n].now;
             self.nodes[n]
                 .relay
                 .handle_disconnect(now, conn, Departure::Lost);
-            let mut did = [Vec::new(), Vec::new()];
+            let mut did = self.nothing();
             did[n] = self.nodes[n].drain();
             self.settle(did)
         }

@@ -234,6 +234,7 @@ impl Relay {
         while let Some(event) = self.router.poll_event(now.mono) {
             match event {
                 RouteEvent::Paired { client, counsellor } => {
+                    self.pairing_seen(counsellor);
                     self.on_paired(now, client, counsellor)
                 }
                 RouteEvent::Queued {
@@ -249,7 +250,12 @@ impl Relay {
                     pairing,
                     topic,
                     language,
-                } => self.on_paired_remote(now, local, role, pairing, (topic, language)),
+                } => {
+                    if role == Role::Counsellor {
+                        self.pairing_seen(local);
+                    }
+                    self.on_paired_remote(now, local, role, pairing, (topic, language))
+                }
                 RouteEvent::Delivered { to, message } => self.on_delivered(now, to, message),
                 RouteEvent::Claimed {
                     claim,
@@ -260,6 +266,18 @@ impl Relay {
                     self.on_handed_over(now, conn, hash, handed)
                 }
             }
+        }
+    }
+
+    /// One more of the router's pairings with `counsellor` taken in: its
+    /// next offer says so, whether the pairing starts or is refused.
+    fn pairing_seen(&mut self, counsellor: ConnId) {
+        if let Some(Conn {
+            state: State::Counsellor(s),
+            ..
+        }) = self.conns.get_mut(&counsellor)
+        {
+            s.pairings_seen += 1;
         }
     }
 

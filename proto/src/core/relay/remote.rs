@@ -205,7 +205,11 @@ impl Relay {
             return;
         };
         match message {
-            PeerMessage::Forward(blob) => self.send(conn, FromRelay::Forward { chat, blob }),
+            PeerMessage::Forward(blob) => {
+                // The counsellor's side answered: its half stands.
+                link.place_if_refused = None;
+                self.send(conn, FromRelay::Forward { chat, blob })
+            }
             PeerMessage::Away | PeerMessage::Back => {
                 let away = message == PeerMessage::Away;
                 peer.away = away;
@@ -249,11 +253,15 @@ impl Relay {
                 }
             }
             PeerMessage::Refused => {
-                let place = link.unconfirmed.map(|u| u.request);
+                let place = link
+                    .unconfirmed
+                    .map(|u| u.request)
+                    .or(link.place_if_refused);
                 self.unlink(conn, chat);
                 match place {
-                    // The young person heard PAIRED and nothing else: to it
-                    // this is a transfer back to the queue, at its place.
+                    // The young person heard PAIRED and at most started its
+                    // handshake, which nobody answered: to it this is a
+                    // transfer back to the queue, at its place.
                     Some(place) => {
                         self.send(
                             conn,
@@ -401,12 +409,23 @@ mod tests {
         assert_eq!(to(&did[B], back), vec![Frame::PeerAway { chat: s_chat }]);
     }
 
-    #[test]
-    fn a_half_refused_by_the_counsellors_relay_puts_the_young_person_back_at_its_place() {
+    fn status(available: bool) -> Frame {
+        Frame::Status {
+            available,
+            capacity: 1,
+            topics: Vec::new(),
+            languages: Vec::new(),
+        }
+    }
+
+    /// Sam on relay B; a young person joins on relay A, whose half of the
+    /// pair comes first (and who begins its handshake, if
+    /// `handshake_begun`); Sam goes away on his relay before his half
+    /// arrives there, so that it is refused. Sam, the young person, its
+    /// chat, and what the relays then did.
+    fn refused_half(handshake_begun: bool) -> (Cluster, ConnId, ConnId, ChatNumber, Vec<Vec<Did>>) {
         let mut c = Cluster::new();
         let sam = c.counsellor(B, "Sam", 1);
-        // The young person's relay hears the pair first; Sam goes away on
-        // his relay before his half of it arrives there.
         let y = c.nodes[A].connect(Credential::Anonymous);
         c.nodes[A].hello(y, Role::Client);
         let join = Frame::Join {
@@ -416,40 +435,54 @@ mod tests {
         };
         let did_a = c.nodes[A].send(y, join);
         let (y_chat, _, _) = paired(&to(&did_a, y)).expect("its half came first");
-        let away = Frame::Status {
-            available: false,
-            capacity: 1,
-            topics: Vec::new(),
-            languages: Vec::new(),
-        };
-        let did_b = c.nodes[B].send(sam, away);
+        if handshake_begun {
+            let _ = c.nodes[A].send(y, forward(y_chat, 1));
+        }
+        let did_b = c.nodes[B].send(sam, status(false));
         assert!(paired(&to(&did_b, sam)).is_none(), "no room: refused");
         assert_eq!(c.nodes[B].relay.take_stats().late_pairings, 1);
-        let did = c.settle([Vec::new(), Vec::new()]);
-        assert_eq!(
-            to(&did[A], y),
-            vec![
-                Frame::End {
-                    chat: y_chat,
-                    reason: EndReason::Transferred
-                },
-                Frame::Queued {
-                    position: 1,
-                    estimated_wait_secs: None
-                },
-            ],
-            "to the young person it is a transfer back to the queue"
-        );
+        let did = c.settle(vec![Vec::new(); 2]);
+        (c, sam, y, y_chat, did)
+    }
+
+    /// To the young person, a refused half is a transfer back to its place.
+    fn back_at_its_place(y_chat: ChatNumber) -> Vec<Frame> {
+        vec![
+            Frame::End {
+                chat: y_chat,
+                reason: EndReason::Transferred,
+            },
+            Frame::Queued {
+                position: 1,
+                estimated_wait_secs: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_half_refused_by_the_counsellors_relay_puts_the_young_person_back_at_its_place() {
+        let (mut c, sam, y, y_chat, did) = refused_half(false);
+        assert_eq!(to(&did[A], y), back_at_its_place(y_chat));
         // And it is the next one when Sam is back.
-        let back = Frame::Status {
-            available: true,
-            capacity: 1,
-            topics: Vec::new(),
-            languages: Vec::new(),
-        };
-        let did = c.send(B, sam, back);
+        let did = c.send(B, sam, status(true));
         assert!(paired(&to(&did[A], y)).is_some());
         assert!(paired(&to(&did[B], sam)).is_some());
+    }
+
+    /// The same when the young person had already sent its handshake's
+    /// first message (which nobody on Sam's side will answer): it is
+    /// still a transfer back to its place, not a lost chat.
+    #[test]
+    fn a_half_refused_after_the_young_person_began_its_handshake_still_puts_it_back() {
+        let (mut c, sam, y, y_chat, did) = refused_half(true);
+        assert_eq!(to(&did[A], y), back_at_its_place(y_chat));
+        // Once Sam's side answers, the chat stands.
+        let did = c.send(B, sam, status(true));
+        let (y_chat, _, _) = paired(&to(&did[A], y)).expect("paired again");
+        let (s_chat, _, _) = paired(&to(&did[B], sam)).expect("Sam is paired");
+        let _ = c.send(A, y, forward(y_chat, 1));
+        let did = c.send(B, sam, forward(s_chat, 2));
+        assert_eq!(to(&did[A], y), vec![forward(y_chat, 2)]);
     }
 
     #[test]
@@ -474,7 +507,7 @@ mod tests {
         let left = Departure::Left(EndReason::UserEnded);
         c.nodes[A].relay.handle_disconnect(now, y, left);
         c.nodes[A].drain();
-        let did = c.settle([Vec::new(), Vec::new()]);
+        let did = c.settle(vec![Vec::new(); 2]);
         assert_eq!(
             to(&did[B], sam),
             vec![Frame::End {
@@ -560,7 +593,7 @@ mod tests {
         let now = c.nodes[A].now;
         c.nodes[A].relay.handle_shutdown(now);
         c.nodes[A].relay.handle_timeout(now);
-        let mut did = [c.nodes[A].drain(), Vec::new()];
+        let mut did = vec![c.nodes[A].drain(), Vec::new()];
         did = c.settle(did);
         assert!(did[A].contains(&Did::Closed(y, CloseCode::ShuttingDown)));
         assert_eq!(
@@ -625,8 +658,191 @@ mod tests {
         for bench in &mut c.nodes {
             bench.now.advance(window + Duration::from_secs(1));
         }
-        let did = c.settle([Vec::new(), Vec::new()]);
+        let did = c.settle(vec![Vec::new(); 2]);
         assert_eq!(did[A], ended(y, y_chat, EndReason::PeerDisconnected));
+    }
+
+    /// The shared queue under joins that cross on their way to it: 60
+    /// young people join three relays in turn, 5 ms apart (their JOINs
+    /// are in flight together: the router answers after 40 ms), with
+    /// topics 1 to 3, while three counsellors on the three relays take 3, 2
+    /// and 1 chats at once and end each chat 200 ms after it began. The
+    /// relays' offers reach the router 40 ms late, while its own pairings
+    /// are on their way to them; it counts those into the room
+    /// (`Offer::pairings_seen`), so it never pairs with a counsellor who is
+    /// full. Nobody is in two chats at once, no chat is lost or undone, no
+    /// counsellor ever has more chats than its capacity, everybody has a
+    /// chat that stands, and per topic the queue pairs in the order of
+    /// joining.
+    #[test]
+    fn three_relays_pair_in_joining_order_per_topic_within_capacity() {
+        use std::collections::HashMap;
+
+        /// What the test counts as the relays act.
+        #[derive(Default)]
+        struct Tally {
+            /// Each counsellor's chats now, and its capacity.
+            load: HashMap<(usize, ConnId), (usize, usize)>,
+            /// The young people, in the order they joined.
+            joined: Vec<(usize, ConnId, Option<TopicId>)>,
+            /// When each young person first heard PAIRED.
+            first_paired: HashMap<usize, Duration>,
+            /// Each young person's chat now, by pairing id.
+            in_chat: HashMap<usize, PairingId>,
+            /// Pairings that reached their counsellor: they stand.
+            stood: std::collections::HashSet<PairingId>,
+            /// Halves refused and undone.
+            undone: usize,
+            /// Chats that stood and were ended by their counsellor.
+            done: usize,
+            /// Counsellors' chats to end, and when.
+            ending: Vec<(Duration, usize, ConnId, ChatNumber)>,
+            elapsed: Duration,
+        }
+
+        impl Tally {
+            fn young(&self, n: usize, conn: ConnId) -> Option<usize> {
+                self.joined
+                    .iter()
+                    .position(|(jn, jc, _)| *jn == n && *jc == conn)
+            }
+
+            /// Counts what the relays did and answers for the young
+            /// people (their handshake's first message), until nothing
+            /// more happens.
+            fn take(&mut self, c: &mut Cluster, mut did: Vec<Vec<Did>>) {
+                loop {
+                    let mut more = vec![Vec::new(); c.nodes.len()];
+                    for (n, did) in did.iter().enumerate() {
+                        for d in did {
+                            let Did::Sent(conn, frame) = d else { continue };
+                            if let Some((now, capacity)) = self.load.get_mut(&(n, *conn)) {
+                                if let Frame::Paired {
+                                    chat, pairing_id, ..
+                                } = frame
+                                {
+                                    *now += 1;
+                                    assert!(*now <= *capacity, "a counsellor over capacity");
+                                    self.stood.insert(*pairing_id);
+                                    let at = self.elapsed + Duration::from_millis(200);
+                                    self.ending.push((at, n, *conn, *chat));
+                                }
+                                continue;
+                            }
+                            let Some(i) = self.young(n, *conn) else {
+                                continue;
+                            };
+                            match frame {
+                                Frame::Paired {
+                                    chat, pairing_id, ..
+                                } => {
+                                    assert!(!self.in_chat.contains_key(&i), "{i} in two chats");
+                                    self.in_chat.insert(i, *pairing_id);
+                                    self.first_paired.entry(i).or_insert(self.elapsed);
+                                    more[n].extend(c.nodes[n].send(*conn, forward(*chat, 1)));
+                                }
+                                // Its counsellor ended a chat that stood.
+                                Frame::End {
+                                    reason: EndReason::UserEnded,
+                                    ..
+                                } => {
+                                    let pairing = self.in_chat.remove(&i);
+                                    assert!(pairing.is_some_and(|p| self.stood.contains(&p)));
+                                    self.done += 1;
+                                }
+                                // A half refused: back at its place.
+                                Frame::End { reason, .. } => {
+                                    assert_eq!(
+                                        *reason,
+                                        EndReason::Transferred,
+                                        "{i} lost its chat"
+                                    );
+                                    let pairing = self.in_chat.remove(&i);
+                                    assert!(pairing.is_some_and(|p| !self.stood.contains(&p)));
+                                    self.undone += 1;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    if more.iter().all(Vec::is_empty) {
+                        return;
+                    }
+                    did = c.settle(more);
+                }
+            }
+
+            /// Moves the clock on by `step` and takes what happens.
+            fn wait(&mut self, c: &mut Cluster, step: Duration) {
+                self.elapsed += step;
+                let did = c.after(step);
+                self.take(c, did);
+            }
+        }
+
+        let latency = Duration::from_millis(40);
+        let step = Duration::from_millis(5);
+        let mut c = Cluster::with_nodes(3, latency);
+        let mut tally = Tally::default();
+        for (n, name, capacity) in [(0, "Sam", 3u8), (1, "Noor", 2), (2, "Ali", 1)] {
+            let conn = c.counsellor(n, name, capacity);
+            tally.load.insert((n, conn), (0, usize::from(capacity)));
+        }
+        tally.wait(&mut c, latency * 3);
+        let topic = |i: usize| TopicId::new(1 + (i / 2 % 3) as u16);
+        for i in 0..60 {
+            let n = i % 3;
+            let (conn, did) = c.client(n, topic(i));
+            tally.joined.push((n, conn, topic(i)));
+            tally.take(&mut c, did);
+            tally.wait(&mut c, step);
+        }
+        // Counsellors end chats as they come due, until everybody has had
+        // a chat that stood (a young person's chat ends with its
+        // counsellor's END, and it leaves).
+        for _ in 0..4000 {
+            if tally.done == 60 {
+                break;
+            }
+            let elapsed = tally.elapsed;
+            let (due, later): (Vec<_>, Vec<_>) =
+                tally.ending.drain(..).partition(|e| e.0 <= elapsed);
+            tally.ending = later;
+            let mut did = vec![Vec::new(); 3];
+            for (_, n, conn, chat) in due {
+                let end = Frame::End {
+                    chat,
+                    reason: EndReason::UserEnded,
+                };
+                did[n].extend(c.nodes[n].send(conn, end));
+                if let Some((now, _)) = tally.load.get_mut(&(n, conn)) {
+                    *now -= 1;
+                }
+            }
+            let did = c.settle(did);
+            tally.take(&mut c, did);
+            tally.wait(&mut c, step);
+        }
+        assert_eq!(tally.done, 60, "not everybody had a chat that stood");
+        assert_eq!(tally.stood.len(), 60);
+        // The router counts the pairings on their way into each
+        // counsellor's room, so no half is refused for want of room.
+        assert_eq!(tally.undone, 0, "halves refused");
+        // Per topic, the queue paired in joining order (a young person put
+        // back at its place may then wait for the next counsellor free).
+        for i in 0..60 {
+            for j in i + 1..60 {
+                if tally.joined[i].2 == tally.joined[j].2 {
+                    let (a, b) = (tally.first_paired[&i], tally.first_paired[&j]);
+                    assert!(
+                        a <= b,
+                        "{j} was first paired at {b:?}, before {i} (who joined first) at {a:?}"
+                    );
+                }
+            }
+        }
+        // Pairs crossed relays as well as staying on one.
+        assert!(tally.joined.iter().any(|(n, ..)| *n != 0));
     }
 
     mod interleavings {
@@ -746,7 +962,7 @@ mod tests {
                     .cloned()
                     .collect();
                 let pick = |who: usize| live.get(who % live.len().max(1)).cloned();
-                let mut did = [Vec::new(), Vec::new()];
+                let mut did = vec![Vec::new(); 2];
                 match op {
                     Op::Client { node } => {
                         let (conn, d) = c.client(node, None);

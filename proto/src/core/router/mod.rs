@@ -55,10 +55,14 @@
 //! chat only for a client it still has waiting); no counsellor goes over
 //! capacity (the core starts a chat only where it sees room, and answers a
 //! pair it refuses with the counsellor's real room); a refused client keeps
-//! its place (it re-enters at its old turn). A half that its relay refuses
-//! undoes the other half: a young person who heard PAIRED hears
-//! END(TRANSFERRED) and is back at its place, a counsellor hears
-//! END(PEER_DISCONNECTED).
+//! its place (it re-enters at its old turn). An offer made before the
+//! relay took in the router's latest pairings does not undo them: it says
+//! how many it took in ([`Offer::pairings_seen`]), and the router counts
+//! the rest into the room, so that it does not pair with a counsellor who
+//! is full. A half that its relay refuses
+//! undoes the other half: a young person who heard PAIRED (and may have
+//! begun its handshake, which nobody answered) hears END(TRANSFERRED) and
+//! is back at its place, a counsellor hears END(PEER_DISCONNECTED).
 
 pub mod lease;
 #[cfg(any(test, feature = "test-support"))]
@@ -508,6 +512,7 @@ mod tests {
 
     fn offer(load: usize, capacity: usize) -> Offer {
         Offer {
+            pairings_seen: 0,
             available: true,
             load,
             capacity,
