@@ -74,6 +74,9 @@ use carrier::{BytesOut, Carrier, ChunksIn, ReadEnd};
 const DRIVER_QUEUE: usize = 1024;
 /// How long a closing connection may take to flush its last frames.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// How long the relay waits, after a normal close's last frame, for the
+/// peer to close the connection itself.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Chunks one connection may have read and not yet handed to the core: a
 /// bound on what the relay holds for it, whatever it sends.
 const READ_AHEAD: usize = 4;
@@ -928,6 +931,15 @@ async fn serve(
                 }
                 Outbound::Close(code) => {
                     send.finish(FLUSH_ON_CLOSE).await;
+                    // A normal close follows a last frame the peer must
+                    // read (UNAVAILABLE, RESUME_FAILED, a young person's
+                    // END). Closing first can make a browser drop what it
+                    // had not read yet (a WebTransport session's close
+                    // aborts its streams), so the peer is given a moment
+                    // to close itself.
+                    if code == CloseCode::NoError {
+                        let _ = tokio::time::timeout(CLOSE_LINGER, writer_carrier.closed()).await;
+                    }
                     writer_carrier.close(code);
                     return;
                 }

@@ -196,8 +196,18 @@ test('outside opening hours the page says when the chat opens', async () => {
   }
   await screen(page, 'choose');
   await page.click('[data-choose-form] button[type=submit]');
-  await screen(page, 'closed').catch((e) => {
-    throw new Error(`${e.message}\nclosed relay stderr: ${relay.stderr.slice(-2000)}\npage errors: ${page.errors.join('\n')}`);
+  await screen(page, 'closed').catch(async (e) => {
+    const state = await page
+      .evaluate(() => ({
+        screens: [...document.querySelectorAll('[data-screen]:not([hidden])')].map((s) => /** @type {HTMLElement} */ (s).dataset.screen),
+        banner: document.querySelector('[data-banner]')?.textContent,
+        queue: document.querySelector('[data-queue]')?.textContent,
+        transport: document.body.dataset.transport,
+      }))
+      .catch((why) => String(why));
+    throw new Error(
+      `${e.message}\npage: ${JSON.stringify(state)}\nclosed relay stderr: ${relay.stderr.slice(-2000)}\npage errors: ${page.errors.join('\n')}`,
+    );
   });
   const text = await page.textContent('[data-next-open]');
   assert.match(text, /We zijn weer open op/);
