@@ -415,120 +415,24 @@ pub enum Frame {
     Proof { solution: [u8; 8] },
 }
 
-/// A frame an endpoint sends to the relay (PROTOCOL.md §4.2, "→ relay").
-/// The relay's core takes only these: it cannot be written to act on a
-/// frame that only the relay sends. Each variant is [`Frame`]'s of that name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToRelay {
-    Hello {
-        version: u8,
-        role: Role,
-    },
-    Join {
-        topic: Option<TopicId>,
-        language: Option<Language>,
-        pow_solution: [u8; 8],
-    },
-    Forward {
-        chat: ChatNumber,
-        blob: Blob,
-    },
-    End {
-        chat: ChatNumber,
-        reason: EndReason,
-    },
-    Status {
-        available: bool,
-        capacity: u8,
-        topics: Vec<TopicId>,
-        languages: Vec<Language>,
-    },
-    Transfer {
-        chat: ChatNumber,
-        target: TransferTarget,
-    },
-    Resume {
-        capability: ResumeCapability,
-    },
-    Proof {
-        solution: [u8; 8],
-    },
-}
-
-/// A frame the relay sends to an endpoint (PROTOCOL.md §4.2, "relay →").
-/// The client's state machines take only these. Each variant is
-/// [`Frame`]'s of that name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FromRelay {
-    Welcome {
-        version: u8,
-        role: Role,
-        topics: u8,
-        languages: Vec<Language>,
-        pow: PowChallenge,
-    },
-    Queued {
-        position: u32,
-        estimated_wait_secs: Option<u32>,
-    },
-    Paired {
-        chat: ChatNumber,
-        pairing_id: PairingId,
-        resume: ResumeCapability,
-        topic: Option<TopicId>,
-        language: Option<Language>,
-    },
-    Forward {
-        chat: ChatNumber,
-        blob: Blob,
-    },
-    End {
-        chat: ChatNumber,
-        reason: EndReason,
-    },
-    Topic {
-        id: TopicId,
-        label_nl: Label,
-        label_en: Label,
-    },
-    Unavailable {
-        reason: Unavailable,
-        next_open: Option<u64>,
-    },
-    QueueStats {
-        waiting: Vec<(Option<TopicId>, u16)>,
-    },
-    TransferRefused {
-        chat: ChatNumber,
-        reason: Refusal,
-    },
-    Resumed {
-        chat: ChatNumber,
-    },
-    ResumeFailed,
-    PeerAway {
-        chat: ChatNumber,
-    },
-    PeerBack {
-        chat: ChatNumber,
-    },
-    Joined {
-        resume: ResumeCapability,
-    },
-    Colleague {
-        name: Label,
-        presence: Presence,
-    },
-    Challenge {
-        pow: PowChallenge,
-    },
-}
-
-/// The conversions between a direction's frames and [`Frame`]: into it
-/// always, out of it only for a frame of that direction (`Err` gives the
-/// frame back).
+/// Declares a direction's frames, each [`Frame`]'s variant of that name
+/// with the same fields, and the conversions between them and [`Frame`]:
+/// into it always, out of it only for a frame of that direction (`Err`
+/// gives the frame back). The compiler checks each variant against
+/// [`Frame`]'s.
 macro_rules! direction {
-    ($dir:ident { $( $variant:ident $({ $($field:ident),* })? ),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        pub enum $dir:ident {
+            $( $variant:ident $({ $($field:ident : $ty:ty),* $(,)? })? ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $dir {
+            $( $variant $({ $($field: $ty),* })? ),+
+        }
+
         impl From<$dir> for Frame {
             fn from(frame: $dir) -> Frame {
                 match frame {
@@ -549,35 +453,50 @@ macro_rules! direction {
     };
 }
 
-direction!(ToRelay {
-    Hello { version, role },
-    Join { topic, language, pow_solution },
-    Forward { chat, blob },
-    End { chat, reason },
-    Status { available, capacity, topics, languages },
-    Transfer { chat, target },
-    Resume { capability },
-    Proof { solution },
-});
+direction! {
+    /// A frame an endpoint sends to the relay (PROTOCOL.md §4.2, "→ relay").
+    /// The relay's core takes only these: it cannot be written to act on a
+    /// frame that only the relay sends.
+    pub enum ToRelay {
+        Hello { version: u8, role: Role },
+        Join { topic: Option<TopicId>, language: Option<Language>, pow_solution: [u8; 8] },
+        Forward { chat: ChatNumber, blob: Blob },
+        End { chat: ChatNumber, reason: EndReason },
+        Status { available: bool, capacity: u8, topics: Vec<TopicId>, languages: Vec<Language> },
+        Transfer { chat: ChatNumber, target: TransferTarget },
+        Resume { capability: ResumeCapability },
+        Proof { solution: [u8; 8] },
+    }
+}
 
-direction!(FromRelay {
-    Welcome { version, role, topics, languages, pow },
-    Queued { position, estimated_wait_secs },
-    Paired { chat, pairing_id, resume, topic, language },
-    Forward { chat, blob },
-    End { chat, reason },
-    Topic { id, label_nl, label_en },
-    Unavailable { reason, next_open },
-    QueueStats { waiting },
-    TransferRefused { chat, reason },
-    Resumed { chat },
-    ResumeFailed,
-    PeerAway { chat },
-    PeerBack { chat },
-    Joined { resume },
-    Colleague { name, presence },
-    Challenge { pow },
-});
+direction! {
+    /// A frame the relay sends to an endpoint (PROTOCOL.md §4.2, "relay →").
+    /// The client's state machines take only these.
+    pub enum FromRelay {
+        Welcome { version: u8, role: Role, topics: u8, languages: Vec<Language>, pow: PowChallenge },
+        Queued { position: u32, estimated_wait_secs: Option<u32> },
+        Paired {
+            chat: ChatNumber,
+            pairing_id: PairingId,
+            resume: ResumeCapability,
+            topic: Option<TopicId>,
+            language: Option<Language>,
+        },
+        Forward { chat: ChatNumber, blob: Blob },
+        End { chat: ChatNumber, reason: EndReason },
+        Topic { id: TopicId, label_nl: Label, label_en: Label },
+        Unavailable { reason: Unavailable, next_open: Option<u64> },
+        QueueStats { waiting: Vec<(Option<TopicId>, u16)> },
+        TransferRefused { chat: ChatNumber, reason: Refusal },
+        Resumed { chat: ChatNumber },
+        ResumeFailed,
+        PeerAway { chat: ChatNumber },
+        PeerBack { chat: ChatNumber },
+        Joined { resume: ResumeCapability },
+        Colleague { name: Label, presence: Presence },
+        Challenge { pow: PowChallenge },
+    }
+}
 
 impl ToRelay {
     /// Decoded frames as an endpoint's: one that only the relay sends ends
