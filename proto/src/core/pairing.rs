@@ -47,11 +47,12 @@ impl std::fmt::Debug for ConnId {
 pub struct QueueFull;
 
 /// What a waiting client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub topic: Option<TopicId>,
     pub language: Option<Language>,
     /// When the client (re)entered the queue.
+    #[serde(with = "crate::core::router::wire::instant")]
     pub since: Instant,
     /// Its turn: a number that grows with every (re)entry into the queue,
     /// so that queue order survives a client leaving and coming back.
@@ -61,11 +62,12 @@ pub struct Request {
     pub priority: bool,
     /// The tag of the source it came from, when the shell tags sources:
     /// what the limit of places per source counts.
+    #[serde(skip)]
     pub source: Option<SourceTag>,
 }
 
 /// What a counsellor can take right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Offer {
     pub available: bool,
     pub load: usize,

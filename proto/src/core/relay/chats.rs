@@ -490,7 +490,7 @@ impl Relay {
         }
         if let Peer::Remote(r) = link.peer {
             let place = Place::Live(conn, chat);
-            self.index.remote_sides.insert(r.key.other(), place);
+            self.index.host_side(r.key.other(), place);
         }
         c.links.insert(chat, link);
         self.index.touched.push(conn);
@@ -521,7 +521,7 @@ impl Relay {
         if let Peer::Remote(r) = link.peer {
             let key = r.key.other();
             if index.remote_sides.get(&key) == Some(&Place::Live(conn, chat)) {
-                index.remote_sides.remove(&key);
+                index.leave_side(key);
             }
         }
     }
@@ -534,7 +534,7 @@ impl Relay {
                     link.peer = to;
                     if let Peer::Remote(r) = to {
                         let place = Place::Live(conn, chat);
-                        self.index.remote_sides.insert(r.key.other(), place);
+                        self.index.host_side(r.key.other(), place);
                     }
                 }
                 // Away or on another relay: withdrawn now. Back: granted
@@ -547,9 +547,7 @@ impl Relay {
                 if let Some(d) = self.detached.get_mut(&h) {
                     d.peer = to;
                     if let Peer::Remote(r) = to {
-                        self.index
-                            .remote_sides
-                            .insert(r.key.other(), Place::Away(h));
+                        self.index.host_side(r.key.other(), Place::Away(h));
                     }
                 }
             }

@@ -25,7 +25,8 @@ use super::*;
 
 impl Relay {
     /// Tells the router which of the hashes this event touched the relay
-    /// holds now, and which it dropped.
+    /// holds now, and which it dropped; and the same of the chat sides
+    /// whose other side is on another relay.
     pub(super) fn tell_router_holdings(&mut self) {
         let mut changed = std::mem::take(&mut self.index.hashes_changed);
         changed.sort_unstable();
@@ -35,6 +36,17 @@ impl Relay {
                 RouteCommand::Hold { hash }
             } else {
                 RouteCommand::Release { hash }
+            };
+            self.router.handle_command(command);
+        }
+        let mut sides = std::mem::take(&mut self.index.sides_changed);
+        sides.sort_unstable_by_key(|s| (s.pairing.0, s.role.to_byte()));
+        sides.dedup();
+        for side in sides {
+            let command = if self.index.remote_sides.contains_key(&side) {
+                RouteCommand::HostSide { side }
+            } else {
+                RouteCommand::LeaveSide { side }
             };
             self.router.handle_command(command);
         }

@@ -567,6 +567,22 @@ struct Indexes {
     /// Capability and ticket hashes this event issued or dropped: the
     /// router hears which the relay holds when the event is done.
     hashes_changed: Vec<CapHash>,
+    /// Keys in `remote_sides` this event added or removed: the router
+    /// hears which sides the relay hosts when the event is done.
+    sides_changed: Vec<SideKey>,
+}
+
+impl Indexes {
+    /// A chat side here whose other side is on another relay.
+    fn host_side(&mut self, key: SideKey, place: Place) {
+        self.remote_sides.insert(key, place);
+        self.sides_changed.push(key);
+    }
+
+    fn leave_side(&mut self, key: SideKey) {
+        self.remote_sides.remove(&key);
+        self.sides_changed.push(key);
+    }
 }
 
 impl Relay {
@@ -798,6 +814,7 @@ mod test_support {
     /// (1), unless made with [`Cluster::with_nodes`].
     pub(in crate::core::relay) struct Cluster {
         pub nodes: Vec<Bench>,
+        pub linked: Linked,
     }
 
     /// A chat across two relays (see [`Cluster::chat_across`]).
@@ -836,6 +853,7 @@ mod test_support {
             };
             Cluster {
                 nodes: (0..count).map(node).collect(),
+                linked,
             }
         }
 

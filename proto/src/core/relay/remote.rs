@@ -335,6 +335,7 @@ mod tests {
     };
     use crate::core::limits::Limits;
     use crate::core::relay::{ConnId, Credential};
+    use crate::core::router::SideKey;
     use crate::core::{CloseCode, Departure};
 
     #[test]
@@ -347,6 +348,12 @@ mod tests {
         let sam_paired = to(&did[B], sam);
         let (s_chat, s_pairing, _) = paired(&sam_paired).expect("the counsellor is paired");
         assert_eq!(y_pairing, s_pairing, "one chat, one pairing id");
+        let side = |role| SideKey {
+            pairing: y_pairing,
+            role,
+        };
+        assert_eq!(c.linked.hosted_by(A as u16), [side(Role::Client)]);
+        assert_eq!(c.linked.hosted_by(B as u16), [side(Role::Counsellor)]);
         assert!(
             sam_paired
                 .iter()
@@ -367,6 +374,8 @@ mod tests {
         };
         let did = c.send(B, sam, end);
         assert_eq!(did[A], ended(y, y_chat, EndReason::UserEnded));
+        assert_eq!(c.linked.hosted_by(A as u16), [], "nothing to listen for");
+        assert_eq!(c.linked.hosted_by(B as u16), []);
         // Sam has room again: the next young person, anywhere, is his.
         let (y2, did) = c.client(A, None);
         assert!(paired(&to(&did[A], y2)).is_some());
@@ -581,6 +590,11 @@ mod tests {
         assert!(paired(&y_frames).is_some(), "and paired again");
         let again = [sam, kim].map(|conn| paired(&to(&did[B], conn)).is_some());
         assert_eq!(again.iter().filter(|p| **p).count(), 1, "{did:?}");
+        // Each relay listens for exactly its side of the one chat there is.
+        let (a, b) = (c.linked.hosted_by(A as u16), c.linked.hosted_by(B as u16));
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+        assert_eq!(a[0], b[0].other());
+        assert_eq!(a[0].role, Role::Client);
     }
 
     #[test]

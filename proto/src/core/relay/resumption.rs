@@ -16,9 +16,7 @@ impl Relay {
             self.index.hashes_changed.push(u.ticket);
         }
         if let Peer::Remote(r) = d.peer {
-            self.index
-                .remote_sides
-                .insert(r.key.other(), Place::Away(key));
+            self.index.host_side(r.key.other(), Place::Away(key));
         }
         self.detached.insert(key, d);
     }
@@ -36,7 +34,7 @@ impl Relay {
         if let Peer::Remote(r) = d.peer
             && self.index.remote_sides.get(&r.key.other()) == Some(&Place::Away(*key))
         {
-            self.index.remote_sides.remove(&r.key.other());
+            self.index.leave_side(r.key.other());
         }
         Some(d)
     }

@@ -3,36 +3,26 @@
 //! the network, so that chats whose two sides are on different relays can
 //! be tested on the virtual clock.
 //!
-//! [`Linked`] holds one [`LocalRouter`] for every relay, over connection
-//! ids qualified by the relay they came from, and an inbox per relay. Each
-//! relay's [`LinkedRouter`] hands its commands to the shared router and,
-//! when polled, runs the shared router's pass and sorts its events into the
-//! inboxes: a pair of two connections of one relay stays a
-//! [`RouteEvent::Paired`], a pair across relays becomes two
-//! [`RouteEvent::PairedRemote`] halves under a new pairing id, a QUEUED
-//! goes to the client's relay and QUEUE_STATS to every relay. A
-//! [`RouteCommand::Deliver`] goes to the inbox of the relay where the side
-//! lives; the router learns where sides are from the pairs it makes,
-//! from [`PeerMessage::Moved`] and from handovers, and forgets a chat's
-//! sides at its END. It keeps which relay holds each capability and ticket
-//! hash, and sends a [`RouteCommand::Claim`] there and the handover back.
-//! An inbox with events makes its relay's `poll_timeout` due, the
-//! way a message from the network would wake a relay.
+//! [`Linked`] holds the cluster's queue, a [`Leader`], for every relay,
+//! and an inbox per relay. Each relay's [`LinkedRouter`] hands its
+//! commands to the leader and, when polled, runs the leader and sorts what
+//! it says into the inboxes (see `leader.rs` for who hears what). A
+//! [`RouteCommand::Deliver`], which in a cluster goes from relay to relay,
+//! goes here to the inbox of the relay where the side lives; `Linked`
+//! learns where sides are from the halves the leader pairs, from
+//! [`PeerMessage::Moved`] and from handovers, and forgets a chat's sides
+//! at its END. An inbox with events makes its relay's `poll_timeout` due,
+//! the way a message from the network would wake a relay.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{
-    CapHash, ClaimId, Handed, LocalRouter, PeerMessage, Request, RouteCommand, RouteEvent, Router,
-    SideKey,
-};
-use crate::core::frame::{Language, PairingId, Role, TopicId};
-use crate::core::pairing::{ConnId, QueueView};
+use super::leader::Leader;
+use super::{Handed, PeerMessage, RouteCommand, RouteEvent, Router, SideKey};
+use crate::core::frame::{PairingId, Role, TopicId};
+use crate::core::pairing::QueueView;
 use crate::core::ratelimit::SourceTag;
-
-/// Bits of a qualified connection id that hold the relay's local id.
-const LOCAL_BITS: u32 = 48;
 
 /// The queue and inboxes that several in-process relays share.
 #[derive(Clone)]
@@ -41,24 +31,16 @@ pub struct Linked {
 }
 
 struct Shared {
-    router: LocalRouter,
+    leader: Leader,
     /// How long every event takes to reach its relay.
     latency: Duration,
     /// Every relay's events, each with the instant it was produced.
     inboxes: HashMap<u16, VecDeque<(Instant, RouteEvent)>>,
     /// Where each chat side of a pair across relays lives.
     sides: HashMap<SideKey, u16>,
-    /// What each waiting client chose, for the counsellor's half.
-    choices: HashMap<ConnId, (Option<TopicId>, Option<Language>)>,
-    /// Queue turns by the relay and turn they were given with.
-    turns: HashMap<(u16, u64), u64>,
-    next_turn: u64,
-    next_pairing: u64,
-    /// Which relay holds each capability and ticket hash.
-    holders: HashMap<CapHash, u16>,
-    /// Claims on their way: the claiming relay, connection and hash.
-    claims: HashMap<ClaimId, (u16, ConnId, CapHash)>,
-    next_claim: u64,
+    /// Which relay says it hosts which side ([`RouteCommand::HostSide`]):
+    /// what a cluster subscribes to, checked against `sides` by tests.
+    hosted: HashMap<SideKey, u16>,
 }
 
 impl Linked {
@@ -69,32 +51,47 @@ impl Linked {
     /// Relays whose events each take `latency` to arrive: answers come
     /// late, and messages between two sides of a chat cross.
     pub fn with_latency(topic_fallback: Duration, latency: Duration) -> Self {
+        let mut counted = 0u64;
+        let pairing_ids = Box::new(move || {
+            counted += 1;
+            let mut id = [0x5a; 16];
+            id[..8].copy_from_slice(&counted.to_be_bytes());
+            PairingId(id)
+        });
         Linked {
             shared: Arc::new(Mutex::new(Shared {
-                router: LocalRouter::new(topic_fallback),
+                leader: Leader::new(topic_fallback, pairing_ids),
                 latency,
                 inboxes: HashMap::new(),
                 sides: HashMap::new(),
-                choices: HashMap::new(),
-                turns: HashMap::new(),
-                next_turn: 0,
-                next_pairing: 0,
-                holders: HashMap::new(),
-                claims: HashMap::new(),
-                next_claim: 0,
+                hosted: HashMap::new(),
             })),
         }
     }
 
     /// The router of relay number `node`.
     pub fn router(&self, node: u16) -> LinkedRouter {
-        self.lock().inboxes.entry(node).or_default();
+        let mut shared = self.lock();
+        shared.inboxes.entry(node).or_default();
+        shared.leader.join(node);
+        drop(shared);
         LinkedRouter {
             node,
             linked: self.clone(),
             given: Vec::new(),
             last_poll: None,
         }
+    }
+
+    /// The sides relay `node` says it hosts, in key order.
+    pub fn hosted_by(&self, node: u16) -> Vec<SideKey> {
+        let shared = self.lock();
+        let mut sides: Vec<SideKey> = (shared.hosted.iter())
+            .filter(|(_, at)| **at == node)
+            .map(|(side, _)| *side)
+            .collect();
+        sides.sort_unstable_by_key(|s| (s.pairing.0, s.role.to_byte()));
+        sides
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -104,15 +101,6 @@ impl Linked {
     }
 }
 
-fn qualify(node: u16, conn: ConnId) -> ConnId {
-    ConnId((u64::from(node) << LOCAL_BITS) | conn.0)
-}
-
-fn split(conn: ConnId) -> (u16, ConnId) {
-    let node = u16::try_from(conn.0 >> LOCAL_BITS).unwrap_or(u16::MAX);
-    (node, ConnId(conn.0 & ((1 << LOCAL_BITS) - 1)))
-}
-
 impl Shared {
     fn push(&mut self, node: u16, now: Instant, event: RouteEvent) {
         let at = now + self.latency;
@@ -120,44 +108,22 @@ impl Shared {
     }
 
     fn command(&mut self, node: u16, now: Instant, command: RouteCommand) {
-        let command = match command {
-            RouteCommand::Enqueue { client, request } => {
-                let turn = self.global_turn(node, request.turn);
-                let client = qualify(node, client);
-                self.choices
-                    .insert(client, (request.topic, request.language));
-                RouteCommand::Enqueue {
-                    client,
-                    request: super::Request { turn, ..request },
-                }
-            }
-            RouteCommand::Withdraw { client } => RouteCommand::Withdraw {
-                client: qualify(node, client),
-            },
-            RouteCommand::Offer { counsellor, offer } => RouteCommand::Offer {
-                counsellor: qualify(node, counsellor),
-                offer,
-            },
-            RouteCommand::SignOut { counsellor } => RouteCommand::SignOut {
-                counsellor: qualify(node, counsellor),
-            },
-            RouteCommand::Announce => RouteCommand::Announce,
+        match &command {
             RouteCommand::Deliver { to, message } => {
-                let Some(&at) = self.sides.get(&to) else {
+                let Some(&at) = self.sides.get(to) else {
                     // The chat is over: its sides are forgotten.
                     return;
                 };
-                match &message {
+                match message {
                     PeerMessage::End(_) | PeerMessage::Refused => {
-                        self.sides.remove(&to);
+                        self.sides.remove(to);
                         self.sides.remove(&to.other());
                     }
                     PeerMessage::Moved { pairing } => {
-                        self.sides.remove(&to);
+                        self.sides.remove(to);
                         self.sides.remove(&to.other());
-                        let pairing = *pairing;
                         let client = SideKey {
-                            pairing,
+                            pairing: *pairing,
                             role: Role::Client,
                         };
                         self.sides.insert(client, at);
@@ -165,158 +131,52 @@ impl Shared {
                     }
                     PeerMessage::Forward(_) | PeerMessage::Away | PeerMessage::Back => {}
                 }
-                self.push(at, now, RouteEvent::Delivered { to, message });
-                return;
-            }
-            RouteCommand::Hold { hash } => {
-                self.holders.insert(hash, node);
-                return;
-            }
-            RouteCommand::Release { hash } => {
-                if self.holders.get(&hash) == Some(&node) {
-                    self.holders.remove(&hash);
-                }
-                return;
-            }
-            RouteCommand::Claim {
-                conn,
-                hash,
-                claimant,
-            } => {
-                match self.holders.get(&hash).copied() {
-                    Some(holder) => {
-                        self.next_claim += 1;
-                        let claim = ClaimId(self.next_claim);
-                        self.claims.insert(claim, (node, conn, hash));
-                        let claimed = RouteEvent::Claimed {
-                            claim,
-                            hash,
-                            claimant,
-                        };
-                        self.push(holder, now, claimed);
-                    }
-                    None => {
-                        let answer = RouteEvent::HandedOver {
-                            conn,
-                            hash,
-                            handed: None,
-                        };
-                        self.push(node, now, answer);
-                    }
-                }
-                return;
-            }
-            RouteCommand::HandOver { claim, handed } => {
-                let Some((claimant, conn, hash)) = self.claims.remove(&claim) else {
-                    return;
+                let delivered = RouteEvent::Delivered {
+                    to: *to,
+                    message: message.clone(),
                 };
-                let handed = handed.map(|handed| self.moved(node, claimant, handed));
-                let answer = RouteEvent::HandedOver { conn, hash, handed };
-                self.push(claimant, now, answer);
+                self.push(at, now, delivered);
                 return;
             }
-        };
-        self.router.handle_command(command);
-    }
-
-    /// The shared queue's turn for a turn a relay gave.
-    fn global_turn(&mut self, node: u16, turn: u64) -> u64 {
-        if let Some(global) = self.turns.get(&(node, turn)) {
-            return *global;
-        }
-        self.next_turn += 1;
-        self.turns.insert((node, turn), self.next_turn);
-        self.next_turn
-    }
-
-    /// What goes from relay `from` to relay `to`: the sides' places
-    /// follow it, and a request's turn is given a name on the new relay
-    /// (one no relay gives itself) for the same place in the queue.
-    fn moved(&mut self, from: u16, to: u16, handed: Handed) -> Handed {
-        let rename = |shared: &mut Shared, request: Request| {
-            let global = shared.global_turn(from, request.turn);
-            let turn = (1 << 63) | global;
-            shared.turns.insert((to, turn), global);
-            Request { turn, ..request }
-        };
-        match handed {
-            Handed::Place { request } => Handed::Place {
-                request: rename(self, request),
-            },
-            Handed::Side(mut side) => {
-                self.sides.insert(side.key, to);
-                self.sides.entry(side.peer).or_insert(from);
-                side.unconfirmed = side.unconfirmed.map(|request| rename(self, request));
-                Handed::Side(side)
+            RouteCommand::HostSide { side } => {
+                self.hosted.insert(*side, node);
             }
+            RouteCommand::LeaveSide { side } if self.hosted.get(side) == Some(&node) => {
+                self.hosted.remove(side);
+            }
+            // A side handed over leaves its peer (if it was here) behind.
+            RouteCommand::HandOver {
+                handed: Some(Handed::Side(side)),
+                ..
+            } => {
+                self.sides.entry(side.peer).or_insert(node);
+            }
+            _ => {}
         }
+        self.leader.command(node, command);
     }
 
-    /// Runs the shared router and sorts what it says into the inboxes.
+    /// Runs the shared queue and sorts what it says into the inboxes,
+    /// noting where the sides of new chats are.
     fn run(&mut self, now: Instant) {
-        while let Some(event) = self.router.poll_event(now) {
-            match event {
-                RouteEvent::Paired { client, counsellor } => {
-                    let (client_node, client) = split(client);
-                    let (counsellor_node, counsellor) = split(counsellor);
-                    if client_node == counsellor_node {
-                        let paired = RouteEvent::Paired { client, counsellor };
-                        self.push(client_node, now, paired);
-                        continue;
-                    }
-                    self.next_pairing += 1;
-                    let mut id = [0x5a; 16];
-                    id[..8].copy_from_slice(&self.next_pairing.to_be_bytes());
-                    let pairing = PairingId(id);
-                    let (topic, language) = self
-                        .choices
-                        .get(&qualify(client_node, client))
-                        .copied()
-                        .unwrap_or_default();
-                    for (node, local, role) in [
-                        (client_node, client, Role::Client),
-                        (counsellor_node, counsellor, Role::Counsellor),
-                    ] {
-                        self.sides.insert(SideKey { pairing, role }, node);
-                        let half = RouteEvent::PairedRemote {
-                            local,
-                            role,
-                            pairing,
-                            topic,
-                            language,
-                        };
-                        self.push(node, now, half);
-                    }
-                }
-                RouteEvent::Queued {
-                    client,
-                    position,
-                    estimated_wait_secs,
-                    announce,
-                } => {
-                    let (node, client) = split(client);
-                    let queued = RouteEvent::Queued {
-                        client,
-                        position,
-                        estimated_wait_secs,
-                        announce,
+        while let Some((node, event)) = self.leader.poll_event(now) {
+            match &event {
+                RouteEvent::PairedRemote { pairing, role, .. } => {
+                    let side = SideKey {
+                        pairing: *pairing,
+                        role: *role,
                     };
-                    self.push(node, now, queued);
+                    self.sides.insert(side, node);
                 }
-                RouteEvent::QueueStats { waiting } => {
-                    let nodes: Vec<u16> = self.inboxes.keys().copied().collect();
-                    for node in nodes {
-                        let stats = RouteEvent::QueueStats {
-                            waiting: waiting.clone(),
-                        };
-                        self.push(node, now, stats);
-                    }
+                RouteEvent::HandedOver {
+                    handed: Some(Handed::Side(side)),
+                    ..
+                } => {
+                    self.sides.insert(side.key, node);
                 }
-                RouteEvent::PairedRemote { .. }
-                | RouteEvent::Delivered { .. }
-                | RouteEvent::Claimed { .. }
-                | RouteEvent::HandedOver { .. } => {}
+                _ => {}
             }
+            self.push(node, now, event);
         }
     }
 }
@@ -356,7 +216,7 @@ impl Router for LinkedRouter {
         let given = self.last_poll.filter(|_| !self.given.is_empty());
         [
             inbox.map(|(at, _)| *at),
-            shared.router.poll_timeout(),
+            shared.leader.poll_timeout(),
             given,
         ]
         .into_iter()
@@ -373,15 +233,15 @@ impl Router for LinkedRouter {
 /// given since the last poll).
 impl QueueView for LinkedRouter {
     fn waiting_count(&self) -> usize {
-        self.linked.lock().router.view().waiting_count()
+        self.linked.lock().leader.view().waiting_count()
     }
     fn newcomers_waiting(&self) -> usize {
-        self.linked.lock().router.view().newcomers_waiting()
+        self.linked.lock().leader.view().newcomers_waiting()
     }
     fn waiting_from(&self, source: SourceTag) -> usize {
-        self.linked.lock().router.view().waiting_from(source)
+        self.linked.lock().leader.view().waiting_from(source)
     }
     fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
-        self.linked.lock().router.view().waiting_per_topic()
+        self.linked.lock().leader.view().waiting_per_topic()
     }
 }

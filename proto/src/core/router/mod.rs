@@ -64,12 +64,16 @@
 //! begun its handshake, which nobody answered) hears END(TRANSFERRED) and
 //! is back at its place, a counsellor hears END(PEER_DISCONNECTED).
 
+pub mod leader;
 pub mod lease;
 #[cfg(any(test, feature = "test-support"))]
 mod linked;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use super::frame::{Blob, EndReason, Language, PairingId, Role, TopicId};
 use super::pairing::{ConnId, LocalQueue, Offer, PairingBackend, QueueView, Request};
@@ -78,7 +82,7 @@ pub use linked::{Linked, LinkedRouter};
 
 /// One side of a chat anywhere in a cluster: the chat's pairing id and
 /// which side. Pairing ids are random, so the key is cluster-unique.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SideKey {
     pub pairing: PairingId,
     pub role: Role,
@@ -98,7 +102,7 @@ impl SideKey {
 /// What one side of a chat tells the other side when that side is on
 /// another relay. The relay where the receiving side lives turns it into
 /// frames, exactly as it would for a local peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// A FORWARD blob (its budget was spent where it was sent).
     Forward(Blob),
@@ -125,7 +129,7 @@ pub type CapHash = [u8; 32];
 
 /// Who presents a capability or ticket in a RESUME (PROTOCOL.md §7.4):
 /// what the relay holding it checks before it lets it go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Claimant {
     /// A new anonymous connection, RESUME as its first frame.
     Client,
@@ -134,11 +138,11 @@ pub enum Claimant {
 }
 
 /// A router's handle for one RESUME that went to another relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClaimId(pub u64);
 
 /// What a relay hands over to the relay where it is resumed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Handed {
     /// A waiting young person's place in the queue (its ticket).
     Place { request: Request },
@@ -148,7 +152,7 @@ pub enum Handed {
 }
 
 /// A chat side on its way from one relay to another.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandedSide {
     /// This side, and the side it chats with (now on another relay).
     pub key: SideKey,
@@ -167,12 +171,14 @@ pub struct HandedSide {
     pub unconfirmed: Option<Request>,
     /// When the pairing is undone if the young person's handshake message
     /// 1 has not come, and when the resume window ends.
+    #[serde(with = "wire::optional_instant")]
     pub handshake_due: Option<Instant>,
+    #[serde(with = "wire::instant")]
     pub window_ends: Instant,
 }
 
 /// What the core tells the router.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RouteCommand {
     /// A client enters the queue, or re-enters it at the place its
     /// `request.turn` gives it. The core has checked the queue's limit
@@ -209,6 +215,14 @@ pub enum RouteCommand {
     Release {
         hash: CapHash,
     },
+    /// This relay hosts a chat side whose other side is on another relay
+    /// (or no longer does): messages for `side` come here.
+    HostSide {
+        side: SideKey,
+    },
+    LeaveSide {
+        side: SideKey,
+    },
     /// A RESUME on `conn` with a capability or ticket this relay does not
     /// hold (or holds for someone else): the router finds the relay that
     /// does. Every claim is answered with [`RouteEvent::HandedOver`].
@@ -226,7 +240,7 @@ pub enum RouteCommand {
 }
 
 /// What the router tells the core.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RouteEvent {
     /// This client goes to this counsellor. The client has left the queue
     /// and the router counts one more chat on the counsellor.
@@ -406,6 +420,8 @@ impl<P: PairingBackend + Send> Router for LocalRouter<P> {
             RouteCommand::Deliver { .. }
             | RouteCommand::Hold { .. }
             | RouteCommand::Release { .. }
+            | RouteCommand::HostSide { .. }
+            | RouteCommand::LeaveSide { .. }
             | RouteCommand::HandOver { .. } => return,
             RouteCommand::Claim { conn, hash, .. } => {
                 let answer = RouteEvent::HandedOver {
