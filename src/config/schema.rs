@@ -52,6 +52,45 @@ pub struct RelayConfig {
     pub web_origins: Vec<String>,
     #[serde(default)]
     pub web: WebConfig,
+    /// `[cluster]`: several relays share one queue through NATS. Absent:
+    /// this relay is on its own, and needs no NATS.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the NATS servers through which several relays share one
+/// queue and carry chats between them (proto/CLUSTER.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs, `nats://host:port` or `tls://host:port`. At least
+    /// one; the client learns the rest of a NATS cluster from them.
+    pub servers: Vec<String>,
+    /// A NATS credentials file (user JWT and NKey seed). Default: none.
+    pub creds: Option<PathBuf>,
+    /// PEM CA certificates that NATS servers' certificates must chain to.
+    /// Setting it requires TLS to NATS. Default: none.
+    pub tls_ca: Option<PathBuf>,
+    /// A PEM client certificate and key for NATS, together. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// What the relays' subjects and key-value buckets start with: relays
+    /// with the same prefix form one cluster. 1 to 32 of `A-Z a-z 0-9 _ -`.
+    /// Default "fluister".
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// Copies NATS keeps of each key-value bucket (memory storage): 3 on a
+    /// three-server NATS cluster, so that losing one loses nothing. 1..=5;
+    /// default 1.
+    #[serde(default = "default_cluster_replicas")]
+    pub replicas: usize,
+}
+
+fn default_cluster_prefix() -> String {
+    "fluister".into()
+}
+
+fn default_cluster_replicas() -> usize {
+    1
 }
 
 /// `[web]`: the browser's ways in (WebTransport on the UDP port, WebSocket
@@ -211,6 +250,7 @@ impl Default for RelayConfig {
             transport: TransportLimits::default(),
             web_origins: Vec::new(),
             web: WebConfig::default(),
+            cluster: None,
         }
     }
 }

@@ -148,6 +148,9 @@ impl RelayConfig {
         self.limits.check().map_err(invalid_limit)?;
         self.transport.check().map_err(invalid_limit)?;
         self.service()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 
@@ -238,4 +241,59 @@ impl RelayConfig {
             hours,
         })
     }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.servers.is_empty() {
+            return invalid("cluster.servers", "name at least one NATS server".into());
+        }
+        for server in &self.servers {
+            if let Err(reason) = check_nats_url(server) {
+                return invalid("cluster.servers", format!("{server:?}: {reason}"));
+            }
+        }
+        let prefix_ok = (1..=32).contains(&self.prefix.len())
+            && (self.prefix.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return invalid(
+                "cluster.prefix",
+                "1 to 32 of A-Z, a-z, 0-9, _ and - (it names subjects and buckets)".into(),
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid(
+                "cluster.tls_cert",
+                "cluster.tls_cert and cluster.tls_key must be given together".into(),
+            );
+        }
+        range("cluster.replicas", self.replicas, 1, 5)
+    }
+
+    /// Whether the connection to NATS uses TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.servers.iter().any(|s| s.starts_with("tls://"))
+    }
+}
+
+/// A NATS server URL: `nats://` or `tls://`, a host, a port, nothing else.
+fn check_nats_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .ok_or("a NATS server URL starts with nats:// or tls://")?;
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or("a NATS server URL ends with :port")?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err("a NATS server URL has a host and a port from 1 to 65535");
+    }
+    if host_port.contains('/') {
+        return Err("a NATS server URL has no path");
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //! asks the driver for a fresh snapshot of the core's gauges and returns
 //! the Prometheus text format; `/healthz` answers while the process runs;
 //! `/readyz` answers 200 while the relay accepts connections and 503 from
-//! the moment a drain starts. It logs nothing about its callers.
+//! the moment a drain starts, and in a cluster while NATS has been out of
+//! reach for more than a few seconds. It logs nothing about its callers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Asks the driver to refresh the gauges; answered when done.
     pub refresh: mpsc::Sender<oneshot::Sender<()>>,
+    /// In a cluster: whether NATS is in reach.
+    pub cluster: Option<Arc<super::cluster::Status>>,
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -49,10 +52,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !state.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if state.cluster.as_ref().is_some_and(|c| !c.serving()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster unreachable\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

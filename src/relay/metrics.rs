@@ -79,6 +79,11 @@ pub struct Metrics {
     rent_challenges: Counter,
     late_pairings: Counter,
     refused_attempts: Counter,
+    cluster_nats_connected: Gauge,
+    cluster_leader: Gauge,
+    cluster_members: Gauge,
+    cluster_resent: Gauge,
+    cluster_given_up: Gauge,
 }
 
 impl Metrics {
@@ -107,6 +112,11 @@ impl Metrics {
             rent_challenges: Counter::default(),
             late_pairings: Counter::default(),
             refused_attempts: Counter::default(),
+            cluster_nats_connected: Gauge::default(),
+            cluster_leader: Gauge::default(),
+            cluster_members: Gauge::default(),
+            cluster_resent: Gauge::default(),
+            cluster_given_up: Gauge::default(),
             registry: Registry::with_prefix("fluister"),
             topics: std::iter::once(None)
                 .chain(topics.iter().copied().map(Some))
@@ -154,6 +164,31 @@ impl Metrics {
             "service_open",
             "1 while the opening hours say the helpline is open, else 0",
             m.service_open.clone(),
+        );
+        r.register(
+            "cluster_nats_connected",
+            "In a cluster: 1 while the NATS connection is up, else 0 (0 without [cluster])",
+            m.cluster_nats_connected.clone(),
+        );
+        r.register(
+            "cluster_leader",
+            "In a cluster: 1 while this relay holds the lease and runs the queue",
+            m.cluster_leader.clone(),
+        );
+        r.register(
+            "cluster_members",
+            "In a cluster: relays in the cluster, as the leader last read them (0 elsewhere)",
+            m.cluster_members.clone(),
+        );
+        r.register(
+            "cluster_batches_resent",
+            "In a cluster: batches between relays sent again, unanswered (since start)",
+            m.cluster_resent.clone(),
+        );
+        r.register(
+            "cluster_batches_given_up",
+            "In a cluster: batches between relays dropped after their patience ran out (since start)",
+            m.cluster_given_up.clone(),
         );
         r.register(
             "ready",
@@ -266,6 +301,17 @@ impl Metrics {
     pub fn reloaded(&self, ok: bool) {
         let reason = if ok { "ok" } else { "refused" };
         self.tls_reloads.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn set_cluster(&self, status: &super::cluster::StatusSnapshot) {
+        self.cluster_nats_connected.set(i64::from(status.connected));
+        self.cluster_leader.set(i64::from(status.leading));
+        self.cluster_members
+            .set(i64::try_from(status.members).unwrap_or(i64::MAX));
+        self.cluster_resent
+            .set(i64::try_from(status.resent).unwrap_or(i64::MAX));
+        self.cluster_given_up
+            .set(i64::try_from(status.given_up).unwrap_or(i64::MAX));
     }
 
     pub fn set_ready(&self, ready: bool) {

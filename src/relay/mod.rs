@@ -45,6 +45,7 @@
 
 mod admin;
 mod carrier;
+pub mod cluster;
 mod metrics;
 mod reload;
 pub mod server_files;
@@ -66,6 +67,7 @@ use crate::config::{ConfigError, RelayConfig};
 use crate::core::frame::{ChatNumber, Frame, FrameDecoder, ToRelay};
 use crate::core::ratelimit::{KeyedLimiter, SourceTag, TokenBucket};
 use crate::core::relay::{ConnId, Credential, Flow, Output, Relay, Route, Stage};
+use crate::core::router::{LocalRouter, Router};
 use crate::core::{CloseCode, Departure, Now};
 use crate::tls;
 use carrier::{BytesOut, Carrier, ChunksIn, ReadEnd};
@@ -117,6 +119,9 @@ pub enum RelayError {
         key: &'static str,
         source: std::io::Error,
     },
+    /// Cluster mode could not start (NATS, its buckets, a node id).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// Which way bytes went, for a [`FrameObserver`].
@@ -433,6 +438,18 @@ pub async fn start(
     let metrics = Arc::new(metrics::Metrics::new(&topics));
     metrics.set_ready(true);
     let ready = Arc::new(AtomicBool::new(true));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (router, cluster): (Box<dyn Router>, _) = match &config.cluster {
+        Some(cluster_config) => {
+            let fallback = config.core_limits().topic_fallback;
+            let joined = cluster::join(cluster_config, fallback, shutdown_rx.clone()).await?;
+            (Box::new(joined.router), Some((joined.status, joined.wake)))
+        }
+        None => (
+            Box::new(LocalRouter::new(config.core_limits().topic_fallback)),
+            None,
+        ),
+    };
     let (refresh_tx, refresh_rx) = mpsc::channel(16);
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_addr = if config.admin.enabled {
@@ -440,6 +457,7 @@ pub async fn start(
             metrics: metrics.clone(),
             ready: ready.clone(),
             refresh: refresh_tx,
+            cluster: cluster.as_ref().map(|(status, _)| status.clone()),
         };
         Some(
             admin::serve(config.admin.listen, state, admin_stop_rx)
@@ -454,11 +472,11 @@ pub async fn start(
     };
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let core = Relay::new(
+    let core = Relay::with_router(
         config.core_limits(),
         service,
         Box::new(OsRng),
+        router,
         std::time::Instant::now(),
     );
     // Connections in their QUIC handshake or before their control stream.
@@ -471,6 +489,7 @@ pub async fn start(
         revoked: files.revoked.iter().cloned().collect(),
         handshakes: handshakes.clone(),
         routes: HashMap::new(),
+        cluster: cluster.clone(),
     };
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx));
     let reloader = reload::Reloader {
@@ -1294,6 +1313,9 @@ struct Driver {
     handshakes: Arc<AtomicUsize>,
     /// The routes granted now, by the sending side.
     routes: HashMap<(ConnId, ChatNumber), Route>,
+    /// In a cluster: what the metrics show of it, and what wakes the
+    /// driver when the router has news.
+    cluster: Option<(Arc<cluster::Status>, Arc<tokio::sync::Notify>)>,
 }
 
 impl Driver {
@@ -1309,6 +1331,7 @@ impl Driver {
         let mut timer = self.core.poll_timeout().map(Instant::from_std);
         let mut checked = Instant::now();
         let mut stale = false;
+        let router_news = self.cluster.as_ref().map(|(_, wake)| wake.clone());
         loop {
             if stale && checked.elapsed() >= TIMER_RECHECK {
                 timer = self.core.poll_timeout().map(Instant::from_std);
@@ -1329,6 +1352,10 @@ impl Driver {
                 Some(done) = refresh.recv() => {
                     self.set_gauges();
                     let _ = done.send(());
+                }
+                _ = async { router_news.as_ref()?.notified().await; Some(()) }, if router_news.is_some() => {
+                    self.core.handle_timeout(now());
+                    stale = true;
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some() => {
                     if timer.is_some_and(|t| t <= Instant::now()) {
@@ -1359,6 +1386,9 @@ impl Driver {
         let mut gauges = self.core.gauges(now());
         gauges.handshaking = self.handshakes.load(Ordering::Relaxed);
         self.metrics.set_gauges(&gauges);
+        if let Some((status, _)) = &self.cluster {
+            self.metrics.set_cluster(&status.snapshot());
+        }
     }
 
     /// The core took a chunk (or the end of the stream): the connection

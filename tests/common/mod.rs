@@ -3,6 +3,7 @@
 //! channels.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod web;
 
 use std::path::PathBuf;

@@ -364,8 +364,13 @@ impl PairingBackend for LocalQueue {
     }
 
     fn offer(&mut self, counsellor: ConnId, mut offer: Offer) {
-        // Pairings made since the relay's count are on their way to it.
-        let made = self.pairings_made.get(&counsellor).copied().unwrap_or(0);
+        // Pairings made since the relay's count are on their way to it. A
+        // queue that meets a counsellor for the first time (a new leader's)
+        // counts on from what the relay has seen.
+        let made = *self
+            .pairings_made
+            .entry(counsellor)
+            .or_insert(offer.pairings_seen);
         let in_flight = made.saturating_sub(offer.pairings_seen);
         offer.load = offer
             .load

@@ -1,0 +1,103 @@
+//! A NATS server with JetStream on loopback for the cluster tests: Debian's
+//! `nats-server`, on a port it picks itself, with its store in a temporary
+//! folder, killed when the test drops it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fluister::config::{ClusterConfig, RelayConfig};
+use fluister::relay::{self, RunningRelay};
+
+use super::Org;
+
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts `nats-server -js` on 127.0.0.1 and waits until it listens.
+    pub fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port) = spawn(&dir, None);
+        Nats { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as SIGKILL would) and starts it again on the same
+    /// port, once `down` has passed.
+    pub fn restart(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        let (child, _) = spawn(&self.dir, Some(self.port));
+        self.child = child;
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(dir: &tempfile::TempDir, port: Option<u16>) -> (Child, u16) {
+    let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the cluster tests need Debian's nats-server (apt install nats-server)");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Reads the log until the end, so that the pipe never fills.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let marker = "Listening for client connections on 127.0.0.1:";
+            if let Some(at) = line.find(marker) {
+                let port: u16 = line[at + marker.len()..].trim().parse().unwrap();
+                let _ = tx.send(port);
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("nats-server did not start listening");
+    (child, port)
+}
+
+/// The org's relay config in a cluster on `nats` under `prefix`, admitting
+/// many young people at once.
+pub fn cluster_config(org: &Org, nats: &Nats, prefix: &str) -> RelayConfig {
+    let mut config = org.config();
+    config.limits.admissions_per_sec = 1000;
+    config.limits.admissions_burst = 1000;
+    config.cluster = Some(ClusterConfig {
+        servers: vec![nats.url()],
+        creds: None,
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        prefix: prefix.into(),
+        replicas: 1,
+    });
+    config
+}
+
+pub async fn start_cluster_relay(org: &Org, nats: &Nats, prefix: &str) -> RunningRelay {
+    relay::start(&cluster_config(org, nats, prefix), Default::default())
+        .await
+        .unwrap()
+}
