@@ -416,7 +416,7 @@ pub async fn start(
         addr: config.listen,
         source,
     };
-    let socket = bind_udp(config.listen).map_err(bind_err)?;
+    let (socket, web_listener) = bind_ports(config)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
     // A reset key that survives a restart: a relay that restarts answers
@@ -553,7 +553,12 @@ pub async fn start(
             keep_alive: Duration::from_secs(config.transport.keep_alive_secs),
             tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         };
-        start_web(config, &files, local_addr, tcp_tls, context, &shutdown_rx).await?
+        let listener = web_listener.ok_or_else(|| RelayError::BindWeb {
+            addr: local_addr,
+            key: "listen",
+            source: std::io::Error::other("no TCP listener"),
+        })?;
+        start_web(config, &files, listener, tcp_tls, context, &shutdown_rx).await?
     } else {
         (None, None)
     };
@@ -594,7 +599,7 @@ pub async fn start(
 async fn start_web(
     config: &RelayConfig,
     files: &tls::ServerFiles,
-    udp: SocketAddr,
+    tls_listener: std::net::TcpListener,
     tcp_tls: web::TcpTls,
     mut context: web::WebContext,
     shutdown: &watch::Receiver<bool>,
@@ -604,8 +609,22 @@ async fn start_web(
             .await
             .map_err(|source| RelayError::BindWeb { addr, key, source })
     };
-    let tls_listener = bind(udp, "listen").await?;
-    let web_addr = tls_listener.local_addr().ok();
+    let udp = tls_listener
+        .local_addr()
+        .map_err(|source| RelayError::BindWeb {
+            addr: config.listen,
+            key: "listen",
+            source,
+        })?;
+    let web_addr = Some(udp);
+    let tls_listener = tls_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(tls_listener))
+        .map_err(|source| RelayError::BindWeb {
+            addr: udp,
+            key: "listen",
+            source,
+        })?;
     let loopback = match config.web.loopback_http {
         Some(addr) => Some(bind(addr, "web.loopback_http").await?),
         None => None,
@@ -633,6 +652,45 @@ async fn start_web(
         web::serve_tcp(listener, None, context, shutdown.clone());
     }
     Ok((web_addr, loopback_addr))
+}
+
+/// Binds the UDP socket and, with the web transports on, a TCP listener on
+/// the same port number. With port 0 the kernel draws UDP and TCP ports
+/// apart, so the number it gave UDP may be taken for TCP (by any outgoing
+/// connection): then both are drawn again, a few times.
+fn bind_ports(
+    config: &RelayConfig,
+) -> Result<(std::net::UdpSocket, Option<std::net::TcpListener>), RelayError> {
+    const DRAWS: usize = 16;
+    let mut draw = 0;
+    loop {
+        draw += 1;
+        let udp = bind_udp(config.listen).map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        if !config.web.enabled {
+            return Ok((udp, None));
+        }
+        let port = udp.local_addr().map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        match std::net::TcpListener::bind(port) {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && config.listen.port() == 0
+                    && draw < DRAWS => {}
+            Err(source) => {
+                return Err(RelayError::BindWeb {
+                    addr: port,
+                    key: "listen",
+                    source,
+                });
+            }
+        }
+    }
 }
 
 /// What the accept loop decides before a handshake starts.

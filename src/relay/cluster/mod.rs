@@ -46,7 +46,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::ClusterConfig;
-use crate::core::frame::TopicId;
+use crate::core::frame::{Presence, TopicId};
 use crate::core::pairing::{ConnId, Offer, QueueView, Request};
 use crate::core::ratelimit::SourceTag;
 use crate::core::router::{CapHash, PeerMessage, RouteCommand, RouteEvent, Router, SideKey, wire};
@@ -421,6 +421,8 @@ struct Mirror {
     sources: HashMap<ConnId, SourceTag>,
     offers: BTreeMap<ConnId, Offer>,
     holds: HashSet<CapHash>,
+    /// Counsellors' presence here, by pseudonym (for transfers).
+    presence: BTreeMap<String, Presence>,
 }
 
 impl Mirror {
@@ -446,6 +448,13 @@ impl Mirror {
             RouteCommand::Release { hash } => {
                 self.holds.remove(hash);
             }
+            RouteCommand::Presence { name, presence } => {
+                if *presence == Presence::SignedOut {
+                    self.presence.remove(name);
+                } else {
+                    self.presence.insert(name.clone(), *presence);
+                }
+            }
             _ => {}
         }
     }
@@ -468,7 +477,8 @@ impl Mirror {
     }
 
     /// Everything again, for a new leader: counsellors first, then the
-    /// queue in this relay's order of turns, then the holdings.
+    /// queue in this relay's order of turns, then the holdings and who is
+    /// signed in.
     fn resync(&self) -> Vec<RouteCommand> {
         let offers = (self.offers.iter()).map(|(counsellor, offer)| RouteCommand::Offer {
             counsellor: *counsellor,
@@ -483,7 +493,11 @@ impl Mirror {
                 request: *request,
             });
         let holds = (self.holds.iter()).map(|hash| RouteCommand::Hold { hash: *hash });
-        offers.chain(queue).chain(holds).collect()
+        let presence = (self.presence.iter()).map(|(name, presence)| RouteCommand::Presence {
+            name: name.clone(),
+            presence: *presence,
+        });
+        offers.chain(queue).chain(holds).chain(presence).collect()
     }
 }
 

@@ -6,6 +6,13 @@
 
 use super::*;
 
+/// Whom a chat is transferred to: a colleague on this relay, or one
+/// available on another relay of the cluster (by pseudonym).
+pub(super) enum Colleague {
+    Here(ConnId),
+    Elsewhere(String),
+}
+
 impl Relay {
     pub(super) fn handle_forward(
         &mut self,
@@ -121,12 +128,27 @@ impl Relay {
         };
         let colleague = match &target {
             TransferTarget::Queue => None,
-            TransferTarget::Colleague(name) => match self.find_colleague(conn, name) {
-                Ok(id) => Some(id),
-                Err(reason) => {
-                    self.send(conn, FromRelay::TransferRefused { chat, reason });
-                    return;
-                }
+            TransferTarget::Colleague(name) => match self.find_colleague(Some(conn), name.as_str())
+            {
+                Ok(id) => Some(Colleague::Here(id)),
+                Err(refusal) => match self.presence_elsewhere.get(name.as_str()) {
+                    Some(Presence::Available) => Some(Colleague::Elsewhere(name.to_string())),
+                    elsewhere => {
+                        // The better reason: away here, full elsewhere.
+                        let reason = match (refusal, elsewhere) {
+                            (Refusal::UnknownColleague, Some(Presence::Away)) => {
+                                Refusal::ColleagueAway
+                            }
+                            (
+                                Refusal::UnknownColleague | Refusal::ColleagueAway,
+                                Some(Presence::Full),
+                            ) => Refusal::ColleagueFull,
+                            (refusal, _) => refusal,
+                        };
+                        self.send(conn, FromRelay::TransferRefused { chat, reason });
+                        return;
+                    }
+                },
             },
         };
         self.stats.transfers += 1;
@@ -146,7 +168,7 @@ impl Relay {
         conn: ConnId,
         chat: ChatNumber,
         client: ConnId,
-        colleague: Option<ConnId>,
+        colleague: Option<Colleague>,
     ) {
         self.end_chat(conn, chat, EndReason::Transferred);
         // The counsellor hears END(TRANSFERRED) as confirmation, too.
@@ -158,11 +180,27 @@ impl Relay {
             },
         );
         match colleague {
-            Some(colleague) => {
+            Some(Colleague::Here(colleague)) => {
                 if let Some(c) = self.conns.get_mut(&client) {
                     c.state = State::Client(ClientStage::InChat);
                 }
                 self.start_chat(now, client, colleague);
+            }
+            Some(Colleague::Elsewhere(name)) => {
+                if let Some(c) = self.conns.get_mut(&client) {
+                    c.state = State::Client(ClientStage::InChat);
+                }
+                let choice = self
+                    .conns
+                    .get(&client)
+                    .map(|c| c.choice)
+                    .unwrap_or_default();
+                let pairing = self.new_pairing_id();
+                if self.open_moved_half(now, client, pairing, choice) {
+                    self.transfer_to(name, pairing, choice);
+                } else {
+                    self.back_to_queue(now, client, None);
+                }
             }
             None => self.back_to_queue(now, client, None),
         }
@@ -173,20 +211,8 @@ impl Relay {
     /// queue, at `place` if it had one, else with priority and what it
     /// chose. It hears JOINED if it never had a ticket, then QUEUED.
     pub(super) fn back_to_queue(&mut self, now: Now, client: ConnId, place: Option<Request>) {
-        let Some(c) = self.conns.get(&client) else {
+        let Some(request) = place.or_else(|| self.priority_request(now, client)) else {
             return;
-        };
-        let ((topic, language), source) = (c.choice, c.source);
-        let request = match place {
-            Some(request) => request,
-            None => Request {
-                topic,
-                language,
-                since: now.mono,
-                turn: self.next_turn(),
-                priority: true,
-                source,
-            },
         };
         // Not counted against the queue's limit: it always fits.
         self.router
@@ -195,11 +221,37 @@ impl Relay {
         self.set_waiting(now, client, request);
     }
 
-    /// A signed-in colleague named `name` with room, or why not.
-    pub(super) fn find_colleague(&self, from: ConnId, name: &Label) -> Result<ConnId, Refusal> {
+    /// A new place for `client` in the queue, ahead of newcomers, with what
+    /// it chose: where a counsellor sends it back.
+    pub(super) fn priority_request(&mut self, now: Now, client: ConnId) -> Option<Request> {
+        let c = self.conns.get(&client)?;
+        let ((topic, language), source) = (c.choice, c.source);
+        Some(Request {
+            topic,
+            language,
+            since: now.mono,
+            turn: self.next_turn(),
+            priority: true,
+            source,
+        })
+    }
+
+    pub(super) fn new_pairing_id(&mut self) -> PairingId {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        PairingId(id)
+    }
+
+    /// A signed-in colleague here named `name` with room (other than
+    /// `from`), or why not.
+    pub(super) fn find_colleague(
+        &self,
+        from: Option<ConnId>,
+        name: &str,
+    ) -> Result<ConnId, Refusal> {
         let mut refusal = Refusal::UnknownColleague;
-        for id in self.by_name.get(name.as_str()).into_iter().flatten() {
-            let Some(c) = self.conns.get(id).filter(|_| *id != from) else {
+        for id in self.by_name.get(name).into_iter().flatten() {
+            let Some(c) = self.conns.get(id).filter(|_| Some(*id) != from) else {
                 continue;
             };
             let State::Counsellor(s) = &c.state else {
@@ -220,9 +272,7 @@ impl Relay {
 
     /// Links a client and a counsellor in a new chat and tells both.
     pub(super) fn start_chat(&mut self, now: Now, client: ConnId, counsellor: ConnId) {
-        let mut id = [0u8; 16];
-        self.rng.fill_bytes(&mut id);
-        let pairing_id = PairingId(id);
+        let pairing_id = self.new_pairing_id();
         let (Some(client_chat), Some(counsellor_chat)) =
             (self.issue_chat(client), self.issue_chat(counsellor))
         else {
@@ -410,9 +460,10 @@ impl Relay {
     }
 
     /// Works out what colleagues should see of `name` (the best of its
-    /// connections) and tells them if that changed.
+    /// connections here and, in a cluster, on the other relays) and tells
+    /// them if that changed. The router hears what changed here.
     pub(super) fn update_presence(&mut self, name: &str) {
-        let now = self
+        let here = self
             .by_name
             .get(name)
             .into_iter()
@@ -431,6 +482,20 @@ impl Relay {
             )
             .max()
             .unwrap_or(Presence::SignedOut);
+        let told = self.presence_here.get(name).copied();
+        if told.unwrap_or(Presence::SignedOut) != here {
+            if here == Presence::SignedOut {
+                self.presence_here.remove(name);
+            } else {
+                self.presence_here.insert(name.to_owned(), here);
+            }
+            self.router.handle_command(RouteCommand::Presence {
+                name: name.to_owned(),
+                presence: here,
+            });
+        }
+        let elsewhere = self.presence_elsewhere.get(name).copied();
+        let now = here.max(elsewhere.unwrap_or(Presence::SignedOut));
         let before = self
             .presence
             .get(name)

@@ -293,6 +293,11 @@ impl Relay {
         }
         self.by_name.clear();
         self.presence.clear();
+        for name in std::mem::take(&mut self.presence_here).into_keys() {
+            let presence = Presence::SignedOut;
+            self.router
+                .handle_command(RouteCommand::Presence { name, presence });
+        }
         self.index = Indexes::default();
         for key in remote {
             self.deliver(key, PeerMessage::End(EndReason::PeerDisconnected));

@@ -525,6 +525,11 @@ pub struct Relay {
     /// colleagues were last told about each pseudonym.
     by_name: HashMap<String, BTreeSet<ConnId>>,
     presence: BTreeMap<String, Presence>,
+    /// In a cluster: what the router was last told of each pseudonym
+    /// here, and what it told of each on the other relays. Colleagues here
+    /// see the better of the two.
+    presence_here: BTreeMap<String, Presence>,
+    presence_elsewhere: BTreeMap<String, Presence>,
     stats: Stats,
     shutting_down: bool,
     /// The indexes that spare every step a scan (see the module docs).
@@ -622,6 +627,8 @@ impl Relay {
             turns: 0,
             by_name: HashMap::new(),
             presence: BTreeMap::new(),
+            presence_here: BTreeMap::new(),
+            presence_elsewhere: BTreeMap::new(),
             stats: Stats::default(),
             shutting_down: false,
             index: Indexes::default(),

@@ -265,6 +265,15 @@ impl Relay {
                 RouteEvent::HandedOver { conn, hash, handed } => {
                     self.on_handed_over(now, conn, hash, handed)
                 }
+                RouteEvent::Presence { name, presence } => {
+                    self.on_presence_elsewhere(name, presence)
+                }
+                RouteEvent::TransferIn {
+                    name,
+                    pairing,
+                    topic,
+                    language,
+                } => self.on_transfer_in(now, &name, pairing, (topic, language)),
             }
         }
     }

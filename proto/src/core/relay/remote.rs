@@ -12,6 +12,7 @@
 //! END(PEER_DISCONNECTED), and an END is never answered, so two ends that
 //! cross settle.
 
+use super::chats::Colleague;
 use super::*;
 
 impl Relay {
@@ -53,7 +54,7 @@ impl Relay {
             ) => s.available && c.links.len() < s.capacity,
             _ => false,
         };
-        if fits && self.open_half(now, local, role, pairing, choice) {
+        if fits && self.open_half(now, local, role, pairing, choice).is_some() {
             return;
         }
         self.stats.late_pairings += 1;
@@ -72,7 +73,7 @@ impl Relay {
     }
 
     /// Opens `conn`'s side (in `role`) of the chat `pairing`, whose other
-    /// side is on another relay, and sends its PAIRED. False if `conn`
+    /// side is on another relay, and sends its PAIRED. `None` if `conn`
     /// cannot take another chat number.
     pub(super) fn open_half(
         &mut self,
@@ -81,18 +82,13 @@ impl Relay {
         role: Role,
         pairing: PairingId,
         choice: Choice,
-    ) -> bool {
+    ) -> Option<ChatNumber> {
         let key = SideKey { pairing, role };
         let (unconfirmed, choice) = match role {
-            Role::Client => match self.unconfirmed_side(now, conn, pairing) {
-                Some(side) => side,
-                None => return false,
-            },
+            Role::Client => self.unconfirmed_side(now, conn, pairing)?,
             Role::Counsellor => (None, choice),
         };
-        let Some(chat) = self.issue_chat(conn) else {
-            return false;
-        };
+        let chat = self.issue_chat(conn)?;
         let mut resume = ResumeCapability([0; 32]);
         self.rng.fill_bytes(&mut resume.0);
         let peer = Peer::Remote(RemotePeer {
@@ -132,7 +128,74 @@ impl Relay {
                 language,
             },
         );
+        Some(chat)
+    }
+
+    /// Opens a young person's side of the chat `pairing` with a colleague
+    /// it was moved to. Should the colleague's relay refuse its half, the
+    /// young person goes back to the queue ahead of newcomers.
+    pub(super) fn open_moved_half(
+        &mut self,
+        now: Now,
+        client: ConnId,
+        pairing: PairingId,
+        choice: Choice,
+    ) -> bool {
+        let place = self.priority_request(now, client);
+        let Some(chat) = self.open_half(now, client, Role::Client, pairing, choice) else {
+            return false;
+        };
+        if let Some(link) = self.link_mut(client, chat) {
+            link.place_if_refused = place;
+        }
         true
+    }
+
+    /// Asks the relay where the colleague `name` is to open its side of
+    /// the chat `pairing`.
+    pub(super) fn transfer_to(&mut self, name: String, pairing: PairingId, choice: Choice) {
+        let (topic, language) = choice;
+        self.router.handle_command(RouteCommand::TransferTo {
+            name,
+            pairing,
+            topic,
+            language,
+        });
+    }
+
+    /// A colleague on another relay moved a chat to `name` here: its side
+    /// opens, or (nobody here can take it) the young person's side hears
+    /// that it was refused.
+    pub(super) fn on_transfer_in(
+        &mut self,
+        now: Now,
+        name: &str,
+        pairing: PairingId,
+        choice: Choice,
+    ) {
+        let opened = match self.find_colleague(None, name) {
+            Ok(colleague) => {
+                (self.open_half(now, colleague, Role::Counsellor, pairing, choice)).is_some()
+            }
+            Err(_) => false,
+        };
+        if !opened {
+            let client = SideKey {
+                pairing,
+                role: Role::Client,
+            };
+            self.deliver(client, PeerMessage::Refused);
+        }
+    }
+
+    /// What the other relays say of the colleague `name` changed.
+    pub(super) fn on_presence_elsewhere(&mut self, name: String, presence: Presence) {
+        if presence == Presence::SignedOut {
+            self.presence_elsewhere.remove(&name);
+        } else {
+            self.presence_elsewhere.insert(name.clone(), presence);
+        }
+        self.update_presence(&name);
     }
 
     /// A counsellor here moves a chat whose young person is on another
@@ -145,7 +208,7 @@ impl Relay {
         conn: ConnId,
         chat: ChatNumber,
         peer: RemotePeer,
-        colleague: Option<ConnId>,
+        colleague: Option<Colleague>,
     ) {
         let end = FromRelay::End {
             chat,
@@ -163,11 +226,14 @@ impl Relay {
         self.stats.ended(EndReason::Transferred);
         self.refresh_offer(conn);
         self.send(conn, end);
-        let mut id = [0u8; 16];
-        self.rng.fill_bytes(&mut id);
-        let pairing = PairingId(id);
+        let pairing = self.new_pairing_id();
         self.deliver(peer.key, PeerMessage::Moved { pairing });
-        if !self.open_half(now, colleague, Role::Counsellor, pairing, peer.choice) {
+        let colleague = match colleague {
+            Colleague::Here(colleague) => colleague,
+            Colleague::Elsewhere(name) => return self.transfer_to(name, pairing, peer.choice),
+        };
+        let opened = self.open_half(now, colleague, Role::Counsellor, pairing, peer.choice);
+        if opened.is_none() {
             let client = SideKey {
                 pairing,
                 role: Role::Client,
@@ -243,7 +309,7 @@ impl Relay {
                         reason: EndReason::Transferred,
                     },
                 );
-                if !self.open_half(now, conn, Role::Client, pairing, choice) {
+                if !self.open_moved_half(now, conn, pairing, choice) {
                     let counsellor = SideKey {
                         pairing,
                         role: Role::Counsellor,
@@ -330,7 +396,7 @@ mod tests {
 
     use super::super::test_support::{A, Across, B, Cluster, Did, ended, forward, paired, to};
     use crate::core::frame::{
-        ChatNumber, EndReason, Frame, Label, PairingId, ResumeCapability, Role, TopicId,
+        ChatNumber, EndReason, Frame, Label, PairingId, Presence, ResumeCapability, Role, TopicId,
         TransferTarget,
     };
     use crate::core::limits::Limits;
@@ -595,6 +661,135 @@ mod tests {
         assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
         assert_eq!(a[0], b[0].other());
         assert_eq!(a[0].role, Role::Client);
+    }
+
+    const C: usize = 2;
+
+    fn colleague(name: &str, presence: Presence) -> Frame {
+        Frame::Colleague {
+            name: Label::new(name).expect("a label"),
+            presence,
+        }
+    }
+
+    fn transferred_end(chat: ChatNumber) -> Frame {
+        Frame::End {
+            chat,
+            reason: EndReason::Transferred,
+        }
+    }
+
+    fn transfer(chat: ChatNumber, name: &str) -> Frame {
+        Frame::Transfer {
+            chat,
+            target: TransferTarget::Colleague(Label::new(name).expect("a label")),
+        }
+    }
+
+    #[test]
+    fn colleagues_see_each_other_across_relays_and_a_chat_moves_to_one_elsewhere() {
+        let mut c = Cluster::with_nodes(3, Duration::ZERO);
+        let sam = c.counsellor(A, "Sam", 1);
+        let (noor, did) = c.sign_in(C, "Noor", 1);
+        assert!(
+            to(&did[A], sam).contains(&colleague("Noor", Presence::Available)),
+            "Sam on A hears of Noor on C: {did:?}"
+        );
+        let (y, did) = c.client(B, TopicId::new(1));
+        let (y_chat, _, _) = paired(&to(&did[B], y)).expect("paired");
+        // The first counsellor to sign in takes the first chat.
+        let (s_chat, _, _) = paired(&to(&did[A], sam)).expect("Sam has the chat");
+        assert!(paired(&to(&did[C], noor)).is_none());
+        c.send(B, y, forward(y_chat, 1));
+
+        let did = c.send(A, sam, transfer(s_chat, "Noor"));
+        assert_eq!(to(&did[A], sam).first(), Some(&transferred_end(s_chat)));
+        let y_frames = to(&did[B], y);
+        assert_eq!(y_frames.first(), Some(&transferred_end(y_chat)));
+        let (y_chat2, y_pairing, _) = paired(&y_frames).expect("the young person is paired anew");
+        let noor_frames = to(&did[C], noor);
+        let (n_chat, n_pairing, _) = paired(&noor_frames).expect("Noor, on C, has the chat");
+        assert_eq!(y_pairing, n_pairing);
+        assert!(
+            noor_frames
+                .iter()
+                .any(|f| matches!(f, Frame::Paired { topic, .. } if *topic == TopicId::new(1))),
+            "with the young person's topic"
+        );
+        let did = c.send(B, y, forward(y_chat2, 2));
+        assert_eq!(to(&did[C], noor), vec![forward(n_chat, 2)]);
+        let did = c.send(C, noor, forward(n_chat, 3));
+        assert_eq!(to(&did[B], y), vec![forward(y_chat2, 3)]);
+        // Noor is full now, and Sam on A hears so.
+        assert!(
+            c.nodes[A].relay.presence.get("Noor") == Some(&Presence::Full),
+            "{:?}",
+            c.nodes[A].relay.presence
+        );
+    }
+
+    #[test]
+    fn a_young_person_on_the_counsellors_relay_moves_to_a_colleague_elsewhere() {
+        let mut c = Cluster::with_nodes(3, Duration::ZERO);
+        let sam = c.counsellor(A, "Sam", 1);
+        let (y, did) = c.client(A, None);
+        let (y_chat, _, _) = paired(&to(&did[A], y)).expect("paired");
+        let (s_chat, _, _) = paired(&to(&did[A], sam)).expect("paired");
+        c.send(A, y, forward(y_chat, 1));
+        let noor = c.counsellor(C, "Noor", 1);
+
+        let did = c.send(A, sam, transfer(s_chat, "Noor"));
+        let y_frames = to(&did[A], y);
+        assert_eq!(y_frames.first(), Some(&transferred_end(y_chat)));
+        let (y_chat2, _, _) = paired(&y_frames).expect("paired anew");
+        let (n_chat, _, _) = paired(&to(&did[C], noor)).expect("Noor has the chat");
+        let did = c.send(A, y, forward(y_chat2, 2));
+        assert_eq!(to(&did[C], noor), vec![forward(n_chat, 2)]);
+        let did = c.send(C, noor, forward(n_chat, 3));
+        assert_eq!(to(&did[A], y), vec![forward(y_chat2, 3)]);
+    }
+
+    #[test]
+    fn a_colleague_elsewhere_who_went_away_meanwhile_sends_the_young_person_back_to_the_queue() {
+        let mut c = Cluster::with_nodes(3, Duration::ZERO);
+        let sam = c.counsellor(A, "Sam", 1);
+        let (y, did) = c.client(B, None);
+        let (y_chat, _, _) = paired(&to(&did[B], y)).expect("paired");
+        let (s_chat, _, _) = paired(&to(&did[A], sam)).expect("paired");
+        c.send(B, y, forward(y_chat, 1));
+        let noor = c.counsellor(C, "Noor", 1);
+        // Noor goes away on her relay; Sam's relay has not heard it yet
+        // when Sam moves the chat to her.
+        c.nodes[C].send(noor, status(false));
+        let did = c.send(A, sam, transfer(s_chat, "Noor"));
+        assert!(paired(&to(&did[C], noor)).is_none(), "Noor takes nothing");
+        let y_frames = to(&did[B], y);
+        let transferred = |f: &&Frame| {
+            matches!(
+                f,
+                Frame::End {
+                    reason: EndReason::Transferred,
+                    ..
+                }
+            )
+        };
+        assert_eq!(
+            y_frames.iter().filter(transferred).count(),
+            2,
+            "moved to Noor, and back from her half that was refused: {y_frames:?}"
+        );
+        // Back in the queue ahead of newcomers, where Sam (free again)
+        // takes it at once.
+        let paired_frames = |f: &&Frame| matches!(f, Frame::Paired { .. });
+        assert_eq!(
+            y_frames.iter().filter(paired_frames).count(),
+            2,
+            "{y_frames:?}"
+        );
+        assert!(
+            paired(&to(&did[A], sam)).is_some(),
+            "Sam has the young person again"
+        );
     }
 
     #[test]

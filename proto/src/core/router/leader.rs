@@ -22,11 +22,11 @@
 //! A node that leaves ([`Leader::leave`]) takes its waiting clients,
 //! counsellors and holdings with it.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{CapHash, ClaimId, Handed, LocalRouter, Request, RouteCommand, RouteEvent, Router};
-use crate::core::frame::{Language, PairingId, Role, TopicId};
+use crate::core::frame::{Language, PairingId, Presence, Role, TopicId};
 use crate::core::pairing::{ConnId, QueueView};
 
 /// Bits of a qualified connection id that hold the relay's local id.
@@ -64,6 +64,10 @@ pub struct Leader {
     /// Claims on their way: the claiming node, connection and hash.
     claims: HashMap<ClaimId, (u16, ConnId, CapHash)>,
     next_claim: u64,
+    /// Each counsellor's presence on each node, as the nodes told it.
+    presence: BTreeMap<String, BTreeMap<u16, Presence>>,
+    /// What each node was last told of each name: the best elsewhere.
+    told: HashMap<(u16, String), Presence>,
     out: VecDeque<(u16, RouteEvent)>,
 }
 
@@ -80,6 +84,8 @@ impl Leader {
             holders: HashMap::new(),
             claims: HashMap::new(),
             next_claim: 0,
+            presence: BTreeMap::new(),
+            told: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -90,8 +96,14 @@ impl Leader {
     }
 
     /// A node is known (it hears QUEUE_STATS) before it says anything.
+    /// A new node hears who is signed in elsewhere.
     pub fn join(&mut self, node: u16) {
-        self.nodes.insert(node);
+        if self.nodes.insert(node) {
+            let names: Vec<String> = self.presence.keys().cloned().collect();
+            for name in names {
+                self.tell_presence(&name);
+            }
+        }
     }
 
     /// A node is gone: its waiting clients and counsellors leave the
@@ -116,11 +128,49 @@ impl Leader {
         self.holders.retain(|_, holder| *holder != node);
         self.claims.retain(|_, (claimant, ..)| *claimant != node);
         self.turns.retain(|(n, _), _| *n != node);
+        self.told.retain(|(n, _), _| *n != node);
+        let names: Vec<String> = (self.presence.iter_mut())
+            .filter_map(|(name, nodes)| nodes.remove(&node).map(|_| name.clone()))
+            .collect();
+        for name in names {
+            self.tell_presence(&name);
+        }
+    }
+
+    /// Tells every node that has not heard it the best presence of `name`
+    /// on the other nodes.
+    fn tell_presence(&mut self, name: &str) {
+        let on_nodes = self.presence.get(name).cloned().unwrap_or_default();
+        for node in self.nodes.iter().copied() {
+            let elsewhere = (on_nodes.iter())
+                .filter(|(n, _)| **n != node)
+                .map(|(_, p)| *p)
+                .max()
+                .unwrap_or(Presence::SignedOut);
+            let key = (node, name.to_owned());
+            let before = self.told.get(&key).copied().unwrap_or(Presence::SignedOut);
+            if elsewhere == before {
+                continue;
+            }
+            if elsewhere == Presence::SignedOut {
+                self.told.remove(&key);
+            } else {
+                self.told.insert(key, elsewhere);
+            }
+            let event = RouteEvent::Presence {
+                name: name.to_owned(),
+                presence: elsewhere,
+            };
+            self.out.push_back((node, event));
+        }
+        if on_nodes.is_empty() {
+            self.presence.remove(name);
+        }
     }
 
     /// Takes one command from `node`. Its events come at the next poll.
     pub fn command(&mut self, node: u16, command: RouteCommand) {
-        self.nodes.insert(node);
+        self.join(node);
         let command = match command {
             RouteCommand::Enqueue { client, request } => {
                 let turn = self.global_turn(node, request.turn);
@@ -193,6 +243,37 @@ impl Leader {
                 let handed = handed.map(|handed| self.moved(node, claimant, handed));
                 let answer = RouteEvent::HandedOver { conn, hash, handed };
                 self.out.push_back((claimant, answer));
+                return;
+            }
+            RouteCommand::Presence { name, presence } => {
+                let on_nodes = self.presence.entry(name.clone()).or_default();
+                if presence == Presence::SignedOut {
+                    on_nodes.remove(&node);
+                } else {
+                    on_nodes.insert(node, presence);
+                }
+                self.tell_presence(&name);
+                return;
+            }
+            RouteCommand::TransferTo {
+                name,
+                pairing,
+                topic,
+                language,
+            } => {
+                // Where the colleague is available; if nowhere, back to the
+                // sender, who finds nobody and undoes the move.
+                let on_nodes = self.presence.get(&name);
+                let to = (on_nodes.into_iter().flatten())
+                    .find(|(n, p)| **n != node && **p == Presence::Available)
+                    .map_or(node, |(n, _)| *n);
+                let event = RouteEvent::TransferIn {
+                    name,
+                    pairing,
+                    topic,
+                    language,
+                };
+                self.out.push_back((to, event));
                 return;
             }
             // Messages between sides go from relay to relay.
@@ -297,7 +378,9 @@ impl Leader {
             RouteEvent::PairedRemote { .. }
             | RouteEvent::Delivered { .. }
             | RouteEvent::Claimed { .. }
-            | RouteEvent::HandedOver { .. } => {}
+            | RouteEvent::HandedOver { .. }
+            | RouteEvent::Presence { .. }
+            | RouteEvent::TransferIn { .. } => {}
         }
     }
 

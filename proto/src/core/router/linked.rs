@@ -110,7 +110,7 @@ impl Shared {
     fn command(&mut self, node: u16, now: Instant, command: RouteCommand) {
         match &command {
             RouteCommand::Deliver { to, message } => {
-                let Some(&at) = self.sides.get(to) else {
+                let Some(&at) = self.sides.get(to).or_else(|| self.hosted.get(to)) else {
                     // The chat is over: its sides are forgotten.
                     return;
                 };
@@ -173,6 +173,13 @@ impl Shared {
                     ..
                 } => {
                     self.sides.insert(side.key, node);
+                }
+                RouteEvent::TransferIn { pairing, .. } => {
+                    let side = SideKey {
+                        pairing: *pairing,
+                        role: Role::Counsellor,
+                    };
+                    self.sides.insert(side, node);
                 }
                 _ => {}
             }

@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::frame::{Blob, EndReason, Language, PairingId, Role, TopicId};
+use super::frame::{Blob, EndReason, Language, PairingId, Presence, Role, TopicId};
 use super::pairing::{ConnId, LocalQueue, Offer, PairingBackend, QueueView, Request};
 #[cfg(any(test, feature = "test-support"))]
 pub use linked::{Linked, LinkedRouter};
@@ -237,6 +237,22 @@ pub enum RouteCommand {
         claim: ClaimId,
         handed: Option<Handed>,
     },
+    /// What colleagues should see of the counsellor `name` on this relay
+    /// (the best of its connections here) changed.
+    Presence {
+        name: String,
+        presence: Presence,
+    },
+    /// A chat moves to the colleague `name`, who is not on this relay:
+    /// a relay where `name` is available opens the counsellor's side of
+    /// the new chat `pairing` ([`RouteEvent::TransferIn`]). The young
+    /// person's side opens wherever it is.
+    TransferTo {
+        name: String,
+        pairing: PairingId,
+        topic: Option<TopicId>,
+        language: Option<Language>,
+    },
 }
 
 /// What the router tells the core.
@@ -283,6 +299,18 @@ pub enum RouteEvent {
     /// topic order.
     QueueStats {
         waiting: Vec<(Option<TopicId>, usize)>,
+    },
+    /// The best presence of the counsellor `name` on the other relays
+    /// changed.
+    Presence { name: String, presence: Presence },
+    /// Open the side of the colleague `name` here in the chat `pairing`,
+    /// moved to them from another relay; if nobody by that name here can
+    /// take it, the young person's side hears [`PeerMessage::Refused`].
+    TransferIn {
+        name: String,
+        pairing: PairingId,
+        topic: Option<TopicId>,
+        language: Option<Language>,
     },
 }
 
@@ -422,7 +450,25 @@ impl<P: PairingBackend + Send> Router for LocalRouter<P> {
             | RouteCommand::Release { .. }
             | RouteCommand::HostSide { .. }
             | RouteCommand::LeaveSide { .. }
+            | RouteCommand::Presence { .. }
             | RouteCommand::HandOver { .. } => return,
+            // A single relay has found every colleague itself; should one
+            // be asked for, nobody here takes it.
+            RouteCommand::TransferTo {
+                name,
+                pairing,
+                topic,
+                language,
+            } => {
+                let answer = RouteEvent::TransferIn {
+                    name,
+                    pairing,
+                    topic,
+                    language,
+                };
+                self.events.push_back(answer);
+                return;
+            }
             RouteCommand::Claim { conn, hash, .. } => {
                 let answer = RouteEvent::HandedOver {
                     conn,
