@@ -6,10 +6,11 @@ mod common;
 
 use common::cluster::{Nats, start_cluster_relay};
 use common::*;
-use fluister::client::chat::ChatEvent;
+use fluister::client::chat::{ChatEvent, ClientRequest, CounsellorSettings};
 use fluister::core::frame::Presence;
 use fluister::org::Identity;
 use fluister::relay::RunningRelay;
+use tokio::sync::mpsc;
 
 /// Counsellor `name` of `org`, signed in to `relay` and connected.
 async fn counsellor_on(org: &Org, relay: &RunningRelay, name: &str) -> Party {
@@ -67,6 +68,146 @@ async fn a_chat_across_relays_goes_both_ways_and_moves_to_a_colleague_on_a_third
     noor.say("/end").await;
     assert_eq!(young.next().await, ended("peer_ended"));
     for relay in [a, b, c] {
+        relay.shutdown().await;
+    }
+}
+
+/// Who an event came from, in the sixty-young-people test.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Young(usize),
+    Counsellor(usize),
+}
+
+/// Forwards a party's events, tagged, into one channel.
+fn tag_events(mut party: Party, who: Who, all: mpsc::UnboundedSender<(Who, ChatEvent)>) -> Party {
+    let mut events = std::mem::replace(&mut party.events, mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if all.send((who, event)).is_err() {
+                return;
+            }
+        }
+    });
+    party
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_young_people_on_three_relays_are_paired_once_each_in_joining_order_per_topic() {
+    const YOUNG: usize = 60;
+    let org = Org::new();
+    let nats = Nats::start();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        relays.push(start_cluster_relay(&org, &nats, "sixty").await);
+    }
+    let (all_tx, mut all) = mpsc::unbounded_channel();
+
+    // They join one after the other, over the three relays, half of them
+    // on topic 1 and half on topic 2; each is in the queue before the next
+    // comes.
+    let topic_of = |i: usize| 1 + (i % 2) as u16;
+    let mut young = Vec::new();
+    for i in 0..YOUNG {
+        let relay = &relays[i % 3];
+        let request = ClientRequest {
+            topic: Some(topic_of(i).to_string()),
+            ..ClientRequest::default()
+        };
+        let mut party = client_party_for(connect_anonymous(&org, relay).await, org.public, request);
+        party
+            .expect(|e| matches!(e, ChatEvent::Queued { .. }))
+            .await;
+        young.push(tag_events(party, Who::Young(i), all_tx.clone()));
+    }
+
+    // Sam takes any topic (3 chats at once), Noor topic 1 (2), Kim topic 2
+    // (1), each on another relay.
+    let counsellors = [
+        ("Sam", 3u8, vec![]),
+        ("Noor", 2, vec![1u16]),
+        ("Kim", 1, vec![2]),
+    ];
+    let mut signed_in = Vec::new();
+    for (n, (name, capacity, topics)) in counsellors.iter().enumerate() {
+        let identity = Identity::load(&org.counsellor(name)).unwrap();
+        let stream = connect_counsellor(&org, &relays[n], &identity).await;
+        let settings = CounsellorSettings {
+            capacity: *capacity,
+            topics: Some(topics.clone()),
+            ..CounsellorSettings::default()
+        };
+        let party = counsellor_party_with(stream, identity, settings);
+        signed_in.push(tag_events(party, Who::Counsellor(n), all_tx.clone()));
+    }
+
+    let mut paired_at: Vec<Option<usize>> = vec![None; YOUNG];
+    let mut pairings = 0;
+    let mut in_chat: std::collections::VecDeque<usize> = Default::default();
+    let mut open = [0u8; 3];
+    let mut ended = 0;
+    // Every young person ever paired from a topic is one of the first to
+    // join on it: the pairings of each topic follow the order of joining.
+    let check_order = |paired_at: &[Option<usize>]| {
+        for topic in [1, 2] {
+            let on_topic: Vec<bool> = (0..YOUNG)
+                .filter(|i| topic_of(*i) == topic)
+                .map(|i| paired_at[i].is_some())
+                .collect();
+            let prefix = on_topic.iter().take_while(|p| **p).count();
+            assert!(
+                on_topic[prefix..].iter().all(|p| !p),
+                "topic {topic}: paired out of joining order: {on_topic:?}"
+            );
+        }
+    };
+    let serves =
+        |n: usize, topic: u16| counsellors[n].2.is_empty() || counsellors[n].2.contains(&topic);
+    while ended < YOUNG {
+        // Settled: every chat is seen from both sides, and no counsellor
+        // with room serves anybody still waiting. Then the pairings so far
+        // must follow the order of joining, and the young person paired
+        // first leaves, which makes room for the next pairing.
+        let waiting: Vec<usize> = (0..YOUNG).filter(|i| paired_at[*i].is_none()).collect();
+        let settled = open.iter().map(|n| usize::from(*n)).sum::<usize>() == in_chat.len()
+            && (0..3).all(|n| {
+                open[n] == counsellors[n].1 || !waiting.iter().any(|i| serves(n, topic_of(*i)))
+            });
+        if settled {
+            check_order(&paired_at);
+            if let Some(leaving) = in_chat.pop_front() {
+                young[leaving].hang_up();
+            }
+        }
+        let Ok(next) = tokio::time::timeout(WAIT, all.recv()).await else {
+            panic!("stuck: {pairings} paired, {ended} ended, open {open:?}, in chat {in_chat:?}");
+        };
+        let (who, event) = next.expect("the channel stays open");
+        match (who, event) {
+            (Who::Young(i), ChatEvent::Paired { .. }) => {
+                assert!(paired_at[i].is_none(), "young person {i} paired twice");
+                paired_at[i] = Some(pairings);
+                pairings += 1;
+                in_chat.push_back(i);
+            }
+            (Who::Young(i), ChatEvent::Ended { .. }) => {
+                in_chat.retain(|j| *j != i);
+                ended += 1;
+            }
+            (Who::Counsellor(n), ChatEvent::Paired { .. }) => {
+                open[n] += 1;
+                assert!(
+                    open[n] <= counsellors[n].1,
+                    "{} over capacity",
+                    counsellors[n].0
+                );
+            }
+            (Who::Counsellor(n), ChatEvent::Ended { .. }) => open[n] -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(pairings, YOUNG, "everybody had a chat, once");
+    for relay in relays {
         relay.shutdown().await;
     }
 }

@@ -79,11 +79,12 @@ fn spawn(dir: &tempfile::TempDir, port: Option<u16>) -> (Child, u16) {
 }
 
 /// The org's relay config in a cluster on `nats` under `prefix`, admitting
-/// many young people at once.
+/// many young people at once, all from loopback.
 pub fn cluster_config(org: &Org, nats: &Nats, prefix: &str) -> RelayConfig {
     let mut config = org.config();
     config.limits.admissions_per_sec = 1000;
     config.limits.admissions_burst = 1000;
+    config.limits.per_source_places = 0;
     config.cluster = Some(ClusterConfig {
         servers: vec![nats.url()],
         creds: None,
