@@ -10,6 +10,8 @@ use fluister::client::chat::{ChatEvent, ClientRequest, CounsellorSettings};
 use fluister::core::frame::Presence;
 use fluister::org::Identity;
 use fluister::relay::RunningRelay;
+use futures_util::StreamExt;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// Counsellor `name` of `org`, signed in to `relay` and connected.
@@ -209,5 +211,209 @@ async fn sixty_young_people_on_three_relays_are_paired_once_each_in_joining_orde
     assert_eq!(pairings, YOUNG, "everybody had a chat, once");
     for relay in relays {
         relay.shutdown().await;
+    }
+}
+
+/// Everything NATS carried: each message's subject and payload.
+type Heard = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Subscribes to every subject (`>`) on `nats` and keeps what it hears.
+async fn tap_everything(nats: &Nats) -> (async_nats::Client, Heard) {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut everything = client.subscribe(">").await.unwrap();
+    client.flush().await.unwrap();
+    let heard: Heard = Arc::default();
+    let keep = heard.clone();
+    tokio::spawn(async move {
+        while let Some(message) = everything.next().await {
+            let subject = message.subject.to_string();
+            keep.lock()
+                .unwrap()
+                .push((subject, message.payload.to_vec()));
+        }
+    });
+    (client, heard)
+}
+
+/// Every key and value in the cluster's buckets, and every stream's name.
+async fn read_buckets(
+    client: &async_nats::Client,
+    prefix: &str,
+) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
+    let js = async_nats::jetstream::new(client.clone());
+    let streams: Vec<String> = js.stream_names().map(|name| name.unwrap()).collect().await;
+    let mut entries = Vec::new();
+    for bucket in ["nodes", "lease"] {
+        let store = js
+            .get_key_value(format!("{prefix}_{bucket}"))
+            .await
+            .unwrap();
+        let keys: Vec<String> = store
+            .keys()
+            .await
+            .unwrap()
+            .map(|k| k.unwrap())
+            .collect()
+            .await;
+        for key in keys {
+            let value = store.get(&key).await.unwrap().unwrap_or_default();
+            entries.push((format!("{bucket}/{key}"), value.to_vec()));
+        }
+    }
+    (streams, entries)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_carries_nothing_readable_and_keeps_nothing_once_the_chats_end() {
+    const PREFIX: &str = "audit";
+    let org = Org::new();
+    let nats = Nats::start();
+    let (tap, heard) = tap_everything(&nats).await;
+    let a = start_cluster_relay(&org, &nats, PREFIX).await;
+    let b = start_cluster_relay(&org, &nats, PREFIX).await;
+    let c = start_cluster_relay(&org, &nats, PREFIX).await;
+    let [a_port, b_port, c_port] = [&a, &b, &c].map(|r| r.local_addr().port());
+    // Long pseudonyms and texts, so that no sealed byte string holds one
+    // by chance.
+    let (first, second) = ("Samira van den Audit", "Noor-Auditrix de Tweede");
+    let mut sam = counsellor_on(&org, &a, first).await;
+    let mut young = client_party(connect_anonymous(&org, &b).await, org.public);
+    young.expect(is_paired).await;
+    sam.expect(is_paired).await;
+    let mut canaries = Vec::new();
+    let canary = |label: &str| {
+        let random = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        format!("{label}-CANARY-{random:016x}")
+    };
+    for _ in 0..5 {
+        let text = canary("young");
+        young.say(&text).await;
+        let got = sam.expect(|e| matches!(e, ChatEvent::Message { .. })).await;
+        assert_eq!(strip_chat(got), message(&text));
+        canaries.push(text);
+        let reply = canary("counsellor");
+        sam.say(&reply).await;
+        let got = young
+            .expect(|e| matches!(e, ChatEvent::Message { .. }))
+            .await;
+        assert_eq!(got, message(&reply));
+        canaries.push(reply);
+    }
+    let mut noor = counsellor_on(&org, &c, second).await;
+    sam.expect(|e| {
+        matches!(
+            e,
+            ChatEvent::Colleague {
+                presence: Presence::Available,
+                ..
+            }
+        )
+    })
+    .await;
+    sam.say(&format!("/transfer {second}")).await;
+    young
+        .expect(|e| matches!(e, ChatEvent::Transferred { .. }))
+        .await;
+    noor.expect(is_paired).await;
+    let last = canary("after-transfer");
+    young.say(&last).await;
+    let got = noor
+        .expect(|e| matches!(e, ChatEvent::Message { .. }))
+        .await;
+    assert_eq!(strip_chat(got), message(&last));
+    canaries.push(last);
+    young.hang_up();
+    young.finish().await.unwrap();
+    noor.expect(is_ended).await;
+
+    // What the buckets hold while the relays run, the chats over: node
+    // ids and the leader's, in the two buckets, and no other stream.
+    let (streams, entries) = read_buckets(&tap, PREFIX).await;
+    let mut streams = streams;
+    streams.sort();
+    assert_eq!(
+        streams,
+        [format!("KV_{PREFIX}_lease"), format!("KV_{PREFIX}_nodes")]
+    );
+    for (key, value) in &entries {
+        let node_id =
+            |text: &[u8]| std::str::from_utf8(text).is_ok_and(|t| t.parse::<u16>().is_ok());
+        let ok = match key.split_once('/') {
+            Some(("nodes", k)) => {
+                k.starts_with('n') && node_id(&k.as_bytes()[1..]) && value == b"up"
+            }
+            Some(("lease", "leader")) => node_id(value),
+            _ => false,
+        };
+        assert!(ok, "unexpected entry {key} = {value:?}");
+    }
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|(k, _)| k.starts_with("nodes/"))
+            .count(),
+        3
+    );
+
+    for relay in [a, b, c] {
+        relay.shutdown().await;
+    }
+    let heard = heard.lock().unwrap().clone();
+    assert!(
+        heard.len() > 50,
+        "the tap heard the run: {} messages",
+        heard.len()
+    );
+    let side = regex_like_side(PREFIX);
+    let ports: Vec<String> = [&a_port, &b_port, &c_port]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    for (subject, payload) in &heard {
+        let allowed = subject == &format!("{PREFIX}.leader")
+            || subject
+                .strip_prefix(&format!("{PREFIX}.node."))
+                .is_some_and(|n| n.parse::<u16>().is_ok())
+            || side(subject)
+            || subject.starts_with("$JS.API.")
+            || subject.starts_with("$JS.EVENT.ADVISORY.")
+            || subject.starts_with(&format!("$KV.{PREFIX}_nodes.n"))
+            || subject == &format!("$KV.{PREFIX}_lease.leader")
+            || subject.starts_with("_INBOX.");
+        assert!(allowed, "a subject that should not exist: {subject}");
+        for secret in canaries
+            .iter()
+            .map(String::as_str)
+            .chain([first, second, "127.0.0.1", "::1"])
+        {
+            assert!(
+                !contains(subject.as_bytes(), secret.as_bytes()),
+                "{secret:?} in subject {subject}"
+            );
+            assert!(
+                !contains(payload, secret.as_bytes()),
+                "{secret:?} on {subject}"
+            );
+        }
+        for port in &ports {
+            assert!(!contains(payload, port.as_bytes()));
+        }
+    }
+}
+
+/// Whether `subject` is a chat side's: the prefix, `side`, and 32 hex digits.
+fn regex_like_side(prefix: &str) -> impl Fn(&str) -> bool {
+    let head = format!("{prefix}.side.");
+    move |subject: &str| {
+        subject.strip_prefix(&head).is_some_and(|route| {
+            route.len() == 32
+                && route
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
     }
 }

@@ -410,6 +410,9 @@ async fn run(command: Command) -> CliResult {
         } => {
             let config = RelayConfig::load(&path)?;
             relay::server_files::load(&config)?;
+            if let Some(cluster) = &config.cluster {
+                relay::cluster::Seal::load(&cluster.secret_file)?;
+            }
             let service = config.service()?;
             if config.counsellor_ca.is_none() {
                 println!(

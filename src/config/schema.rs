@@ -65,6 +65,10 @@ pub struct ClusterConfig {
     /// NATS server URLs, `nats://host:port` or `tls://host:port`. At least
     /// one; the client learns the rest of a NATS cluster from them.
     pub servers: Vec<String>,
+    /// A file with the cluster's secret, 64 hex digits (`openssl rand -hex
+    /// 32`), the same on every relay: everything relays say to each other
+    /// through NATS is sealed with it. Required.
+    pub secret_file: PathBuf,
     /// A NATS credentials file (user JWT and NKey seed). Default: none.
     pub creds: Option<PathBuf>,
     /// PEM CA certificates that NATS servers' certificates must chain to.

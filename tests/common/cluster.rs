@@ -87,6 +87,7 @@ pub fn cluster_config(org: &Org, nats: &Nats, prefix: &str) -> RelayConfig {
     config.limits.per_source_places = 0;
     config.cluster = Some(ClusterConfig {
         servers: vec![nats.url()],
+        secret_file: cluster_secret(org),
         creds: None,
         tls_ca: None,
         tls_cert: None,
@@ -95,6 +96,17 @@ pub fn cluster_config(org: &Org, nats: &Nats, prefix: &str) -> RelayConfig {
         replicas: 1,
     });
     config
+}
+
+/// The cluster's secret, in a file beside the org's.
+pub fn cluster_secret(org: &Org) -> std::path::PathBuf {
+    let path = org.dir.path().join("cluster.secret");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        std::fs::write(&path, hex::encode(key)).unwrap();
+    }
+    path
 }
 
 pub async fn start_cluster_relay(org: &Org, nats: &Nats, prefix: &str) -> RunningRelay {

@@ -271,7 +271,7 @@ async fn lead(ctx: Leading, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             message = commands.next() => {
                 let Some(message) = message else { return };
-                if let Some(batch) = link::batch_of(&message)
+                if let Some(batch) = link::batch_of(&ctx.names.seal, &message)
                     && dedup.is_new(&batch)
                 {
                     let now = std::time::Instant::now();
@@ -318,6 +318,7 @@ fn send(ctx: &Leading, to_nodes: &mut HashMap<u16, Sender>, node: u16, message: 
             ctx.epoch,
             Some(NODE_PATIENCE),
             ctx.status.clone(),
+            ctx.names.seal.clone(),
         )
     });
     sender.send(bytes);

@@ -17,6 +17,7 @@
 //!
 //! One batch in flight per stream keeps the order. Batches carry up to
 //! [`MAX_BATCH`] items, so a busy stream pays one round trip for many.
+//! Each is sealed with the cluster's secret for its subject (`seal.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Status;
+use super::seal::Seal;
 
 /// Most items in one batch: 64 FORWARDs are about 70 KB, far below NATS's
 /// smallest `max_payload`.
@@ -68,6 +70,7 @@ impl Sender {
         epoch: u64,
         patience: Option<Duration>,
         status: Arc<Status>,
+        seal: Seal,
     ) -> Sender {
         let (items, rx) = mpsc::unbounded_channel();
         let stream = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
@@ -79,6 +82,7 @@ impl Sender {
             stream,
             patience,
             status,
+            seal,
         };
         tokio::spawn(stream.run(rx));
         Sender { items }
@@ -98,6 +102,7 @@ struct Stream {
     stream: u64,
     patience: Option<Duration>,
     status: Arc<Status>,
+    seal: Seal,
 }
 
 impl Stream {
@@ -119,9 +124,10 @@ impl Stream {
                 seq,
                 items,
             };
-            let Ok(payload) = postcard::to_stdvec(&batch) else {
+            let Ok(plain) = postcard::to_stdvec(&batch) else {
                 continue;
             };
+            let payload = self.seal.seal(&self.subject, &plain);
             if !self.deliver(payload.into()).await {
                 self.status.batch_given_up();
             }
@@ -174,10 +180,12 @@ pub async fn answer(client: &Client, message: &async_nats::Message) {
     }
 }
 
-/// The batch in a request, if it is one. What is not is answered too, so
-/// that a broken sender does not try it forever, and otherwise ignored.
-pub fn batch_of(message: &async_nats::Message) -> Option<Batch> {
-    postcard::from_bytes(&message.payload).ok()
+/// The batch in a request, if it is one, sealed with this cluster's secret
+/// for this subject. What is not is answered too, so that a broken sender
+/// does not try it forever, and otherwise ignored.
+pub fn batch_of(seal: &Seal, message: &async_nats::Message) -> Option<Batch> {
+    let plain = seal.open(message.subject.as_str(), &message.payload)?;
+    postcard::from_bytes(&plain).ok()
 }
 
 #[cfg(test)]

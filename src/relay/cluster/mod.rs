@@ -24,14 +24,17 @@
 //!
 //! What goes through NATS is what the seam carries (`router::wire`): no
 //! address or port, no source tag, no capability (only hashes), FORWARD
-//! blobs as the opaque 1,039 bytes they are. The buckets hold node ids and
-//! the leader's node id, in memory, for seconds. Nothing here logs a
-//! subject, a node's traffic or anything about a chat.
+//! blobs as the opaque 1,039 bytes they are; and all of it sealed with the
+//! cluster's secret (`seal.rs`), so that NATS itself reads none of it. The
+//! buckets hold node ids and the leader's node id, in memory, for
+//! seconds. Nothing here logs a subject, a node's traffic or anything
+//! about a chat.
 //!
 //! [`Leader`]: crate::core::router::leader::Leader
 
 mod leading;
 mod link;
+mod seal;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +54,7 @@ use crate::core::pairing::{ConnId, Offer, QueueView, Request};
 use crate::core::ratelimit::SourceTag;
 use crate::core::router::{CapHash, PeerMessage, RouteCommand, RouteEvent, Router, SideKey, wire};
 use link::Sender;
+pub use seal::Seal;
 
 /// How long a message for a chat side is tried: the longest a side can be
 /// away (`resume_window_secs`' upper bound) and come back to take it.
@@ -69,6 +73,8 @@ pub enum ClusterError {
     Bucket { bucket: String, reason: String },
     #[error("no free node id in the cluster's bucket {bucket}")]
     NoNodeId { bucket: String },
+    #[error(transparent)]
+    Secret(#[from] crate::config::ConfigError),
 }
 
 /// What `/metrics` and `/readyz` show of the cluster.
@@ -136,10 +142,11 @@ impl Status {
     }
 }
 
-/// The subjects and buckets of one cluster.
+/// The subjects and buckets of one cluster, and its secret.
 #[derive(Clone)]
 struct Names {
     prefix: String,
+    seal: Seal,
 }
 
 impl Names {
@@ -213,10 +220,12 @@ pub async fn join(
     topic_fallback: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<Joined, ClusterError> {
+    let seal = Seal::load(&config.secret_file)?;
     let status = Arc::new(Status::default());
     let client = connect(config, status.clone()).await?;
     let names = Names {
         prefix: config.prefix.clone(),
+        seal,
     };
     let buckets = leading::Buckets::open(&client, &names, config.replicas).await?;
     let node = buckets.claim_node_id(&names).await?;
@@ -230,7 +239,12 @@ pub async fn join(
         .subscribe(names.node(node))
         .await
         .map_err(|e| connect_error(config, e))?;
-    tokio::spawn(receive_events(client.clone(), events, inbox.clone()));
+    tokio::spawn(receive_events(
+        client.clone(),
+        names.seal.clone(),
+        events,
+        inbox.clone(),
+    ));
     let (hosting, hosting_rx) = mpsc::unbounded_channel();
     tokio::spawn(host_sides(
         client.clone(),
@@ -254,6 +268,7 @@ pub async fn join(
         0,
         None,
         status.clone(),
+        names.seal.clone(),
     );
     let router = NatsRouter {
         client,
@@ -325,11 +340,16 @@ async fn connect(config: &ClusterConfig, status: Arc<Status>) -> Result<Client, 
 }
 
 /// Takes in the leader's events for this relay.
-async fn receive_events(client: Client, mut events: async_nats::Subscriber, inbox: Arc<Inbox>) {
+async fn receive_events(
+    client: Client,
+    seal: Seal,
+    mut events: async_nats::Subscriber,
+    inbox: Arc<Inbox>,
+) {
     let mut dedup = link::Dedup::default();
     let mut newest_epoch = 0;
     while let Some(message) = events.next().await {
-        if let Some(batch) = link::batch_of(&message)
+        if let Some(batch) = link::batch_of(&seal, &message)
             && batch.epoch >= newest_epoch
             && dedup.is_new(&batch)
         {
@@ -375,6 +395,7 @@ async fn host_sides(
                 };
                 let task = tokio::spawn(receive_side(
                     client.clone(),
+                    names.seal.clone(),
                     subscriber,
                     side,
                     inbox.clone(),
@@ -393,13 +414,14 @@ async fn host_sides(
 /// Takes in the messages for one side hosted here.
 async fn receive_side(
     client: Client,
+    seal: Seal,
     mut subscriber: async_nats::Subscriber,
     side: SideKey,
     inbox: Arc<Inbox>,
 ) {
     let mut dedup = link::Dedup::default();
     while let Some(message) = subscriber.next().await {
-        if let Some(batch) = link::batch_of(&message)
+        if let Some(batch) = link::batch_of(&seal, &message)
             && dedup.is_new(&batch)
         {
             let now = Instant::now();
@@ -536,6 +558,7 @@ impl NatsRouter {
                 0,
                 Some(SIDE_PATIENCE),
                 self.status.clone(),
+                self.names.seal.clone(),
             )
         });
         sender.send(bytes);
