@@ -417,3 +417,58 @@ fn regex_like_side(prefix: &str) -> impl Fn(&str) -> bool {
         })
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_go_on_after_nats_restarts_and_every_message_arrives() {
+    let org = Org::new();
+    let mut nats = Nats::start();
+    let a = start_cluster_relay(&org, &nats, "restart").await;
+    let b = start_cluster_relay(&org, &nats, "restart").await;
+    let mut sam = counsellor_on(&org, &a, "Sam").await;
+    let mut young = client_party(connect_anonymous(&org, &b).await, org.public);
+    young.expect(is_paired).await;
+    sam.expect(is_paired).await;
+    young.say("voor de herstart").await;
+    assert_eq!(
+        strip_chat(sam.expect(|e| matches!(e, ChatEvent::Message { .. })).await),
+        message("voor de herstart")
+    );
+
+    // A second young person waits: Sam has no room.
+    let mut second = client_party(connect_anonymous(&org, &b).await, org.public);
+    second
+        .expect(|e| matches!(e, ChatEvent::Queued { .. }))
+        .await;
+
+    // NATS goes down for two seconds, with everything it held in memory;
+    // both sides write meanwhile.
+    nats.stop();
+    young.say("tijdens de herstart 1").await;
+    sam.say("ook tijdens de herstart").await;
+    young.say("tijdens de herstart 2").await;
+    nats.restart(std::time::Duration::from_secs(2));
+
+    for text in ["tijdens de herstart 1", "tijdens de herstart 2"] {
+        let got = sam.expect(|e| matches!(e, ChatEvent::Message { .. })).await;
+        assert_eq!(strip_chat(got), message(text));
+    }
+    let got = young
+        .expect(|e| matches!(e, ChatEvent::Message { .. }))
+        .await;
+    assert_eq!(got, message("ook tijdens de herstart"));
+    // Every message of both is confirmed by the other side, none lost.
+    let delivered = |e: &ChatEvent| matches!(e, ChatEvent::Delivered { .. });
+    for _ in 0..3 {
+        young.expect(delivered).await;
+    }
+    sam.expect(delivered).await;
+
+    // The queue is back as it was (the relays told the new leader): the
+    // young person who waited is paired with Noor, who signs in on A.
+    let mut noor = counsellor_on(&org, &a, "Noor").await;
+    assert_eq!(second.expect(is_paired).await, paired_with("Noor"));
+    noor.expect(is_paired).await;
+    for relay in [a, b] {
+        relay.shutdown().await;
+    }
+}

@@ -30,8 +30,8 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (as SIGKILL would) and starts it again on the same
-    /// port, once `down` has passed.
+    /// Starts the server again on the same port, once `down` has passed
+    /// since now (after [`Nats::stop`]; memory storage starts empty).
     pub fn restart(&mut self, down: Duration) {
         self.stop();
         std::thread::sleep(down);

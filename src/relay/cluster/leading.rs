@@ -48,15 +48,34 @@ const NODE_ID_DRAWS: usize = 32;
 
 /// The cluster's two key-value buckets.
 pub struct Buckets {
+    js: async_nats::jetstream::Context,
+    configs: [stream::Config; 2],
     nodes: Store,
     lease: Store,
 }
 
+/// A bucket's stream by the key-value conventions (`KV_<bucket>` over
+/// `$KV.<bucket>.>`), in memory, one value per key.
+fn bucket_stream(bucket: String, max_age: Duration, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::Memory,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 impl Buckets {
-    /// Opens (creating if need be) both buckets, in memory.
+    /// Opens (creating if need be) both buckets.
     ///
-    /// A bucket is a stream by the key-value conventions (`KV_<bucket>`
-    /// over `$KV.<bucket>.>`), created here rather than by
+    /// The buckets' streams are created here rather than by
     /// `create_key_value`: that first reads the account's information,
     /// which async-nats 0.51 cannot parse from Debian's nats-server 2.9.
     pub async fn open(
@@ -65,38 +84,44 @@ impl Buckets {
         replicas: usize,
     ) -> Result<Buckets, ClusterError> {
         let js = async_nats::jetstream::new(client.clone());
-        let open = |bucket: String, max_age: Duration| {
-            let js = js.clone();
-            async move {
-                let failed = |reason: String| ClusterError::Bucket {
-                    bucket: bucket.clone(),
-                    reason,
-                };
-                let config = stream::Config {
-                    name: format!("KV_{bucket}"),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age,
-                    storage: stream::StorageType::Memory,
-                    num_replicas: replicas,
-                    discard: stream::DiscardPolicy::New,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    ..Default::default()
-                };
-                js.get_or_create_stream(config)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                js.get_key_value(&bucket)
-                    .await
-                    .map_err(|e| failed(e.to_string()))
-            }
-        };
+        let configs = [
+            bucket_stream(names.nodes_bucket(), NODE_TTL, replicas),
+            bucket_stream(names.lease_bucket(), LeaseTimes::default().ttl, replicas),
+        ];
+        let mut stores = Vec::new();
+        for config in &configs {
+            let bucket = config.name.trim_start_matches("KV_").to_owned();
+            let failed = |reason: String| ClusterError::Bucket {
+                bucket: bucket.clone(),
+                reason,
+            };
+            js.get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let store = js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            stores.push(store);
+        }
+        let [nodes, lease] = <[Store; 2]>::try_from(stores).map_err(|_| ClusterError::Bucket {
+            bucket: names.nodes_bucket(),
+            reason: "not opened".into(),
+        })?;
         Ok(Buckets {
-            nodes: open(names.nodes_bucket(), NODE_TTL).await?,
-            lease: open(names.lease_bucket(), LeaseTimes::default().ttl).await?,
+            js,
+            configs,
+            nodes,
+            lease,
         })
+    }
+
+    /// Creates the buckets again if they are gone: a NATS server that
+    /// restarted starts with empty memory storage.
+    async fn restore(&self) {
+        for config in &self.configs {
+            let _ = self.js.get_or_create_stream(config.clone()).await;
+        }
     }
 
     /// Draws node ids until one is free, and claims it.
@@ -165,8 +190,12 @@ impl LeaseTask {
                 let outcome = tokio::time::timeout(times.write_timeout, self.write(action)).await;
                 let now = std::time::Instant::now();
                 match outcome {
-                    Ok(Some(revision)) => lease.on_written(now, action, revision),
-                    Ok(None) => lease.on_refused(now, action),
+                    Ok(Written::Yes(revision)) => lease.on_written(now, action, revision),
+                    Ok(Written::Refused) => lease.on_refused(now, action),
+                    Ok(Written::Failed) => {
+                        lease.on_refused(now, action);
+                        self.buckets.restore().await;
+                    }
                     // No outcome: the lease machine counts it as failed.
                     Err(_) => {}
                 }
@@ -201,21 +230,28 @@ impl LeaseTask {
         }
     }
 
-    /// Does one write of the lease; `Some(revision)` if it took.
-    async fn write(&self, action: LeaseAction) -> Option<u64> {
+    /// Does one write of the lease.
+    async fn write(&self, action: LeaseAction) -> Written {
         let me = bytes::Bytes::from(self.node.to_string());
         match action {
             LeaseAction::Create => match self.buckets.lease.create("leader", me.clone()).await {
-                Ok(revision) => Some(revision),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                Ok(revision) => Written::Yes(revision),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Written::Refused,
                 // Perhaps written, its answer lost: read it back.
                 Err(_) => match self.buckets.lease.entry("leader").await {
-                    Ok(Some(entry)) if entry.value == me => Some(entry.revision),
-                    _ => None,
+                    Ok(Some(entry)) if entry.value == me => Written::Yes(entry.revision),
+                    Ok(_) => Written::Refused,
+                    Err(_) => Written::Failed,
                 },
             },
             LeaseAction::Renew { revision } => {
-                self.buckets.lease.update("leader", me, revision).await.ok()
+                match self.buckets.lease.update("leader", me, revision).await {
+                    Ok(revision) => Written::Yes(revision),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        Written::Refused
+                    }
+                    Err(_) => Written::Failed,
+                }
             }
         }
     }
@@ -233,6 +269,16 @@ impl LeaseTask {
     }
 }
 
+/// How a write of the lease went.
+enum Written {
+    /// It took; the key's revision now.
+    Yes(u64),
+    /// Another relay holds the lease.
+    Refused,
+    /// The bucket could not be written (NATS away, or the bucket gone).
+    Failed,
+}
+
 /// What the leader's task needs.
 struct Leading {
     client: Client,
@@ -242,6 +288,73 @@ struct Leading {
     nodes: Store,
     status: Arc<Status>,
     topic_fallback: Duration,
+}
+
+/// The leader's queue and its streams to the relays.
+struct Queue<'a> {
+    ctx: &'a Leading,
+    leader: Leader,
+    to_nodes: HashMap<u16, Sender>,
+    /// Relays asked to say again what they hold (a resync): each once,
+    /// when this leader first knows of it (from the bucket or from its
+    /// commands), and again if it left and came back.
+    asked: BTreeSet<u16>,
+}
+
+impl Queue<'_> {
+    fn ask(&mut self, node: u16) {
+        if self.asked.insert(node) {
+            self.leader.join(node);
+            self.send(node, &ToNode::Resync);
+        }
+    }
+
+    /// Takes in who is in the cluster now.
+    fn members(&mut self, members: &BTreeSet<u16>) {
+        let gone: Vec<u16> = (self.leader.nodes())
+            .filter(|n| !members.contains(n))
+            .collect();
+        for node in gone {
+            self.leader.leave(node);
+            self.to_nodes.remove(&node);
+            self.asked.remove(&node);
+        }
+        for node in members {
+            self.ask(*node);
+        }
+        self.ctx
+            .status
+            .members
+            .store(members.len(), Ordering::Relaxed);
+    }
+
+    /// Sends what the queue has to say.
+    fn flush(&mut self) {
+        let now = std::time::Instant::now();
+        while let Some((node, event)) = self.leader.poll_event(now) {
+            self.send(node, &ToNode::Event(event));
+        }
+    }
+
+    /// Sends one message to a relay, on its stream from this leader.
+    fn send(&mut self, node: u16, message: &ToNode) {
+        let Ok(bytes) = wire::encode(std::time::Instant::now(), message) else {
+            return;
+        };
+        let ctx = self.ctx;
+        let sender = self.to_nodes.entry(node).or_insert_with(|| {
+            Sender::spawn(
+                ctx.client.clone(),
+                ctx.names.node(node),
+                ctx.node,
+                ctx.epoch,
+                Some(NODE_PATIENCE),
+                ctx.status.clone(),
+                ctx.names.seal.clone(),
+            )
+        });
+        sender.send(bytes);
+    }
 }
 
 /// Runs the cluster's queue under `epoch` until `stop` turns true.
@@ -254,19 +367,19 @@ async fn lead(ctx: Leading, mut stop: watch::Receiver<bool>) {
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         PairingId(id)
     });
-    let mut leader = Leader::new(ctx.topic_fallback, pairing_ids);
-    let mut to_nodes: HashMap<u16, Sender> = HashMap::new();
-    // Every relay says again what it holds: this leader starts empty.
+    let mut queue = Queue {
+        ctx: &ctx,
+        leader: Leader::new(ctx.topic_fallback, pairing_ids),
+        to_nodes: HashMap::new(),
+        asked: BTreeSet::new(),
+    };
+    // This leader starts empty: every relay says again what it holds.
     let members = read_members(&ctx.nodes).await.unwrap_or_default();
-    for node in &members {
-        leader.join(*node);
-        send(&ctx, &mut to_nodes, *node, &ToNode::Resync);
-    }
-    ctx.status.members.store(members.len(), Ordering::Relaxed);
+    queue.members(&members);
     let mut dedup = link::Dedup::default();
     let mut members_due = Instant::now() + MEMBERS_EVERY;
     loop {
-        let fallback = leader.poll_timeout().map(Instant::from_std);
+        let fallback = queue.leader.poll_timeout().map(Instant::from_std);
         let wake = fallback.map_or(members_due, |at| at.min(members_due));
         tokio::select! {
             message = commands.next() => {
@@ -274,10 +387,11 @@ async fn lead(ctx: Leading, mut stop: watch::Receiver<bool>) {
                 if let Some(batch) = link::batch_of(&ctx.names.seal, &message)
                     && dedup.is_new(&batch)
                 {
+                    queue.ask(batch.from);
                     let now = std::time::Instant::now();
                     for item in &batch.items {
                         if let Ok(command) = wire::decode::<RouteCommand>(now, item) {
-                            leader.command(batch.from, command);
+                            queue.leader.command(batch.from, command);
                         }
                     }
                 }
@@ -287,39 +401,12 @@ async fn lead(ctx: Leading, mut stop: watch::Receiver<bool>) {
                 if Instant::now() >= members_due {
                     members_due = Instant::now() + MEMBERS_EVERY;
                     if let Some(members) = read_members(&ctx.nodes).await {
-                        let gone: Vec<u16> = leader.nodes().filter(|n| !members.contains(n)).collect();
-                        for node in gone {
-                            leader.leave(node);
-                            to_nodes.remove(&node);
-                        }
-                        ctx.status.members.store(members.len(), Ordering::Relaxed);
+                        queue.members(&members);
                     }
                 }
             }
             _ = stop.changed() => return,
         }
-        let now = std::time::Instant::now();
-        while let Some((node, event)) = leader.poll_event(now) {
-            send(&ctx, &mut to_nodes, node, &ToNode::Event(event));
-        }
+        queue.flush();
     }
-}
-
-/// Sends one message to a relay, on that relay's stream from this leader.
-fn send(ctx: &Leading, to_nodes: &mut HashMap<u16, Sender>, node: u16, message: &ToNode) {
-    let Ok(bytes) = wire::encode(std::time::Instant::now(), message) else {
-        return;
-    };
-    let sender = to_nodes.entry(node).or_insert_with(|| {
-        Sender::spawn(
-            ctx.client.clone(),
-            ctx.names.node(node),
-            ctx.node,
-            ctx.epoch,
-            Some(NODE_PATIENCE),
-            ctx.status.clone(),
-            ctx.names.seal.clone(),
-        )
-    });
-    sender.send(bytes);
 }

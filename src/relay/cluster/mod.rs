@@ -347,13 +347,18 @@ async fn receive_events(
     inbox: Arc<Inbox>,
 ) {
     let mut dedup = link::Dedup::default();
-    let mut newest_epoch = 0;
+    // The newest leader's epoch, and when it was last heard. A leader
+    // whose lease has lapsed cannot send any more, so after the lease's
+    // time to live a lower epoch is taken too: after NATS restarts with
+    // empty memory, revisions (and epochs) start again from 1.
+    let mut newest: Option<(u64, Instant)> = None;
+    let lease_ttl = crate::core::router::lease::LeaseTimes::default().ttl;
     while let Some(message) = events.next().await {
         if let Some(batch) = link::batch_of(&seal, &message)
-            && batch.epoch >= newest_epoch
+            && newest.is_none_or(|(epoch, at)| batch.epoch >= epoch || at.elapsed() > lease_ttl)
             && dedup.is_new(&batch)
         {
-            newest_epoch = batch.epoch;
+            newest = Some((batch.epoch, Instant::now()));
             let now = Instant::now();
             let mut taken = Vec::new();
             for item in &batch.items {
