@@ -441,8 +441,8 @@ pub async fn start(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (router, cluster): (Box<dyn Router>, _) = match &config.cluster {
         Some(cluster_config) => {
-            let fallback = config.core_limits().topic_fallback;
-            let joined = cluster::join(cluster_config, fallback, shutdown_rx.clone()).await?;
+            let limits = config.core_limits();
+            let joined = cluster::join(cluster_config, &limits, shutdown_rx.clone()).await?;
             (Box::new(joined.router), Some((joined.status, joined.wake)))
         }
         None => (

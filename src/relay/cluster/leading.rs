@@ -31,11 +31,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::link::{self, Sender};
-use super::{ClusterError, NODE_PATIENCE, Names, Status, ToNode};
+use super::{ClusterError, NODE_PATIENCE, Names, Status, ToLeader, ToNode};
 use crate::core::frame::PairingId;
 use crate::core::router::leader::Leader;
 use crate::core::router::lease::{Lease, LeaseAction, LeaseTimes};
-use crate::core::router::{RouteCommand, wire};
+use crate::core::router::wire;
 
 /// How long a node's key lives after its last write, and how often it is
 /// written.
@@ -166,6 +166,7 @@ pub struct LeaseTask {
     pub buckets: Buckets,
     pub status: Arc<Status>,
     pub topic_fallback: Duration,
+    pub resume_window: Duration,
 }
 
 impl LeaseTask {
@@ -265,6 +266,7 @@ impl LeaseTask {
             nodes: self.buckets.nodes.clone(),
             status: self.status.clone(),
             topic_fallback: self.topic_fallback,
+            resume_window: self.resume_window,
         }
     }
 }
@@ -288,6 +290,7 @@ struct Leading {
     nodes: Store,
     status: Arc<Status>,
     topic_fallback: Duration,
+    resume_window: Duration,
 }
 
 /// The leader's queue and its streams to the relays.
@@ -315,7 +318,7 @@ impl Queue<'_> {
             .filter(|n| !members.contains(n))
             .collect();
         for node in gone {
-            self.leader.leave(node);
+            self.leader.leave(node, std::time::Instant::now());
             self.to_nodes.remove(&node);
             self.asked.remove(&node);
         }
@@ -369,7 +372,7 @@ async fn lead(ctx: Leading, mut stop: watch::Receiver<bool>) {
     });
     let mut queue = Queue {
         ctx: &ctx,
-        leader: Leader::new(ctx.topic_fallback, pairing_ids),
+        leader: Leader::new(ctx.topic_fallback, ctx.resume_window, pairing_ids),
         to_nodes: HashMap::new(),
         asked: BTreeSet::new(),
     };
@@ -390,8 +393,14 @@ async fn lead(ctx: Leading, mut stop: watch::Receiver<bool>) {
                     queue.ask(batch.from);
                     let now = std::time::Instant::now();
                     for item in &batch.items {
-                        if let Ok(command) = wire::decode::<RouteCommand>(now, item) {
-                            queue.leader.command(batch.from, command);
+                        match wire::decode::<ToLeader>(now, item) {
+                            Ok(ToLeader::Command(command)) => {
+                                queue.leader.command(batch.from, now, command)
+                            }
+                            Ok(ToLeader::Resync(command)) => {
+                                queue.leader.resync(batch.from, now, command)
+                            }
+                            Err(_) => {}
                         }
                     }
                 }

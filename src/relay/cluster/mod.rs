@@ -36,7 +36,7 @@ mod leading;
 mod link;
 mod seal;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +52,9 @@ use crate::config::ClusterConfig;
 use crate::core::frame::{Presence, TopicId};
 use crate::core::pairing::{ConnId, Offer, QueueView, Request};
 use crate::core::ratelimit::SourceTag;
-use crate::core::router::{CapHash, PeerMessage, RouteCommand, RouteEvent, Router, SideKey, wire};
+use crate::core::router::{
+    CapHash, PeerMessage, Resumes, RouteCommand, RouteEvent, Router, SideKey, wire,
+};
 use link::Sender;
 pub use seal::Seal;
 
@@ -177,6 +179,14 @@ impl Names {
     }
 }
 
+/// What a relay sends the leader.
+#[derive(Debug, Serialize, Deserialize)]
+enum ToLeader {
+    Command(RouteCommand),
+    /// What the relay holds, said again because a new leader asked.
+    Resync(RouteCommand),
+}
+
 /// What the leader sends a relay.
 #[derive(Debug, Serialize, Deserialize)]
 enum ToNode {
@@ -185,22 +195,22 @@ enum ToNode {
     Event(RouteEvent),
 }
 
-/// What the router shares with the tasks that receive from NATS.
+/// What the router shares with the tasks that receive from NATS: the
+/// leader's events and resync requests, in the order they came, and the
+/// messages for the sides hosted here.
 struct Inbox {
-    events: Mutex<VecDeque<RouteEvent>>,
+    events: Mutex<VecDeque<ToNode>>,
     /// Wakes the driver when events come.
     wake: Arc<Notify>,
-    /// A new leader asked for a resync.
-    resync: AtomicBool,
 }
 
 impl Inbox {
-    fn push(&self, events: impl IntoIterator<Item = RouteEvent>) {
+    fn push(&self, events: impl IntoIterator<Item = ToNode>) {
         self.lock().extend(events);
         self.wake.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<RouteEvent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ToNode>> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -217,7 +227,7 @@ pub struct Joined {
 /// receiving tasks. They run until `stop` turns true.
 pub async fn join(
     config: &ClusterConfig,
-    topic_fallback: Duration,
+    limits: &crate::core::limits::Limits,
     stop: watch::Receiver<bool>,
 ) -> Result<Joined, ClusterError> {
     let seal = Seal::load(&config.secret_file)?;
@@ -233,7 +243,6 @@ pub async fn join(
     let inbox = Arc::new(Inbox {
         events: Mutex::new(VecDeque::new()),
         wake: wake.clone(),
-        resync: AtomicBool::new(false),
     });
     let events = client
         .subscribe(names.node(node))
@@ -258,7 +267,8 @@ pub async fn join(
         node,
         buckets,
         status: status.clone(),
-        topic_fallback,
+        topic_fallback: limits.topic_fallback,
+        resume_window: limits.resume_window,
     };
     tokio::spawn(lease.run(stop));
     let to_leader = Sender::spawn(
@@ -360,15 +370,9 @@ async fn receive_events(
         {
             newest = Some((batch.epoch, Instant::now()));
             let now = Instant::now();
-            let mut taken = Vec::new();
-            for item in &batch.items {
-                match wire::decode::<ToNode>(now, item) {
-                    Ok(ToNode::Event(event)) => taken.push(event),
-                    Ok(ToNode::Resync) => inbox.resync.store(true, Ordering::Relaxed),
-                    Err(_) => {}
-                }
-            }
-            inbox.push(taken);
+            let taken =
+                (batch.items.iter()).filter_map(|item| wire::decode::<ToNode>(now, item).ok());
+            inbox.push(taken.collect::<Vec<_>>());
         }
         link::answer(&client, &message).await;
     }
@@ -432,7 +436,7 @@ async fn receive_side(
             let now = Instant::now();
             let taken = (batch.items.iter())
                 .filter_map(|item| wire::decode::<PeerMessage>(now, item).ok())
-                .map(|message| RouteEvent::Delivered { to: side, message });
+                .map(|message| ToNode::Event(RouteEvent::Delivered { to: side, message }));
             inbox.push(taken.collect::<Vec<_>>());
         }
         link::answer(&client, &message).await;
@@ -447,7 +451,7 @@ struct Mirror {
     /// Sources of the waiting clients, for the limit of places per source.
     sources: HashMap<ConnId, SourceTag>,
     offers: BTreeMap<ConnId, Offer>,
-    holds: HashSet<CapHash>,
+    holds: HashMap<CapHash, Option<Resumes>>,
     /// Counsellors' presence here, by pseudonym (for transfers).
     presence: BTreeMap<String, Presence>,
 }
@@ -469,8 +473,8 @@ impl Mirror {
             RouteCommand::SignOut { counsellor } => {
                 self.offers.remove(counsellor);
             }
-            RouteCommand::Hold { hash } => {
-                self.holds.insert(*hash);
+            RouteCommand::Hold { hash, resumes } => {
+                self.holds.insert(*hash, resumes.clone());
             }
             RouteCommand::Release { hash } => {
                 self.holds.remove(hash);
@@ -519,7 +523,10 @@ impl Mirror {
                 client: *client,
                 request: *request,
             });
-        let holds = (self.holds.iter()).map(|hash| RouteCommand::Hold { hash: *hash });
+        let holds = (self.holds.iter()).map(|(hash, resumes)| RouteCommand::Hold {
+            hash: *hash,
+            resumes: resumes.clone(),
+        });
         let presence = (self.presence.iter()).map(|(name, presence)| RouteCommand::Presence {
             name: name.clone(),
             presence: *presence,
@@ -545,8 +552,8 @@ pub struct NatsRouter {
 }
 
 impl NatsRouter {
-    fn tell_leader(&mut self, command: &RouteCommand) {
-        if let Ok(bytes) = wire::encode(Instant::now(), command) {
+    fn tell_leader(&mut self, message: &ToLeader) {
+        if let Ok(bytes) = wire::encode(Instant::now(), message) {
             self.to_leader.send(bytes);
         }
     }
@@ -592,23 +599,30 @@ impl Router for NatsRouter {
             }
             command => {
                 self.mirror.note_command(&command);
-                self.tell_leader(&command);
+                self.tell_leader(&ToLeader::Command(command));
             }
         }
     }
 
     fn poll_event(&mut self, _now: std::time::Instant) -> Option<RouteEvent> {
-        if self.inbox.resync.swap(false, Ordering::Relaxed) {
-            for command in self.mirror.resync() {
-                self.tell_leader(&command);
+        loop {
+            let next = self.inbox.lock().pop_front()?;
+            let event = match next {
+                // In order: what the events before it changed is in it.
+                ToNode::Resync => {
+                    for command in self.mirror.resync() {
+                        self.tell_leader(&ToLeader::Resync(command));
+                    }
+                    continue;
+                }
+                ToNode::Event(event) => event,
+            };
+            self.mirror.note_event(&event);
+            if let RouteEvent::QueueStats { waiting } = &event {
+                self.cluster_waiting = waiting.clone();
             }
+            return Some(event);
         }
-        let event = self.inbox.lock().pop_front()?;
-        self.mirror.note_event(&event);
-        if let RouteEvent::QueueStats { waiting } = &event {
-            self.cluster_waiting = waiting.clone();
-        }
-        Some(event)
     }
 
     fn poll_timeout(&self) -> Option<std::time::Instant> {

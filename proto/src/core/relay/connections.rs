@@ -40,7 +40,7 @@ impl Relay {
             match self.index.unjoined.first() {
                 Some(&(_, id)) => {
                     self.close(id, CloseCode::Busy, true);
-                    self.settle();
+                    self.settle(now.mono);
                 }
                 None => return Err(ConnectError::TooManyConnections),
             }
@@ -539,12 +539,12 @@ impl Relay {
     /// tables.
     pub(super) fn end_event(&mut self, now: Now) {
         self.pump_router(now);
-        self.settle();
+        self.settle(now.mono);
     }
 
     /// Brings the indexes up to date for the connections this event
     /// touched.
-    pub(super) fn settle(&mut self) {
+    pub(super) fn settle(&mut self, now: Instant) {
         let mut touched = std::mem::take(&mut self.index.touched);
         touched.sort();
         touched.dedup();
@@ -580,7 +580,7 @@ impl Relay {
                 c.indexed_deadline = deadline;
             }
         }
-        self.tell_router_holdings();
+        self.tell_router_holdings(now);
     }
 
     /// The connection left on purpose: its chats end with `reason`, and a

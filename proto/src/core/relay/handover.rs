@@ -27,13 +27,14 @@ impl Relay {
     /// Tells the router which of the hashes this event touched the relay
     /// holds now, and which it dropped; and the same of the chat sides
     /// whose other side is on another relay.
-    pub(super) fn tell_router_holdings(&mut self) {
+    pub(super) fn tell_router_holdings(&mut self, now: Instant) {
         let mut changed = std::mem::take(&mut self.index.hashes_changed);
         changed.sort_unstable();
         changed.dedup();
         for hash in changed {
             let command = if self.holds(&hash) {
-                RouteCommand::Hold { hash }
+                let resumes = self.resumes(now, &hash);
+                RouteCommand::Hold { hash, resumes }
             } else {
                 RouteCommand::Release { hash }
             };
@@ -60,6 +61,126 @@ impl Relay {
             || self.index.unconfirmed_away.contains_key(hash)
             || self.index.capabilities.contains_key(hash)
             || self.detached.contains_key(hash)
+    }
+
+    /// What a RESUME with `hash` would resume here now, without letting go
+    /// of it: what the router hands over should this relay die.
+    fn resumes(&self, now: Instant, hash: &CapHash) -> Option<Resumes> {
+        let waiting = self
+            .index
+            .tickets
+            .get(hash)
+            .and_then(|id| match self.conns.get(id) {
+                Some(Conn {
+                    state: State::Client(ClientStage::Waiting(w)),
+                    ..
+                }) => Some(w.request),
+                _ => None,
+            });
+        if let Some(request) = waiting.or(self.away_from_queue.get(hash).map(|a| a.waiting.request))
+        {
+            return Some(Resumes::Place { request });
+        }
+        if let Some((conn, chat)) = self.index.unconfirmed_live.get(hash) {
+            return self.live_side(now, *conn, *chat, true);
+        }
+        if let Some(key) = self.index.unconfirmed_away.get(hash) {
+            return self.detached.get(key).map(|d| self.away_side(d, true));
+        }
+        if let Some((conn, chat)) = self.index.capabilities.get(hash) {
+            return self.live_side(now, *conn, *chat, false);
+        }
+        self.detached.get(hash).map(|d| self.away_side(d, false))
+    }
+
+    /// A live side as it would be handed over, its window from `now`.
+    fn live_side(
+        &self,
+        now: Instant,
+        conn: ConnId,
+        chat: ChatNumber,
+        by_ticket: bool,
+    ) -> Option<Resumes> {
+        let c = self.conns.get(&conn)?;
+        let link = c.links.get(&chat)?;
+        let role = if c.pseudonym().is_some() {
+            Role::Counsellor
+        } else {
+            Role::Client
+        };
+        let (topic, language) = match role {
+            Role::Client => c.choice,
+            Role::Counsellor => self.young_persons_choice(role, link.peer, None),
+        };
+        let key = SideKey {
+            pairing: link.pairing,
+            role,
+        };
+        let side = HandedSide {
+            key,
+            peer: key.other(),
+            peer_away: false,
+            topic,
+            language,
+            pseudonym: c.pseudonym().map(str::to_owned),
+            held: Vec::new(),
+            unconfirmed: link.unconfirmed.filter(|_| by_ticket).map(|u| u.request),
+            handshake_due: link.handshake_due,
+            window_ends: now + self.limits.resume_window,
+        };
+        Some(Resumes::Side {
+            side: Box::new(side),
+            live: true,
+        })
+    }
+
+    /// A side away here as it would be handed over.
+    fn away_side(&self, d: &Detached, by_ticket: bool) -> Resumes {
+        let key = SideKey {
+            pairing: d.pairing,
+            role: d.role,
+        };
+        let (topic, language) = self.young_persons_choice(d.role, d.peer, d.unconfirmed.as_ref());
+        let side = HandedSide {
+            key,
+            peer: key.other(),
+            peer_away: false,
+            topic,
+            language,
+            pseudonym: d.pseudonym.clone(),
+            held: Vec::new(),
+            unconfirmed: d.unconfirmed.filter(|_| by_ticket).map(|u| u.request),
+            handshake_due: d.handshake_due,
+            window_ends: d.deadline,
+        };
+        Resumes::Side {
+            side: Box::new(side),
+            live: false,
+        }
+    }
+
+    /// What the young person of a side's chat chose: its own choice for
+    /// its side, its peer's for a counsellor's.
+    fn young_persons_choice(
+        &self,
+        role: Role,
+        peer: Peer,
+        unconfirmed: Option<&Unconfirmed>,
+    ) -> (Option<TopicId>, Option<Language>) {
+        match (role, peer, unconfirmed) {
+            (Role::Client, _, Some(u)) => (u.request.topic, u.request.language),
+            (Role::Counsellor, Peer::Live { conn, .. }, _) => {
+                self.conns.get(&conn).map(|c| c.choice).unwrap_or_default()
+            }
+            (Role::Counsellor, Peer::Away(other), _) => self
+                .detached
+                .get(&other)
+                .and_then(|o| o.unconfirmed)
+                .map(|u| (u.request.topic, u.request.language))
+                .unwrap_or_default(),
+            (_, Peer::Remote(r), _) => r.choice,
+            _ => (None, None),
+        }
     }
 
     /// A RESUME on `conn` that this relay cannot resume: the router is
@@ -186,20 +307,8 @@ impl Relay {
             pairing: d.pairing,
             role: d.role,
         };
-        let young_persons_choice = match (d.role, d.peer, &d.unconfirmed) {
-            (Role::Client, _, Some(u)) => (u.request.topic, u.request.language),
-            (Role::Counsellor, Peer::Live { conn, .. }, _) => {
-                self.conns.get(&conn).map(|c| c.choice).unwrap_or_default()
-            }
-            (Role::Counsellor, Peer::Away(other), _) => self
-                .detached
-                .get(&other)
-                .and_then(|o| o.unconfirmed)
-                .map(|u| (u.request.topic, u.request.language))
-                .unwrap_or_default(),
-            (_, Peer::Remote(r), _) => r.choice,
-            _ => (None, None),
-        };
+        let young_persons_choice =
+            self.young_persons_choice(d.role, d.peer, d.unconfirmed.as_ref());
         let (peer, peer_away) = match d.peer {
             Peer::Remote(r) => (r.key, r.away),
             local => {
@@ -372,13 +481,93 @@ impl Relay {
 mod tests {
     use super::super::test_support::{A, Across, B, Cluster, Did, forward, paired, to};
     use crate::core::CloseCode;
-    use crate::core::frame::{ChatNumber, EndReason, Frame, ResumeCapability};
+    use crate::core::frame::{ChatNumber, EndReason, Frame, Label, Presence, ResumeCapability};
 
     fn joined(frames: &[Frame]) -> Option<ResumeCapability> {
         frames.iter().find_map(|f| match f {
             Frame::Joined { resume } => Some(*resume),
             _ => None,
         })
+    }
+
+    #[test]
+    fn when_a_relay_dies_its_chat_sides_and_places_are_resumed_on_the_others() {
+        const C: usize = 2;
+        let mut c = Cluster::with_nodes(3, std::time::Duration::ZERO);
+        let sam = c.counsellor(A, "Sam", 1);
+        let kim = c.counsellor(B, "Kim", 1);
+        // A young person on B chats with Sam on A; another on B with Kim,
+        // on B too; a third waits on B.
+        let (y, did) = c.client(B, None);
+        let (y_chat, _, y_cap) = paired(&to(&did[B], y)).expect("paired");
+        let (s_chat, _, _) = paired(&to(&did[A], sam)).expect("Sam has it");
+        c.send(B, y, forward(y_chat, 1));
+        let (z, did) = c.client(B, None);
+        let (z_chat, _, z_cap) = paired(&to(&did[B], z)).expect("paired");
+        let (_, _, k_cap) = paired(&to(&did[B], kim)).expect("Kim has it");
+        let (w, did) = c.client(B, None);
+        let w_ticket = joined(&to(&did[B], w)).expect("waits, with a ticket");
+        let _ = z_chat;
+
+        // B dies without a word. Its relay's leader hands over what it held.
+        let now = c.nodes[A].now;
+        c.linked.relay_died(B as u16, now.mono);
+
+        // The young person comes back on C: its chat with Sam goes on.
+        let (y_back, did) = c.resume(C, None, y_cap);
+        let Some(Frame::Resumed { chat }) = to(&did[C], y_back).first().cloned() else {
+            panic!("{did:?}");
+        };
+        let sam_heard = to(&did[A], sam);
+        assert!(
+            sam_heard.contains(&Frame::PeerBack { chat: s_chat }),
+            "{sam_heard:?}"
+        );
+        assert!(
+            sam_heard.contains(&Frame::Colleague {
+                name: Label::new("Kim").expect("a label"),
+                presence: Presence::SignedOut
+            }),
+            "Kim left with her relay"
+        );
+        let did = c.send(C, y_back, forward(chat, 2));
+        assert_eq!(to(&did[A], sam), vec![forward(s_chat, 2)]);
+        let did = c.send(A, sam, forward(s_chat, 3));
+        assert_eq!(to(&did[C], y_back), vec![forward(chat, 3)]);
+
+        // Kim and her young person, both on B, come back on different
+        // relays: their chat now runs across the two.
+        let (kim_back, did) = c.resume(A, Some("Kim"), k_cap);
+        let Some(Frame::Resumed { chat: k_chat }) = to(&did[A], kim_back).first().cloned() else {
+            panic!("{did:?}");
+        };
+        let (z_back, did) = c.resume(C, None, z_cap);
+        let Some(Frame::Resumed { chat: z_chat }) = to(&did[C], z_back).first().cloned() else {
+            panic!("{did:?}");
+        };
+        assert_eq!(
+            to(&did[A], kim_back),
+            vec![Frame::PeerBack { chat: k_chat }]
+        );
+        let did = c.send(C, z_back, forward(z_chat, 4));
+        assert_eq!(to(&did[A], kim_back), vec![forward(k_chat, 4)]);
+        // Somebody else cannot take Kim's side with her capability.
+        let (_, did) = c.resume(C, Some("Noor"), k_cap);
+        assert!(
+            did[C]
+                .iter()
+                .any(|d| matches!(d, Did::Sent(_, Frame::ResumeFailed)))
+        );
+
+        // The one who waited is back in the queue, first.
+        let (w_back, did) = c.resume(C, None, w_ticket);
+        let frames = to(&did[C], w_back);
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, Frame::Queued { position: 1, .. })),
+            "{frames:?}"
+        );
     }
 
     #[test]

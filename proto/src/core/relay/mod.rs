@@ -83,8 +83,8 @@ pub use super::pairing::ConnId;
 use super::pairing::{Offer, Request};
 use super::ratelimit::{Pow, SourceTag, TokenBucket, challenge_lifetime, pow_valid};
 use super::router::{
-    CapHash, ClaimId, Claimant, Handed, HandedSide, LocalRouter, PeerMessage, RouteCommand,
-    RouteEvent, Router, SideKey,
+    CapHash, ClaimId, Claimant, Handed, HandedSide, LocalRouter, PeerMessage, Resumes,
+    RouteCommand, RouteEvent, Router, SideKey,
 };
 use super::stats::{Gauges, Stats};
 use super::{CloseCode, Departure, Now};

@@ -19,13 +19,19 @@
 //! do not pass through the leader: in a cluster they go from relay to
 //! relay, and the in-process `Linked` carries them itself.
 //!
-//! A node that leaves ([`Leader::leave`]) takes its waiting clients,
-//! counsellors and holdings with it.
+//! A node that leaves ([`Leader::leave`]) takes its waiting clients and
+//! counsellors out of the queue. What it held (each [`RouteCommand::Hold`]
+//! says what the hash resumes) the leader hands over itself to whoever
+//! claims it, within its resume window: a young person's place at its old
+//! turn, or a chat side, whose other side hears PEER_BACK when it resumes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{CapHash, ClaimId, Handed, LocalRouter, Request, RouteCommand, RouteEvent, Router};
+use super::{
+    CapHash, ClaimId, Claimant, Handed, LocalRouter, Request, Resumes, RouteCommand, RouteEvent,
+    Router,
+};
 use crate::core::frame::{Language, PairingId, Presence, Role, TopicId};
 use crate::core::pairing::{ConnId, QueueView};
 
@@ -41,6 +47,24 @@ pub fn qualify(node: u16, conn: ConnId) -> ConnId {
 pub fn split(conn: ConnId) -> (u16, ConnId) {
     let node = u16::try_from(conn.0 >> LOCAL_BITS).unwrap_or(u16::MAX);
     (node, ConnId(conn.0 & ((1 << LOCAL_BITS) - 1)))
+}
+
+/// What a node that left held under one hash.
+struct Orphan {
+    from: u16,
+    resumes: Resumes,
+    until: Instant,
+}
+
+/// A claim sent to the node holding its hash.
+struct Claim {
+    /// The claiming node, its connection, the hash and who claims.
+    node: u16,
+    conn: ConnId,
+    hash: CapHash,
+    claimant: Claimant,
+    /// The node asked.
+    holder: u16,
 }
 
 /// Where new pairing ids come from: random in a cluster, counted in tests.
@@ -59,20 +83,31 @@ pub struct Leader {
     /// Queue turns by the node and turn they were given with.
     turns: HashMap<(u16, u64), u64>,
     next_turn: u64,
-    /// Which node holds each capability and ticket hash.
-    holders: HashMap<CapHash, u16>,
-    /// Claims on their way: the claiming node, connection and hash.
-    claims: HashMap<ClaimId, (u16, ConnId, CapHash)>,
+    /// Which node holds each capability and ticket hash, and what it
+    /// resumes there.
+    holders: HashMap<CapHash, (u16, Option<Resumes>)>,
+    /// What nodes that left held, until its resume window ends: the
+    /// leader hands it over itself (`resume_window` after the node left,
+    /// for what was live there).
+    orphans: HashMap<CapHash, Orphan>,
+    resume_window: Duration,
+    /// Claims on their way: the claiming node, connection and hash, and
+    /// the node asked.
+    claims: HashMap<ClaimId, Claim>,
     next_claim: u64,
     /// Each counsellor's presence on each node, as the nodes told it.
     presence: BTreeMap<String, BTreeMap<u16, Presence>>,
     /// What each node was last told of each name: the best elsewhere.
     told: HashMap<(u16, String), Presence>,
+    /// Clients this leader has had in its queue, and since when: a resync
+    /// does not put back one it already knows (it may have paired it
+    /// while the resync was on its way).
+    seen: HashMap<ConnId, Instant>,
     out: VecDeque<(u16, RouteEvent)>,
 }
 
 impl Leader {
-    pub fn new(topic_fallback: Duration, pairing_ids: PairingIds) -> Self {
+    pub fn new(topic_fallback: Duration, resume_window: Duration, pairing_ids: PairingIds) -> Self {
         Leader {
             router: LocalRouter::new(topic_fallback),
             pairing_ids,
@@ -82,10 +117,13 @@ impl Leader {
             turns: HashMap::new(),
             next_turn: 0,
             holders: HashMap::new(),
+            orphans: HashMap::new(),
+            resume_window,
             claims: HashMap::new(),
             next_claim: 0,
             presence: BTreeMap::new(),
             told: HashMap::new(),
+            seen: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -107,10 +145,55 @@ impl Leader {
     }
 
     /// A node is gone: its waiting clients and counsellors leave the
-    /// queue, its holdings and claims are forgotten.
-    pub fn leave(&mut self, node: u16) {
+    /// queue, and what it held the leader hands over itself from now on
+    /// (claims that waited for it are answered at once). Its turns stay,
+    /// so that its young people come back at their places.
+    pub fn leave(&mut self, node: u16, now: Instant) {
         if !self.nodes.remove(&node) {
             return;
+        }
+        self.orphans.retain(|_, orphan| orphan.until > now);
+        let held: Vec<CapHash> = (self.holders.iter())
+            .filter(|(_, (holder, _))| *holder == node)
+            .map(|(hash, _)| *hash)
+            .collect();
+        for hash in held {
+            let Some((_, Some(resumes))) = self.holders.remove(&hash) else {
+                continue;
+            };
+            let (resumes, until) = match resumes {
+                Resumes::Side { mut side, live } => {
+                    if live {
+                        side.window_ends = now + self.resume_window;
+                    }
+                    let until = side.window_ends;
+                    (Resumes::Side { side, live: false }, until)
+                }
+                place => (place, now + self.resume_window),
+            };
+            self.orphans.insert(
+                hash,
+                Orphan {
+                    from: node,
+                    resumes,
+                    until,
+                },
+            );
+        }
+        let waited: Vec<ClaimId> = (self.claims.iter())
+            .filter(|(_, c)| c.holder == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waited {
+            if let Some(claim) = self.claims.remove(&id) {
+                let handed = self.hand_orphan(&claim.hash, &claim.claimant, claim.node, now);
+                let answer = RouteEvent::HandedOver {
+                    conn: claim.conn,
+                    hash: claim.hash,
+                    handed,
+                };
+                self.out.push_back((claim.node, answer));
+            }
         }
         let of_node = |conn: &ConnId| split(*conn).0 == node;
         let clients: Vec<ConnId> = self.clients.keys().copied().filter(of_node).collect();
@@ -125,9 +208,7 @@ impl Leader {
             self.router
                 .handle_command(RouteCommand::SignOut { counsellor });
         }
-        self.holders.retain(|_, holder| *holder != node);
-        self.claims.retain(|_, (claimant, ..)| *claimant != node);
-        self.turns.retain(|(n, _), _| *n != node);
+        self.claims.retain(|_, claim| claim.node != node);
         self.told.retain(|(n, _), _| *n != node);
         let names: Vec<String> = (self.presence.iter_mut())
             .filter_map(|(name, nodes)| nodes.remove(&node).map(|_| name.clone()))
@@ -168,8 +249,49 @@ impl Leader {
         }
     }
 
+    /// What a node that left held under `hash`, handed to `to` if
+    /// `claimant` may have it.
+    fn hand_orphan(
+        &mut self,
+        hash: &CapHash,
+        claimant: &Claimant,
+        to: u16,
+        now: Instant,
+    ) -> Option<Handed> {
+        let orphan = self.orphans.get(hash)?;
+        let fits = match (&orphan.resumes, claimant) {
+            (Resumes::Place { .. }, Claimant::Client) => true,
+            (Resumes::Side { side, .. }, Claimant::Client) => side.key.role == Role::Client,
+            (Resumes::Side { side, .. }, Claimant::Counsellor { pseudonym }) => {
+                side.key.role == Role::Counsellor && side.pseudonym.as_ref() == Some(pseudonym)
+            }
+            (Resumes::Place { .. }, Claimant::Counsellor { .. }) => false,
+        };
+        if !fits || orphan.until <= now {
+            return None;
+        }
+        let orphan = self.orphans.remove(hash)?;
+        let handed = match orphan.resumes {
+            Resumes::Place { request } => Handed::Place { request },
+            Resumes::Side { side, .. } => Handed::Side(side),
+        };
+        Some(self.moved(orphan.from, to, handed))
+    }
+
+    /// Takes one command of `node`'s resync: what it holds, said again
+    /// for a new leader. A client this leader already knows is left as it
+    /// is: the leader's own view of it is newer.
+    pub fn resync(&mut self, node: u16, now: Instant, command: RouteCommand) {
+        if let RouteCommand::Enqueue { client, .. } = &command
+            && self.seen.contains_key(&qualify(node, *client))
+        {
+            return;
+        }
+        self.command(node, now, command);
+    }
+
     /// Takes one command from `node`. Its events come at the next poll.
-    pub fn command(&mut self, node: u16, command: RouteCommand) {
+    pub fn command(&mut self, node: u16, now: Instant, command: RouteCommand) {
         self.join(node);
         let command = match command {
             RouteCommand::Enqueue { client, request } => {
@@ -177,6 +299,7 @@ impl Leader {
                 let client = qualify(node, client);
                 self.clients
                     .insert(client, (request.topic, request.language));
+                self.remember(client, now);
                 RouteCommand::Enqueue {
                     client,
                     request: Request { turn, ..request },
@@ -185,6 +308,7 @@ impl Leader {
             RouteCommand::Withdraw { client } => {
                 let client = qualify(node, client);
                 self.clients.remove(&client);
+                self.seen.remove(&client);
                 RouteCommand::Withdraw { client }
             }
             RouteCommand::Offer { counsellor, offer } => {
@@ -198,12 +322,17 @@ impl Leader {
                 RouteCommand::SignOut { counsellor }
             }
             RouteCommand::Announce => RouteCommand::Announce,
-            RouteCommand::Hold { hash } => {
-                self.holders.insert(hash, node);
+            RouteCommand::Hold { hash, resumes } => {
+                self.orphans.remove(&hash);
+                self.holders.insert(hash, (node, resumes));
                 return;
             }
             RouteCommand::Release { hash } => {
-                if self.holders.get(&hash) == Some(&node) {
+                if self
+                    .holders
+                    .get(&hash)
+                    .is_some_and(|(holder, _)| *holder == node)
+                {
                     self.holders.remove(&hash);
                 }
                 return;
@@ -213,36 +342,41 @@ impl Leader {
                 hash,
                 claimant,
             } => {
-                match self.holders.get(&hash).copied() {
+                match self.holders.get(&hash).map(|(holder, _)| *holder) {
                     Some(holder) => {
                         self.next_claim += 1;
-                        let claim = ClaimId(self.next_claim);
-                        self.claims.insert(claim, (node, conn, hash));
+                        let id = ClaimId(self.next_claim);
+                        let claim = Claim {
+                            node,
+                            conn,
+                            hash,
+                            holder,
+                            claimant: claimant.clone(),
+                        };
+                        self.claims.insert(id, claim);
                         let claimed = RouteEvent::Claimed {
-                            claim,
+                            claim: id,
                             hash,
                             claimant,
                         };
                         self.out.push_back((holder, claimed));
                     }
                     None => {
-                        let answer = RouteEvent::HandedOver {
-                            conn,
-                            hash,
-                            handed: None,
-                        };
+                        let handed = self.hand_orphan(&hash, &claimant, node, now);
+                        let answer = RouteEvent::HandedOver { conn, hash, handed };
                         self.out.push_back((node, answer));
                     }
                 }
                 return;
             }
             RouteCommand::HandOver { claim, handed } => {
-                let Some((claimant, conn, hash)) = self.claims.remove(&claim) else {
+                let Some(claim) = self.claims.remove(&claim) else {
                     return;
                 };
-                let handed = handed.map(|handed| self.moved(node, claimant, handed));
+                let handed = handed.map(|handed| self.moved(node, claim.node, handed));
+                let (conn, hash) = (claim.conn, claim.hash);
                 let answer = RouteEvent::HandedOver { conn, hash, handed };
-                self.out.push_back((claimant, answer));
+                self.out.push_back((claim.node, answer));
                 return;
             }
             RouteCommand::Presence { name, presence } => {
@@ -282,6 +416,17 @@ impl Leader {
             | RouteCommand::LeaveSide { .. } => return,
         };
         self.router.handle_command(command);
+    }
+
+    /// Notes a client as known, forgetting those known longer than any
+    /// resync can take to arrive.
+    fn remember(&mut self, client: ConnId, now: Instant) {
+        const MEMORY: Duration = Duration::from_secs(600);
+        if self.seen.len() >= 1024 && self.seen.len().is_power_of_two() {
+            self.seen
+                .retain(|_, at| now.saturating_duration_since(*at) < MEMORY);
+        }
+        self.seen.insert(client, now);
     }
 
     /// The shared queue's turn for a turn a node gave.
@@ -403,7 +548,7 @@ mod tests {
 
     fn leader() -> Leader {
         let ids = Box::new(|| PairingId([3; 16]));
-        Leader::new(Duration::from_secs(120), ids)
+        Leader::new(Duration::from_secs(120), Duration::from_secs(120), ids)
     }
 
     fn request(turn: u64, now: Instant) -> Request {
@@ -440,6 +585,7 @@ mod tests {
         let (client, counsellor) = (ConnId(1), ConnId(1));
         l.command(
             1,
+            now,
             RouteCommand::Enqueue {
                 client,
                 request: request(7, now),
@@ -447,6 +593,7 @@ mod tests {
         );
         l.command(
             2,
+            now,
             RouteCommand::Offer {
                 counsellor,
                 offer: offer(),
@@ -483,6 +630,7 @@ mod tests {
         // Node 2's turn 1 came after node 1's turn 5: it waits behind it.
         l.command(
             1,
+            now,
             RouteCommand::Enqueue {
                 client: ConnId(1),
                 request: request(5, now),
@@ -490,6 +638,7 @@ mod tests {
         );
         l.command(
             2,
+            now,
             RouteCommand::Enqueue {
                 client: ConnId(1),
                 request: request(1, now),
@@ -497,6 +646,7 @@ mod tests {
         );
         l.command(
             2,
+            now,
             RouteCommand::Offer {
                 counsellor: ConnId(9),
                 offer: offer(),
@@ -524,6 +674,7 @@ mod tests {
         let mut l = leader();
         l.command(
             2,
+            now,
             RouteCommand::Offer {
                 counsellor: ConnId(9),
                 offer: offer(),
@@ -531,25 +682,35 @@ mod tests {
         );
         l.command(
             2,
+            now,
             RouteCommand::Enqueue {
                 client: ConnId(4),
                 request: request(1, now),
             },
         );
-        l.command(2, RouteCommand::Hold { hash: [5; 32] });
+        l.command(
+            2,
+            now,
+            RouteCommand::Hold {
+                hash: [5; 32],
+                resumes: None,
+            },
+        );
         drain(&mut l, now);
         l.command(
             2,
+            now,
             RouteCommand::Enqueue {
                 client: ConnId(5),
                 request: request(2, now),
             },
         );
-        l.leave(2);
+        l.leave(2, now);
         drain(&mut l, now);
         assert_eq!(l.view().waiting_count(), 0);
         l.command(
             1,
+            now,
             RouteCommand::Enqueue {
                 client: ConnId(1),
                 request: request(1, now),
@@ -560,7 +721,7 @@ mod tests {
             hash: [5; 32],
             claimant: super::super::Claimant::Client,
         };
-        l.command(1, claim);
+        l.command(1, now, claim);
         let events = drain(&mut l, now);
         assert!(
             !events
@@ -576,5 +737,44 @@ mod tests {
                 handed: None
             }
         )));
+    }
+
+    #[test]
+    fn a_resync_does_not_put_back_a_client_the_leader_paired_meanwhile() {
+        let now = Instant::now();
+        let mut l = leader();
+        let enqueue = || RouteCommand::Enqueue {
+            client: ConnId(1),
+            request: request(1, now),
+        };
+        l.command(1, now, enqueue());
+        l.command(
+            2,
+            now,
+            RouteCommand::Offer {
+                counsellor: ConnId(9),
+                offer: offer(),
+            },
+        );
+        assert!(
+            drain(&mut l, now)
+                .iter()
+                .any(|(_, e)| matches!(e, RouteEvent::PairedRemote { .. }))
+        );
+        // The relay's resync left before it heard of the pairing.
+        l.resync(1, now, enqueue());
+        drain(&mut l, now);
+        assert_eq!(l.view().waiting_count(), 0);
+        // A client it never knew is taken in.
+        l.resync(
+            1,
+            now,
+            RouteCommand::Enqueue {
+                client: ConnId(2),
+                request: request(2, now),
+            },
+        );
+        drain(&mut l, now);
+        assert_eq!(l.view().waiting_count(), 1);
     }
 }

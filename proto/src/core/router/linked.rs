@@ -60,7 +60,11 @@ impl Linked {
         });
         Linked {
             shared: Arc::new(Mutex::new(Shared {
-                leader: Leader::new(topic_fallback, pairing_ids),
+                leader: Leader::new(
+                    topic_fallback,
+                    crate::core::limits::Limits::default().resume_window,
+                    pairing_ids,
+                ),
                 latency,
                 inboxes: HashMap::new(),
                 sides: HashMap::new(),
@@ -81,6 +85,17 @@ impl Linked {
             given: Vec::new(),
             last_poll: None,
         }
+    }
+
+    /// Relay `node` died: the leader hands over what it held from now on.
+    /// Its inbox is dropped.
+    pub fn relay_died(&self, node: u16, now: Instant) {
+        let mut shared = self.lock();
+        shared.inboxes.remove(&node);
+        shared.sides.retain(|_, at| *at != node);
+        shared.hosted.retain(|_, at| *at != node);
+        shared.leader.leave(node, now);
+        shared.run(now);
     }
 
     /// The sides relay `node` says it hosts, in key order.
@@ -153,7 +168,7 @@ impl Shared {
             }
             _ => {}
         }
-        self.leader.command(node, command);
+        self.leader.command(node, now, command);
     }
 
     /// Runs the shared queue and sorts what it says into the inboxes,

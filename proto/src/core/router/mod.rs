@@ -141,6 +141,19 @@ pub enum Claimant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClaimId(pub u64);
 
+/// What a capability or ticket resumes, as the relay holding it last told
+/// the router: what the router hands over for it if that relay dies
+/// (proto/CLUSTER.md, "A relay dies").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resumes {
+    /// A waiting young person's place.
+    Place { request: Request },
+    /// A chat side, without what was held for it (that dies with its
+    /// relay; the other side's client sends it again). `live`: its
+    /// connection was up, so its resume window starts when its relay dies.
+    Side { side: Box<HandedSide>, live: bool },
+}
+
 /// What a relay hands over to the relay where it is resumed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Handed {
@@ -208,9 +221,11 @@ pub enum RouteCommand {
         message: PeerMessage,
     },
     /// This relay holds a capability or ticket by this hash (or no longer
-    /// does): a RESUME anywhere else is sent here.
+    /// does): a RESUME anywhere else is sent here. What it resumes, as of
+    /// now, is what the router hands over for it should this relay die.
     Hold {
         hash: CapHash,
+        resumes: Option<Resumes>,
     },
     Release {
         hash: CapHash,
