@@ -4,9 +4,12 @@
 
 mod common;
 
-use common::cluster::{Nats, start_cluster_relay};
+use std::time::Duration;
+
+use common::cluster::{Nats, RelayProcess, start_cluster_relay};
 use common::*;
 use fluister::client::chat::{ChatEvent, ClientRequest, CounsellorSettings};
+use fluister::client::{ConnectOptions, Reconnect};
 use fluister::core::frame::Presence;
 use fluister::org::Identity;
 use fluister::relay::RunningRelay;
@@ -471,4 +474,121 @@ async fn chats_go_on_after_nats_restarts_and_every_message_arrives() {
     for relay in [a, b] {
         relay.shutdown().await;
     }
+}
+
+/// How a party reconnects: `first`, then the others in turn.
+fn reconnect_to(
+    org: &Org,
+    first: std::net::SocketAddr,
+    others: &[std::net::SocketAddr],
+    identity: Option<&Identity>,
+) -> Reconnect {
+    Reconnect {
+        options: ConnectOptions {
+            relay: first.to_string(),
+            ca: Some(ca(org)),
+            credential: identity.map(|i| i.relay_credential().unwrap()),
+            connect_timeout: Duration::from_secs(2),
+            bind: None,
+        },
+        give_up_after: Duration::from_secs(120),
+        alternates: others.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// A young person on `reconnect`'s first relay that resumes elsewhere.
+async fn resuming_young(org: &Org, reconnect: Reconnect) -> Party {
+    let stream = fluister::client::connect(reconnect.options.clone())
+        .await
+        .unwrap();
+    let request = ClientRequest {
+        reconnect: Some(reconnect),
+        ..ClientRequest::default()
+    };
+    client_party_for(stream, org.public, request)
+}
+
+/// Counsellor `name` on `reconnect`'s first relay that resumes elsewhere.
+async fn resuming_counsellor(org: &Org, name: &str, relays: [std::net::SocketAddr; 3]) -> Party {
+    let identity = Identity::load(&org.counsellor(name)).unwrap();
+    let reconnect = reconnect_to(org, relays[0], &relays[1..], Some(&identity));
+    let stream = fluister::client::connect(reconnect.options.clone())
+        .await
+        .unwrap();
+    let settings = CounsellorSettings {
+        reconnect: Some(reconnect),
+        ..CounsellorSettings::default()
+    };
+    let mut party = counsellor_party_with(stream, identity, settings);
+    assert!(is_connected(&party.next().await));
+    party
+}
+
+/// The next message `party` reads, waiting up to `bound`.
+async fn next_message(party: &mut Party, bound: Duration) -> String {
+    let wait = async {
+        loop {
+            match party.events.recv().await {
+                Some(ChatEvent::Message { text, .. }) => return text,
+                Some(_) => {}
+                None => panic!("the party ended"),
+            }
+        }
+    };
+    tokio::time::timeout(bound, wait)
+        .await
+        .expect("a message in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_relay_is_killed_its_people_resume_on_the_others_and_nothing_is_lost() {
+    let org = Org::new();
+    let nats = Nats::start();
+    let a = RelayProcess::start(&org, &nats, "killed", "a");
+    let mut b = RelayProcess::start(&org, &nats, "killed", "b");
+    let c = RelayProcess::start(&org, &nats, "killed", "c");
+    let (a, b_addr, c) = (a, b.addr, c);
+
+    // Sam on A chats with a young person on B; Noor on B with a young
+    // person on C.
+    let mut sam = resuming_counsellor(&org, "Sam", [a.addr, c.addr, b_addr]).await;
+    let mut first = resuming_young(&org, reconnect_to(&org, b_addr, &[a.addr, c.addr], None)).await;
+    assert_eq!(first.expect(is_paired).await, paired_with("Sam"));
+    sam.expect(is_paired).await;
+    let mut noor = resuming_counsellor(&org, "Noor", [b_addr, c.addr, a.addr]).await;
+    let mut second =
+        resuming_young(&org, reconnect_to(&org, c.addr, &[a.addr, b_addr], None)).await;
+    assert_eq!(second.expect(is_paired).await, paired_with("Noor"));
+    noor.expect(is_paired).await;
+    let bound = Duration::from_secs(15);
+    first.say("hallo Sam").await;
+    assert_eq!(next_message(&mut sam, bound).await, "hallo Sam");
+    noor.say("hallo, ik ben Noor").await;
+    assert_eq!(next_message(&mut second, bound).await, "hallo, ik ben Noor");
+
+    // B dies mid-chat, and everybody writes at once.
+    b.kill();
+    first.say("B is weg (1)").await;
+    sam.say("Ben je er nog? (2)").await;
+    noor.say("Ik ben er nog (3)").await;
+    second.say("Noor? (4)").await;
+
+    // Within the resume window (and the time a dead relay takes to be
+    // noticed and to leave the cluster), every message arrives, once.
+    let bound = Duration::from_secs(60);
+    assert_eq!(next_message(&mut sam, bound).await, "B is weg (1)");
+    assert_eq!(next_message(&mut first, bound).await, "Ben je er nog? (2)");
+    assert_eq!(next_message(&mut second, bound).await, "Ik ben er nog (3)");
+    assert_eq!(next_message(&mut noor, bound).await, "Noor? (4)");
+    // The chats go on where their people are now, and nothing came twice:
+    // the next message each reads is the next one sent.
+    let bound = Duration::from_secs(15);
+    first.say("verder (5)").await;
+    assert_eq!(next_message(&mut sam, bound).await, "verder (5)");
+    sam.say("verder (6)").await;
+    assert_eq!(next_message(&mut first, bound).await, "verder (6)");
+    second.say("verder (7)").await;
+    assert_eq!(next_message(&mut noor, bound).await, "verder (7)");
+    noor.say("verder (8)").await;
+    assert_eq!(next_message(&mut second, bound).await, "verder (8)");
 }

@@ -114,3 +114,99 @@ pub async fn start_cluster_relay(org: &Org, nats: &Nats, prefix: &str) -> Runnin
         .await
         .unwrap()
 }
+
+/// A relay of the cluster running as its own process (`fluister relay`),
+/// so that a test can kill it as SIGKILL would.
+pub struct RelayProcess {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl RelayProcess {
+    /// Starts `fluister relay` with the org's config in a cluster on
+    /// `nats`: connections idle for 5 s count as lost, so that clients
+    /// notice a dead relay soon.
+    pub fn start(org: &Org, nats: &Nats, prefix: &str, name: &str) -> RelayProcess {
+        let base =
+            std::fs::read_to_string(org.dir.path().join(fluister::org::RELAY_CONFIG_FILE)).unwrap();
+        let mut config: toml::Table = base.parse().unwrap();
+        config.insert("listen".into(), "127.0.0.1:0".into());
+        let table = |config: &mut toml::Table, key: &str| -> toml::Table {
+            config
+                .get(key)
+                .and_then(|v| v.as_table())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut admin = table(&mut config, "admin");
+        admin.insert("enabled".into(), false.into());
+        config.insert("admin".into(), admin.into());
+        let mut web = table(&mut config, "web");
+        web.insert("enabled".into(), false.into());
+        config.insert("web".into(), web.into());
+        let mut limits = table(&mut config, "limits");
+        limits.insert("admissions_per_sec".into(), 1000.into());
+        limits.insert("admissions_burst".into(), 1000.into());
+        limits.insert("per_address_places".into(), 0.into());
+        config.insert("limits".into(), limits.into());
+        let mut transport = table(&mut config, "transport");
+        transport.insert("idle_timeout_secs".into(), 5.into());
+        transport.insert("keep_alive_secs".into(), 1.into());
+        config.insert("transport".into(), transport.into());
+        let mut cluster = toml::Table::new();
+        cluster.insert(
+            "servers".into(),
+            toml::Value::Array(vec![nats.url().into()]),
+        );
+        cluster.insert(
+            "secret_file".into(),
+            cluster_secret(org).to_string_lossy().into_owned().into(),
+        );
+        cluster.insert("prefix".into(), prefix.into());
+        config.insert("cluster".into(), cluster.into());
+        let path = org.dir.path().join(format!("relay-{name}.toml"));
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fluister"))
+            .arg("relay")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("Fluister relay listening on ") {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the relay process started")
+            .parse()
+            .unwrap();
+        RelayProcess { child, addr }
+    }
+
+    /// Kills the relay at once, as SIGKILL does: it says nothing to
+    /// anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

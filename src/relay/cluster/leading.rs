@@ -39,8 +39,8 @@ use crate::core::router::wire;
 
 /// How long a node's key lives after its last write, and how often it is
 /// written.
-const NODE_TTL: Duration = Duration::from_secs(15);
-const NODE_REFRESH: Duration = Duration::from_secs(5);
+const NODE_TTL: Duration = Duration::from_secs(9);
+const NODE_REFRESH: Duration = Duration::from_secs(3);
 /// How often the leader reads who is in the cluster.
 const MEMBERS_EVERY: Duration = Duration::from_secs(2);
 /// How many node ids a relay draws before it gives up.
