@@ -592,3 +592,46 @@ async fn when_a_relay_is_killed_its_people_resume_on_the_others_and_nothing_is_l
     noor.say("verder (8)").await;
     assert_eq!(next_message(&mut second, bound).await, "verder (8)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_relay_moves_its_people_to_the_others_with_nothing_lost() {
+    let org = Org::new();
+    let nats = Nats::start();
+    let a = start_cluster_relay(&org, &nats, "drain").await;
+    let b = start_cluster_relay(&org, &nats, "drain").await;
+    let c = start_cluster_relay(&org, &nats, "drain").await;
+    let (a_addr, b_addr, c_addr) = (a.local_addr(), b.local_addr(), c.local_addr());
+    let mut sam = resuming_counsellor(&org, "Sam", [a_addr, c_addr, b_addr]).await;
+    let mut young = resuming_young(&org, reconnect_to(&org, b_addr, &[c_addr, a_addr], None)).await;
+    assert_eq!(young.expect(is_paired).await, paired_with("Sam"));
+    sam.expect(is_paired).await;
+    let bound = Duration::from_secs(15);
+    young.say("voor het verhuizen").await;
+    assert_eq!(next_message(&mut sam, bound).await, "voor het verhuizen");
+
+    // Sam writes, and B drains while it is on its way (SIGTERM in a
+    // cluster): the young person moves to C, the message with it.
+    sam.say("onderweg").await;
+    let drained = tokio::spawn(b.shutdown());
+    let (mut resumed, mut got) = (false, Vec::new());
+    while !resumed || got.is_empty() {
+        match young.next_any().await {
+            ChatEvent::Resumed { .. } => resumed = true,
+            ChatEvent::Message { text, .. } => got.push(text),
+            ChatEvent::Ended { .. } => panic!("the chat ended"),
+            _ => {}
+        }
+    }
+    assert_eq!(got, ["onderweg"]);
+    tokio::time::timeout(bound, drained)
+        .await
+        .expect("B drains within its deadline")
+        .unwrap();
+    young.say("na het verhuizen").await;
+    assert_eq!(next_message(&mut sam, bound).await, "na het verhuizen");
+    sam.say("ik ben er nog").await;
+    assert_eq!(next_message(&mut young, bound).await, "ik ben er nog");
+    for relay in [a, c] {
+        relay.shutdown().await;
+    }
+}

@@ -86,6 +86,10 @@ enum Command {
         /// Relay address.
         #[arg(long, value_name = "HOST:PORT")]
         relay: String,
+        /// Another relay of the same service (a cluster), tried in turn when
+        /// the one in use is gone or leaves. Repeatable.
+        #[arg(long = "other-relay", value_name = "HOST:PORT")]
+        other_relays: Vec<String>,
         /// PEM certificate to trust for the relay (default: the public web PKI).
         #[arg(long, value_name = "CERT")]
         ca: Option<PathBuf>,
@@ -145,9 +149,9 @@ struct Taking {
 }
 
 impl Taking {
-    fn settings(self, options: &ConnectOptions) -> chat::CounsellorSettings {
+    fn settings(self, options: &ConnectOptions, others: &[String]) -> chat::CounsellorSettings {
         chat::CounsellorSettings {
-            reconnect: Some(reconnect(options)),
+            reconnect: Some(reconnect(options, others)),
             available: !self.away,
             capacity: self.capacity,
             topics: self.topics,
@@ -168,6 +172,11 @@ struct ConnArgs {
     /// Relay address.
     #[arg(long, value_name = "HOST:PORT")]
     relay: String,
+    /// Another relay of the same service (a cluster), tried in turn when
+    /// the one in use is gone or leaves; the chat resumes there.
+    /// Repeatable.
+    #[arg(long = "other-relay", value_name = "HOST:PORT")]
+    other_relays: Vec<String>,
     /// PEM certificate to trust for the relay (default: the public web PKI).
     #[arg(long, value_name = "CERT")]
     ca: Option<PathBuf>,
@@ -493,7 +502,7 @@ async fn run(command: Command) -> CliResult {
             let json = conn.json;
             let options = connect_options(&conn, Some(credential))?;
             let (quick_exit, exit_rx) = tokio::sync::watch::channel(false);
-            let mut settings = taking.settings(&options);
+            let mut settings = taking.settings(&options, &conn.other_relays);
             settings.quick_exit = Some(exit_rx);
             let stream = client::connect(options).await?;
             if !json {
@@ -509,6 +518,7 @@ async fn run(command: Command) -> CliResult {
         }
         Command::Console {
             relay,
+            other_relays,
             ca,
             connect_timeout,
             identity: identity_file,
@@ -522,12 +532,13 @@ async fn run(command: Command) -> CliResult {
             let credential = identity.relay_credential()?;
             let conn = ConnArgs {
                 relay,
+                other_relays,
                 ca,
                 json: false,
                 connect_timeout,
             };
             let options = connect_options(&conn, Some(credential))?;
-            let settings = taking.settings(&options);
+            let settings = taking.settings(&options, &conn.other_relays);
             let replies = replies.unwrap_or_else(|| {
                 identity_file
                     .parent()
@@ -558,7 +569,7 @@ async fn run(command: Command) -> CliResult {
             let request = chat::ClientRequest {
                 topic,
                 language,
-                reconnect: Some(reconnect(&options)),
+                reconnect: Some(reconnect(&options, &conn.other_relays)),
                 quick_exit: Some(exit_rx),
             };
             let stream = client::connect(options).await?;
@@ -571,12 +582,12 @@ async fn run(command: Command) -> CliResult {
 }
 
 /// Resume a dropped connection for as long as the relay's default resume
-/// window keeps the chat.
-fn reconnect(options: &ConnectOptions) -> client::Reconnect {
+/// window keeps the chat, on `others` in turn if the relay is gone.
+fn reconnect(options: &ConnectOptions, others: &[String]) -> client::Reconnect {
     client::Reconnect {
         options: options.clone(),
         give_up_after: crate::core::limits::Limits::default().resume_window,
-        alternates: Vec::new(),
+        alternates: others.to_vec(),
     }
 }
 

@@ -210,6 +210,10 @@ impl<I: Into<Input>> Io<I> {
                 }
                 Woke::Relay(Err(e)) => {
                     self.relay = None;
+                    // A relay leaving its cluster: resume on the next one.
+                    if matches!(e, ClientError::Closed(crate::core::CloseCode::Draining)) {
+                        self.next_address += 1;
+                    }
                     machine.handle_link(now, LinkEvent::Down(e));
                 }
                 Woke::Timeout => machine.handle_timeout(now),

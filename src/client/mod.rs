@@ -95,6 +95,7 @@ pub fn close_text(code: CloseCode) -> &'static str {
         CloseCode::InternalError => "the relay had a problem; try again",
         CloseCode::ProofOfWorkFailed => "connection error (proof of work); try again",
         CloseCode::Revoked => "your sign-in was revoked by the helpline",
+        CloseCode::Draining => "the relay is moving you to another one",
     }
 }
 

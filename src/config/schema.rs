@@ -122,6 +122,10 @@ pub struct WebConfig {
     /// Plain HTTP on a loopback address, for the demo: the page and
     /// WebSocket without TLS (a loopback page is a secure context).
     pub loopback_http: Option<SocketAddr>,
+    /// Other relays of the same service (`host:port`, a cluster), which
+    /// the page tries in turn after this one when a relay is gone or
+    /// leaves; the chat resumes there. Default: none.
+    pub relays: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -135,6 +139,7 @@ impl Default for WebConfig {
             exit_url: DEFAULT_EXIT_URL.into(),
             default_language: "nl".into(),
             loopback_http: None,
+            relays: Vec::new(),
         }
     }
 }

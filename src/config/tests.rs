@@ -156,3 +156,64 @@ fn the_kubernetes_config_map_holds_a_valid_config() {
     let config = RelayConfig::parse(&block.join("\n")).unwrap();
     assert_eq!(config.transport.drain_deadline_secs, 10);
 }
+
+#[test]
+fn a_cluster_section_is_checked_key_by_key() {
+    let base = "[cluster]\nsecret_file = \"s\"\n";
+    let ok = RelayConfig::parse(&format!(
+        "{base}servers = [\"nats://n1:4222\", \"tls://n2:4222\"]\n"
+    ))
+    .unwrap();
+    let cluster = ok.cluster.as_ref().unwrap();
+    assert_eq!((cluster.prefix.as_str(), cluster.replicas), ("fluister", 1));
+    assert!(cluster.uses_tls());
+    assert!(
+        RelayConfig::parse("").unwrap().cluster.is_none(),
+        "no NATS without [cluster]"
+    );
+    for (extra, key) in [
+        ("servers = []", "cluster.servers"),
+        ("servers = [\"http://n1:4222\"]", "cluster.servers"),
+        ("servers = [\"nats://n1\"]", "cluster.servers"),
+        (
+            "servers = [\"nats://n1:4222\"]\nprefix = \"a.b\"",
+            "cluster.prefix",
+        ),
+        (
+            "servers = [\"nats://n1:4222\"]\ntls_cert = \"c.pem\"",
+            "cluster.tls_cert",
+        ),
+        (
+            "servers = [\"nats://n1:4222\"]\nreplicas = 7",
+            "cluster.replicas",
+        ),
+    ] {
+        let e = RelayConfig::parse(&format!("{base}{extra}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+    let e = RelayConfig::parse("[cluster]\nservers = [\"nats://n1:4222\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("secret_file"), "the secret is required: {e}");
+}
+
+#[test]
+fn the_pages_other_relays_are_host_and_port() {
+    let ok = RelayConfig::parse("[web]\nrelays = [\"relay-b.example.org:443\", \"[::1]:7443\"]\n")
+        .unwrap();
+    assert_eq!(ok.web.relays.len(), 2);
+    for bad in [
+        "https://relay-b:443",
+        "relay-b",
+        "relay-b:0",
+        "Relay-B:443",
+        "relay-b:443/x",
+    ] {
+        let e = RelayConfig::parse(&format!("[web]\nrelays = [\"{bad}\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.relays"), "{bad}: {e}");
+    }
+}

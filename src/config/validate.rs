@@ -44,6 +44,14 @@ fn range<T: PartialOrd + std::fmt::Display>(
 impl RelayConfig {
     /// Checks `web_origins` and `[web]`.
     fn validate_web(&self) -> Result<(), ConfigError> {
+        for relay in &self.web.relays {
+            if let Err(reason) = check_host_port(relay) {
+                return Err(ConfigError::Invalid {
+                    key: "web.relays",
+                    reason: format!("{relay:?}: {reason}"),
+                });
+            }
+        }
         for origin in &self.web_origins {
             if let Err(reason) = check_origin(origin) {
                 return Err(ConfigError::Invalid {
@@ -277,6 +285,22 @@ impl ClusterConfig {
             || self.tls_cert.is_some()
             || self.servers.iter().any(|s| s.starts_with("tls://"))
     }
+}
+
+/// `host:port` as a browser reaches a relay: a lowercase DNS name or an
+/// address (IPv6 in brackets), and a port from 1 to 65535.
+fn check_host_port(text: &str) -> Result<(), &'static str> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or("a relay is host:port, e.g. relay-b.example.org:443")?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err("a relay is host:port with a port from 1 to 65535");
+    }
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.[]:".contains(&b);
+    if !host.bytes().all(plain) {
+        return Err("a relay's host is a lowercase name or address, without scheme or path");
+    }
+    Ok(())
 }
 
 /// A NATS server URL: `nats://` or `tls://`, a host, a port, nothing else.

@@ -335,6 +335,9 @@ pub struct RunningRelay {
     driver: JoinHandle<()>,
     endpoint: quinn::Endpoint,
     drain_deadline: Duration,
+    /// In a cluster: stops the lease task, which leaves the cluster.
+    cluster_stop: watch::Sender<bool>,
+    cluster_task: Option<JoinHandle<()>>,
 }
 
 impl RunningRelay {
@@ -379,6 +382,11 @@ impl RunningRelay {
     /// already read, ends every chat with "relay shutting down" (senders
     /// learn which of their messages were not confirmed), flushes, and
     /// closes every connection, all within `drain_deadline`.
+    ///
+    /// In a cluster the chats do not end: every connection is closed with
+    /// DRAINING, its people resume on the other relays, and this relay
+    /// hands over what it held for them as they claim it; then it leaves
+    /// the cluster.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.drain_deadline;
         self.ready.store(false, Ordering::Relaxed);
@@ -391,6 +399,10 @@ impl RunningRelay {
             CloseCode::ShuttingDown.reason().as_bytes(),
         );
         let _ = self.admin_stop.send(true);
+        let _ = self.cluster_stop.send(true);
+        if let Some(task) = self.cluster_task {
+            let _ = tokio::time::timeout(FLUSH_ON_CLOSE, task).await;
+        }
     }
 }
 
@@ -439,10 +451,15 @@ pub async fn start(
     metrics.set_ready(true);
     let ready = Arc::new(AtomicBool::new(true));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The cluster's tasks outlive the driver: a draining relay hands over
+    // what it held before it leaves the cluster.
+    let (cluster_stop, cluster_stop_rx) = watch::channel(false);
+    let mut cluster_task = None;
     let (router, cluster): (Box<dyn Router>, _) = match &config.cluster {
         Some(cluster_config) => {
             let limits = config.core_limits();
-            let joined = cluster::join(cluster_config, &limits, shutdown_rx.clone()).await?;
+            let joined = cluster::join(cluster_config, &limits, cluster_stop_rx).await?;
+            cluster_task = Some(joined.task);
             (Box::new(joined.router), Some((joined.status, joined.wake)))
         }
         None => (
@@ -490,6 +507,9 @@ pub async fn start(
         handshakes: handshakes.clone(),
         routes: HashMap::new(),
         cluster: cluster.clone(),
+        // What the driver may spend handing over, within the deadline.
+        drain_for: Duration::from_secs(config.transport.drain_deadline_secs)
+            .saturating_sub(FLUSH_ON_CLOSE),
     };
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx));
     let reloader = reload::Reloader {
@@ -591,6 +611,8 @@ pub async fn start(
         driver,
         endpoint,
         drain_deadline: Duration::from_secs(config.transport.drain_deadline_secs),
+        cluster_stop,
+        cluster_task,
     })
 }
 
@@ -1374,6 +1396,9 @@ struct Driver {
     /// In a cluster: what the metrics show of it, and what wakes the
     /// driver when the router has news.
     cluster: Option<(Arc<cluster::Status>, Arc<tokio::sync::Notify>)>,
+    /// How long a draining relay in a cluster waits for its people to
+    /// claim what it holds.
+    drain_for: Duration,
 }
 
 impl Driver {
@@ -1390,7 +1415,17 @@ impl Driver {
         let mut checked = Instant::now();
         let mut stale = false;
         let router_news = self.cluster.as_ref().map(|(_, wake)| wake.clone());
+        // In a cluster, a shutdown drains first: until when.
+        let mut draining: Option<Instant> = None;
         loop {
+            if let Some(until) = draining
+                && (!self.core.holds_anything() || Instant::now() >= until)
+            {
+                self.core.handle_shutdown(now());
+                self.dispatch();
+                self.set_gauges();
+                return;
+            }
             if stale && checked.elapsed() >= TIMER_RECHECK {
                 timer = self.core.poll_timeout().map(Instant::from_std);
                 checked = Instant::now();
@@ -1423,11 +1458,19 @@ impl Driver {
                     checked = Instant::now();
                     stale = false;
                 }
-                _ = shutdown.changed() => {
+                _ = async { tokio::time::sleep_until(draining.unwrap_or_else(Instant::now)).await }, if draining.is_some() => {}
+                _ = shutdown.changed(), if draining.is_none() => {
                     // What was already read is handled before the end.
                     while let Ok(event) = events.try_recv() {
                         self.handle(event);
                         self.dispatch();
+                    }
+                    if self.cluster.is_some() {
+                        self.metrics.set_ready(false);
+                        self.core.handle_drain(now());
+                        self.dispatch();
+                        draining = Some(Instant::now() + self.drain_for);
+                        continue;
                     }
                     self.core.handle_shutdown(now());
                     self.dispatch();

@@ -300,9 +300,15 @@ function solveInWorker(/** @type {Uint8Array} */ challenge, /** @type {number} *
   });
 }
 
-/** Where the relay is: the config's list, or the host this page came from. */
-function relayUrls() {
-  const relay = state.config.relays?.[0] ?? {};
+/**
+ * Where the relays are: the config's list (an entry without URLs is the
+ * host this page came from), or just that host. Each attempt to connect
+ * takes the next, so that a relay that is gone or leaves (a cluster) is
+ * followed by another of the same service, where the chat resumes.
+ */
+function relayUrls(/** @type {number} */ attempt) {
+  const list = state.config.relays?.length ? state.config.relays : [{}];
+  const relay = list[attempt % list.length] ?? {};
   const ws = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return {
     webtransport: relay.webtransport ?? `https://${location.host}/fluister/1`,
@@ -311,15 +317,17 @@ function relayUrls() {
 }
 
 function begin() {
-  const urls = relayUrls();
+  let attempt = 0;
   const hashes = (state.config.certificateHashes ?? []).map((/** @type {string} */ b64) =>
     Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)),
   );
   const webTransport = new URLSearchParams(location.search).get('transport') !== 'websocket';
   state.chat = startChat({
     orgKey: hexToBytes(state.config.orgKey),
-    connect: () =>
-      connect({ webTransportUrl: urls.webtransport, webSocketUrl: urls.websocket, certificateHashes: hashes, webTransport }),
+    connect: () => {
+      const urls = relayUrls(attempt++);
+      return connect({ webTransportUrl: urls.webtransport, webSocketUrl: urls.websocket, certificateHashes: hashes, webTransport });
+    },
     solve: solveInWorker,
     onEvent,
   });

@@ -37,6 +37,7 @@ export const CLOSE_CODES = Object.freeze({
   INTERNAL_ERROR: 0x0b,
   PROOF_OF_WORK_FAILED: 0x0d,
   REVOKED: 0x0e,
+  DRAINING: 0x0f,
   SECURITY_FAILURE: 0x10,
   RECONNECTING: 0x11,
 });

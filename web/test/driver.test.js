@@ -102,3 +102,19 @@ test('a relay restarting ends the wait with relay_shutdown, not an error', async
   assert.deepEqual(events.at(-1), { event: 'ended', v: 1, reason: 'relay_shutdown' });
   assert.equal(links.length, 1);
 });
+
+test('a relay that drains (leaves its cluster) is left for another, where the wait resumes', async () => {
+  const { chat, links, events } = started();
+  await settle();
+  const [first] = links;
+  first.frame({ type: 'WELCOME', version: 1, role: 'client', topics: 0, languages: ['nl'], powDifficulty: 0, powChallenge: new Uint8Array(16) });
+  chat.join(null, 'nl');
+  await settle();
+  first.frame({ type: 'JOINED', resume: new Uint8Array(32).fill(4) });
+  first.end({ code: 'DRAINING' });
+  await settle();
+  assert.equal(links.length, 2, 'a new link, through the page to the next relay');
+  assert.deepEqual(links[1].sent[0], { type: 'RESUME', capability: new Uint8Array(32).fill(4) });
+  assert.ok(!events.some((e) => e.event === 'error' || e.event === 'ended'), JSON.stringify(events));
+  chat.end();
+});

@@ -124,6 +124,9 @@ close_codes! {
         ProofOfWorkFailed = 0x0d, "proof_of_work_failed", "proof of work failed";
         /// The counsellor's relay credential was revoked by the organisation.
         Revoked = 0x0e, "revoked", "your sign-in was revoked by the helpline";
+        /// The relay is leaving its cluster: reconnect to another relay of
+        /// the same service and resume; everything waits there.
+        Draining = 0x0f, "draining", "relay draining: continue on another relay";
     }
 }
 

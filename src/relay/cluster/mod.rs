@@ -221,6 +221,8 @@ pub struct Joined {
     pub status: Arc<Status>,
     /// The driver waits on this beside its other inputs.
     pub wake: Arc<Notify>,
+    /// The lease task: it leaves the cluster once `stop` turns true.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// Connects to NATS, takes a node id, and starts the lease and the
@@ -270,7 +272,7 @@ pub async fn join(
         topic_fallback: limits.topic_fallback,
         resume_window: limits.resume_window,
     };
-    tokio::spawn(lease.run(stop));
+    let task = tokio::spawn(lease.run(stop));
     let to_leader = Sender::spawn(
         client.clone(),
         names.leader(),
@@ -296,6 +298,7 @@ pub async fn join(
         router,
         status,
         wake,
+        task,
     })
 }
 

@@ -60,10 +60,22 @@ struct PageConfig {
 
 #[derive(Serialize)]
 struct RelayUrls {
-    webtransport: String,
+    /// Absent: the host the page came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webtransport: Option<String>,
     /// Absent: the host the page came from (`ws:` or `wss:` as the page).
     #[serde(skip_serializing_if = "Option::is_none")]
     websocket: Option<String>,
+}
+
+impl RelayUrls {
+    /// Another relay of the service (`[web] relays`), over TLS.
+    fn other(host_port: &str) -> RelayUrls {
+        RelayUrls {
+            webtransport: Some(format!("https://{host_port}{PATH}")),
+            websocket: Some(format!("wss://{host_port}{PATH}")),
+        }
+    }
 }
 
 /// The page as one relay serves it.
@@ -93,6 +105,11 @@ impl Site {
         addresses: &Addresses,
         certificate_hashes: Vec<String>,
     ) -> Site {
+        // The page tries its own relay first, then the others in turn.
+        let others = || web.relays.iter().map(|r| RelayUrls::other(r));
+        let others_csp: String = (web.relays.iter())
+            .map(|r| format!(" https://{r} wss://{r}"))
+            .collect();
         let config = |relays: Vec<RelayUrls>| {
             serde_json::to_string(&PageConfig {
                 organisation: web.organisation.clone(),
@@ -122,18 +139,30 @@ impl Site {
             Served {
                 // WebSocket on the host the page came from, so that the
                 // page also works behind a proxy on another port.
-                config: config(vec![RelayUrls {
-                    webtransport: format!("{webtransport}{PATH}"),
-                    websocket: None,
-                }]),
-                csp: csp(&format!(" {webtransport}")),
+                config: config(
+                    std::iter::once(RelayUrls {
+                        webtransport: Some(format!("{webtransport}{PATH}")),
+                        websocket: None,
+                    })
+                    .chain(others())
+                    .collect(),
+                ),
+                csp: csp(&format!(" {webtransport}{others_csp}")),
             }
         });
         Site {
             dir: web.page_dir.clone(),
             tls: Served {
-                config: config(Vec::new()),
-                csp: csp(""),
+                config: config(match web.relays.is_empty() {
+                    true => Vec::new(),
+                    false => std::iter::once(RelayUrls {
+                        webtransport: None,
+                        websocket: None,
+                    })
+                    .chain(others())
+                    .collect(),
+                }),
+                csp: csp(&others_csp),
             },
             loopback,
         }

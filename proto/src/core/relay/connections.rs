@@ -232,6 +232,35 @@ impl Relay {
 
     /// Ends every chat with `RelayShutdown` and closes every connection.
     /// New connections are refused from now on.
+    /// The relay leaves its cluster (PROTOCOL.md §3.3, DRAINING): every
+    /// connection is closed with DRAINING and handled as lost. Its chat
+    /// sides wait for a RESUME and their peers hear PEER_AWAY; a waiting
+    /// young person keeps its place. The router knows all of it by its
+    /// holdings, so each is resumed on another relay, where it is claimed
+    /// from here, with what was held for it. No new connection is taken.
+    pub fn handle_drain(&mut self, now: Now) {
+        self.shutting_down = true;
+        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            self.stats.closed(CloseCode::Draining);
+            self.out.push_back(Output::Close {
+                conn: id,
+                code: CloseCode::Draining,
+                flush: true,
+            });
+            self.detach(now, id);
+            self.forget(now, id);
+        }
+        self.end_event(now);
+    }
+
+    /// Whether a draining relay still holds anything another relay may
+    /// claim (a chat side or a place waiting for its RESUME).
+    pub fn holds_anything(&self) -> bool {
+        !self.detached.is_empty() || !self.away_from_queue.is_empty()
+    }
+
     pub fn handle_shutdown(&mut self, _now: Now) {
         self.shutting_down = true;
         // Sides on other relays are not shutting down: for them the peer

@@ -571,6 +571,45 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_relay_sends_its_people_to_the_others_with_what_it_held() {
+        let mut c = Cluster::new();
+        let sam = c.counsellor(A, "Sam", 1);
+        let (y, did) = c.client(B, None);
+        let (y_chat, _, y_cap) = paired(&to(&did[B], y)).expect("paired");
+        let (s_chat, _, _) = paired(&to(&did[A], sam)).expect("Sam has it");
+        c.send(B, y, forward(y_chat, 1));
+        let (w, did) = c.client(B, None);
+        let w_ticket = joined(&to(&did[B], w)).expect("waits, with a ticket");
+
+        let now = c.nodes[B].now;
+        c.nodes[B].relay.handle_drain(now);
+        let mut did = c.nothing();
+        did[B] = c.nodes[B].drain();
+        let did = c.settle(did);
+        assert!(did[B].contains(&Did::Closed(y, CloseCode::Draining)));
+        assert!(did[B].contains(&Did::Closed(w, CloseCode::Draining)));
+        assert_eq!(to(&did[A], sam), vec![Frame::PeerAway { chat: s_chat }]);
+        assert!(c.nodes[B].relay.holds_anything());
+        // Sam writes while the young person moves.
+        c.send(A, sam, forward(s_chat, 2));
+
+        let (y_back, did) = c.resume(A, None, y_cap);
+        let frames = to(&did[A], y_back);
+        let Some(Frame::Resumed { chat }) = frames.first().cloned() else {
+            panic!("{did:?}");
+        };
+        assert_eq!(frames[1..], [forward(chat, 2)], "what B held came along");
+        assert_eq!(to(&did[A], sam), vec![Frame::PeerBack { chat: s_chat }]);
+        let (w_back, did) = c.resume(A, None, w_ticket);
+        assert!(
+            to(&did[A], w_back)
+                .iter()
+                .any(|f| matches!(f, Frame::Queued { position: 1, .. }))
+        );
+        assert!(!c.nodes[B].relay.holds_anything(), "B can stop now");
+    }
+
+    #[test]
     fn a_counsellor_resumes_on_another_relay_with_what_was_held() {
         let mut c = Cluster::new();
         let Across {

@@ -865,7 +865,7 @@ mod test_support {
         }
 
         /// Nothing done yet, on any relay.
-        fn nothing(&self) -> Vec<Vec<Did>> {
+        pub fn nothing(&self) -> Vec<Vec<Did>> {
             vec![Vec::new(); self.nodes.len()]
         }
 
