@@ -142,9 +142,8 @@ fn errors_name_the_key_and_line() {
     assert!(e.contains("web.org_key"), "{e}");
 }
 
-#[test]
-fn the_kubernetes_config_map_holds_a_valid_config() {
-    let manifest = include_str!("../../deploy/k8s/configmap.yaml");
+/// The relay config inside a Kubernetes ConfigMap.
+fn config_in_manifest(manifest: &str) -> RelayConfig {
     let block: Vec<&str> = manifest
         .split("fluister.toml: |\n")
         .nth(1)
@@ -153,8 +152,16 @@ fn the_kubernetes_config_map_holds_a_valid_config() {
         .take_while(|l| l.starts_with("    ") || l.is_empty())
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect();
-    let config = RelayConfig::parse(&block.join("\n")).unwrap();
+    RelayConfig::parse(&block.join("\n")).unwrap()
+}
+
+#[test]
+fn the_kubernetes_config_map_holds_a_valid_config() {
+    let config = config_in_manifest(include_str!("../../deploy/k8s/configmap.yaml"));
     assert_eq!(config.transport.drain_deadline_secs, 10);
+    let clustered = config_in_manifest(include_str!("../../deploy/k8s/cluster/relays.yaml"));
+    let cluster = clustered.cluster.expect("a [cluster] section");
+    assert_eq!((cluster.servers.len(), cluster.replicas), (3, 3));
 }
 
 #[test]

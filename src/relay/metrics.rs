@@ -362,3 +362,32 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the Grafana dashboard asks for exists, by the name the
+    /// relay exports it under.
+    #[test]
+    fn the_dashboard_asks_only_for_metrics_the_relay_exports() {
+        let exported = Metrics::new(&[]).encode();
+        let dashboard = include_str!("../../deploy/grafana/fluister-dashboard.json");
+        let names: std::collections::BTreeSet<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("fluister_"))
+            .collect();
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                exported.contains(&format!("\n{base}"))
+                    || exported.contains(&format!("# TYPE {base} ")),
+                "the dashboard asks for {name}, which the relay does not export"
+            );
+        }
+    }
+}
