@@ -37,7 +37,7 @@ pub const MAX_BATCH: usize = 64;
 /// How long a request waits for its answer before it is sent again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Backoff between attempts, doubling from the first to the last.
-const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const LAST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// One request's payload.

@@ -26,6 +26,7 @@
 //! chats for a few seconds and checks that every frame arrived.
 
 pub mod baseline;
+mod cluster;
 pub mod load;
 pub mod micro;
 
@@ -434,6 +435,25 @@ impl Setup {
         Server::start(&["relay", "--config", &config.display().to_string()])
     }
 
+    /// A relay of the cluster `prefix` on the NATS server at `nats`, with
+    /// the bench's limits.
+    fn cluster_relay(&self, nats: &str, prefix: &str, name: &str) -> Result<Server, BenchError> {
+        let secret = self.path("cluster.secret");
+        if !secret.exists() {
+            let mut key = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut OsRng, &mut key);
+            std::fs::write(&secret, hex::encode(key)).map_err(BenchError::other)?;
+        }
+        let base = std::fs::read_to_string(self.relay_config(false)?).map_err(BenchError::other)?;
+        let text = format!(
+            "{base}[cluster]\nservers = [\"{nats}\"]\nsecret_file = \"{}\"\nprefix = \"{prefix}\"\n",
+            secret.display()
+        );
+        let path = self.path(&format!("bench-cluster-{prefix}-{name}.toml"));
+        std::fs::write(&path, text).map_err(BenchError::other)?;
+        Server::start(&["relay", "--config", &path.display().to_string()])
+    }
+
     fn echo(&self) -> Result<Server, BenchError> {
         Server::start(&[
             "echo",
@@ -542,7 +562,15 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Runs every measurement and writes the report.
 /// The parts that drive relay processes over loopback.
-const NETWORK_PARTS: [&str; 6] = ["forwarding", "latency", "web", "memory", "surge", "attack"];
+const NETWORK_PARTS: [&str; 7] = [
+    "forwarding",
+    "latency",
+    "web",
+    "memory",
+    "surge",
+    "attack",
+    "cluster",
+];
 
 pub async fn run(options: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let part = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
@@ -655,6 +683,8 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     let surge_count = if options.smoke { 20 } else { 1000 };
     // Chats per binding in the web part.
     let web_chats = if options.smoke { 4 } else { 100 };
+    // Chats across two relays, and arrivals, in the cluster part.
+    let (cluster_chats, cluster_arrivals) = if options.smoke { (10, 20) } else { (100, 500) };
     let chat_counts: &[usize] = if part("forwarding") || part("latency") {
         chat_counts
     } else {
@@ -670,6 +700,7 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
                 .map(|&n| counsellors_for(n, load::MEMORY_CAPACITY)),
         )
         .chain(part("web").then(|| counsellors_for(3 * web_chats, load::CAPACITY)))
+        .chain(part("cluster").then(|| counsellors_for(cluster_chats, load::CAPACITY)))
         .max()
         .unwrap_or(1)
         .max(8);
@@ -947,7 +978,22 @@ async fn network_rows(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         );
     }
 
-    // 6: a young person's way in while the helpline is under attack.
+    // 6: a cluster of two relays on NATS, against one relay.
+    if part("cluster") {
+        match cluster::Nats::start() {
+            Some(nats) => {
+                let (chats, arrivals) = (cluster_chats, cluster_arrivals);
+                for (measurement, unit, fluister, baseline) in
+                    cluster::measure(&setup, &nats, chats, arrivals, secs, epoch).await?
+                {
+                    row(measurement, unit, fluister, baseline, None, "");
+                }
+            }
+            None => eprintln!("bench: no nats-server here: the cluster part is left out"),
+        }
+    }
+
+    // 7: a young person's way in while the helpline is under attack.
     if part("attack") {
         let plan = if options.smoke {
             load::AttackPlan {
