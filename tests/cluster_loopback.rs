@@ -635,3 +635,81 @@ async fn a_draining_relay_moves_its_people_to_the_others_with_nothing_lost() {
         relay.shutdown().await;
     }
 }
+
+/// GET `path` from an admin listener: status code and body.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    let status = (response.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = (response.split_once("\r\n\r\n"))
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A gauge's value in a /metrics body.
+fn gauge(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Polls `relay`'s admin listener until `want` holds of its status and
+/// metrics, for up to 20 s.
+async fn admin_until(relay: &RunningRelay, what: &str, want: impl Fn(u16, &str) -> bool) {
+    let admin = relay.admin_addr().expect("the admin listener is on");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ready, _) = admin_get(admin, "/readyz").await;
+        let (_, metrics) = admin_get(admin, "/metrics").await;
+        if want(ready, &metrics) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: /readyz {ready}, /metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_show_the_cluster_and_its_nats() {
+    let org = Org::new();
+    let mut nats = Nats::start();
+    let a = start_cluster_relay(&org, &nats, "metrics").await;
+    let b = start_cluster_relay(&org, &nats, "metrics").await;
+    let leaders = |m: &str| gauge(m, "fluister_cluster_leader").unwrap_or(-1.0);
+    for relay in [&a, &b] {
+        admin_until(relay, "in the cluster", |ready, m| {
+            ready == 200
+                && gauge(m, "fluister_cluster_nats_connected") == Some(1.0)
+                && (leaders(m) == 0.0 || gauge(m, "fluister_cluster_members") == Some(2.0))
+        })
+        .await;
+    }
+    let (_, ma) = admin_get(a.admin_addr().unwrap(), "/metrics").await;
+    let (_, mb) = admin_get(b.admin_addr().unwrap(), "/metrics").await;
+    assert_eq!(leaders(&ma) + leaders(&mb), 1.0, "exactly one leader");
+
+    // NATS out of reach: newcomers are sent elsewhere after a few seconds.
+    nats.stop();
+    admin_until(&a, "NATS away", |ready, m| {
+        ready == 503 && gauge(m, "fluister_cluster_nats_connected") == Some(0.0)
+    })
+    .await;
+    nats.restart(Duration::ZERO);
+    admin_until(&a, "NATS back", |ready, m| {
+        ready == 200 && gauge(m, "fluister_cluster_nats_connected") == Some(1.0)
+    })
+    .await;
+    for relay in [a, b] {
+        relay.shutdown().await;
+    }
+}
