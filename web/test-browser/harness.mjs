@@ -7,7 +7,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { createSocket } from 'node:dgram';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
@@ -196,13 +196,21 @@ export async function cuttableProxy(port) {
   };
 }
 
+/** The consoles' temporary folders: gone when the test run ends. */
+const consoleFolders = new Set();
+process.once('exit', () => {
+  for (const folder of consoleFolders) rmSync(folder, { recursive: true, force: true });
+});
+
 /**
  * `fluister console` on a free loopback port, signed in, with the one-time
  * link it printed. Its canned replies live in a fresh temporary folder.
  */
 export async function startConsole(setup, identity = setup.identity, label = 'console', args = []) {
   const port = await freePort();
-  const replies = join(mkdtempSync(join(tmpdir(), 'fluister-console-')), 'replies.txt');
+  const folder = mkdtempSync(join(tmpdir(), 'fluister-console-'));
+  consoleFolders.add(folder);
+  const replies = join(folder, 'replies.txt');
   const proc = new Proc(
     ['console', '--relay', setup.relay, '--identity', identity, '--ca', setup.ca, '--listen', `127.0.0.1:${port}`, '--replies', replies, ...args],
     label,
