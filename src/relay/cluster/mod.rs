@@ -451,8 +451,11 @@ async fn receive_side(
 #[derive(Default)]
 struct Mirror {
     waiting: BTreeMap<ConnId, Request>,
-    /// Sources of the waiting clients, for the limit of places per source.
-    sources: HashMap<ConnId, SourceTag>,
+    /// Of them, how many came from each source (the limit of places per
+    /// source) and how many were handed back with priority: kept as they
+    /// change, since the core asks at every JOIN.
+    per_source: HashMap<SourceTag, usize>,
+    priority: usize,
     offers: BTreeMap<ConnId, Offer>,
     holds: HashMap<CapHash, Option<Resumes>>,
     /// Counsellors' presence here, by pseudonym (for transfers).
@@ -462,13 +465,7 @@ struct Mirror {
 impl Mirror {
     fn note_command(&mut self, command: &RouteCommand) {
         match command {
-            RouteCommand::Enqueue { client, request } => {
-                self.waiting.insert(*client, *request);
-                match request.source {
-                    Some(source) => self.sources.insert(*client, source),
-                    None => self.sources.remove(client),
-                };
-            }
+            RouteCommand::Enqueue { client, request } => self.enter_queue(*client, *request),
             RouteCommand::Withdraw { client } => self.leave_queue(*client),
             RouteCommand::Offer { counsellor, offer } => {
                 self.offers.insert(*counsellor, offer.clone());
@@ -505,9 +502,28 @@ impl Mirror {
         }
     }
 
+    fn enter_queue(&mut self, client: ConnId, request: Request) {
+        self.leave_queue(client);
+        if let Some(source) = request.source {
+            *self.per_source.entry(source).or_default() += 1;
+        }
+        self.priority += usize::from(request.priority);
+        self.waiting.insert(client, request);
+    }
+
     fn leave_queue(&mut self, client: ConnId) {
-        self.waiting.remove(&client);
-        self.sources.remove(&client);
+        let Some(request) = self.waiting.remove(&client) else {
+            return;
+        };
+        if let Some(source) = request.source
+            && let Some(count) = self.per_source.get_mut(&source)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+        self.priority -= usize::from(request.priority);
     }
 
     /// Everything again, for a new leader: counsellors first, then the
@@ -646,17 +662,63 @@ impl QueueView for NatsRouter {
         cluster.max(self.mirror.waiting.len())
     }
     fn newcomers_waiting(&self) -> usize {
-        let priority = (self.mirror.waiting.values())
-            .filter(|r| r.priority)
-            .count();
-        self.waiting_count().saturating_sub(priority)
+        self.waiting_count().saturating_sub(self.mirror.priority)
     }
     fn waiting_from(&self, source: SourceTag) -> usize {
-        (self.mirror.sources.values())
-            .filter(|s| **s == source)
-            .count()
+        self.mirror.per_source.get(&source).copied().unwrap_or(0)
     }
     fn waiting_per_topic(&self) -> Vec<(Option<TopicId>, usize)> {
         self.cluster_waiting.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(turn: u64, priority: bool, source: Option<SourceTag>) -> Request {
+        Request {
+            topic: None,
+            language: None,
+            since: Instant::now(),
+            turn,
+            priority,
+            source,
+        }
+    }
+
+    #[test]
+    fn the_mirror_counts_places_per_source_and_priority_as_they_change() {
+        let (s, t) = (SourceTag([1; 16]), SourceTag([2; 16]));
+        let mut m = Mirror::default();
+        let enqueue = |client, request| RouteCommand::Enqueue {
+            client: ConnId::for_tests(client),
+            request,
+        };
+        m.note_command(&enqueue(1, request(1, false, Some(s))));
+        m.note_command(&enqueue(2, request(2, true, Some(s))));
+        // Back at its place after a refused pairing: counted once.
+        m.note_command(&enqueue(2, request(2, true, Some(s))));
+        m.note_command(&enqueue(3, request(3, false, Some(t))));
+        assert_eq!((m.per_source[&s], m.per_source[&t], m.priority), (2, 1, 1));
+        m.note_event(&RouteEvent::Paired {
+            client: ConnId::for_tests(2),
+            counsellor: ConnId::for_tests(9),
+        });
+        m.note_command(&RouteCommand::Withdraw {
+            client: ConnId::for_tests(3),
+        });
+        m.note_command(&RouteCommand::Withdraw {
+            client: ConnId::for_tests(3),
+        });
+        assert_eq!(
+            (m.per_source.get(&s), m.per_source.get(&t), m.priority),
+            (Some(&1), None, 0)
+        );
+        let resync = m.resync();
+        let one = ConnId::for_tests(1);
+        assert!(
+            matches!(resync.as_slice(), [RouteCommand::Enqueue { client, .. }] if *client == one)
+        );
     }
 }
