@@ -19,6 +19,7 @@ pub mod console;
 pub mod files;
 pub mod org;
 pub mod relay;
+pub mod stats;
 pub mod tls;
 
 pub use fluister_proto::{core, crypto};

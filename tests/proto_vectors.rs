@@ -7,6 +7,7 @@
 //! `FLUISTER_WRITE_VECTORS=1 cargo test --test proto_vectors`.
 
 use ed25519_dalek::{SigningKey, Verifier};
+use fluister::core::coding::{BatchId, Coding, CodingField, CodingsOutcome, FormId, Month};
 use fluister::core::frame::{
     BLOB_LEN, Blob, ChatNumber, EndReason, Frame, Label, Language, PairingId, PowChallenge,
     Presence, Refusal, ResumeCapability, Role, TopicId, TransferTarget, Unavailable,
@@ -295,6 +296,120 @@ fn frame_vectors() {
                 8,
                 "solves the challenge exactly as a JOIN's pow_solution does",
             )],
+        ),
+        by_layout(
+            "FORM_ASK",
+            "counsellor to relay: send me the case coding form",
+            &Frame::FormAsk,
+            &[("reserved", 1, "always 0")],
+        ),
+        by_layout(
+            "FORM_FIELD",
+            "relay to counsellor: field 2 (of 7) of the coding form, with two of its values",
+            &Frame::FormField {
+                form: FormId([0x5a; 8]),
+                fields: 7,
+                index: 2,
+                field: Some(CodingField {
+                    name: Label::new("Type").unwrap(),
+                    values: vec![
+                        Label::new("Sexual exploitation").unwrap(),
+                        Label::new("Criminal exploitation (drugs)").unwrap(),
+                    ],
+                }),
+            },
+            &[
+                (
+                    "form",
+                    8,
+                    "the form's id: the first 8 bytes of its SHA-256 (§4.2)",
+                ),
+                ("fields", 1, "fields in the form, 1..=12"),
+                ("index", 1, "this field's position, from 0"),
+                ("name", 65, "label slot: the field's name"),
+                ("count", 1, "values, 1..=14"),
+                (
+                    "values",
+                    14 * 65,
+                    "label slots: value 1, value 2, ...; unused slots zero",
+                ),
+            ],
+        ),
+        by_layout(
+            "FORM_FIELD (no form)",
+            "relay to counsellor: this relay collects no case statistics",
+            &Frame::FormField {
+                form: FormId::default(),
+                fields: 0,
+                index: 0,
+                field: None,
+            },
+            &[
+                ("form", 8, "zero"),
+                ("fields", 1, "0: no form"),
+                ("index", 1, "zero"),
+                ("name", 65, "zero"),
+                ("count", 1, "zero"),
+                ("values", 14 * 65, "zero"),
+            ],
+        ),
+        by_layout(
+            "CODINGS",
+            "counsellor to relay: a batch of two codings, shuffled, for March 2020",
+            &Frame::Codings {
+                batch: BatchId([0xb7; 16]),
+                form: FormId([0x5a; 8]),
+                codings: vec![
+                    Coding {
+                        month: Month::new(2020, 3).unwrap(),
+                        values: [1, 2, 2, 1, 2, 1, 1, 0, 0, 0, 0, 0],
+                    },
+                    Coding {
+                        month: Month::new(2020, 3).unwrap(),
+                        values: [1, 0, 4, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+                    },
+                ],
+            },
+            &[
+                (
+                    "batch",
+                    16,
+                    "random batch id; a repeat is answered STORED and not counted twice",
+                ),
+                ("form", 8, "the id of the form the codings were made with"),
+                ("count", 1, "codings in this batch, 1..=64"),
+                ("coding 1: year", 2, "u16 big-endian"),
+                ("coding 1: month", 1, "1..=12"),
+                (
+                    "coding 1: values",
+                    12,
+                    "per field in order: the value's number from 1, 0 = not coded; unused slots zero",
+                ),
+                ("coding 2: year", 2, "u16 big-endian"),
+                ("coding 2: month", 1, "1..=12"),
+                (
+                    "coding 2: values",
+                    12,
+                    "age band not coded, type 4, language 1",
+                ),
+                ("unused", 62 * 15, "zero"),
+            ],
+        ),
+        by_layout(
+            "CODINGS_RESULT",
+            "relay to counsellor: the batch was counted",
+            &Frame::CodingsResult {
+                batch: BatchId([0xb7; 16]),
+                outcome: CodingsOutcome::Stored,
+            },
+            &[
+                ("batch", 16, "the batch's id"),
+                (
+                    "result",
+                    1,
+                    "0x00 stored, 0x01 stale form, 0x02 month refused, 0x03 not collecting, 0x04 later",
+                ),
+            ],
         ),
         by_layout(
             "JOINED",

@@ -130,6 +130,13 @@ pub enum ReconnectReason {
     RelayRestarting,
 }
 
+/// One field of the case coding form, as the counsellor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FormFieldInfo {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
 /// Something the user should see. Serialised one per line with `--json`
 /// (`proto/EVENTS.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -241,6 +248,16 @@ pub enum ChatEvent {
     Chats { chats: Vec<u32> },
     /// Counsellor: the line commands.
     Help { commands: Vec<String> },
+    /// Counsellor: the case coding form, fields in order (after sign-in,
+    /// and for `/code`).
+    Form { fields: Vec<FormFieldInfo> },
+    /// Counsellor: a coding was kept (`counted` absent), or a batch of
+    /// `counted` codings was counted; `held` are still waiting to go.
+    Coded {
+        held: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        counted: Option<usize>,
+    },
     /// Something went wrong. `fatal`: the program ends; `code` names the
     /// cause for scripts (`proto/EVENTS.md`).
     Error {
@@ -404,6 +421,30 @@ impl ChatEvent {
                 format!("Open chats: {}", list.join(" "))
             }
             ChatEvent::Help { commands } => commands.join("\n"),
+            ChatEvent::Form { fields } => {
+                let mut lines = vec![
+                    "Case coding form (every field optional; \"/code 2=3, 3=1\" codes a chat):"
+                        .to_owned(),
+                ];
+                for (i, field) in fields.iter().enumerate() {
+                    let values: Vec<String> = field
+                        .values
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| format!("{} {v}", j + 1))
+                        .collect();
+                    lines.push(format!("  {} {}: {}", i + 1, field.name, values.join(", ")));
+                }
+                lines.join("\n")
+            }
+            ChatEvent::Coded {
+                held,
+                counted: None,
+            } => format!("Coding kept; {held} waiting to be sent (in batches, and at sign-out)."),
+            ChatEvent::Coded {
+                held,
+                counted: Some(n),
+            } => format!("{n} coding(s) counted; {held} still waiting."),
             ChatEvent::Error { message, .. } => format!("Error: {message}"),
         }
     }

@@ -153,6 +153,11 @@ impl RelayConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(store) = config.stats.as_mut().and_then(|s| s.store.as_mut())
+            && store.is_relative()
+        {
+            *store = base.join(&*store);
+        }
         Ok(config)
     }
 

@@ -14,15 +14,18 @@
 //! their defaults), `transport.rs` the `[transport]` limits table (the
 //! core's `[limits]` table is [`Limits`] itself), `load.rs` reading a file
 //! with environment overrides and errors that name the line, and
-//! `validate.rs` the checks no type can express.
+//! `validate.rs` the checks no type can express, and `stats.rs` the
+//! `[stats]` section (the case coding form).
 
 mod load;
 mod schema;
+mod stats;
 mod transport;
 mod validate;
 
 pub use load::env_var_for;
 pub use schema::*;
+pub use stats::{FieldConfig, Stats, StatsConfig};
 pub use transport::TransportLimits;
 use transport::{MOVED_TO_TRANSPORT, invalid_limit};
 pub use validate::check_origin;

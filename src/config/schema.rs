@@ -55,6 +55,9 @@ pub struct RelayConfig {
     /// `[cluster]`: several relays share one queue through NATS. Absent:
     /// this relay is on its own, and needs no NATS.
     pub cluster: Option<ClusterConfig>,
+    /// `[stats]`: counsellors code each chat and the relay keeps monthly
+    /// counts. Absent: no case statistics.
+    pub stats: Option<StatsConfig>,
 }
 
 /// `[cluster]`: the NATS servers through which several relays share one
@@ -260,6 +263,7 @@ impl Default for RelayConfig {
             web_origins: Vec::new(),
             web: WebConfig::default(),
             cluster: None,
+            stats: None,
         }
     }
 }

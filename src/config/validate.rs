@@ -159,6 +159,17 @@ impl RelayConfig {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
+        if let Some(stats) = &self.stats {
+            stats.stats()?;
+            if stats.store.is_none() && self.cluster.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "stats.store",
+                    reason: "name the file for the counters (only in a cluster may a relay \
+                             leave it to the designated keeper)"
+                        .into(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -243,10 +254,15 @@ impl RelayConfig {
                     .map_err(|e| invalid("hours.time_zone", e.to_string()))?
             }
         };
+        let coding = match &self.stats {
+            Some(stats) => Some(stats.stats()?.form),
+            None => None,
+        };
         Ok(Service {
             topics,
             languages,
             hours,
+            coding,
         })
     }
 }

@@ -122,6 +122,9 @@ pub enum RelayError {
     /// Cluster mode could not start (NATS, its buckets, a node id).
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    /// The statistics store (`stats.store`) cannot be opened.
+    #[error(transparent)]
+    Stats(#[from] crate::stats::StoreError),
 }
 
 /// Which way bytes went, for a [`FrameObserver`].
@@ -489,6 +492,17 @@ pub async fn start(
     };
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
+    let keeper = match &config.stats {
+        Some(stats) => {
+            let stats = stats.stats()?;
+            match &stats.store {
+                Some(path) => Some(crate::stats::keeper::Keeper::start(path, stats.cross)?),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let (answers_tx, answers_rx) = mpsc::channel(crate::stats::keeper::QUEUE + 64);
     let core = Relay::with_router(
         config.core_limits(),
         service,
@@ -510,8 +524,10 @@ pub async fn start(
         // What the driver may spend handing over, within the deadline.
         drain_for: Duration::from_secs(config.transport.drain_deadline_secs)
             .saturating_sub(FLUSH_ON_CLOSE),
+        keeper,
+        answers: answers_tx,
     };
-    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx));
+    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx, answers_rx));
     let reloader = reload::Reloader {
         config: config.clone(),
         endpoint: endpoint.clone(),
@@ -1399,6 +1415,17 @@ struct Driver {
     /// How long a draining relay in a cluster waits for its people to
     /// claim what it holds.
     drain_for: Duration,
+    /// The statistics store's writer, on the relay that keeps the store.
+    keeper: Option<crate::stats::keeper::Keeper>,
+    /// Where the store's answers come back to the driver.
+    answers: mpsc::Sender<CodingsAnswer>,
+}
+
+/// The store's answer to a batch of codings.
+struct CodingsAnswer {
+    conn: ConnId,
+    batch: crate::core::coding::BatchId,
+    outcome: crate::core::coding::CodingsOutcome,
 }
 
 impl Driver {
@@ -1407,6 +1434,7 @@ impl Driver {
         mut events: mpsc::Receiver<Event>,
         mut shutdown: watch::Receiver<bool>,
         mut refresh: mpsc::Receiver<oneshot::Sender<()>>,
+        mut answers: mpsc::Receiver<CodingsAnswer>,
     ) {
         // The core's next deadline, asked again at most every
         // TIMER_RECHECK while events arrive: asking walks every connection,
@@ -1445,6 +1473,9 @@ impl Driver {
                 Some(done) = refresh.recv() => {
                     self.set_gauges();
                     let _ = done.send(());
+                }
+                Some(answer) = answers.recv() => {
+                    self.core.handle_codings_stored(answer.conn, answer.batch, answer.outcome);
                 }
                 _ = async { router_news.as_ref()?.notified().await; Some(()) }, if router_news.is_some() => {
                     self.core.handle_timeout(now());
@@ -1661,6 +1692,31 @@ impl Driver {
                     }
                 }
                 Output::Route { conn, chat, to } => self.route(conn, chat, to),
+                Output::StoreCodings {
+                    conn,
+                    batch,
+                    form,
+                    codings,
+                } => {
+                    let answers = self.answers.clone();
+                    // The channel holds more answers than can be waiting.
+                    let answer = Box::new(move |outcome| {
+                        let _ = answers.try_send(CodingsAnswer {
+                            conn,
+                            batch,
+                            outcome,
+                        });
+                    });
+                    match &self.keeper {
+                        Some(keeper) => keeper.submit(crate::stats::keeper::Job {
+                            batch,
+                            form,
+                            codings,
+                            answer,
+                        }),
+                        None => answer(crate::core::coding::CodingsOutcome::Later),
+                    }
+                }
             }
         }
     }

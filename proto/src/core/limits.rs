@@ -179,6 +179,8 @@ pub struct Service {
     pub topics: Vec<Topic>,
     pub languages: Vec<Language>,
     pub hours: OpeningHours,
+    /// The case coding form, when the relay collects case statistics.
+    pub coding: Option<std::sync::Arc<crate::core::coding::CodingForm>>,
 }
 
 impl Service {
@@ -233,6 +235,7 @@ impl Default for Service {
             topics: Self::default_topics(),
             languages: Self::default_languages(),
             hours: OpeningHours::always(),
+            coding: None,
         }
     }
 }

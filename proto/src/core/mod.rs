@@ -10,6 +10,7 @@
 //! construction. The core knows nothing of what the chats say: the
 //! end-to-end message format is in [`crate::crypto::content`].
 
+pub mod coding;
 pub mod frame;
 pub mod hours;
 pub mod limit_table;

@@ -21,17 +21,22 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::coding::{Choice, Coder};
 use super::conversation::Conversation;
 use super::link::{ENDING_WAIT, Greeting, Link, Start, Verdict};
 use super::{Input, LinkEvent, Machine, Transmit};
 use crate::client::ClientError;
 use crate::client::chat::{self, ChatEvent, EndedReason, ReconnectReason, Waiting, Welcome};
 use crate::core::CloseCode;
+use crate::core::coding::Month;
 use crate::core::frame::{
     Blob, ChatNumber, EndReason, FromRelay, Label, Language, MAX_LANGUAGES, MAX_TOPICS, PairingId,
     ResumeCapability, Role, ToRelay, TopicId, TransferTarget,
 };
 use crate::crypto::e2e::{self, CounsellorKeys};
+
+/// How long signing out waits for the last codings to be counted.
+pub const CODING_WAIT: Duration = Duration::from_secs(5);
 
 /// What a counsellor takes, and how long to try to come back.
 #[derive(Debug, Clone)]
@@ -71,6 +76,9 @@ pub const HELP: &[&str] = &[
     "  /available      take new chats",
     "  /away           take no new chats (open chats continue)",
     "  /capacity N     take at most N chats at once",
+    "  /code           show the case coding form",
+    "  /code F=V, ...  code a chat you had: field F, value V (numbers or names); month=YYYY-MM for an earlier month",
+    "  /code send      send the codings held now (they go in batches of 5, and at sign-out)",
     "  /help           this list",
     "End of input signs out (open chats end the same way).",
 ];
@@ -86,6 +94,48 @@ pub enum Command {
     Available(bool),
     Capacity(u8),
     Help,
+    /// Show the coding form.
+    CodeShow,
+    /// Code one chat: the choices, and the month if not the current one.
+    Code(Vec<Choice>, Option<Month>),
+    /// Send the codings held now.
+    CodeSend,
+}
+
+/// `/code` and what follows it.
+fn parse_code(rest: &str) -> Result<Command, String> {
+    let rest = rest.trim();
+    match rest {
+        "" => return Ok(Command::CodeShow),
+        "send" => return Ok(Command::CodeSend),
+        _ => {}
+    }
+    let parts: Vec<&str> = if rest.contains(',') {
+        rest.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect()
+    } else {
+        rest.split_whitespace().collect()
+    };
+    let mut choices = Vec::new();
+    let mut month = None;
+    for part in parts {
+        let (field, value) = part
+            .split_once('=')
+            .map(|(f, v)| (f.trim(), v.trim()))
+            .filter(|(f, v)| !f.is_empty() && !v.is_empty())
+            .ok_or_else(|| format!("/code takes FIELD=VALUE pairs, not {part:?}"))?;
+        if field.eq_ignore_ascii_case("month") {
+            month = Some(Month::parse(value).ok_or_else(|| format!("month={value}: use YYYY-MM"))?);
+        } else {
+            choices.push(Choice {
+                field: field.to_owned(),
+                value: value.to_owned(),
+            });
+        }
+    }
+    Ok(Command::Code(choices, month))
 }
 
 /// Splits an optional leading `@N` off `rest`.
@@ -148,6 +198,7 @@ fn parse(line: &str) -> Result<Command, String> {
                 Command::Block(chat)
             })
         }
+        "code" => parse_code(rest),
         "transfer" => {
             let (chat, name) = chat_prefix(rest)?;
             match name.trim() {
@@ -232,6 +283,9 @@ pub struct Counsellor {
     topics: Vec<TopicId>,
     languages: Vec<Language>,
     signing_out: bool,
+    /// Signing out waits for codings to be counted until then.
+    signing_out_by: Option<Instant>,
+    coder: Coder,
 }
 
 impl Counsellor {
@@ -255,6 +309,8 @@ impl Counsellor {
             topics: Vec::new(),
             languages: Vec::new(),
             signing_out: false,
+            signing_out_by: None,
+            coder: Coder::default(),
         }
     }
 
@@ -344,6 +400,7 @@ impl Counsellor {
         }
         self.phase = Phase::Working;
         self.send_status();
+        self.coder.signed_in(&mut self.link);
         // Ask for every chat back, those still in their handshake too.
         self.resuming.clear();
         let open: Vec<(u32, ResumeCapability)> =
@@ -392,6 +449,7 @@ impl Counsellor {
     }
 
     fn down(&mut self, now: Instant, why: ClientError) {
+        self.coder.lost();
         match self.phase {
             Phase::Done => return,
             // The sign-in itself failed: nothing to come back to.
@@ -548,6 +606,17 @@ impl Counsellor {
                     self.link.emit(ChatEvent::PeerBack { chat: Some(shown) });
                 }
             }
+            FromRelay::FormField {
+                form,
+                fields,
+                index,
+                field,
+            } => self
+                .coder
+                .form_field(now, &mut self.link, form, fields, index, field),
+            FromRelay::CodingsResult { batch, outcome } => {
+                self.coder.result(now, &mut self.link, batch, outcome)
+            }
             _ => self.fail(ClientError::UnexpectedFrame),
         }
     }
@@ -666,6 +735,13 @@ impl Counsellor {
             self.end(now, n, EndReason::UserEnded);
         }
         if self.signing_out && self.slots.is_empty() {
+            // Codings still held go now; sign-out waits for their answer
+            // until `signing_out_by`.
+            self.coder.pump(now, &mut self.link, true);
+            if self.coder.busy() && self.signing_out_by.is_some_and(|by| now < by) {
+                return;
+            }
+            self.coder.give_up(&mut self.link);
             self.link.instruct(Transmit::Leave);
             self.done();
         }
@@ -699,6 +775,9 @@ impl Counsellor {
                 self.send_status();
             }
             Command::Say(chat, text) => self.say(now, chat, &text),
+            Command::CodeShow => self.coder.show(&mut self.link),
+            Command::Code(choices, month) => self.coder.code(now, &mut self.link, &choices, month),
+            Command::CodeSend => self.coder.pump(now, &mut self.link, true),
             Command::End(chat) => match self.pick(chat) {
                 Ok(n) => self.end_when_confirmed(now, n),
                 Err(message) => self.link.error(message),
@@ -783,6 +862,7 @@ impl Machine for Counsellor {
                 // Sign out: no new chats from now on; every chat ends once
                 // what was sent in it is confirmed.
                 self.signing_out = true;
+                self.signing_out_by = Some(now + CODING_WAIT);
                 self.available = false;
                 self.send_status();
             }
@@ -807,6 +887,7 @@ impl Machine for Counsellor {
                     conversation.handle_timeout(now, &mut self.link);
                 }
             }
+            self.coder.pump(now, &mut self.link, false);
         }
         self.end_confirmed(now);
     }
@@ -824,6 +905,10 @@ impl Machine for Counsellor {
             for at in [chat, ending].into_iter().flatten() {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
+        }
+        let coding = [self.coder.poll_timeout(), self.signing_out_by];
+        for at in coding.into_iter().flatten().filter(|_| open) {
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
         next
     }

@@ -20,6 +20,7 @@
 //! ([`counsellor`]).
 
 pub mod anonymous;
+pub mod coding;
 pub mod conversation;
 pub mod counsellor;
 pub mod link;

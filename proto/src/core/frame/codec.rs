@@ -2,9 +2,14 @@
 //! zero-padded slots, and a reader that must consume the whole body.
 
 use super::*;
+use crate::core::coding::{
+    BatchId, Coding, CodingField, FormId, MAX_CODINGS, MAX_FIELD_VALUES, MAX_FORM_FIELDS, Month,
+};
 
 /// Bytes of a label slot: length u8 and [`MAX_LABEL_LEN`] bytes.
 const LABEL_SLOT: usize = 1 + MAX_LABEL_LEN;
+/// Bytes of one coding: year u16, month u8, a value per field slot.
+const CODING_LEN: usize = 3 + MAX_FORM_FIELDS;
 
 pub(super) fn body_len(kind: u8) -> Option<usize> {
     Some(match kind {
@@ -27,6 +32,10 @@ pub(super) fn body_len(kind: u8) -> Option<usize> {
         kind::COLLEAGUE => 1 + LABEL_SLOT,
         kind::CHALLENGE => 1 + 16,
         kind::PROOF => 8,
+        kind::FORM_ASK => 1,
+        kind::FORM_FIELD => 8 + 1 + 1 + LABEL_SLOT + 1 + MAX_FIELD_VALUES * LABEL_SLOT,
+        kind::CODINGS => 16 + 8 + 1 + MAX_CODINGS * CODING_LEN,
+        kind::CODINGS_RESULT => 16 + 1,
         _ => return None,
     })
 }
@@ -109,6 +118,11 @@ impl Reader<'_> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
     }
     fn chat(&mut self) -> Result<ChatNumber, FrameError> {
         ChatNumber::new(self.u32()?).ok_or(FrameError::BadField("chat"))
@@ -193,6 +207,10 @@ impl Frame {
             Frame::Colleague { .. } => kind::COLLEAGUE,
             Frame::Challenge { .. } => kind::CHALLENGE,
             Frame::Proof { .. } => kind::PROOF,
+            Frame::FormAsk => kind::FORM_ASK,
+            Frame::FormField { .. } => kind::FORM_FIELD,
+            Frame::Codings { .. } => kind::CODINGS,
+            Frame::CodingsResult { .. } => kind::CODINGS_RESULT,
         }
     }
 
@@ -352,6 +370,49 @@ impl Frame {
                 w.bytes(&pow.nonce);
             }
             Frame::Proof { solution } => w.bytes(solution),
+            Frame::FormAsk => w.u8(0),
+            Frame::FormField {
+                form,
+                fields,
+                index,
+                field,
+            } => {
+                w.bytes(&form.0);
+                w.u8(*fields);
+                w.u8(*index);
+                match field {
+                    Some(field) => {
+                        w.label(&field.name);
+                        let n = field.values.len().min(MAX_FIELD_VALUES);
+                        w.u8(n as u8);
+                        for value in &field.values[..n] {
+                            w.label(value);
+                        }
+                        w.zeros(LABEL_SLOT * (MAX_FIELD_VALUES - n));
+                    }
+                    None => w.zeros(LABEL_SLOT + 1 + MAX_FIELD_VALUES * LABEL_SLOT),
+                }
+            }
+            Frame::Codings {
+                batch,
+                form,
+                codings,
+            } => {
+                w.bytes(&batch.0);
+                w.bytes(&form.0);
+                let n = codings.len().min(MAX_CODINGS);
+                w.u8(n as u8);
+                for coding in &codings[..n] {
+                    w.u16(coding.month.year());
+                    w.u8(coding.month.month());
+                    w.bytes(&coding.values);
+                }
+                w.zeros(CODING_LEN * (MAX_CODINGS - n));
+            }
+            Frame::CodingsResult { batch, outcome } => {
+                w.bytes(&batch.0);
+                w.u8(outcome.to_byte());
+            }
         }
         debug_assert_eq!(out.len() - start, self.encoded_len());
     }
@@ -535,6 +596,73 @@ impl Frame {
                 solution.copy_from_slice(r.take(8)?);
                 Frame::Proof { solution }
             }
+            kind::FORM_ASK => match r.u8()? {
+                0 => Frame::FormAsk,
+                _ => return Err(FrameError::BadField("reserved")),
+            },
+            kind::FORM_FIELD => {
+                let form = FormId(r.array()?);
+                let fields = r.u8()?;
+                let index = r.u8()?;
+                if usize::from(fields) > MAX_FORM_FIELDS {
+                    return Err(FrameError::BadField("fields"));
+                }
+                let field = if fields == 0 {
+                    // A relay that collects nothing: every other byte zero.
+                    if form != FormId::default() || index != 0 {
+                        return Err(FrameError::BadField("form"));
+                    }
+                    r.zeros(LABEL_SLOT + 1 + MAX_FIELD_VALUES * LABEL_SLOT, "field")?;
+                    None
+                } else {
+                    if index >= fields {
+                        return Err(FrameError::BadField("index"));
+                    }
+                    let name = r.label("name")?;
+                    let n = usize::from(r.u8()?);
+                    if n == 0 || n > MAX_FIELD_VALUES {
+                        return Err(FrameError::BadField("value count"));
+                    }
+                    let values = (0..n).map(|_| r.label("value")).collect::<Result<_, _>>()?;
+                    r.zeros(LABEL_SLOT * (MAX_FIELD_VALUES - n), "values")?;
+                    Some(CodingField { name, values })
+                };
+                Frame::FormField {
+                    form,
+                    fields,
+                    index,
+                    field,
+                }
+            }
+            kind::CODINGS => {
+                let batch = BatchId(r.array()?);
+                let form = FormId(r.array()?);
+                let n = usize::from(r.u8()?);
+                if n == 0 || n > MAX_CODINGS {
+                    return Err(FrameError::BadField("coding count"));
+                }
+                let codings = (0..n)
+                    .map(|_| {
+                        let year = r.u16()?;
+                        let month =
+                            Month::new(year, r.u8()?).ok_or(FrameError::BadField("month"))?;
+                        Ok(Coding {
+                            month,
+                            values: r.array()?,
+                        })
+                    })
+                    .collect::<Result<_, FrameError>>()?;
+                r.zeros(CODING_LEN * (MAX_CODINGS - n), "codings")?;
+                Frame::Codings {
+                    batch,
+                    form,
+                    codings,
+                }
+            }
+            kind::CODINGS_RESULT => Frame::CodingsResult {
+                batch: BatchId(r.array()?),
+                outcome: CodingsOutcome::from_byte(r.u8()?)?,
+            },
             other => return Err(FrameError::UnknownType(other)),
         };
         // Every byte of the body belongs to a field; a parser that left

@@ -82,6 +82,10 @@ pub mod kind {
     pub const COLLEAGUE: u8 = 0x14;
     pub const CHALLENGE: u8 = 0x15;
     pub const PROOF: u8 = 0x16;
+    pub const FORM_ASK: u8 = 0x17;
+    pub const FORM_FIELD: u8 = 0x18;
+    pub const CODINGS: u8 = 0x19;
+    pub const CODINGS_RESULT: u8 = 0x1a;
 }
 
 /// Most topics a relay offers and a counsellor serves.

@@ -1,6 +1,7 @@
 //! Round trips, vectors and hostile input for the frame codec.
 
 use super::*;
+use crate::core::coding::BatchId;
 use proptest::prelude::*;
 
 // The wire enums' strategies come from their tables (`ALL`), so a new
@@ -26,6 +27,49 @@ fn arb_label() -> impl Strategy<Value = Label> {
 }
 fn arb_languages() -> impl Strategy<Value = Vec<Language>> {
     proptest::collection::vec(arb_language(), 0..=MAX_LANGUAGES)
+}
+
+fn arb_form_field() -> impl Strategy<Value = Frame> {
+    use crate::core::coding::{CodingField, FormId, MAX_FIELD_VALUES, MAX_FORM_FIELDS};
+    prop_oneof![
+        Just(Frame::FormField {
+            form: FormId::default(),
+            fields: 0,
+            index: 0,
+            field: None,
+        }),
+        (
+            any::<[u8; 8]>(),
+            1..=MAX_FORM_FIELDS as u8,
+            any::<u8>(),
+            arb_label(),
+            proptest::collection::vec(arb_label(), 1..=MAX_FIELD_VALUES)
+        )
+            .prop_map(|(form, fields, index, name, values)| Frame::FormField {
+                form: FormId(form),
+                fields,
+                index: index % fields,
+                field: Some(CodingField { name, values }),
+            }),
+    ]
+}
+
+fn arb_codings() -> impl Strategy<Value = Frame> {
+    use crate::core::coding::{Coding, FormId, MAX_CODINGS, Month};
+    let coding = (2000u16..=9999, 1u8..=12, any::<[u8; 12]>()).prop_map(|(y, m, values)| Coding {
+        month: Month::new(y, m).unwrap(),
+        values,
+    });
+    (
+        any::<[u8; 16]>(),
+        any::<[u8; 8]>(),
+        proptest::collection::vec(coding, 1..=MAX_CODINGS),
+    )
+        .prop_map(|(batch, form, codings)| Frame::Codings {
+            batch: BatchId(batch),
+            form: FormId(form),
+            codings,
+        })
 }
 
 pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -75,6 +119,17 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
             }
         }),
         any::<[u8; 8]>().prop_map(|solution| Frame::Proof { solution }),
+        Just(Frame::FormAsk),
+        arb_form_field(),
+        arb_codings(),
+        (
+            any::<[u8; 16]>(),
+            proptest::sample::select(CodingsOutcome::ALL)
+        )
+            .prop_map(|(batch, outcome)| Frame::CodingsResult {
+                batch: BatchId(batch),
+                outcome
+            }),
         any::<[u8; 32]>().prop_map(|c| Frame::Resume {
             capability: ResumeCapability(c)
         }),
@@ -251,6 +306,23 @@ fn encoded_lengths_match_the_spec() {
             20,
         ),
         (Frame::Proof { solution: [0; 8] }, 11),
+        (Frame::FormAsk, 4),
+        (
+            Frame::FormField {
+                form: crate::core::coding::FormId::default(),
+                fields: 0,
+                index: 0,
+                field: None,
+            },
+            989,
+        ),
+        (
+            Frame::CodingsResult {
+                batch: BatchId([0; 16]),
+                outcome: CodingsOutcome::Stored,
+            },
+            20,
+        ),
         (
             Frame::Resume {
                 capability: ResumeCapability([0; 32]),
@@ -264,6 +336,17 @@ fn encoded_lengths_match_the_spec() {
             35,
         ),
         (Frame::Resumed { chat }, 7),
+        (
+            Frame::Codings {
+                batch: BatchId([0; 16]),
+                form: crate::core::coding::FormId::default(),
+                codings: vec![crate::core::coding::Coding {
+                    month: crate::core::coding::Month::new(2020, 1).unwrap(),
+                    values: [0; 12],
+                }],
+            },
+            988,
+        ),
         (Frame::ResumeFailed, 4),
         (Frame::PeerAway { chat }, 7),
         (Frame::PeerBack { chat }, 7),
@@ -522,6 +605,12 @@ fn every_wire_enum_comes_from_one_table() {
         Presence::to_byte,
         Presence::from_byte,
         Presence::as_str,
+    );
+    check_wire_enum(
+        CodingsOutcome::ALL,
+        CodingsOutcome::to_byte,
+        CodingsOutcome::from_byte,
+        CodingsOutcome::as_str,
     );
     // The name says what the variant is, on whichever side it is read.
     assert_eq!(EndReason::UserEnded.as_str(), "user_ended");

@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use super::*;
+use crate::core::coding::{BatchId, Coding, CodingField, FormId};
 
 /// Defines a one-byte wire enum from one table: each variant with its byte
 /// and its stable snake_case name. The encoder's byte, the decoder's check,
@@ -136,6 +137,26 @@ wire_enum! {
         Full = 0x02, "full";
         /// Available with room for another chat.
         Available = 0x03, "available";
+    }
+}
+
+wire_enum! {
+    /// How the relay answered a batch of codings (CODINGS_RESULT,
+    /// PROTOCOL.md §4.2).
+    pub enum CodingsOutcome (field "result") {
+        /// Counted (or counted before: a repeated batch id).
+        Stored = 0x00, "stored";
+        /// The form changed since the client asked for it: ask again and
+        /// code the batch with the new form.
+        StaleForm = 0x01, "stale_form";
+        /// A coding is for a month the relay no longer (or not yet) accepts;
+        /// nothing of the batch was counted.
+        MonthRefused = 0x02, "month_refused";
+        /// This relay collects no case statistics.
+        NotCollecting = 0x03, "not_collecting";
+        /// Not counted now (the store is unavailable or busy); keep the
+        /// batch and send it again later.
+        Later = 0x04, "later";
     }
 }
 
@@ -413,6 +434,28 @@ pub enum Frame {
     Challenge { pow: PowChallenge },
     /// Client → relay: the solution to the last CHALLENGE.
     Proof { solution: [u8; 8] },
+    /// Counsellor → relay: send me the coding form.
+    FormAsk,
+    /// Relay → counsellor: one field of the coding form, `index` of
+    /// `fields`; `field` is `None` only in the one FORM_FIELD of a relay
+    /// that collects no codings (`fields` 0).
+    FormField {
+        form: FormId,
+        fields: u8,
+        index: u8,
+        field: Option<CodingField>,
+    },
+    /// Counsellor → relay: a batch of codings, counted as a whole or not at all.
+    Codings {
+        batch: BatchId,
+        form: FormId,
+        codings: Vec<Coding>,
+    },
+    /// Relay → counsellor: what became of a batch.
+    CodingsResult {
+        batch: BatchId,
+        outcome: CodingsOutcome,
+    },
 }
 
 /// Declares a direction's frames, each [`Frame`]'s variant of that name
@@ -466,6 +509,8 @@ direction! {
         Transfer { chat: ChatNumber, target: TransferTarget },
         Resume { capability: ResumeCapability },
         Proof { solution: [u8; 8] },
+        FormAsk,
+        Codings { batch: BatchId, form: FormId, codings: Vec<Coding> },
     }
 }
 
@@ -495,6 +540,8 @@ direction! {
         Joined { resume: ResumeCapability },
         Colleague { name: Label, presence: Presence },
         Challenge { pow: PowChallenge },
+        FormField { form: FormId, fields: u8, index: u8, field: Option<CodingField> },
+        CodingsResult { batch: BatchId, outcome: CodingsOutcome },
     }
 }
 

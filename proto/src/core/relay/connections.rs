@@ -80,6 +80,7 @@ impl Relay {
                 indexed_ticket: None,
                 indexed_unjoined: false,
                 indexed_deadline: None,
+                codings_in_store: 0,
             },
         );
         self.touch(id);
@@ -437,6 +438,18 @@ impl Relay {
                 self.handle_transfer(now, conn, chat, target);
                 Ok(())
             }
+            (Role::Counsellor, ToRelay::FormAsk) => {
+                self.send_form(conn);
+                Ok(())
+            }
+            (
+                Role::Counsellor,
+                ToRelay::Codings {
+                    batch,
+                    form,
+                    codings,
+                },
+            ) => self.handle_codings(now, conn, batch, form, codings),
             // HELLO twice, frames of the other role.
             _ => Err(CloseCode::UnexpectedFrame),
         }

@@ -54,12 +54,14 @@
 //! and QUEUE_STATS), `chats.rs` (PAIRED, FORWARD, END, TRANSFER, offers and
 //! presence), `remote.rs` (chats whose other side is on another relay:
 //! pairing halves and the messages between the sides), `resumption.rs`
-//! (detaching, RESUME, tickets), `handover.rs` (a RESUME on one relay of
+//! (detaching, RESUME, tickets), `codings.rs` (the case coding form and
+//! batches of codings), `handover.rs` (a RESUME on one relay of
 //! what another holds), `timers.rs`, and
 //! `stage.rs` ([`Stage`]: what a connection may send, which its own task
 //! checks too).
 
 mod chats;
+mod codings;
 mod connections;
 mod handover;
 mod queue;
@@ -141,6 +143,16 @@ pub enum Output {
         chat: ChatNumber,
         to: Option<Route>,
     },
+    /// Add this batch of codings, checked against `form`, to the month's
+    /// counters, all of it or none, and answer with
+    /// [`Relay::handle_codings_stored`]. Nothing ties it to `conn` but the
+    /// answer.
+    StoreCodings {
+        conn: ConnId,
+        batch: crate::core::coding::BatchId,
+        form: std::sync::Arc<crate::core::coding::CodingForm>,
+        codings: Vec<crate::core::coding::Coding>,
+    },
 }
 
 impl Output {
@@ -150,7 +162,8 @@ impl Output {
             Output::Send { conn, .. }
             | Output::Close { conn, .. }
             | Output::Unblock { conn }
-            | Output::Route { conn, .. } => *conn,
+            | Output::Route { conn, .. }
+            | Output::StoreCodings { conn, .. } => *conn,
         }
     }
 }
@@ -443,6 +456,8 @@ struct Conn {
     indexed_ticket: Option<CapHash>,
     indexed_unjoined: bool,
     indexed_deadline: Option<Instant>,
+    /// Batches of codings this connection sent that are with the store.
+    codings_in_store: u8,
 }
 
 impl Conn {
@@ -715,6 +730,8 @@ mod test_support {
     pub(super) enum Did {
         Sent(ConnId, Frame),
         Closed(ConnId, CloseCode),
+        /// A batch of this many codings went to the store, which stored it.
+        Stored(ConnId, usize),
     }
 
     impl Bench {
@@ -778,6 +795,19 @@ mod test_support {
                     }
                     Output::Close { conn, code, .. } => did.push(Did::Closed(conn, code)),
                     Output::Unblock { .. } | Output::Route { .. } => {}
+                    Output::StoreCodings {
+                        conn,
+                        batch,
+                        codings,
+                        ..
+                    } => {
+                        did.push(Did::Stored(conn, codings.len()));
+                        self.relay.handle_codings_stored(
+                            conn,
+                            batch,
+                            crate::core::coding::CodingsOutcome::Stored,
+                        );
+                    }
                 }
             }
             did

@@ -80,7 +80,12 @@ impl Stage {
                 if allowed { Ok(()) } else { unexpected }
             }
             ToRelay::Join { .. } | ToRelay::Proof { .. } if self.role == Role::Client => Ok(()),
-            ToRelay::Status { .. } | ToRelay::Transfer { .. } if self.role == Role::Counsellor => {
+            ToRelay::Status { .. }
+            | ToRelay::Transfer { .. }
+            | ToRelay::FormAsk
+            | ToRelay::Codings { .. }
+                if self.role == Role::Counsellor =>
+            {
                 Ok(())
             }
             // Frames of the other role (frames only the relay sends are no
