@@ -1107,3 +1107,258 @@ fn flip_hex_digit(path: &Path, prefix: &str, from_end: usize) -> String {
     flipped.replace_range(at..at + 1, digit);
     text.replace(line, &flipped)
 }
+
+// ---- case statistics (issue: counsellors code each chat; the relay keeps monthly counts) ----
+
+/// The relay config of `setup` with a `[stats]` section.
+fn with_stats(setup: &Setup, months_back: u16) {
+    let path = setup.path("org/test-relay.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str(&format!(
+        "\n[stats]\nstore = \"stats.sqlite3\"\nmonths_back = {months_back}\n"
+    ));
+    std::fs::write(&path, config).unwrap();
+}
+
+/// The month `back` months before this one, as YYYY-MM.
+fn month_before(back: i32) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let this = fluister::core::coding::Month::of_unix(now).unwrap();
+    this.plus(-back).unwrap().to_string()
+}
+
+/// 180 codings shaped like the helpline figures: 30, 30, 60 and 60 a
+/// month; 89 % made contact themselves; two thirds minors, a quarter 15
+/// or younger; one in five more than one perpetrator; criminal
+/// exploitation growing from a sixth to a third; nearly all in Dutch.
+/// Each coding is `/code` arguments by field and value number.
+fn synthetic_season(months: &[String; 4]) -> Vec<String> {
+    // Per field: (value number, count in the first two months, in the last two).
+    let fields: [(usize, &[(u8, usize, usize)]); 7] = [
+        (1, &[(1, 53, 107), (2, 4, 8), (3, 3, 5)]),
+        (2, &[(1, 3, 7), (2, 12, 23), (3, 25, 50), (4, 16, 32), (5, 4, 8)]),
+        (3, &[(1, 25, 40), (2, 10, 40), (3, 3, 4), (4, 10, 15), (5, 5, 10), (6, 5, 8), (7, 2, 3)]),
+        (4, &[(1, 40, 80), (2, 17, 33), (3, 3, 7)]),
+        (5, &[(1, 12, 24), (2, 42, 84), (3, 6, 12)]),
+        (6, &[(1, 57, 113), (2, 3, 7)]),
+        (7, &[(1, 33, 67), (2, 20, 40), (3, 7, 13)]),
+    ];
+    // A fixed shuffle per field, so that values mix across codings.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut columns: Vec<Vec<String>> = Vec::new();
+    for (field, counts) in fields {
+        let mut column = Vec::new();
+        for period in 0..2 {
+            let mut part: Vec<String> = Vec::new();
+            for &(value, first, second) in counts {
+                let n = if period == 0 { first } else { second };
+                part.extend((0..n).map(|_| format!("{field}={value}")));
+            }
+            for i in (1..part.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                part.swap(i, (seed % (i as u64 + 1)) as usize);
+            }
+            assert_eq!(part.len(), if period == 0 { 60 } else { 120 });
+            column.extend(part);
+        }
+        columns.push(column);
+    }
+    (0..180)
+        .map(|i| {
+            let month = match i {
+                0..30 => &months[0],
+                30..60 => &months[1],
+                60..120 => &months[2],
+                _ => &months[3],
+            };
+            let pairs: Vec<&str> = columns.iter().map(|c| c[i].as_str()).collect();
+            format!("/code {}, month={month}", pairs.join(", "))
+        })
+        .collect()
+}
+
+/// `fluister stats report --format json` of the setup's relay.
+fn stats_report(setup: &Setup, from: &str, to: &str, format: &str) -> String {
+    let out = run(&[
+        "stats",
+        "report",
+        "--config",
+        &setup.path("org/test-relay.toml"),
+        "--from",
+        from,
+        "--to",
+        to,
+        "--format",
+        format,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn count(cell: &Value) -> Option<f64> {
+    (cell["shown"] == "count").then(|| cell["n"].as_f64().unwrap())
+}
+
+/// The share (percent) of the values `columns` of field `title`.
+fn share(report: &Value, title: &str, columns: &[&str]) -> f64 {
+    let table = report["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["title"] == title)
+        .unwrap_or_else(|| panic!("no field {title}"));
+    let names: Vec<&str> = table["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let totals = table["cells"].as_array().unwrap().last().unwrap();
+    let grand = count(totals.as_array().unwrap().last().unwrap()).expect("grand total shown");
+    let part: f64 = columns
+        .iter()
+        .map(|c| {
+            let j = names.iter().position(|n| n == c).unwrap();
+            count(&totals[j]).unwrap_or_else(|| panic!("{title}: {c} hidden"))
+        })
+        .sum();
+    100.0 * part / grand
+}
+
+#[test]
+fn a_season_coded_through_the_cli_counsellor_gives_the_helplines_figures() {
+    let setup = org_setup();
+    with_stats(&setup, 4);
+    let (_relay, addr) = start_relay(&setup);
+    let months = [3, 2, 1, 0].map(month_before);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
+    counsellor.connected();
+    let form = loop {
+        let e = counsellor.event();
+        if e["event"] == "form" {
+            break e;
+        }
+    };
+    assert_eq!(form["fields"].as_array().unwrap().len(), 7, "{form}");
+    let codings = synthetic_season(&months);
+    for line in &codings {
+        counsellor.say(line);
+    }
+    counsellor.eof();
+    let mut counted = 0;
+    while let Ok(line) = counsellor.lines.recv_timeout(WAIT) {
+        let e: Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(e["event"], "error", "{e}");
+        if e["event"] == "coded" {
+            counted += e["counted"].as_u64().unwrap_or(0);
+        }
+    }
+    counsellor.wait_success();
+    assert_eq!(counted, 180, "every coding counted once");
+
+    let whole: Value = serde_json::from_str(&stats_report(&setup, &months[0], &months[3], "json")).unwrap();
+    let per_month: Vec<Option<f64>> = whole["contacts"]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| count(&row[0]))
+        .collect();
+    assert_eq!(
+        per_month,
+        [Some(30.0), Some(30.0), Some(60.0), Some(60.0), Some(180.0)]
+    );
+    let near = |got: f64, want: f64| assert!((got - want).abs() < 1.0, "{got} vs {want}");
+    near(share(&whole, "Contact made by", &["The young person"]), 88.9);
+    near(share(&whole, "Age band", &["12 or younger", "13–15", "16–17"]), 66.7);
+    near(share(&whole, "Age band", &["12 or younger", "13–15"]), 25.0);
+    near(share(&whole, "More than one perpetrator", &["Yes"]), 20.0);
+    near(share(&whole, "Language", &["Dutch"]), 94.4);
+
+    // The doubling, and criminal exploitation growing, period by period.
+    let first: Value = serde_json::from_str(&stats_report(&setup, &months[0], &months[1], "json")).unwrap();
+    let second: Value = serde_json::from_str(&stats_report(&setup, &months[2], &months[3], "json")).unwrap();
+    let grand = |r: &Value| count(r["contacts"]["cells"].as_array().unwrap().last().unwrap().get(0).unwrap()).unwrap();
+    assert_eq!((grand(&first), grand(&second)), (60.0, 120.0));
+    near(share(&first, "Type", &["Criminal exploitation (drugs)"]), 16.7);
+    near(share(&second, "Type", &["Criminal exploitation (drugs)"]), 33.3);
+
+    let table = stats_report(&setup, &months[0], &months[3], "table");
+    assert!(table.contains("Chats coded per month"), "{table}");
+    println!("{table}");
+
+    // The store on disk holds counters and nothing else.
+    let db = rusqlite::Connection::open_with_flags(
+        setup.path("org/stats.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut tables: Vec<(String, String)> = db
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    tables.sort();
+    let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["cross_counts", "field_counts", "months"]);
+    let form_words: Vec<String> = form["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::iter::once(f["name"].as_str().unwrap().to_owned()).chain(
+                f["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned()),
+            )
+        })
+        .collect();
+    for (table, _) in &tables {
+        let mut q = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = q.column_count();
+        let rows = q
+            .query_map([], |r| {
+                (0..columns)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+        for row in rows {
+            let row = row.unwrap();
+            let rusqlite::types::Value::Text(month) = &row[0] else {
+                panic!("{table}: a first column that is not a month: {row:?}");
+            };
+            assert!(months.contains(month), "{table}: {month:?} is not a coded month");
+            for value in &row[1..] {
+                match value {
+                    rusqlite::types::Value::Integer(n) => assert!(*n > 0 && *n <= 180),
+                    rusqlite::types::Value::Text(t) => {
+                        assert!(form_words.contains(t), "{table}: {t:?} is not in the form")
+                    }
+                    other => panic!("{table}: {other:?} is neither a name nor a count"),
+                }
+            }
+        }
+    }
+    let bytes = std::fs::read(setup.path("org/stats.sqlite3")).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains("Sam"), "no pseudonym in the file");
+    let day = text
+        .as_bytes()
+        .windows(10)
+        .any(|w| w[4] == b'-' && w[7] == b'-' && w.iter().enumerate().all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit()));
+    assert!(!day, "no YYYY-MM-DD anywhere in the file");
+    assert!(!Path::new(&setup.path("org/stats.sqlite3-journal")).exists());
+}

@@ -41,6 +41,9 @@ enum Command {
     /// Organisation keys and counsellor identities (run on an admin machine).
     #[command(subcommand)]
     Org(OrgCommand),
+    /// Case statistics: the report of the counts counsellors coded.
+    #[command(subcommand)]
+    Stats(StatsCommand),
     /// Run the relay. Without --config: embedded defaults on 127.0.0.1:7443.
     /// Single keys can be overridden with FLUISTER__KEY or
     /// FLUISTER__TABLE__KEY environment variables (see deploy/fluister.toml).
@@ -189,6 +192,31 @@ struct ConnArgs {
 }
 
 #[derive(Subcommand)]
+enum StatsCommand {
+    /// The case statistics of a range of months, with counts below
+    /// `stats.k` hidden (THREAT-MODEL.md §16). Reads the store; the relay
+    /// may keep running.
+    Report {
+        /// The relay config whose [stats] section gives the form, the
+        /// cross-tables, k, noise and the store.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Read this store instead of the config's `stats.store` (a copy,
+        /// or the keeper's file in a cluster).
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+        /// First month, YYYY-MM. Default: 11 months before --to.
+        #[arg(long, value_name = "YYYY-MM")]
+        from: Option<String>,
+        /// Last month, YYYY-MM. Default: this month.
+        #[arg(long, value_name = "YYYY-MM")]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::stats::Format::Table)]
+        format: crate::stats::Format,
+    },
+}
+
+#[derive(Subcommand)]
 enum OrgCommand {
     /// Create an organisation folder: signing key, public key, relay TLS
     /// certificate and key, counsellor CA, and a relay config.
@@ -330,6 +358,28 @@ fn init_logging(default: &str, format: LogFormat) {
 
 async fn run(command: Command) -> CliResult {
     match command {
+        Command::Stats(StatsCommand::Report {
+            config,
+            store,
+            from,
+            to,
+            format,
+        }) => {
+            let config = RelayConfig::load(&config)?;
+            let stats = config
+                .stats
+                .as_ref()
+                .ok_or("the config has no [stats] section")?
+                .stats()?;
+            let path = store
+                .or(stats.store.clone())
+                .ok_or("the config names no stats.store; give --store FILE")?;
+            let (from, to) = crate::stats::report::months(from.as_deref(), to.as_deref())?;
+            let counts = crate::stats::Store::open_read_only(&path)?.counts(from, to)?;
+            let report = crate::stats::Report::build(&stats, &counts, from, to);
+            print!("{}", crate::stats::render(&report, format));
+            Ok(())
+        }
         Command::Org(OrgCommand::Init { dir, hostnames }) => {
             let mut hosts = org::loopback_hosts();
             hosts.extend(hostnames);
@@ -730,6 +780,12 @@ async fn demo(
     config.web.org_key = Some(report.org_public_key.to_hex());
     config.web.organisation = "Fluister demo".into();
     config.web.loopback_http = Some(page_listen);
+    // Case statistics with the default form, in the throw-away folder.
+    let stats_store = dir.path().join("stats.sqlite3");
+    config.stats = Some(toml::from_str(&format!(
+        "store = {}",
+        toml::Value::String(stats_store.display().to_string())
+    ))?);
     let running = relay::start(&config, Default::default()).await?;
     // The CLI clients pin the certificate the relay runs with.
     std::fs::write(
@@ -774,9 +830,16 @@ async fn demo(
         );
         println!("  http://{page}/");
     }
+    if let Some(admin) = running.admin_addr() {
+        println!();
+        println!(
+            "The counsellor codes each chat with \"/code\" (or the console's form); the case statistics:"
+        );
+        println!("  http://{admin}/stats/report (also ?format=table, csv, json or svg)");
+    }
     println!();
     println!(
-        "Type a line and press Enter to send it. Ctrl-D ends the chat. Ctrl-C here stops the demo and deletes its keys."
+        "Type a line and press Enter to send it. Ctrl-D ends the chat. Ctrl-C here stops the demo and deletes its keys and statistics."
     );
     wait_for_signal().await;
     println!("Shutting down.");

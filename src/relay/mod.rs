@@ -478,6 +478,10 @@ pub async fn start(
             ready: ready.clone(),
             refresh: refresh_tx,
             cluster: cluster.as_ref().map(|(status, _)| status.clone()),
+            stats: match &config.stats {
+                Some(stats) => Some(Arc::new(stats.stats()?)).filter(|s| s.store.is_some()),
+                None => None,
+            },
         };
         Some(
             admin::serve(config.admin.listen, state, admin_stop_rx)

@@ -308,6 +308,35 @@ impl Report {
     }
 }
 
+/// Most months one report covers.
+pub const MAX_MONTHS: i32 = 120;
+
+/// The range of a report from `--from`/`--to` (or `?from=&to=`): `to`
+/// defaults to this month, `from` to 11 months before `to`.
+pub fn months(from: Option<&str>, to: Option<&str>) -> Result<(Month, Month), String> {
+    let parse = |key: &str, text: &str| {
+        Month::parse(text).ok_or_else(|| format!("{key} {text:?}: use YYYY-MM, e.g. 2020-03"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let to = match to {
+        Some(t) => parse("to", t)?,
+        None => Month::of_unix(now).ok_or("the clock is before 2000")?,
+    };
+    let from = match from {
+        Some(f) => parse("from", f)?,
+        None => to.plus(-11).unwrap_or(to),
+    };
+    if from > to {
+        return Err(format!("from {from} is after to {to}"));
+    }
+    if from.until(to) >= MAX_MONTHS {
+        return Err(format!("a report covers at most {MAX_MONTHS} months"));
+    }
+    Ok((from, to))
+}
+
 /// `n` plus Laplace noise of `scale`, rounded, at least 0.
 fn with_noise(n: u64, scale: f64) -> u64 {
     // u uniform in (-1/2, 1/2); the inverse of Laplace's distribution.
