@@ -1137,10 +1137,25 @@ fn month_before(back: i32) -> String {
 /// Each coding is `/code` arguments by field and value number.
 fn synthetic_season(months: &[String; 4]) -> Vec<String> {
     // Per field: (value number, count in the first two months, in the last two).
-    let fields: [(usize, &[(u8, usize, usize)]); 7] = [
+    type Counts = &'static [(u8, usize, usize)];
+    let fields: [(usize, Counts); 7] = [
         (1, &[(1, 53, 107), (2, 4, 8), (3, 3, 5)]),
-        (2, &[(1, 3, 7), (2, 12, 23), (3, 25, 50), (4, 16, 32), (5, 4, 8)]),
-        (3, &[(1, 25, 40), (2, 10, 40), (3, 3, 4), (4, 10, 15), (5, 5, 10), (6, 5, 8), (7, 2, 3)]),
+        (
+            2,
+            &[(1, 3, 7), (2, 12, 23), (3, 25, 50), (4, 16, 32), (5, 4, 8)],
+        ),
+        (
+            3,
+            &[
+                (1, 25, 40),
+                (2, 10, 40),
+                (3, 3, 4),
+                (4, 10, 15),
+                (5, 5, 10),
+                (6, 5, 8),
+                (7, 2, 3),
+            ],
+        ),
         (4, &[(1, 40, 80), (2, 17, 33), (3, 3, 7)]),
         (5, &[(1, 12, 24), (2, 42, 84), (3, 6, 12)]),
         (6, &[(1, 57, 113), (2, 3, 7)]),
@@ -1265,7 +1280,8 @@ fn a_season_coded_through_the_cli_counsellor_gives_the_helplines_figures() {
     counsellor.wait_success();
     assert_eq!(counted, 180, "every coding counted once");
 
-    let whole: Value = serde_json::from_str(&stats_report(&setup, &months[0], &months[3], "json")).unwrap();
+    let whole: Value =
+        serde_json::from_str(&stats_report(&setup, &months[0], &months[3], "json")).unwrap();
     let per_month: Vec<Option<f64>> = whole["contacts"]["cells"]
         .as_array()
         .unwrap()
@@ -1277,19 +1293,44 @@ fn a_season_coded_through_the_cli_counsellor_gives_the_helplines_figures() {
         [Some(30.0), Some(30.0), Some(60.0), Some(60.0), Some(180.0)]
     );
     let near = |got: f64, want: f64| assert!((got - want).abs() < 1.0, "{got} vs {want}");
-    near(share(&whole, "Contact made by", &["The young person"]), 88.9);
-    near(share(&whole, "Age band", &["12 or younger", "13–15", "16–17"]), 66.7);
+    near(
+        share(&whole, "Contact made by", &["The young person"]),
+        88.9,
+    );
+    near(
+        share(&whole, "Age band", &["12 or younger", "13–15", "16–17"]),
+        66.7,
+    );
     near(share(&whole, "Age band", &["12 or younger", "13–15"]), 25.0);
     near(share(&whole, "More than one perpetrator", &["Yes"]), 20.0);
     near(share(&whole, "Language", &["Dutch"]), 94.4);
 
     // The doubling, and criminal exploitation growing, period by period.
-    let first: Value = serde_json::from_str(&stats_report(&setup, &months[0], &months[1], "json")).unwrap();
-    let second: Value = serde_json::from_str(&stats_report(&setup, &months[2], &months[3], "json")).unwrap();
-    let grand = |r: &Value| count(r["contacts"]["cells"].as_array().unwrap().last().unwrap().get(0).unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(&stats_report(&setup, &months[0], &months[1], "json")).unwrap();
+    let second: Value =
+        serde_json::from_str(&stats_report(&setup, &months[2], &months[3], "json")).unwrap();
+    let grand = |r: &Value| {
+        count(
+            r["contacts"]["cells"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .get(0)
+                .unwrap(),
+        )
+        .unwrap()
+    };
     assert_eq!((grand(&first), grand(&second)), (60.0, 120.0));
-    near(share(&first, "Type", &["Criminal exploitation (drugs)"]), 16.7);
-    near(share(&second, "Type", &["Criminal exploitation (drugs)"]), 33.3);
+    near(
+        share(&first, "Type", &["Criminal exploitation (drugs)"]),
+        16.7,
+    );
+    near(
+        share(&second, "Type", &["Criminal exploitation (drugs)"]),
+        33.3,
+    );
 
     let table = stats_report(&setup, &months[0], &months[3], "table");
     assert!(table.contains("Chats coded per month"), "{table}");
@@ -1340,7 +1381,10 @@ fn a_season_coded_through_the_cli_counsellor_gives_the_helplines_figures() {
             let rusqlite::types::Value::Text(month) = &row[0] else {
                 panic!("{table}: a first column that is not a month: {row:?}");
             };
-            assert!(months.contains(month), "{table}: {month:?} is not a coded month");
+            assert!(
+                months.contains(month),
+                "{table}: {month:?} is not a coded month"
+            );
             for value in &row[1..] {
                 match value {
                     rusqlite::types::Value::Integer(n) => assert!(*n > 0 && *n <= 180),
@@ -1355,10 +1399,103 @@ fn a_season_coded_through_the_cli_counsellor_gives_the_helplines_figures() {
     let bytes = std::fs::read(setup.path("org/stats.sqlite3")).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(!text.contains("Sam"), "no pseudonym in the file");
-    let day = text
-        .as_bytes()
-        .windows(10)
-        .any(|w| w[4] == b'-' && w[7] == b'-' && w.iter().enumerate().all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit()));
+    let day = text.as_bytes().windows(10).any(|w| {
+        w[4] == b'-'
+            && w[7] == b'-'
+            && w.iter()
+                .enumerate()
+                .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit())
+    });
     assert!(!day, "no YYYY-MM-DD anywhere in the file");
     assert!(!Path::new(&setup.path("org/stats.sqlite3-journal")).exists());
+}
+
+/// Codings per month in the store, read as a restarted relay would (a
+/// read-write open rolls back what a crash left half-written).
+fn months_in_store(path: &str) -> Vec<(String, i64, i64)> {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.prepare(
+        "SELECT m.month, m.codings, (SELECT sum(n) FROM field_counts f
+             WHERE f.month = m.month AND f.field = 'Type') FROM months m ORDER BY m.month",
+    )
+    .unwrap()
+    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn a_relay_killed_in_the_middle_of_a_batch_keeps_all_of_it_or_none() {
+    let setup = org_setup();
+    with_stats(&setup, 2);
+    // The writer pauses 200 ms after each coding inside its transaction,
+    // so a batch of 5 takes a second to write.
+    let env = [("FLUISTER_STATS_SLOW_WRITES_FOR_TESTS", "200")];
+    let (mut relay, addr) = start_relay_with_env(&setup, &env);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
+    counsellor.connected();
+    while counsellor.event()["event"] != "form" {}
+    let this_month = month_before(0);
+    let last_month = month_before(1);
+    // A first batch, counted.
+    for _ in 0..5 {
+        counsellor.say(&format!("/code 3=2, 2=2, month={last_month}"));
+    }
+    loop {
+        let e = counsellor.event();
+        if e["event"] == "coded" && e["counted"] == 5 {
+            break;
+        }
+    }
+    // A second: the relay dies while it writes it.
+    for _ in 0..5 {
+        counsellor.say(&format!("/code 3=1, 2=3, month={this_month}"));
+    }
+    // The rollback journal exists only while a transaction writes.
+    let store = setup.path("org/stats.sqlite3");
+    let journal = format!("{store}-journal");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !Path::new(&journal).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second batch was never written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    drop(counsellor);
+    assert!(
+        Path::new(&journal).exists(),
+        "the kill came in the middle of the transaction"
+    );
+    let months = months_in_store(&store);
+    assert_eq!(
+        months,
+        [(last_month.clone(), 5, 5)],
+        "the whole first batch, none of the second"
+    );
+
+    // The relay comes back with the counters as they were, and counts on.
+    let (_relay, addr) = start_relay(&setup);
+    let mut counsellor = spawn_counsellor(&setup, &addr);
+    counsellor.connected();
+    while counsellor.event()["event"] != "form" {}
+    for _ in 0..5 {
+        counsellor.say(&format!("/code 3=1, month={this_month}"));
+    }
+    loop {
+        let e = counsellor.event();
+        if e["event"] == "coded" && e["counted"] == 5 {
+            break;
+        }
+    }
+    counsellor.eof();
+    counsellor.wait_success();
+    assert_eq!(
+        months_in_store(&store),
+        [(last_month, 5, 5), (this_month, 5, 5)]
+    );
 }

@@ -237,6 +237,8 @@ impl World {
                         .handle_link(now, LinkEvent::Frame(frame));
                 }
             }
+            // These relays collect no codings (no form in their service).
+            Output::StoreCodings { .. } => {}
             Output::Close { conn, code, .. } => {
                 let Some(&n) = self.owner.get(&conn) else {
                     return;

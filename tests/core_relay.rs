@@ -1638,6 +1638,9 @@ mod random_input {
                             );
                         }
                     }
+                    Output::StoreCodings { conn, .. } => {
+                        prop_assert!(!closed.contains(&conn), "codings from a closed connection");
+                    }
                 }
             }
             for out in &outs {

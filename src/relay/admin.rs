@@ -101,7 +101,10 @@ async fn stats_report(
         )
             .into_response(),
         Ok(Err(e)) => bad(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(_) => bad(StatusCode::INTERNAL_SERVER_ERROR, "the report failed".into()),
+        Err(_) => bad(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the report failed".into(),
+        ),
     }
 }
 

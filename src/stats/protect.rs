@@ -41,9 +41,12 @@ pub struct Grid {
     pub cells: Vec<Vec<usize>>,
 }
 
+/// A position in a grid: row, column.
+type At = (usize, usize);
+
 impl Grid {
     /// Each line: its cells and its total.
-    fn lines(&self) -> Vec<(Vec<(usize, usize)>, (usize, usize))> {
+    fn lines(&self) -> Vec<(Vec<At>, At)> {
         let rows = self.cells.len().saturating_sub(1);
         let columns = self.cells.first().map_or(0, |r| r.len().saturating_sub(1));
         let mut lines = Vec::new();

@@ -100,7 +100,16 @@ fn table(report: &Report) -> String {
     );
     for t in report.tables() {
         let _ = write!(out, "\n{}\n", t.title);
-        let (head, rows) = text_rows(t, report.k);
+        let (head, mut rows) = text_rows(t, report.k);
+        if t.id.starts_with("field-") {
+            let mut share_row = vec!["Share".to_owned()];
+            share_row.extend(
+                (0..t.columns.len())
+                    .map(|j| t.share(j).map_or("–".into(), |p| format!("{p:.0}%"))),
+            );
+            share_row.push(String::new());
+            rows.push(share_row);
+        }
         let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
         for row in &rows {
             for (w, c) in widths.iter_mut().zip(row) {
@@ -113,7 +122,7 @@ fn table(report: &Report) -> String {
                 .zip(&widths)
                 .enumerate()
                 .map(|(i, (c, w))| {
-                    let pad = w - c.chars().count();
+                    let pad = w.saturating_sub(c.chars().count());
                     if i == 0 {
                         format!("{c}{}", " ".repeat(pad))
                     } else {
@@ -128,15 +137,6 @@ fn table(report: &Report) -> String {
         let _ = writeln!(out, "{}", line(&head));
         for row in &rows {
             let _ = writeln!(out, "{}", line(row));
-        }
-        if !t.columns.is_empty() && t.id.starts_with("field-") {
-            let shares: Vec<String> = (0..t.columns.len())
-                .map(|j| t.share(j).map_or("–".into(), |p| format!("{p:.0}%")))
-                .collect();
-            let mut share_row = vec!["Share".to_owned()];
-            share_row.extend(shares);
-            share_row.push(String::new());
-            let _ = writeln!(out, "{}", line(&share_row));
         }
     }
     out

@@ -59,7 +59,17 @@ export const TYPES = Object.freeze({
   COLLEAGUE: { code: 0x14, length: 66 },
   CHALLENGE: { code: 0x15, length: 17 },
   PROOF: { code: 0x16, length: 8 },
+  FORM_ASK: { code: 0x17, length: 1 },
+  FORM_FIELD: { code: 0x18, length: 986 },
+  CODINGS: { code: 0x19, length: 985 },
+  CODINGS_RESULT: { code: 0x1a, length: 17 },
 });
+
+/** Case coding (§4.2): most fields, values per field, codings per frame. */
+export const MAX_FORM_FIELDS = 12;
+export const MAX_FIELD_VALUES = 14;
+export const MAX_CODINGS = 64;
+const CODING_LEN = 3 + MAX_FORM_FIELDS;
 
 const NAME_BY_CODE = new Map(Object.entries(TYPES).map(([name, t]) => [t.code, name]));
 
@@ -88,6 +98,13 @@ export const REFUSALS = enumOf({
   client_away: 0x04,
 });
 export const PRESENCE = enumOf({ signed_out: 0x00, away: 0x01, full: 0x02, available: 0x03 });
+export const CODINGS_OUTCOMES = enumOf({
+  stored: 0x00,
+  stale_form: 0x01,
+  month_refused: 0x02,
+  not_collecting: 0x03,
+  later: 0x04,
+});
 
 /** The estimate that means "not known" in QUEUED. */
 const UNKNOWN_WAIT = 0xffffffff;
@@ -360,6 +377,47 @@ function decodeBody(type, r) {
     }
     case 'PROOF':
       return { type, solution: r.bytes(8) };
+    case 'FORM_ASK':
+      if (r.u8() !== 0) throw malformed('FORM_ASK reserved');
+      return { type };
+    case 'FORM_FIELD': {
+      const form = r.bytes(8);
+      const fields = r.u8();
+      const index = r.u8();
+      if (fields > MAX_FORM_FIELDS) throw malformed('fields');
+      if (fields === 0) {
+        const rest = r.bytes(1 + MAX_LABEL_LEN + 1 + MAX_FIELD_VALUES * (1 + MAX_LABEL_LEN));
+        if (index !== 0 || form.some((b) => b !== 0) || rest.some((b) => b !== 0)) throw malformed('no form');
+        return { type, form, fields, index, name: null, values: [] };
+      }
+      if (index >= fields) throw malformed('index');
+      const name = r.label();
+      const count = r.u8();
+      if (count === 0 || count > MAX_FIELD_VALUES) throw malformed('value count');
+      const values = [];
+      for (let i = 0; i < MAX_FIELD_VALUES; i++) {
+        if (i < count) values.push(r.label());
+        else if (r.label(true) !== null) throw malformed('unused value slot');
+      }
+      return { type, form, fields, index, name, values };
+    }
+    case 'CODINGS': {
+      const batch = r.bytes(16);
+      const form = r.bytes(8);
+      const count = r.u8();
+      if (count === 0 || count > MAX_CODINGS) throw malformed('coding count');
+      const codings = [];
+      for (let i = 0; i < count; i++) {
+        const year = r.u16();
+        const month = r.u8();
+        if (year < 2000 || year > 9999 || month < 1 || month > 12) throw malformed('month');
+        codings.push({ year, month, values: [...r.bytes(MAX_FORM_FIELDS)] });
+      }
+      if (r.bytes(CODING_LEN * (MAX_CODINGS - count)).some((b) => b !== 0)) throw malformed('unused codings');
+      return { type, batch, form, codings };
+    }
+    case 'CODINGS_RESULT':
+      return { type, batch: r.bytes(16), outcome: r.oneOf(CODINGS_OUTCOMES, 'codings result') };
   }
   throw malformed(`unknown frame type ${type}`);
 }
@@ -552,6 +610,34 @@ export function encodeFrame(frame) {
       break;
     case 'PROOF':
       w.bytes(f.solution, 8);
+      break;
+    case 'FORM_ASK':
+      w.u8(0);
+      break;
+    case 'FORM_FIELD':
+      w.bytes(f.form, 8);
+      w.u8(f.fields);
+      w.u8(f.index);
+      if (f.fields === 0) break;
+      if (f.values.length < 1 || f.values.length > MAX_FIELD_VALUES) throw new TypeError('value count');
+      w.label(f.name);
+      w.u8(f.values.length);
+      f.values.forEach((v) => w.label(v));
+      break;
+    case 'CODINGS':
+      w.bytes(f.batch, 16);
+      w.bytes(f.form, 8);
+      if (f.codings.length < 1 || f.codings.length > MAX_CODINGS) throw new TypeError('coding count');
+      w.u8(f.codings.length);
+      for (const c of f.codings) {
+        w.u16(c.year);
+        w.u8(c.month);
+        w.bytes(Uint8Array.from(c.values), MAX_FORM_FIELDS);
+      }
+      break;
+    case 'CODINGS_RESULT':
+      w.bytes(f.batch, 16);
+      w.oneOf(CODINGS_OUTCOMES, f.outcome);
       break;
   }
   const out = new Uint8Array(HEADER_LEN + spec.length);
