@@ -140,7 +140,7 @@ export async function startDemo() {
   const ca = counsellorLine.match(/--ca (\S+)/)[1];
   const orgDir = ca.replace(/\/relay-cert\.pem$/, '');
   const pageUrl = (await demo.waitFor((l) => typeof l === 'string' && /^\s*http:\/\/127\.0\.0\.1:\d+\/$/.test(l))).trim();
-  return { demo, relay: `127.0.0.1:${relay}`, identity, ca, orgDir, pageUrl, pagePort: page };
+  return { demo, relay: `127.0.0.1:${relay}`, identity, ca, orgDir, pageUrl, pagePort: page, adminUrl: `http://127.0.0.1:${admin}` };
 }
 
 /** A second counsellor of the demo's organisation. */
