@@ -82,7 +82,7 @@ impl Proc {
         e
     }
     /// The next event, skipping status, queue statistics, colleagues, sent,
-    /// delivered, and a counsellor's `ready`.
+    /// delivered, and a counsellor's `ready` and coding form.
     fn event(&self) -> Value {
         loop {
             let e = self.event_any();
@@ -93,6 +93,7 @@ impl Proc {
                 "sent",
                 "delivered",
                 "ready",
+                "form",
             ]
             .contains(&e["event"].as_str().unwrap_or(""))
             {
@@ -1258,7 +1259,7 @@ fn a_season_coded_through_the_cli_counsellor_gives_the_helplines_figures() {
     let mut counsellor = spawn_counsellor(&setup, &addr);
     counsellor.connected();
     let form = loop {
-        let e = counsellor.event();
+        let e = counsellor.event_any();
         if e["event"] == "form" {
             break e;
         }
@@ -1435,7 +1436,7 @@ fn a_relay_killed_in_the_middle_of_a_batch_keeps_all_of_it_or_none() {
     let (mut relay, addr) = start_relay_with_env(&setup, &env);
     let mut counsellor = spawn_counsellor(&setup, &addr);
     counsellor.connected();
-    while counsellor.event()["event"] != "form" {}
+    while counsellor.event_any()["event"] != "form" {}
     let this_month = month_before(0);
     let last_month = month_before(1);
     // A first batch, counted.
@@ -1482,7 +1483,7 @@ fn a_relay_killed_in_the_middle_of_a_batch_keeps_all_of_it_or_none() {
     let (_relay, addr) = start_relay(&setup);
     let mut counsellor = spawn_counsellor(&setup, &addr);
     counsellor.connected();
-    while counsellor.event()["event"] != "form" {}
+    while counsellor.event_any()["event"] != "form" {}
     for _ in 0..5 {
         counsellor.say(&format!("/code 3=1, month={this_month}"));
     }
