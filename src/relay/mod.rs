@@ -471,6 +471,12 @@ pub async fn start(
         ),
     };
     let (refresh_tx, refresh_rx) = mpsc::channel(16);
+    // `[stats]`: the form went into the service; the store and the report
+    // settings are the shell's.
+    let stats = match &config.stats {
+        Some(stats) => Some(Arc::new(stats.stats()?)),
+        None => None,
+    };
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_addr = if config.admin.enabled {
         let state = admin::AdminState {
@@ -478,10 +484,7 @@ pub async fn start(
             ready: ready.clone(),
             refresh: refresh_tx,
             cluster: cluster.as_ref().map(|(status, _)| status.clone()),
-            stats: match &config.stats {
-                Some(stats) => Some(Arc::new(stats.stats()?)).filter(|s| s.store.is_some()),
-                None => None,
-            },
+            stats: stats.clone().filter(|s| s.store.is_some()),
         };
         Some(
             admin::serve(config.admin.listen, state, admin_stop_rx)
@@ -496,14 +499,11 @@ pub async fn start(
     };
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
-    let keeper = match &config.stats {
-        Some(stats) => {
-            let stats = stats.stats()?;
-            match &stats.store {
-                Some(path) => Some(crate::stats::keeper::Keeper::start(path, stats.cross)?),
-                None => None,
-            }
-        }
+    let keeper = match stats
+        .as_ref()
+        .and_then(|s| Some((s.store.as_ref()?, &s.cross)))
+    {
+        Some((path, cross)) => Some(crate::stats::keeper::Keeper::start(path, cross.clone())?),
         None => None,
     };
     let (answers_tx, answers_rx) = mpsc::channel(crate::stats::keeper::QUEUE + 64);

@@ -76,9 +76,9 @@ impl Keeper {
                     }
                 }
             })
-            .map_err(|e| StoreError::Sqlite {
+            .map_err(|source| StoreError::Thread {
                 path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source,
             })?;
         Ok(Keeper { jobs })
     }

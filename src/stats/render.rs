@@ -20,15 +20,9 @@ pub enum Format {
 }
 
 impl Format {
+    /// A format by its name, as `--format` takes it.
     pub fn parse(s: &str) -> Option<Format> {
-        Some(match s {
-            "table" => Format::Table,
-            "csv" => Format::Csv,
-            "json" => Format::Json,
-            "svg" => Format::Svg,
-            "html" => Format::Html,
-            _ => return None,
-        })
+        <Format as clap::ValueEnum>::from_str(s, false).ok()
     }
 
     /// The HTTP content type.
@@ -76,6 +70,13 @@ fn legend(report: &Report) -> String {
     s
 }
 
+/// A field table's share of each value, as text ("–" where hidden).
+fn share_cells(t: &Table) -> Vec<String> {
+    (0..t.columns.len())
+        .map(|j| t.share(j).map_or("–".into(), |p| format!("{p:.0}%")))
+        .collect()
+}
+
 /// Header row and body rows of a table, as text cells, with totals.
 fn text_rows(t: &Table, k: u64) -> (Vec<String>, Vec<Vec<String>>) {
     let mut head = vec![t.row_name.clone()];
@@ -103,10 +104,7 @@ fn table(report: &Report) -> String {
         let (head, mut rows) = text_rows(t, report.k);
         if t.id.starts_with("field-") {
             let mut share_row = vec!["Share".to_owned()];
-            share_row.extend(
-                (0..t.columns.len())
-                    .map(|j| t.share(j).map_or("–".into(), |p| format!("{p:.0}%"))),
-            );
+            share_row.extend(share_cells(t));
             share_row.push(String::new());
             rows.push(share_row);
         }
@@ -199,10 +197,18 @@ fn chart_field<'a>(report: &'a Report, name: &str, fallback: usize) -> Option<&'
         .or_else(|| report.fields.first())
 }
 
+/// One chart: its SVG and its size.
+#[derive(Default)]
+struct Chart {
+    svg: String,
+    width: f64,
+    height: f64,
+}
+
 /// Contacts per month by type: one stacked bar per month.
-pub fn contacts_by_type_svg(report: &Report) -> String {
+fn contacts_by_type(report: &Report) -> Chart {
     let Some(t) = chart_field(report, "Type", 2) else {
-        return String::new();
+        return Chart::default();
     };
     let months = t.rows.len().max(1);
     let (left, top, plot_h, bar_w, gap): (f64, f64, f64, f64, f64) =
@@ -313,13 +319,17 @@ pub fn contacts_by_type_svg(report: &Report) -> String {
         report.k
     );
     s.push_str("</svg>\n");
-    s
+    Chart {
+        svg: s,
+        width,
+        height,
+    }
 }
 
 /// The age bands over the whole range: one horizontal bar each.
-pub fn age_bands_svg(report: &Report) -> String {
+fn age_bands(report: &Report) -> Chart {
     let Some(t) = chart_field(report, "Age band", 1) else {
-        return String::new();
+        return Chart::default();
     };
     let (left, top, bar_h, gap, plot_w): (f64, f64, f64, f64, f64) =
         (150.0, 50.0, 22.0, 10.0, 420.0);
@@ -380,32 +390,26 @@ pub fn age_bands_svg(report: &Report) -> String {
         }
     }
     s.push_str("</svg>\n");
-    s
+    Chart {
+        svg: s,
+        width,
+        height,
+    }
 }
 
 /// Both charts, one above the other, as one SVG document.
 fn charts_svg(report: &Report) -> String {
-    let first = contacts_by_type_svg(report);
-    let second = age_bands_svg(report);
-    let size = |svg: &str| -> (f64, f64) {
-        let attr = |name: &str| {
-            svg.split(&format!(" {name}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
-        (attr("width"), attr("height"))
-    };
-    let (w1, h1) = size(&first);
-    let (w2, h2) = size(&second);
-    let (w, h) = (w1.max(w2), h1 + h2 + 20.0);
+    let (first, second) = (contacts_by_type(report), age_bands(report));
+    let (w, h) = (
+        first.width.max(second.width),
+        first.height + second.height + 20.0,
+    );
     // Nested <svg> elements keep each chart's own coordinates.
     let place = |svg: &str, y: f64| svg.replacen("<svg ", &format!("<svg y=\"{y:.0}\" "), 1);
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" viewBox=\"0 0 {w:.0} {h:.0}\">\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n{}{}</svg>\n",
-        place(&first, 0.0),
-        place(&second, h1 + 20.0)
+        place(&first.svg, 0.0),
+        place(&second.svg, first.height + 20.0)
     )
 }
 
@@ -429,8 +433,7 @@ fn html_table(t: &Table, k: u64) -> String {
     }
     if !t.columns.is_empty() && t.id.starts_with("field-") {
         s.push_str("<tr class=\"share\"><th scope=\"row\">Share</th>");
-        for j in 0..t.columns.len() {
-            let p = t.share(j).map_or("–".into(), |p| format!("{p:.0}%"));
+        for p in share_cells(t) {
             let _ = write!(s, "<td>{p}</td>");
         }
         s.push_str("<td></td></tr>\n");
@@ -471,8 +474,8 @@ svg {{ max-width: 100%; height: auto; }}
         from = escape(&report.from),
         to = escape(&report.to),
         legend = escape(&legend(report)),
-        chart1 = contacts_by_type_svg(report),
-        chart2 = age_bands_svg(report),
+        chart1 = contacts_by_type(report).svg,
+        chart2 = age_bands(report).svg,
     );
     for t in report.tables() {
         s.push_str(&html_table(t, report.k));

@@ -109,16 +109,11 @@ impl Report {
         let mut grids = Vec::new();
 
         // Month totals and the grand total, shared by every table.
+        let per_month: std::collections::BTreeMap<Month, u64> =
+            counts.months.iter().copied().collect();
         let month_vars: Vec<usize> = months
             .iter()
-            .map(|m| {
-                let n = counts
-                    .months
-                    .iter()
-                    .find(|(x, _)| x == m)
-                    .map_or(0, |(_, n)| *n);
-                vars.add(n)
-            })
+            .map(|m| vars.add(per_month.get(m).copied().unwrap_or(0)))
             .collect();
         let grand: u64 = month_vars.iter().map(|v| vars.values[*v]).sum();
         let grand_var = vars.add(grand);

@@ -31,6 +31,13 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The writer's thread could not be started.
+    #[error("statistics store {path}: cannot start its writer: {source}")]
+    Thread {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A month in the file that is not `YYYY-MM`: not a file this wrote.
     #[error("statistics store {path}: a month {0:?} that is not YYYY-MM", .month)]
     BadMonth { path: String, month: String },
@@ -208,78 +215,60 @@ impl Store {
 
     /// The counts of the months from `first` to `last`.
     pub fn counts(&self, first: Month, last: Month) -> Result<Counts, StoreError> {
-        let (from, to) = (first.to_string(), last.to_string());
-        let month = |text: String| {
-            Month::parse(&text).ok_or_else(|| StoreError::BadMonth {
-                path: self.path.clone(),
-                month: text,
-            })
-        };
-        let mut counts = Counts::default();
         let mut per_month = std::collections::BTreeMap::new();
-        let mut q = self
-            .db
-            .prepare("SELECT month, codings FROM months WHERE month BETWEEN ?1 AND ?2")
-            .map_err(|e| self.fail(e))?;
-        let rows = q
-            .query_map(params![from, to], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(|e| self.fail(e))?;
-        for row in rows {
-            let (m, n) = row.map_err(|e| self.fail(e))?;
-            per_month.insert(month(m)?, n.max(0) as u64);
+        for (month, _, n) in self.rows("SELECT month, codings FROM months", 0, first, last)? {
+            per_month.insert(month, n);
         }
-        counts.months = first
-            .through(last)
-            .map(|m| (m, per_month.get(&m).copied().unwrap_or(0)))
-            .collect();
-        let mut q = self
-            .db
-            .prepare(
-                "SELECT month, field, value, n FROM field_counts WHERE month BETWEEN ?1 AND ?2",
-            )
-            .map_err(|e| self.fail(e))?;
-        let rows = q
-            .query_map(params![from, to], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(|e| self.fail(e))?;
-        for row in rows {
-            let (m, f, v, n) = row.map_err(|e| self.fail(e))?;
-            counts.fields.insert((month(m)?, f, v), n.max(0) as u64);
+        let mut counts = Counts {
+            months: first
+                .through(last)
+                .map(|m| (m, per_month.get(&m).copied().unwrap_or(0)))
+                .collect(),
+            ..Counts::default()
+        };
+        let fields = "SELECT month, field, value, n FROM field_counts";
+        for (month, names, n) in self.rows(fields, 2, first, last)? {
+            if let Ok([f, v]) = <[String; 2]>::try_from(names) {
+                counts.fields.insert((month, f, v), n);
+            }
         }
-        let mut q = self
-            .db
-            .prepare(
-                "SELECT month, row_field, row_value, column_field, column_value, n
-                 FROM cross_counts WHERE month BETWEEN ?1 AND ?2",
-            )
-            .map_err(|e| self.fail(e))?;
-        let rows = q
-            .query_map(params![from, to], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .map_err(|e| self.fail(e))?;
-        for row in rows {
-            let (m, rf, rv, cf, cv, n) = row.map_err(|e| self.fail(e))?;
-            counts
-                .cross
-                .insert((month(m)?, rf, rv, cf, cv), n.max(0) as u64);
+        let cross = "SELECT month, row_field, row_value, column_field, column_value, n
+                     FROM cross_counts";
+        for (month, names, n) in self.rows(cross, 4, first, last)? {
+            if let Ok([rf, rv, cf, cv]) = <[String; 4]>::try_from(names) {
+                counts.cross.insert((month, rf, rv, cf, cv), n);
+            }
         }
         Ok(counts)
+    }
+
+    /// The rows of `select` (month, `names` text columns, a count) for the
+    /// months from `first` to `last`.
+    fn rows(
+        &self,
+        select: &str,
+        names: usize,
+        first: Month,
+        last: Month,
+    ) -> Result<Vec<(Month, Vec<String>, u64)>, StoreError> {
+        let sql = format!("{select} WHERE month BETWEEN ?1 AND ?2");
+        let mut q = self.db.prepare(&sql).map_err(|e| self.fail(e))?;
+        let rows = q
+            .query_map(params![first.to_string(), last.to_string()], |r| {
+                let text: Vec<String> = (1..=names).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+                Ok((r.get::<_, String>(0)?, text, r.get::<_, i64>(names + 1)?))
+            })
+            .map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (month, text, n) = row.map_err(|e| self.fail(e))?;
+            let month = Month::parse(&month).ok_or_else(|| StoreError::BadMonth {
+                path: self.path.clone(),
+                month,
+            })?;
+            out.push((month, text, n.max(0) as u64));
+        }
+        Ok(out)
     }
 }
 

@@ -135,15 +135,7 @@ impl Coder {
             }
             if fields.iter().all(Option::is_some) {
                 let fields: Vec<CodingField> = fields.drain(..).flatten().collect();
-                link.emit(ChatEvent::Form {
-                    fields: fields
-                        .iter()
-                        .map(|f| FormFieldInfo {
-                            name: f.name.to_string(),
-                            values: f.values.iter().map(|v| v.to_string()).collect(),
-                        })
-                        .collect(),
-                });
+                link.emit(form_event(&fields));
                 self.form = Form::Ready { id, fields };
                 if std::mem::take(&mut self.resend_due) {
                     self.resend(link);
@@ -156,15 +148,7 @@ impl Coder {
     /// Shows the form (`/code` alone).
     pub fn show(&mut self, link: &mut Link) {
         match &self.form {
-            Form::Ready { fields, .. } => link.emit(ChatEvent::Form {
-                fields: fields
-                    .iter()
-                    .map(|f| FormFieldInfo {
-                        name: f.name.to_string(),
-                        values: f.values.iter().map(|v| v.to_string()).collect(),
-                    })
-                    .collect(),
-            }),
+            Form::Ready { fields, .. } => link.emit(form_event(fields)),
             Form::Off => link.error("this relay collects no case statistics"),
             _ => link.error("the coding form has not arrived yet; try again in a moment"),
         }
@@ -348,6 +332,19 @@ impl Coder {
         if lost > 0 {
             link.error(format!("{lost} coding(s) were not counted"));
         }
+    }
+}
+
+/// The form as the counsellor's frontend shows it.
+fn form_event(fields: &[CodingField]) -> ChatEvent {
+    ChatEvent::Form {
+        fields: fields
+            .iter()
+            .map(|f| FormFieldInfo {
+                name: f.name.to_string(),
+                values: f.values.iter().map(|v| v.to_string()).collect(),
+            })
+            .collect(),
     }
 }
 
