@@ -119,12 +119,14 @@ fn complete_lines(values: &[u64], grids: &[Grid], shown: &mut [Shown]) {
                 if hidden_count != 1 {
                     continue;
                 }
-                // A cell before the total, then the smallest.
+                // A cell before the total, a count before a zero (a hidden
+                // zero is soon given away by a total of zero), then the
+                // smallest.
                 let total_var = grid.cells[total.0][total.1];
                 let pick = distinct
                     .iter()
                     .filter(|v| !hidden(shown[**v]))
-                    .min_by_key(|v| (**v == total_var, values[**v], **v));
+                    .min_by_key(|v| (**v == total_var, values[**v] == 0, values[**v], **v));
                 if let Some(&v) = pick {
                     shown[v] = Shown::Hidden;
                     changed = true;
@@ -218,6 +220,11 @@ fn pinned(values: &[u64], grids: &[Grid], k: u64, shown: &[Shown]) -> Option<usi
     None
 }
 
+/// What hiding a total costs, over its count, when choosing a rectangle.
+const MARGIN_COST: u64 = 1_000_000;
+/// What hiding a zero costs: little protection, and soon given away.
+const ZERO_COST: u64 = 1_000;
+
 /// Hides the cheapest rectangle through `var` in one of its grids: `var`
 /// at (i, j), and (i, j'), (i', j), (i', j') for the i', j' whose shown
 /// counts add up to the least. Returns false if every such cell is hidden.
@@ -233,16 +240,27 @@ fn hide_cycle_through(var: usize, values: &[u64], grids: &[Grid], shown: &mut [S
                 }
                 for i2 in (0..rows).filter(|r| *r != i) {
                     for j2 in (0..columns).filter(|c| *c != j) {
-                        let cycle = [grid.cells[i][j2], grid.cells[i2][j], grid.cells[i2][j2]];
-                        let new: Vec<usize> = cycle
+                        let corners = [(i, j2), (i2, j), (i2, j2)];
+                        let new: Vec<(usize, bool)> = corners
                             .iter()
-                            .copied()
-                            .filter(|v| !hidden(shown[*v]))
+                            .map(|&(r, c)| (grid.cells[r][c], r + 1 == rows || c + 1 == columns))
+                            .filter(|(v, _)| !hidden(shown[*v]))
                             .collect();
                         if new.is_empty() {
                             continue;
                         }
-                        let cost = new.iter().map(|v| values[*v] + 1).sum();
+                        // Cells before totals, counts before zeros, small
+                        // before large: hide as little as will do.
+                        let cost = new
+                            .iter()
+                            .map(|&(v, total)| {
+                                values[v]
+                                    + 1
+                                    + if total { MARGIN_COST } else { 0 }
+                                    + if values[v] == 0 { ZERO_COST } else { 0 }
+                            })
+                            .sum();
+                        let new: Vec<usize> = new.into_iter().map(|(v, _)| v).collect();
                         if best.as_ref().is_none_or(|(c, _)| cost < *c) {
                             best = Some((cost, new));
                         }

@@ -372,4 +372,37 @@ mod tests {
         );
         assert_eq!(report.cross[0].title, "Age band by Type");
     }
+
+    #[test]
+    fn one_small_count_in_a_month_hides_a_few_cells_not_the_totals() {
+        use crate::core::coding::{Coding, MAX_FORM_FIELDS};
+        let stats = stats();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::stats::Store::open(&dir.path().join("s")).unwrap();
+        let month = Month::parse("2026-12").unwrap();
+        let mut codings: Vec<Coding> = (0..60)
+            .map(|i| {
+                let mut values = [0u8; MAX_FORM_FIELDS];
+                values[..3].copy_from_slice(&[1, [2, 3, 4][i % 3], if i % 3 == 0 { 2 } else { 1 }]);
+                values[5] = 1;
+                Coding { month, values }
+            })
+            .collect();
+        let mut values = [0u8; MAX_FORM_FIELDS];
+        values[1..3].copy_from_slice(&[2, 4]);
+        codings.push(Coding { month, values });
+        store.add(&stats.form, &stats.cross, &codings).unwrap();
+        let report = Report::build(&stats, &store.counts(month, month).unwrap(), month, month);
+        assert_eq!(report.contacts.grand_total(), Cell::Count { n: 61 });
+        let hidden = report
+            .tables()
+            .flat_map(|t| t.cells.iter().flatten())
+            .filter(|c| **c == Cell::Hidden)
+            .count();
+        assert!(hidden <= 12, "{hidden} cells hidden for one small count");
+        assert_eq!(
+            report.field("Age band").unwrap().column_total(1),
+            Cell::Count { n: 21 }
+        );
+    }
 }
