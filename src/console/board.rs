@@ -4,8 +4,8 @@
 //! The counsellor's events flow through the board on their way to the
 //! page. It keeps the last word on the sign-in (what the relay offers, the
 //! status, a reconnect or a fatal error), the queue's counts, each
-//! colleague's presence, and every event of each open chat with the time it
-//! came. A page that opens (or reloads) gets them replayed, each with its
+//! colleague's presence, the case coding form and how many codings wait,
+//! and every event of each open chat with the time it came. A page that opens (or reloads) gets them replayed, each with its
 //! age, and builds the same view as one that saw them live. When a chat
 //! ends, its events are dropped and the texts in them overwritten: nothing
 //! of a chat outlives it here.
@@ -28,6 +28,9 @@ pub struct Board {
     queue: Option<Kept>,
     colleagues: BTreeMap<String, Kept>,
     chats: BTreeMap<u32, Vec<Kept>>,
+    /// The case coding form, and how many codings wait to be sent.
+    form: Option<Kept>,
+    coded: Option<Kept>,
 }
 
 struct Kept {
@@ -84,6 +87,8 @@ impl Board {
             ChatEvent::Reconnecting { .. } => self.link = Some(kept()),
             ChatEvent::Error { fatal: true, .. } => self.link = Some(kept()),
             ChatEvent::QueueStats { .. } => self.queue = Some(kept()),
+            ChatEvent::Form { .. } => self.form = Some(kept()),
+            ChatEvent::Coded { .. } => self.coded = Some(kept()),
             ChatEvent::Colleague { name, presence } => {
                 if *presence == Presence::SignedOut {
                     self.colleagues.remove(name);
@@ -104,13 +109,19 @@ impl Board {
     /// Every kept event, oldest first, as JSON with its age in
     /// milliseconds (`ago_ms`).
     pub fn replay(&self, now: Instant) -> Vec<String> {
-        let mut kept: Vec<&Kept> = [&self.connected, &self.status, &self.queue]
-            .into_iter()
-            .flatten()
-            .chain(self.colleagues.values())
-            .chain(self.chats.values().flatten())
-            .chain(&self.link)
-            .collect();
+        let mut kept: Vec<&Kept> = [
+            &self.connected,
+            &self.status,
+            &self.queue,
+            &self.form,
+            &self.coded,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.colleagues.values())
+        .chain(self.chats.values().flatten())
+        .chain(&self.link)
+        .collect();
         kept.sort_by_key(|k| k.at);
         kept.into_iter()
             .map(|k| {

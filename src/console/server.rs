@@ -24,7 +24,9 @@ use super::guard::{Guard, Verdict};
 use super::{Shared, lock, replies};
 use crate::client::chat::EVENTS_VERSION;
 use crate::client::machine::Input;
+use crate::client::machine::coding::Choice;
 use crate::client::machine::counsellor::Command;
+use crate::core::coding::Month;
 use crate::core::frame::{Label, TransferTarget};
 
 /// The built page, compiled in.
@@ -195,7 +197,24 @@ enum PageCommand {
     Replies {
         replies: Vec<String>,
     },
+    /// Code a chat that ended: `(field, value)` names from the form, and
+    /// the month if not the current one. The page sends no chat number.
+    Code {
+        values: Vec<PageChoice>,
+        #[serde(default)]
+        month: Option<String>,
+    },
+    /// Send the codings held now.
+    CodeSend,
     SignOut,
+}
+
+/// One field's chosen value in a `code` command.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageChoice {
+    field: String,
+    value: String,
 }
 
 /// The line that tells the page the console has stopped.
@@ -330,6 +349,22 @@ async fn command(hub: &Shared, text: &str) -> Option<String> {
                 Err(_) => Some(console_error("the replies were not saved")),
             };
         }
+        PageCommand::Code { values, month } => {
+            let month = match month.as_deref().map(Month::parse) {
+                None => None,
+                Some(Some(month)) => Some(month),
+                Some(None) => return Some(console_error("a coding's month is YYYY-MM")),
+            };
+            let choices = values
+                .into_iter()
+                .map(|c| Choice {
+                    field: c.field,
+                    value: c.value,
+                })
+                .collect();
+            Command::Code(choices, month)
+        }
+        PageCommand::CodeSend => Command::CodeSend,
         PageCommand::SignOut => {
             lock(hub).input = None;
             return None;

@@ -20,7 +20,7 @@
  * so that its last lines can be read; then its text is gone.
  */
 
-import { apply, attention, close, closeExpired, elapsed, emptyModel, look, transferTargets } from './model.js';
+import { apply, attention, close, closeExpired, codeChat, elapsed, emptyModel, look, transferTargets } from './model.js';
 
 /** @typedef {import('./model.js').Chat} Chat */
 
@@ -226,6 +226,7 @@ function render() {
   renderQueue();
   renderColleagues();
   renderReplies();
+  renderCodings();
   renderChats();
   renderAttention();
 }
@@ -288,6 +289,44 @@ function renderReplies() {
       return li;
     }),
   );
+}
+
+/** The coding form of an ended chat: one choice per field, all optional. */
+function renderCoding(/** @type {HTMLElement} */ panel, /** @type {Chat} */ chat) {
+  const form = ui.model.form;
+  const coding = /** @type {HTMLFormElement} */ ($('[data-coding]', panel));
+  coding.hidden = !chat.ended || !form || !!chat.coded || ui.over;
+  $('[data-coded]', panel).hidden = !chat.coded;
+  if (coding.hidden || !form) return;
+  const key = JSON.stringify([form, ui.language]);
+  const fields = $('[data-coding-fields]', panel);
+  if (fields.dataset.key === key) return;
+  fields.dataset.key = key;
+  fields.replaceChildren(
+    ...form.map((field, i) => {
+      const id = `coding-${chat.chat}-${i}`;
+      const row = document.createElement('div');
+      row.className = 'coding-field';
+      const label = document.createElement('label');
+      label.htmlFor = id;
+      label.textContent = field.name;
+      const select = document.createElement('select');
+      select.id = id;
+      select.dataset.codingField = String(i);
+      select.append(new Option(t('coding_not_coded'), ''), ...field.values.map((v) => new Option(v, v)));
+      row.append(label, select);
+      return row;
+    }),
+  );
+}
+
+/** The side bar's count of codings waiting, and "send now". */
+function renderCodings() {
+  const m = ui.model;
+  const section = $('[data-codings]');
+  section.hidden = !m.form;
+  $('[data-codings-held]').textContent = t('coding_held', { count: m.codingsHeld });
+  /** @type {HTMLButtonElement} */ ($('[data-codings-send]')).disabled = m.codingsHeld === 0 || m.link !== 'online';
 }
 
 function renderChats() {
@@ -372,6 +411,15 @@ function chatPanel(/** @type {Chat} */ chat) {
       <button type="button" data-end></button>
       <button type="button" class="danger" data-block></button>
     </div>
+    <form class="coding" data-coding hidden>
+      <fieldset>
+        <legend data-coding-title></legend>
+        <p class="hint" data-coding-hint></p>
+        <div class="coding-fields" data-coding-fields></div>
+      </fieldset>
+      <button type="submit" class="primary" data-coding-save></button>
+    </form>
+    <p class="info" role="status" data-coded hidden></p>
     <div class="actions" data-closing hidden><button type="button" data-close></button></div>`;
   $('h2', panel).textContent = t('chat_title', { chat: n });
   $('label[for^="message"]', panel).textContent = t('message_label', { chat: n });
@@ -382,6 +430,10 @@ function chatPanel(/** @type {Chat} */ chat) {
   $('[data-end]', panel).textContent = t('end');
   $('[data-block]', panel).textContent = t('block');
   $('[data-close]', panel).textContent = t('close_chat');
+  $('[data-coding-title]', panel).textContent = t('coding_chat_title');
+  $('[data-coding-hint]', panel).textContent = t('coding_hint');
+  $('[data-coding-save]', panel).textContent = t('coding_save');
+  $('[data-coded]', panel).textContent = t('coding_done');
   return panel;
 }
 
@@ -448,6 +500,7 @@ function updatePanel(/** @type {HTMLElement} */ panel, /** @type {Chat} */ chat)
   /** @type {HTMLButtonElement} */ ($('[data-send]', panel)).disabled = !open || !chat.ready;
   $('[data-actions]', panel).hidden = !!chat.ended;
   $('[data-closing]', panel).hidden = !chat.ended;
+  renderCoding(panel, chat);
   for (const selector of ['[data-transfer]', '[data-end]', '[data-block]']) {
     /** @type {HTMLButtonElement} */ ($(selector, panel)).disabled = !open;
   }
@@ -499,8 +552,19 @@ function wire() {
   const chats = $('[data-chats]');
   chats.addEventListener('submit', (e) => {
     e.preventDefault();
-    const panel = /** @type {HTMLElement} */ (e.target).closest('[data-chat]');
-    if (panel) sendFrom(/** @type {HTMLElement} */ (panel));
+    const target = /** @type {HTMLElement} */ (e.target);
+    const panel = target.closest('[data-chat]');
+    if (!panel) return;
+    if (target.matches('[data-coding]')) {
+      const n = chatOf(target);
+      const chosen = [...target.querySelectorAll('[data-coding-field]')].map((s) => /** @type {HTMLSelectElement} */ (s).value);
+      const command = n === null ? null : codeChat(ui.model, n, chosen);
+      if (command) send(command);
+      render();
+      $('[data-close]', /** @type {HTMLElement} */ (panel)).focus();
+      return;
+    }
+    sendFrom(/** @type {HTMLElement} */ (panel));
   });
   chats.addEventListener('keydown', (e) => {
     const target = /** @type {HTMLElement} */ (e.target);
@@ -566,6 +630,7 @@ function wire() {
     loadTexts(next.code);
   });
   $('[data-sign-out]').addEventListener('click', () => send({ command: 'sign_out' }));
+  $('[data-codings-send]').addEventListener('click', () => send({ command: 'code_send' }));
   $('[data-replies]').addEventListener('click', (e) => {
     const button = /** @type {HTMLElement} */ (e.target).closest('[data-reply]');
     const n = ui.model.active;

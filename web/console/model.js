@@ -15,7 +15,8 @@
 /**
  * @typedef {{ id: number, mine: boolean, text: string, status?: string }} Line
  * @typedef {{ chat: number, topic?: number, language?: string, startedAt: number, ready: boolean,
- *   lines: Line[], unread: number, peerAway: boolean, back?: boolean, ended?: string, endedAt?: number, notice?: { key: string, fields?: Record<string, string> } }} Chat
+ *   lines: Line[], unread: number, peerAway: boolean, back?: boolean, ended?: string, endedAt?: number, notice?: { key: string, fields?: Record<string, string> },
+ *   coded?: boolean }} Chat
  */
 
 /** A fresh model: nothing known yet. */
@@ -40,6 +41,10 @@ export function emptyModel() {
     /** @type {Set<number>} */ unseen: new Set(),
     /** The last error that ends nothing, for the status line. */
     /** @type {string | undefined} */ notice: undefined,
+    /** The case coding form (absent: the relay collects no statistics). */
+    /** @type {{ name: string, values: string[] }[] | null} */ form: null,
+    /** Codings kept by the console, waiting to be sent in a batch. */
+    codingsHeld: 0,
   };
 }
 
@@ -162,6 +167,12 @@ export function apply(model, event, now, inView = () => false) {
     case 'replaced':
       model.link = 'replaced';
       return {};
+    case 'form':
+      model.form = event.fields;
+      return {};
+    case 'coded':
+      model.codingsHeld = event.held;
+      return {};
     case 'signed_out':
       if (model.link !== 'failed') model.link = 'signed_out';
       return {};
@@ -191,6 +202,25 @@ export function closeExpired(/** @type {Model} */ model, /** @type {number} */ n
     }
   }
   return closed;
+}
+
+/**
+ * The `code` command for an ended chat, from the values chosen per field
+ * (`''` = not coded), and the chat marked coded. The command names no
+ * chat: the console keeps codings apart from chats. `null` if the chat has
+ * not ended or was coded already.
+ * @param {Model} model
+ * @param {number} n
+ * @param {string[]} chosen
+ */
+export function codeChat(model, n, chosen) {
+  const chat = model.chats.get(n);
+  if (!chat?.ended || chat.coded || !model.form) return null;
+  chat.coded = true;
+  const values = model.form
+    .map((field, i) => ({ field: field.name, value: chosen[i] ?? '' }))
+    .filter((c) => c.value !== '' && model.form?.find((f) => f.name === c.field)?.values.includes(c.value));
+  return { command: 'code', values };
 }
 
 /** Closes an ended chat's panel; what it showed is gone. */

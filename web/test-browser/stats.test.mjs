@@ -5,9 +5,9 @@
 // screenshots to SCREENSHOT_DIR.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SCREENSHOTS, axeViolations, counsellor, demoSuite, report } from './harness.mjs';
+import { Proc, SCREENSHOTS, axeViolations, counsellor, demoSuite, openConsole, report, startConsole } from './harness.mjs';
 
 const suite = demoSuite('stats');
 
@@ -73,5 +73,44 @@ test('a coded season renders as an HTML report and SVG charts in Chromium', asyn
   assert.equal(bad.status(), 400);
   assert.match(await page.textContent('body'), /from "2020-13": use YYYY-MM/);
   report.push({ test: 'stats report', screenshots: [htmlShot, svgShot] });
+  await context.close();
+});
+
+/** This month's coded chats, from the admin listener's JSON report. */
+async function codedThisMonth() {
+  const now = monthBefore(0);
+  const response = await fetch(`${suite.setup.adminUrl}/stats/report?from=${now}&to=${now}&format=json`);
+  const json = await response.json();
+  return json.contacts.cells[0][0];
+}
+
+test('the console offers the coding form when a chat ends, and its coding is counted', async () => {
+  const before = await codedThisMonth();
+  const sam = await startConsole(suite.setup);
+  const { context, page } = await openConsole(suite.browser, sam.link);
+  await page.waitForSelector('[data-codings]:not([hidden])');
+  const orgKey = readFileSync(`${suite.setup.orgDir}/org.pub`, 'utf8').trim();
+  const young = new Proc(['chat', '--relay', suite.setup.relay, '--org-key', orgKey, '--ca', suite.setup.ca, '--json'], 'young person');
+  await young.event('paired');
+  const chat = page.locator('[data-chat]').first();
+  await chat.locator('[data-message]:not([disabled])').waitFor();
+  await chat.locator('[data-end]').click();
+  const form = chat.locator('[data-coding]');
+  await form.waitFor({ state: 'visible' });
+  await form.getByLabel('Age band').selectOption('13–15');
+  await form.getByLabel('Type', { exact: true }).selectOption('Sextortion (threats with images)');
+  assert.deepEqual(await axeViolations(page), []);
+  const formShot = join(SCREENSHOTS, 'console-coding-1280x800.png');
+  await page.screenshot({ path: formShot });
+  await chat.locator('[data-coding-save]').click();
+  await chat.locator('[data-coded]').waitFor({ state: 'visible' });
+  assert.equal(await form.isHidden(), true, 'a chat is coded once');
+  await page.waitForFunction(() => /: 1\./.test(document.querySelector('[data-codings-held]')?.textContent ?? ''));
+  await page.click('[data-codings-send]');
+  await page.waitForFunction(() => /: 0\./.test(document.querySelector('[data-codings-held]')?.textContent ?? ''));
+  const after = await codedThisMonth();
+  assert.equal(after.n, before.n + 1, 'the coding is in this month\'s count');
+  report.push({ test: 'console coding', screenshots: [formShot] });
+  await young.stop();
   await context.close();
 });

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { ENDED_KEPT_MS, apply, attention, close, closeExpired, elapsed, emptyModel, look, transferTargets } from '../console/model.js';
+import { ENDED_KEPT_MS, apply, attention, close, closeExpired, codeChat, elapsed, emptyModel, look, transferTargets } from '../console/model.js';
 
 const T0 = 1_000_000;
 
@@ -131,4 +131,19 @@ test('the young person away and back, refused transfers, the sign-in and the col
   apply(model, { event: 'signed_out' }, T0);
   assert.equal(model.link, 'failed');
   assert.equal(model.failure, 'your sign-in was revoked');
+});
+
+test('an ended chat is coded once, by names from the form, and the command names no chat', () => {
+  const model = emptyModel();
+  apply(model, { event: 'form', fields: [{ name: 'Age band', values: ['13–15', '16–17'] }, { name: 'Type', values: ['Other'] }] }, T0);
+  apply(model, { event: 'paired', chat: 4, topic: 1 }, T0);
+  assert.equal(codeChat(model, 4, ['16–17', '']), null, 'a chat still running is not coded');
+  apply(model, { event: 'ended', chat: 4, reason: 'you_ended' }, T0);
+  const command = codeChat(model, 4, ['16–17', '']);
+  assert.deepEqual(command, { command: 'code', values: [{ field: 'Age band', value: '16–17' }] });
+  assert.equal(JSON.stringify(command).includes('4'), false, 'no chat number');
+  assert.equal(codeChat(model, 4, ['13–15', 'Other']), null, 'once');
+  assert.equal(model.chats.get(4).coded, true);
+  apply(model, { event: 'coded', held: 3 }, T0);
+  assert.equal(model.codingsHeld, 3);
 });
