@@ -713,3 +713,85 @@ async fn metrics_and_readiness_show_the_cluster_and_its_nats() {
         relay.shutdown().await;
     }
 }
+
+/// `[stats]` with the default form, and a store when `store` is given.
+fn with_stats(
+    mut config: fluister::config::RelayConfig,
+    store: Option<&std::path::Path>,
+) -> fluister::config::RelayConfig {
+    let text = match store {
+        Some(path) => format!("store = {:?}", path.display().to_string()),
+        None => String::new(),
+    };
+    config.stats = Some(toml::from_str(&text).unwrap());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codings_made_on_any_relay_are_counted_in_the_designated_keepers_store() {
+    use common::cluster::cluster_config;
+    let org = Org::new();
+    let nats = Nats::start();
+    let store = org.dir.path().join("stats.sqlite3");
+    let keeper = fluister::relay::start(
+        &with_stats(cluster_config(&org, &nats, "coding"), Some(&store)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let other = fluister::relay::start(
+        &with_stats(cluster_config(&org, &nats, "coding"), None),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    // Sam signs in on the relay without a store and codes six chats.
+    let mut sam = counsellor_on(&org, &other, "Sam").await;
+    sam.expect(|e| matches!(e, ChatEvent::Form { .. })).await;
+    for i in 0..6 {
+        sam.say(&format!("/code 2={}, 3=2", 1 + i % 2)).await;
+    }
+    sam.say("/code send").await;
+    let mut counted = 0;
+    while counted < 6 {
+        if let ChatEvent::Coded {
+            counted: Some(n), ..
+        } = sam
+            .expect(|e| {
+                matches!(
+                    e,
+                    ChatEvent::Coded {
+                        counted: Some(_),
+                        ..
+                    }
+                )
+            })
+            .await
+        {
+            counted += n;
+        }
+    }
+    let month = fluister::core::coding::Month::of_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    )
+    .unwrap();
+    let counts = fluister::stats::Store::open_read_only(&store)
+        .unwrap()
+        .counts(month, month)
+        .unwrap();
+    assert_eq!(counts.months, [(month, 6)]);
+    let (status, _) = admin_get(other.admin_addr().unwrap(), "/stats/report").await;
+    assert_eq!(status, 404, "only the keeper serves the report");
+    let (status, body) = admin_get(keeper.admin_addr().unwrap(), "/stats/report?format=csv").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("Chats coded per month,Total,Total,<10"),
+        "{body}"
+    );
+    drop(sam);
+    other.shutdown().await;
+    keeper.shutdown().await;
+}

@@ -458,11 +458,13 @@ pub async fn start(
     // what it held before it leaves the cluster.
     let (cluster_stop, cluster_stop_rx) = watch::channel(false);
     let mut cluster_task = None;
+    let mut stats_link = None;
     let (router, cluster): (Box<dyn Router>, _) = match &config.cluster {
         Some(cluster_config) => {
             let limits = config.core_limits();
             let joined = cluster::join(cluster_config, &limits, cluster_stop_rx).await?;
             cluster_task = Some(joined.task);
+            stats_link = Some(joined.stats);
             (Box::new(joined.router), Some((joined.status, joined.wake)))
         }
         None => (
@@ -499,12 +501,24 @@ pub async fn start(
     };
 
     let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
-    let keeper = match stats
-        .as_ref()
-        .and_then(|s| Some((s.store.as_ref()?, &s.cross)))
-    {
-        Some((path, cross)) => Some(crate::stats::keeper::Keeper::start(path, cross.clone())?),
+    // Where batches of codings go: this relay's store, or in a cluster the
+    // designated keeper's (cluster/stats.rs), which this relay may be.
+    let keeper = match stats.as_ref().and_then(|s| Some((s.store.as_ref()?, s))) {
+        Some((path, stats)) => Some((
+            crate::stats::keeper::Keeper::start(path, stats.cross.clone())?,
+            Arc::clone(&stats.form),
+        )),
         None => None,
+    };
+    let codings = match (keeper, stats_link) {
+        (Some((keeper, form)), link) => {
+            if let Some(link) = link {
+                link.serve(keeper.clone(), form).await?;
+            }
+            Some(StatsSink::Store(keeper))
+        }
+        (None, Some(link)) => Some(StatsSink::Cluster(link)),
+        (None, None) => None,
     };
     let (answers_tx, answers_rx) = mpsc::channel(crate::stats::keeper::QUEUE + 64);
     let core = Relay::with_router(
@@ -528,7 +542,7 @@ pub async fn start(
         // What the driver may spend handing over, within the deadline.
         drain_for: Duration::from_secs(config.transport.drain_deadline_secs)
             .saturating_sub(FLUSH_ON_CLOSE),
-        keeper,
+        codings,
         answers: answers_tx,
     };
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), refresh_rx, answers_rx));
@@ -1419,10 +1433,18 @@ struct Driver {
     /// How long a draining relay in a cluster waits for its people to
     /// claim what it holds.
     drain_for: Duration,
-    /// The statistics store's writer, on the relay that keeps the store.
-    keeper: Option<crate::stats::keeper::Keeper>,
+    /// Where batches of codings go.
+    codings: Option<StatsSink>,
     /// Where the store's answers come back to the driver.
     answers: mpsc::Sender<CodingsAnswer>,
+}
+
+/// Where a relay's batches of codings are counted.
+enum StatsSink {
+    /// The store on this relay.
+    Store(crate::stats::keeper::Keeper),
+    /// The designated keeper of the cluster, through NATS.
+    Cluster(cluster::StatsLink),
 }
 
 /// The store's answer to a batch of codings.
@@ -1711,14 +1733,16 @@ impl Driver {
                             outcome,
                         });
                     });
-                    match &self.keeper {
-                        Some(keeper) => keeper.submit(crate::stats::keeper::Job {
-                            batch,
-                            form,
-                            codings,
-                            answer,
-                        }),
-                        None => answer(crate::core::coding::CodingsOutcome::Later),
+                    let job = crate::stats::keeper::Job {
+                        batch,
+                        form,
+                        codings,
+                        answer,
+                    };
+                    match &self.codings {
+                        Some(StatsSink::Store(keeper)) => keeper.submit(job),
+                        Some(StatsSink::Cluster(link)) => link.submit(job),
+                        None => (job.answer)(crate::core::coding::CodingsOutcome::Later),
                     }
                 }
             }

@@ -74,6 +74,8 @@ pub struct Coder {
     retry_at: Option<Instant>,
     /// The batch in flight went out on a connection that was lost.
     resend_due: bool,
+    /// `/code send`: every held coding goes, batch after batch.
+    flushing: bool,
 }
 
 impl Default for Coder {
@@ -84,6 +86,7 @@ impl Default for Coder {
             in_flight: None,
             retry_at: None,
             resend_due: false,
+            flushing: false,
         }
     }
 }
@@ -219,10 +222,14 @@ impl Coder {
     /// Sends the next batch if one is due (`force`: any held coding makes
     /// one, as at sign-out or `/code send`).
     pub fn pump(&mut self, now: Instant, link: &mut Link, force: bool) {
+        self.flushing = (self.flushing || force) && !self.held.is_empty();
+        let force = self.flushing;
         if self.in_flight.is_some() || !link.is_open() {
             return;
         }
-        if self.retry_at.is_some_and(|at| now < at) && !force {
+        // After LATER, not before the retry time, even at sign-out: the
+        // store is busy or away.
+        if self.retry_at.is_some_and(|at| now < at) {
             return;
         }
         let Form::Ready { id, fields } = &self.form else {
@@ -377,4 +384,151 @@ fn encode(fields: &[CodingField], batch: &[Held]) -> Vec<Coding> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::super::Transmit;
+    use super::super::link::Clock;
+    use super::*;
+    use crate::core::coding::CodingForm;
+
+    /// A coder with the default form arrived, on a link opened in March 2020.
+    fn ready() -> (Coder, Link, Instant, CodingForm) {
+        let now = Instant::now();
+        let mut link = Link::new(
+            Clock::new(now, 1_584_273_600),
+            ChaCha20Rng::seed_from_u64(7),
+            None,
+        );
+        let form = CodingForm::new(CodingForm::default_fields(), 2).unwrap();
+        let mut coder = Coder::default();
+        coder.signed_in(&mut link);
+        let count = form.fields().len() as u8;
+        for (i, field) in form.fields().iter().enumerate() {
+            coder.form_field(
+                now,
+                &mut link,
+                form.id(),
+                count,
+                i as u8,
+                Some(field.clone()),
+            );
+        }
+        sent(&mut link);
+        (coder, link, now, form)
+    }
+
+    /// The CODINGS frames sent since the last call.
+    fn sent(link: &mut Link) -> Vec<(BatchId, Vec<Coding>)> {
+        let mut out = Vec::new();
+        while let Some(t) = link.poll_transmit() {
+            if let Transmit::Frame(ToRelay::Codings { batch, codings, .. }) = t {
+                out.push((batch, codings));
+            }
+        }
+        out
+    }
+
+    fn choice(field: &str, value: &str) -> Choice {
+        Choice {
+            field: field.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn codings_wait_for_five_of_a_month_and_go_shuffled() {
+        let (mut coder, mut link, now, _) = ready();
+        for age in ["1", "2", "3", "4"] {
+            coder.code(now, &mut link, &[choice("Age band", age)], None);
+        }
+        assert!(sent(&mut link).is_empty(), "four codings are not a batch");
+        coder.code(now, &mut link, &[choice("2", "5")], None);
+        let batches = sent(&mut link);
+        assert_eq!(batches.len(), 1);
+        let ages: Vec<u8> = batches[0].1.iter().map(|c| c.values[1]).collect();
+        let mut sorted = ages.clone();
+        sorted.sort();
+        assert_eq!(sorted, [1, 2, 3, 4, 5]);
+        assert_ne!(ages, [1, 2, 3, 4, 5], "not in the order they were coded");
+        assert!(
+            batches[0]
+                .1
+                .iter()
+                .all(|c| c.month.to_string() == "2020-03")
+        );
+    }
+
+    #[test]
+    fn send_now_empties_the_hold_batch_after_batch_and_later_waits() {
+        let (mut coder, mut link, now, _) = ready();
+        let jan = Month::parse("2020-01");
+        for _ in 0..6 {
+            coder.code(now, &mut link, &[choice("Type", "Other")], None);
+        }
+        coder.code(now, &mut link, &[], jan);
+        coder.pump(now, &mut link, true);
+        let first = sent(&mut link);
+        assert_eq!(first.len(), 1, "one batch in flight at a time");
+        coder.result(now, &mut link, first[0].0, CodingsOutcome::Stored);
+        let second = sent(&mut link);
+        assert_eq!(second.len(), 1, "send now goes on after an answer");
+        coder.result(now, &mut link, second[0].0, CodingsOutcome::Later);
+        assert!(sent(&mut link).is_empty(), "LATER waits");
+        assert_eq!(coder.waiting(), 2, "January's coding and March's sixth");
+        coder.pump(now + RETRY, &mut link, false);
+        let again = sent(&mut link);
+        assert_eq!(again[0].1.len(), second[0].1.len());
+        assert_ne!(again[0].0, second[0].0, "a new batch id after LATER");
+        coder.result(now + RETRY, &mut link, again[0].0, CodingsOutcome::Stored);
+        let last = sent(&mut link);
+        assert_eq!(last.len(), 1, "send now still empties the hold");
+        coder.result(now + RETRY, &mut link, last[0].0, CodingsOutcome::Stored);
+        assert_eq!(coder.waiting(), 0);
+        assert!(!coder.busy());
+    }
+
+    #[test]
+    fn a_stale_form_is_asked_again_and_the_codings_go_by_name() {
+        let (mut coder, mut link, now, form) = ready();
+        for _ in 0..5 {
+            coder.code(now, &mut link, &[choice("Outcome", "Referral")], None);
+        }
+        let batch = sent(&mut link);
+        coder.result(now, &mut link, batch[0].0, CodingsOutcome::StaleForm);
+        let asked = std::iter::from_fn(|| link.poll_transmit())
+            .any(|t| matches!(t, Transmit::Frame(ToRelay::FormAsk)));
+        assert!(asked);
+        // The new form has Outcome first.
+        let mut fields = form.fields().to_vec();
+        fields.rotate_right(1);
+        let new = CodingForm::new(fields, 2).unwrap();
+        for (i, field) in new.fields().iter().enumerate() {
+            coder.form_field(now, &mut link, new.id(), 7, i as u8, Some(field.clone()));
+        }
+        let batch = sent(&mut link);
+        assert_eq!(batch[0].1.len(), 5);
+        assert!(
+            batch[0]
+                .1
+                .iter()
+                .all(|c| c.values[0] == 2 && c.values[1..].iter().all(|v| *v == 0))
+        );
+    }
+
+    #[test]
+    fn a_value_the_form_lacks_is_refused_and_nothing_is_kept() {
+        let (mut coder, mut link, now, _) = ready();
+        coder.code(now, &mut link, &[choice("Age band", "7")], None);
+        coder.code(now, &mut link, &[choice("Mood", "good")], None);
+        assert_eq!(coder.waiting(), 0);
+        let errors = std::iter::from_fn(|| link.poll_event())
+            .filter(|e| matches!(e, ChatEvent::Error { .. }))
+            .count();
+        assert_eq!(errors, 2);
+    }
 }

@@ -35,6 +35,8 @@
 mod leading;
 mod link;
 mod seal;
+mod stats;
+pub use stats::StatsLink;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -75,6 +77,9 @@ pub enum ClusterError {
     Bucket { bucket: String, reason: String },
     #[error("no free node id in the cluster's bucket {bucket}")]
     NoNodeId { bucket: String },
+    /// The keeper of the statistics store cannot answer on NATS.
+    #[error("cannot answer batches of codings on NATS subject {subject}: {reason}")]
+    Stats { subject: String, reason: String },
     #[error(transparent)]
     Secret(#[from] crate::config::ConfigError),
 }
@@ -171,6 +176,10 @@ impl Names {
             hex::encode(&hash.finalize()[..16])
         )
     }
+    /// Where batches of codings go to the keeper of the statistics store.
+    fn stats(&self) -> String {
+        format!("{}.stats", self.prefix)
+    }
     fn nodes_bucket(&self) -> String {
         format!("{}_nodes", self.prefix)
     }
@@ -223,6 +232,8 @@ pub struct Joined {
     pub wake: Arc<Notify>,
     /// The lease task: it leaves the cluster once `stop` turns true.
     pub task: tokio::task::JoinHandle<()>,
+    /// The way to the keeper of the statistics store.
+    pub stats: StatsLink,
 }
 
 /// Connects to NATS, takes a node id, and starts the lease and the
@@ -282,6 +293,7 @@ pub async fn join(
         status.clone(),
         names.seal.clone(),
     );
+    let stats = StatsLink::new(client.clone(), names.clone());
     let router = NatsRouter {
         client,
         names,
@@ -299,6 +311,7 @@ pub async fn join(
         status,
         wake,
         task,
+        stats,
     })
 }
 
