@@ -20,7 +20,7 @@
  * so that its last lines can be read; then its text is gone.
  */
 
-import { apply, attention, close, closeExpired, codeChat, elapsed, emptyModel, look, transferTargets } from './model.js';
+import { apply, attention, close, closeExpired, codable, codeChat, elapsed, emptyModel, look, transferTargets } from './model.js';
 
 /** @typedef {import('./model.js').Chat} Chat */
 
@@ -295,7 +295,7 @@ function renderReplies() {
 function renderCoding(/** @type {HTMLElement} */ panel, /** @type {Chat} */ chat) {
   const form = ui.model.form;
   const coding = /** @type {HTMLFormElement} */ ($('[data-coding]', panel));
-  coding.hidden = !chat.ended || !form || !!chat.coded || ui.over;
+  coding.hidden = !codable(chat) || !form || !!chat.coded || ui.over;
   $('[data-coded]', panel).hidden = !chat.coded;
   if (coding.hidden || !form) return;
   const key = JSON.stringify([form, ui.language]);
@@ -398,7 +398,7 @@ function chatPanel(/** @type {Chat} */ chat) {
     </header>
     <p class="warning" role="alert" data-peer-away hidden></p>
     <p class="info" role="status" data-info></p>
-    <ol class="messages" data-messages aria-live="polite" aria-relevant="additions"></ol>
+    <ol class="messages" tabindex="0" data-messages aria-live="polite" aria-relevant="additions"></ol>
     <form class="compose" data-compose>
       <label class="visually-hidden" for="message-${n}"></label>
       <textarea id="message-${n}" rows="2" maxlength="4000" autocomplete="off" data-message></textarea>

@@ -205,6 +205,15 @@ export function closeExpired(/** @type {Model} */ model, /** @type {number} */ n
 }
 
 /**
+ * Whether an ended chat is coded here: not one handed to a colleague or
+ * back to the queue, which whoever ends it codes.
+ * @param {Chat} chat
+ */
+export function codable(chat) {
+  return !!chat.ended && chat.ended !== 'transferred';
+}
+
+/**
  * The `code` command for an ended chat, from the values chosen per field
  * (`''` = not coded), and the chat marked coded. The command names no
  * chat: the console keeps codings apart from chats. `null` if the chat has
@@ -215,7 +224,7 @@ export function closeExpired(/** @type {Model} */ model, /** @type {number} */ n
  */
 export function codeChat(model, n, chosen) {
   const chat = model.chats.get(n);
-  if (!chat?.ended || chat.coded || !model.form) return null;
+  if (!chat?.ended || chat.coded || !model.form || !codable(chat)) return null;
   chat.coded = true;
   const values = model.form
     .map((field, i) => ({ field: field.name, value: chosen[i] ?? '' }))

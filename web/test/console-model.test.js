@@ -144,6 +144,9 @@ test('an ended chat is coded once, by names from the form, and the command names
   assert.equal(JSON.stringify(command).includes('4'), false, 'no chat number');
   assert.equal(codeChat(model, 4, ['13–15', 'Other']), null, 'once');
   assert.equal(model.chats.get(4).coded, true);
+  apply(model, { event: 'paired', chat: 5 }, T0);
+  apply(model, { event: 'ended', chat: 5, reason: 'transferred' }, T0);
+  assert.equal(codeChat(model, 5, ['13–15', '']), null, 'a transferred chat is coded by whoever ends it');
   apply(model, { event: 'coded', held: 3 }, T0);
   assert.equal(model.codingsHeld, 3);
 });
